@@ -1,0 +1,77 @@
+package admission
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"go.klusters.dev/credential-webhook/patches"
+)
+
+// Request is what a plugin sees of one AdmissionReview: everything a decision needs, with the
+// object kept raw so patches can address into it without losing fields we do not know.
+type Request struct {
+	UID       types.UID
+	Kind      metav1.GroupVersionKind
+	Namespace string
+	Name      string
+	Operation admissionv1.Operation
+	UserInfo  authenticationv1.UserInfo
+	DryRun    bool
+	// Object and OldObject are the raw JSON exactly as the apiserver sent them.
+	Object    []byte
+	OldObject []byte
+	// Deadline is the apiserver's timeout for this call less a safety margin; the context
+	// passed to plugins carries it too.
+	Deadline time.Time
+	// Log carries the request uid and object coordinates.
+	Log *slog.Logger
+}
+
+// Response collects what the plugins of one route contribute.
+type Response struct {
+	Patch    *patches.Builder
+	Warnings []string
+}
+
+// Warn adds an admission warning, shown to the requester by kubectl and client-go.
+func (r *Response) Warn(format string, args ...any) {
+	r.Warnings = append(r.Warnings, fmt.Sprintf(format, args...))
+}
+
+// Plugin contributes to one route's response. Plugins run in order and share one patch Builder.
+// A plugin returns an error made by Deny to refuse the object; any other error is an internal
+// error (HTTP 500 to the apiserver, which then applies the webhook's failurePolicy). Plugins that
+// talk to a cloud handle its failures themselves, by warning, because the design admits objects
+// when the cloud is slow and lets the sweeper finish later.
+type Plugin interface {
+	Name() string
+	Admit(ctx context.Context, req *Request, resp *Response) error
+}
+
+// DeniedError refuses a review with an HTTP-like status code and a message for the requester.
+type DeniedError struct {
+	Code    int32
+	Message string
+}
+
+func (e *DeniedError) Error() string { return fmt.Sprintf("denied (%d): %s", e.Code, e.Message) }
+
+// Deny returns an error that makes the review answer allowed=false with code and message.
+func Deny(code int32, format string, args ...any) error {
+	return &DeniedError{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// IsDenied reports whether err (or anything it wraps) is a denial, and returns it.
+func IsDenied(err error) (*DeniedError, bool) {
+	var d *DeniedError
+	ok := errors.As(err, &d)
+	return d, ok
+}

@@ -1,0 +1,55 @@
+// Package annotations holds the names of the annotations and labels that form this server's
+// contract with other software. The external names are fixed by the software that reads or writes
+// them (KubeStash, the EKS pod-identity webhook, Azure workload identity, AKS identity binding);
+// only the names under Prefix are ours.
+package annotations
+
+// Inputs written by the KubeStash operator.
+const (
+	// SeedRole holds the full ARN of the seed role (the name says "name", the value is an ARN).
+	SeedRole    = "go.klusters.dev/seed-role-name"
+	BucketNames = "go.klusters.dev/bucket-names"
+
+	AzureMIName         = "klusters.dev/azure-mi-name"
+	AzureRGName         = "klusters.dev/azure-rg-name"
+	AzureSubscriptionID = "klusters.dev/azure-subscription-id"
+
+	ManagedByLabel = "app.kubernetes.io/managed-by"
+	ManagedByValue = "kubestash.com"
+)
+
+// Outputs read by other software.
+const (
+	AWSRoleARN = "eks.amazonaws.com/role-arn"
+	// EKS pod-identity webhook annotations honoured on ServiceAccounts (and Pods for skip-containers).
+	AWSAudience             = "eks.amazonaws.com/audience"
+	AWSTokenExpiration      = "eks.amazonaws.com/token-expiration"
+	AWSSTSRegionalEndpoints = "eks.amazonaws.com/sts-regional-endpoints"
+	AWSSkipContainers       = "eks.amazonaws.com/skip-containers"
+
+	AzureClientID           = "azure.workload.identity/client-id"
+	AzureTenantID           = "azure.workload.identity/tenant-id"
+	AzureUseLabel           = "azure.workload.identity/use"
+	AzureUseIdentityBinding = "azure.workload.identity/use-identity-binding"
+)
+
+// Prefix is the one prefix of ours. Only this server may set or change keys under it: admission
+// refuses or strips them when anyone else writes them.
+const Prefix = "credential-webhook.klusters.dev/"
+
+const (
+	// Pending marks a ServiceAccount that admission accepted (the requester was allowed) but could
+	// not finish (cloud outage, time budget). The sweeper works only on ServiceAccounts carrying it.
+	// Value: a short reason.
+	Pending = Prefix + "pending"
+	// HoldReason and HeldSince are set on a Job that admission suspended; the sweeper releases only
+	// Jobs that carry them.
+	HoldReason = Prefix + "hold-reason"
+	HeldSince  = Prefix + "held-since"
+	// ResticCredentials ("true") on a ServiceAccount or Pod opts into the aws-credentials sidecar.
+	ResticCredentials = Prefix + "restic-credentials"
+	// SeedTag is the IAM tag key on a derived role naming its seed role ARN.
+	SeedTag = "credential-webhook.klusters.dev/seed-role"
+	// ManagedLabel marks Kubernetes objects this server created (ClusterRoles, bindings, Leases).
+	ManagedLabel = Prefix + "managed"
+)

@@ -1,0 +1,169 @@
+package certs
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// FileSource serves the certificate pair found at two paths and reloads it when the files change.
+//
+// Kubernetes updates a Secret volume by writing a new timestamped folder and swapping the
+// "..data" symlink, so watching the files themselves misses rotations: the watch is on the
+// folders, and a periodic poll backs it up (watches can be lost, and some filesystems have none).
+// A pair that fails to load (a half-written rotation) leaves the previous one in service.
+type FileSource struct {
+	certFile, keyFile string
+	poll              time.Duration
+	log               *slog.Logger
+
+	mu      sync.RWMutex
+	cert    *tls.Certificate
+	raw     []byte // cert+key bytes of the loaded pair, to skip reloads that change nothing
+	loadErr error
+	loaded  time.Time
+}
+
+// NewFileSource loads the pair once; it fails when the first load fails.
+func NewFileSource(certFile, keyFile string, poll time.Duration, log *slog.Logger) (*FileSource, error) {
+	if poll <= 0 {
+		poll = 10 * time.Second
+	}
+	s := &FileSource{certFile: certFile, keyFile: keyFile, poll: poll, log: log}
+	if _, err := s.reload(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// GetCertificate is for tls.Config.GetCertificate: every new connection gets the current pair.
+func (s *FileSource) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.cert == nil {
+		return nil, errors.New("no serving certificate loaded")
+	}
+	return s.cert, nil
+}
+
+// Healthy reports an error when no certificate is loaded or the loaded one has expired.
+func (s *FileSource) Healthy() error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.cert == nil {
+		return errors.New("no serving certificate loaded")
+	}
+	if s.cert.Leaf != nil && time.Now().After(s.cert.Leaf.NotAfter) {
+		return fmt.Errorf("serving certificate expired at %s", s.cert.Leaf.NotAfter.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// reload reads the pair and swaps it in when it changed. It reports whether it swapped.
+func (s *FileSource) reload() (bool, error) {
+	certPEM, err := os.ReadFile(s.certFile)
+	if err != nil {
+		return false, s.fail(fmt.Errorf("reading certificate: %w", err))
+	}
+	keyPEM, err := os.ReadFile(s.keyFile)
+	if err != nil {
+		return false, s.fail(fmt.Errorf("reading key: %w", err))
+	}
+	raw := append(append([]byte{}, certPEM...), keyPEM...)
+	s.mu.RLock()
+	same := bytes.Equal(raw, s.raw)
+	s.mu.RUnlock()
+	if same {
+		return false, nil
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return false, s.fail(fmt.Errorf("loading key pair: %w", err))
+	}
+	if pair.Leaf == nil {
+		pair.Leaf, _ = x509.ParseCertificate(pair.Certificate[0])
+	}
+	s.mu.Lock()
+	s.cert, s.raw, s.loadErr, s.loaded = &pair, raw, nil, time.Now()
+	s.mu.Unlock()
+	if s.log != nil {
+		s.log.Info("serving certificate loaded", "file", s.certFile, "notAfter", pair.Leaf.NotAfter, "serial", pair.Leaf.SerialNumber.String())
+	}
+	return true, nil
+}
+
+func (s *FileSource) fail(err error) error {
+	s.mu.Lock()
+	s.loadErr = err
+	s.mu.Unlock()
+	if s.log != nil {
+		s.log.Warn("serving certificate not reloaded; keeping the previous one", "error", err)
+	}
+	return err
+}
+
+// Run watches and polls until ctx ends.
+func (s *FileSource) Run(ctx context.Context) {
+	var events <-chan fsnotify.Event
+	if w, err := fsnotify.NewWatcher(); err == nil {
+		defer w.Close()
+		for _, dir := range uniqueDirs(s.certFile, s.keyFile) {
+			if err := w.Add(dir); err != nil && s.log != nil {
+				s.log.Warn("cannot watch certificate folder; relying on polling", "dir", dir, "error", err)
+			}
+		}
+		events = w.Events
+	}
+	t := time.NewTicker(s.poll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-events:
+			// Let a multi-file update (key, then certificate, then symlink swap) settle.
+			time.Sleep(100 * time.Millisecond)
+			_, _ = s.reload()
+		case <-t.C:
+			_, _ = s.reload()
+		}
+	}
+}
+
+func uniqueDirs(paths ...string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, p := range paths {
+		d := filepath.Dir(p)
+		if !seen[d] {
+			seen[d] = true
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// ServerConfig is the TLS configuration for serving: TLS 1.2 or newer, certificates from src,
+// and HTTP/1.1 only unless http2 is set (HTTP/2 rapid-reset and stream-exhaustion advisories made
+// the Kubernetes webhooks turn it off by default).
+func ServerConfig(src *FileSource, http2 bool) *tls.Config {
+	protos := []string{"http/1.1"}
+	if http2 {
+		protos = []string{"h2", "http/1.1"}
+	}
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: src.GetCertificate,
+		NextProtos:     protos,
+	}
+}

@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"go.klusters.dev/credential-webhook/admission"
+	"go.klusters.dev/credential-webhook/certs"
+)
+
+type serveConfig struct {
+	listen, certFile, keyFile, kubeconfig, metricsListen string
+	http2                                                bool
+	logLevel                                             string
+	certPoll, shutdownTimeout                            time.Duration
+	selfUsernames                                        string
+}
+
+func (c *serveConfig) register(fs interface {
+	StringVar(*string, string, string, string)
+	BoolVar(*bool, string, bool, string)
+	DurationVar(*time.Duration, string, time.Duration, string)
+}) {
+	fs.StringVar(&c.listen, "listen", ":8443", "address to serve admission reviews on (TLS)")
+	fs.StringVar(&c.certFile, "tls-cert-file", "", "serving certificate (PEM); reloaded when it changes (required)")
+	fs.StringVar(&c.keyFile, "tls-key-file", "", "serving key (PEM); reloaded when it changes (required)")
+	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig for the Kubernetes API; empty: in-cluster config if present, else no Kubernetes API (local runs)")
+	fs.StringVar(&c.metricsListen, "metrics-listen", "", "address for plain-HTTP /metrics; empty: /metrics on the TLS listener")
+	fs.BoolVar(&c.http2, "http2", false, "allow HTTP/2 on the TLS listener (off by default: HTTP/2 rapid-reset advisories)")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&c.certPoll, "tls-poll-interval", 10*time.Second, "how often to re-read the certificate files besides watching them")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 25*time.Second, "time to finish in-flight reviews after SIGTERM")
+	fs.StringVar(&c.selfUsernames, "self-usernames", "", "comma-separated usernames this server acts as (its ServiceAccount, system:serviceaccount:NS:NAME); empty: derived from POD_NAMESPACE and SERVICE_ACCOUNT_NAME")
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// kubeClient builds a client from --kubeconfig, else the in-cluster config; nil when neither
+// exists (local runs: no informers, local locks).
+func kubeClient(path string) (*kubernetes.Clientset, *rest.Config, error) {
+	var cfg *rest.Config
+	var err error
+	switch {
+	case path != "":
+		cfg, err = clientcmd.BuildConfigFromFlags("", path)
+	case os.Getenv("KUBERNETES_SERVICE_HOST") != "":
+		cfg, err = rest.InClusterConfig()
+	default:
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	cfg.UserAgent = "credential-webhook/" + version
+	cfg.QPS, cfg.Burst = 50, 100
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return cs, cfg, nil
+}
+
+func selfUsernames(flagValue string) map[string]bool {
+	out := map[string]bool{}
+	for _, u := range strings.Split(flagValue, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out[u] = true
+		}
+	}
+	if len(out) == 0 {
+		ns, sa := os.Getenv("POD_NAMESPACE"), os.Getenv("SERVICE_ACCOUNT_NAME")
+		if ns != "" && sa != "" {
+			out["system:serviceaccount:"+ns+":"+sa] = true
+		}
+	}
+	return out
+}
+
+func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer) error {
+	fs := newFlagSet("serve", "Serve admission reviews over TLS on --listen: POST /mutate/serviceaccounts, /mutate/jobs,\n/mutate/pods; GET /healthz, /readyz, /metrics. SIGTERM finishes in-flight reviews, then exits.", stderr)
+	var c serveConfig
+	c.register(fs)
+	var p providerConfig
+	p.register(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if c.certFile == "" || c.keyFile == "" {
+		return errors.New("--tls-cert-file and --tls-key-file are required (write development ones with: credential-webhook certs --dir DIR)")
+	}
+	log, err := newLogger(stderr, c.logLevel)
+	if err != nil {
+		return err
+	}
+	src, err := certs.NewFileSource(c.certFile, c.keyFile, c.certPoll, log)
+	if err != nil {
+		return fmt.Errorf("serving certificate: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go src.Run(ctx)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := admission.NewMetrics(reg)
+
+	cs, restCfg, err := kubeClient(c.kubeconfig)
+	if err != nil {
+		return err
+	}
+	if cs == nil {
+		log.Warn("no Kubernetes API configured (no --kubeconfig, not in a cluster): local mode, in-process locks, no informers, no sweeper")
+	}
+	self := selfUsernames(c.selfUsernames)
+	if len(self) == 0 {
+		log.Warn("this server's own username is unknown (--self-usernames, or POD_NAMESPACE and SERVICE_ACCOUNT_NAME): annotations under our prefix are stripped from every writer")
+	}
+
+	ln, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", c.listen, err)
+	}
+	ready := &tlsProbe{addr: ln.Addr().String(), src: src}
+
+	wiring, err := p.build(ctx, deps{log: log, reg: reg, kube: cs, restConfig: restCfg, self: self})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	handler := admission.NewHandler(admission.Options{
+		Routes:  wiring.routes,
+		Log:     log,
+		Metrics: metrics,
+		Ready:   ready.check,
+	})
+	mux := http.NewServeMux()
+	mux.Handle("/", handler)
+	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+	if c.metricsListen == "" {
+		mux.Handle("/metrics", metricsHandler)
+	}
+
+	srv := &http.Server{
+		Handler:           mux,
+		TLSConfig:         certs.ServerConfig(src, c.http2),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      35 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	if !c.http2 {
+		// An empty, non-nil map disables the automatic HTTP/2 upgrade.
+		srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){}
+	}
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	if c.metricsListen != "" {
+		msrv := &http.Server{Addr: c.metricsListen, Handler: metricsHandler, ReadHeaderTimeout: 5 * time.Second}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := msrv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("metrics listener: %w", err)
+			}
+		}()
+		defer msrv.Close()
+	}
+	for _, bg := range wiring.background {
+		wg.Add(1)
+		go func() { defer wg.Done(); bg(ctx) }()
+	}
+	go func() {
+		log.Info("serving", "listen", ln.Addr().String(), "version", version, "http2", c.http2)
+		if err := srv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- err
+		}
+	}()
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		cancel()
+		return err
+	}
+	log.Info("shutting down: finishing in-flight reviews", "timeout", c.shutdownTimeout)
+	sctx, scancel := context.WithTimeout(context.Background(), c.shutdownTimeout)
+	defer scancel()
+	err = srv.Shutdown(sctx)
+	cancel()
+	wg.Wait()
+	if err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// tlsProbe makes /readyz honest: ready only when a certificate is loaded and a TLS handshake
+// with our own listener succeeds. The result is cached briefly so probes cost nothing.
+type tlsProbe struct {
+	addr string
+	src  *certs.FileSource
+
+	mu      sync.Mutex
+	checked time.Time
+	err     error
+}
+
+func (p *tlsProbe) check(ctx context.Context) error {
+	if err := p.src.Healthy(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if time.Since(p.checked) < 5*time.Second {
+		return p.err
+	}
+	host, port, err := net.SplitHostPort(p.addr)
+	if err != nil {
+		return err
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS12}} //nolint:gosec // probing our own handshake, not trusting it
+	dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	conn, err := d.DialContext(dctx, "tcp", net.JoinHostPort(host, port))
+	if err == nil {
+		conn.Close()
+	}
+	p.checked, p.err = time.Now(), err
+	if err != nil {
+		return fmt.Errorf("TLS handshake with own listener: %w", err)
+	}
+	return nil
+}

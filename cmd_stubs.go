@@ -1,0 +1,15 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+)
+
+func runRoles(context.Context, []string, io.Writer, io.Writer) error {
+	return errors.New("not available yet")
+}
+
+func runAWSCredentials(context.Context, []string, io.Writer, io.Writer) error {
+	return errors.New("not available yet")
+}
