@@ -1,0 +1,212 @@
+package kube
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+
+	"go.klusters.dev/credential-webhook/annotations"
+)
+
+// generationAnnotation carries, on the Lease, how many lock sessions wrote to IAM for the key.
+const generationAnnotation = annotations.Prefix + "generation"
+const keyAnnotation = annotations.Prefix + "key"
+
+// LeaseLocker is a mutual-exclusion lock per key shared by every replica (and the sweeper),
+// built on coordination.k8s.io Leases with optimistic concurrency: whoever updates the Lease from
+// free to held at the current resourceVersion owns it. IAM has no compare-and-swap, so this is
+// what keeps two replicas from overwriting each other's trust-policy edits.
+//
+// A holder that dies leaves a Lease that expires after Duration; whoever takes it over bumps the
+// generation, because the dead holder may have written to IAM without bumping.
+type LeaseLocker struct {
+	cs        kubernetes.Interface
+	namespace string
+	identity  string
+	duration  time.Duration
+	log       *slog.Logger
+
+	mu    sync.Mutex
+	local map[string]chan struct{} // in-process serialisation before touching the API
+}
+
+// NewLeaseLocker returns a locker keeping its Leases in namespace. identity names this replica
+// (its Pod name); duration bounds how long a crashed holder blocks others and must exceed the
+// longest lock session (an admission budget is under 10 s).
+func NewLeaseLocker(cs kubernetes.Interface, namespace, identity string, duration time.Duration, log *slog.Logger) *LeaseLocker {
+	if duration <= 0 {
+		duration = 30 * time.Second
+	}
+	return &LeaseLocker{cs: cs, namespace: namespace, identity: identity, duration: duration, log: log, local: map[string]chan struct{}{}}
+}
+
+// LeaseName maps a key (a seed role ARN) to a valid, stable object name.
+func LeaseName(key string) string {
+	h := sha256.Sum256([]byte(key))
+	return "credential-webhook-seed-" + hex.EncodeToString(h[:10])
+}
+
+func (l *LeaseLocker) localChan(key string) chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c, ok := l.local[key]
+	if !ok {
+		c = make(chan struct{}, 1)
+		l.local[key] = c
+	}
+	return c
+}
+
+// Lock blocks until key is held or ctx ends.
+func (l *LeaseLocker) Lock(ctx context.Context, key string) (func(), int64, error) {
+	c := l.localChan(key)
+	select {
+	case c <- struct{}{}:
+	case <-ctx.Done():
+		return nil, 0, fmt.Errorf("waiting for lock %s: %w", key, ctx.Err())
+	}
+	gen, err := l.acquire(ctx, key)
+	if err != nil {
+		<-c
+		return nil, 0, err
+	}
+	var once sync.Once
+	unlock := func() {
+		once.Do(func() {
+			// Release even when the caller's context has ended, or others wait for expiry.
+			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := l.release(rctx, key); err != nil && l.log != nil {
+				l.log.Warn("releasing lease failed; it expires by itself", "lease", LeaseName(key), "error", err)
+			}
+			<-c
+		})
+	}
+	return unlock, gen, nil
+}
+
+func (l *LeaseLocker) acquire(ctx context.Context, key string) (int64, error) {
+	name := LeaseName(key)
+	leases := l.cs.CoordinationV1().Leases(l.namespace)
+	wait := 10 * time.Millisecond
+	for {
+		now := metav1.NowMicro()
+		lease, err := leases.Get(ctx, name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			lease = &coordinationv1.Lease{
+				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: l.namespace,
+					Labels:      map[string]string{annotations.ManagedLabel: "true"},
+					Annotations: map[string]string{generationAnnotation: "0", keyAnnotation: key}},
+				Spec: l.heldSpec(now),
+			}
+			if _, err := leases.Create(ctx, lease, metav1.CreateOptions{}); err == nil {
+				return 0, nil
+			} else if !apierrors.IsAlreadyExists(err) {
+				return 0, fmt.Errorf("creating lease %s: %w", name, err)
+			}
+		case err != nil:
+			return 0, fmt.Errorf("reading lease %s: %w", name, err)
+		default:
+			gen, _ := strconv.ParseInt(lease.Annotations[generationAnnotation], 10, 64)
+			holder := ""
+			if lease.Spec.HolderIdentity != nil {
+				holder = *lease.Spec.HolderIdentity
+			}
+			expired := lease.Spec.RenewTime == nil || lease.Spec.LeaseDurationSeconds == nil ||
+				now.After(lease.Spec.RenewTime.Add(time.Duration(*lease.Spec.LeaseDurationSeconds)*time.Second))
+			if holder == "" || expired {
+				if holder != "" {
+					// Taken over from a holder that did not release: it may have written to IAM.
+					gen++
+					if l.log != nil {
+						l.log.Warn("taking over an expired lease", "lease", name, "previousHolder", holder)
+					}
+				}
+				upd := lease.DeepCopy()
+				upd.Spec = l.heldSpec(now)
+				if upd.Annotations == nil {
+					upd.Annotations = map[string]string{}
+				}
+				upd.Annotations[generationAnnotation] = strconv.FormatInt(gen, 10)
+				if _, err := leases.Update(ctx, upd, metav1.UpdateOptions{}); err == nil {
+					return gen, nil
+				} else if !apierrors.IsConflict(err) {
+					return 0, fmt.Errorf("acquiring lease %s: %w", name, err)
+				}
+			}
+		}
+		// Held by another replica (or we lost a race): wait a little, with jitter, and retry.
+		t := time.NewTimer(wait + time.Duration(rand.Int64N(int64(wait))))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return 0, fmt.Errorf("waiting for lease %s: %w", name, ctx.Err())
+		case <-t.C:
+		}
+		wait = min(wait*2, 200*time.Millisecond)
+	}
+}
+
+func (l *LeaseLocker) heldSpec(now metav1.MicroTime) coordinationv1.LeaseSpec {
+	id := l.identity
+	secs := int32(l.duration / time.Second)
+	return coordinationv1.LeaseSpec{HolderIdentity: &id, LeaseDurationSeconds: &secs, AcquireTime: &now, RenewTime: &now}
+}
+
+// Bump increments key's generation; the caller holds the lock.
+func (l *LeaseLocker) Bump(ctx context.Context, key string) error {
+	return l.modify(ctx, key, func(lease *coordinationv1.Lease) {
+		gen, _ := strconv.ParseInt(lease.Annotations[generationAnnotation], 10, 64)
+		lease.Annotations[generationAnnotation] = strconv.FormatInt(gen+1, 10)
+		now := metav1.NowMicro()
+		lease.Spec.RenewTime = &now
+	})
+}
+
+func (l *LeaseLocker) release(ctx context.Context, key string) error {
+	return l.modify(ctx, key, func(lease *coordinationv1.Lease) {
+		lease.Spec.HolderIdentity = nil
+		lease.Spec.AcquireTime = nil
+		lease.Spec.RenewTime = nil
+	})
+}
+
+// modify changes the Lease we hold; a Lease held by someone else is an error (ours expired).
+func (l *LeaseLocker) modify(ctx context.Context, key string, change func(*coordinationv1.Lease)) error {
+	name := LeaseName(key)
+	leases := l.cs.CoordinationV1().Leases(l.namespace)
+	for range 5 {
+		lease, err := leases.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return fmt.Errorf("reading lease %s: %w", name, err)
+		}
+		if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != l.identity {
+			return fmt.Errorf("lease %s is no longer held by %s", name, l.identity)
+		}
+		if lease.Annotations == nil {
+			lease.Annotations = map[string]string{}
+		}
+		change(lease)
+		if _, err = leases.Update(ctx, lease, metav1.UpdateOptions{}); err == nil {
+			return nil
+		} else if !apierrors.IsConflict(err) {
+			return fmt.Errorf("updating lease %s: %w", name, err)
+		}
+	}
+	return fmt.Errorf("updating lease %s: too many conflicts", name)
+}
+
+func labelsEverything() labels.Selector { return labels.Everything() }
