@@ -1,0 +1,231 @@
+package aws
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Limits from the IAM API reference. They bound what we accept before any regular expression runs,
+// so a hostile annotation cannot make us do work proportional to its size.
+const (
+	maxRoleNameLen = 64
+	maxRolePathLen = 512
+	// maxARNLen is generous for "arn:aws-us-gov:iam::<12>:role" + path + name.
+	maxARNLen = 32 + maxRolePathLen + maxRoleNameLen
+)
+
+var (
+	// Role names: IAM allows [\w+=,.@-]; \w is ASCII here on purpose (no unicode look-alikes).
+	roleNameRE = regexp.MustCompile(`^[A-Za-z0-9_+=,.@-]{1,64}$`)
+	// Path segments: IAM allows any printable ASCII, we accept the role-name alphabet only, which
+	// keeps paths safe to place in ListRoles prefixes, tags, globs and log lines.
+	pathSegmentRE = regexp.MustCompile(`^[A-Za-z0-9_+=,.@-]+$`)
+	accountRE     = regexp.MustCompile(`^[0-9]{12}$`)
+)
+
+// Partitions whose IAM we know. Anything else (aws-iso, typos) is refused rather than guessed.
+var partitions = map[string]bool{"aws": true, "aws-cn": true, "aws-us-gov": true}
+
+// ErrInvalidARN is wrapped by every ParseRoleARN failure.
+var ErrInvalidARN = errors.New("invalid IAM role ARN")
+
+// RoleARN is a parsed IAM role ARN. Path always starts and ends with "/" ("/" for no path).
+type RoleARN struct {
+	Partition string
+	Account   string
+	Path      string
+	Name      string
+}
+
+// ParseRoleARN accepts exactly arn:<partition>:iam::<12 digits>:role<path><name>.
+func ParseRoleARN(s string) (RoleARN, error) {
+	fail := func(format string, args ...any) (RoleARN, error) {
+		return RoleARN{}, fmt.Errorf("%w %s: %s", ErrInvalidARN, quoteShort(s), fmt.Sprintf(format, args...))
+	}
+	if len(s) > maxARNLen {
+		return fail("longer than %d characters", maxARNLen)
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f {
+			return fail("contains whitespace, control or non-ASCII characters")
+		}
+	}
+	parts := strings.SplitN(s, ":", 6)
+	if len(parts) != 6 || parts[0] != "arn" {
+		return fail("want arn:<partition>:iam::<account>:role/<name>")
+	}
+	partition, service, region, account, resource := parts[1], parts[2], parts[3], parts[4], parts[5]
+	if !partitions[partition] {
+		return fail("partition %q is not aws, aws-cn or aws-us-gov", partition)
+	}
+	if service != "iam" {
+		return fail("service %q is not iam", service)
+	}
+	if region != "" {
+		return fail("IAM ARNs have no region, got %q", region)
+	}
+	if !accountRE.MatchString(account) {
+		return fail("account %q is not 12 digits", account)
+	}
+	rest, ok := strings.CutPrefix(resource, "role/")
+	if !ok {
+		return fail("resource %q is not a role", resource)
+	}
+	path, name := "/", rest
+	if i := strings.LastIndexByte(rest, '/'); i >= 0 {
+		path, name = "/"+rest[:i+1], rest[i+1:]
+	}
+	if !roleNameRE.MatchString(name) {
+		return fail("role name %q must be 1-%d characters of A-Z a-z 0-9 _+=,.@-", name, maxRoleNameLen)
+	}
+	if err := checkPath(path); err != nil {
+		return fail("%v", err)
+	}
+	return RoleARN{Partition: partition, Account: account, Path: path, Name: name}, nil
+}
+
+func checkPath(path string) error {
+	if len(path) > maxRolePathLen {
+		return fmt.Errorf("path longer than %d characters", maxRolePathLen)
+	}
+	if path == "/" {
+		return nil
+	}
+	inner := strings.TrimSuffix(strings.TrimPrefix(path, "/"), "/")
+	for _, seg := range strings.Split(inner, "/") {
+		if !pathSegmentRE.MatchString(seg) {
+			return fmt.Errorf("path %q has an empty or invalid segment %q", path, seg)
+		}
+	}
+	// Service-linked and SSO roles live under reserved paths where CreateRole is impossible.
+	if strings.HasPrefix(path, "/aws-service-role/") || strings.HasPrefix(path, "/aws-reserved/") {
+		return fmt.Errorf("path %q is reserved by AWS", path)
+	}
+	return nil
+}
+
+func (a RoleARN) String() string {
+	return "arn:" + a.Partition + ":iam::" + a.Account + ":role" + a.Path + a.Name
+}
+
+// IsZero reports whether a is the zero RoleARN.
+func (a RoleARN) IsZero() bool { return a == RoleARN{} }
+
+// Derived returns the ARN of the i-th derived role of seed: name "<seed>-<i>", same path.
+func Derived(seed RoleARN, i int) (RoleARN, error) {
+	if i < 0 {
+		return RoleARN{}, fmt.Errorf("derived role index %d is negative", i)
+	}
+	name := seed.Name + "-" + strconv.Itoa(i)
+	if len(name) > maxRoleNameLen {
+		return RoleARN{}, fmt.Errorf("derived role name %q is %d characters, IAM allows %d: shorten the seed role name %q to at most %d characters",
+			name, len(name), maxRoleNameLen, seed.Name, maxRoleNameLen-len(name)+len(seed.Name))
+	}
+	d := seed
+	d.Name = name
+	return d, nil
+}
+
+// derivedIndex reports whether roleName is "<seed>-<i>" in canonical decimal form (no sign, no
+// leading zero), so "seed-01" or "seed-1a" are never mistaken for ours.
+func derivedIndex(seed RoleARN, roleName string) (int, bool) {
+	digits, ok := strings.CutPrefix(roleName, seed.Name+"-")
+	if !ok || digits == "" || len(digits) > 6 || (len(digits) > 1 && digits[0] == '0') {
+		return 0, false
+	}
+	for i := 0; i < len(digits); i++ {
+		if digits[i] < '0' || digits[i] > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.Atoi(digits)
+	return n, err == nil
+}
+
+// Allowlist is a set of role-ARN globs. "*" matches any run of characters, "/" and ":" included,
+// as in IAM policies: "arn:aws:iam::123456789012:role/kubestash-*" also matches roles under a path
+// that starts with "kubestash-". An empty Allowlist allows nothing.
+type Allowlist struct {
+	globs []string
+}
+
+// ParseAllowlist parses comma-separated globs; blanks around entries are ignored.
+func ParseAllowlist(s string) (Allowlist, error) {
+	var l Allowlist
+	for _, g := range strings.Split(s, ",") {
+		g = strings.TrimSpace(g)
+		if g == "" {
+			continue
+		}
+		if len(g) > maxARNLen {
+			return Allowlist{}, fmt.Errorf("allowlist entry %s is longer than %d characters", quoteShort(g), maxARNLen)
+		}
+		for i := 0; i < len(g); i++ {
+			if c := g[i]; c <= ' ' || c >= 0x7f {
+				return Allowlist{}, fmt.Errorf("allowlist entry %s contains whitespace, control or non-ASCII characters", quoteShort(g))
+			}
+		}
+		if g != "*" && !strings.HasPrefix(g, "arn:") {
+			return Allowlist{}, fmt.Errorf("allowlist entry %q is neither \"*\" nor an ARN glob starting with arn:", g)
+		}
+		l.globs = append(l.globs, g)
+	}
+	return l, nil
+}
+
+// Allows reports whether arn is a valid role ARN matched by one of the globs.
+func (l Allowlist) Allows(arn string) bool {
+	parsed, err := ParseRoleARN(arn)
+	if err != nil {
+		return false
+	}
+	canonical := parsed.String()
+	for _, g := range l.globs {
+		if globMatch(g, canonical) {
+			return true
+		}
+	}
+	return false
+}
+
+// String returns the globs joined by commas.
+func (l Allowlist) String() string { return strings.Join(l.globs, ",") }
+
+// globMatch is an anchored match where '*' matches any sequence. It backtracks only to the last
+// star, so it runs in O(len(pattern)*len(s)) at worst.
+func globMatch(pattern, s string) bool {
+	p, i := 0, 0
+	star, mark := -1, 0
+	for i < len(s) {
+		switch {
+		case p < len(pattern) && pattern[p] == '*':
+			star, mark = p, i
+			p++
+		case p < len(pattern) && pattern[p] == s[i]:
+			p++
+			i++
+		case star >= 0:
+			p = star + 1
+			mark++
+			i = mark
+		default:
+			return false
+		}
+	}
+	for p < len(pattern) && pattern[p] == '*' {
+		p++
+	}
+	return p == len(pattern)
+}
+
+// quoteShort quotes s for an error message, cut so a huge input does not flood logs.
+func quoteShort(s string) string {
+	const max = 120
+	if len(s) > max {
+		return strconv.Quote(s[:max]) + "..."
+	}
+	return strconv.Quote(s)
+}

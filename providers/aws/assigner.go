@@ -1,0 +1,848 @@
+package aws
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
+	"github.com/aws/aws-sdk-go-v2/service/iam/types"
+
+	"go.klusters.dev/credential-webhook/annotations"
+)
+
+// Errors callers branch on. They are wrapped with context; test with errors.Is.
+var (
+	// ErrNotAllowed: the seed role is not in Config.Seeds.
+	ErrNotAllowed = errors.New("seed role not allowed")
+	// ErrRoleLimitReached: every derived role is full and Config.RoleCreationLimit roles exist.
+	ErrRoleLimitReached = errors.New("derived role limit reached")
+	// ErrSubjectTooLarge: even an empty derived role cannot hold the subject under the quota.
+	ErrSubjectTooLarge = errors.New("subject does not fit in an empty derived role")
+	// ErrSeedMismatch: the role IAM returns for the seed's name is not the seed ARN (other path
+	// or account: the webhook's credentials are for another account).
+	ErrSeedMismatch = errors.New("seed role not found at its ARN")
+
+	// errForeign: a role named like a derived role that does not carry our seed tag. It is never
+	// written to, and its index is skipped.
+	errForeign = errors.New("role is not a derived role of this seed")
+)
+
+// DefaultRoleCreationLimit is the default maximum number of derived roles per seed.
+const DefaultRoleCreationLimit = 100
+
+// maxPlacementAttempts bounds retries after a stale cache or a learned quota.
+const maxPlacementAttempts = 4
+
+// Config configures an Assigner.
+type Config struct {
+	// Seeds lists the seed roles that may be used. Empty allows none: the allowlist is what stops
+	// a user who can annotate a ServiceAccount from borrowing any role the webhook can clone.
+	Seeds Allowlist
+	// Quota is the trust policy size quota in characters; 0 reads AssumeRolePolicySizeQuota from
+	// iam:GetAccountSummary once, falling back to DefaultQuota. A 409 from IAM lowers it.
+	Quota int
+	// RoleCreationLimit caps derived roles per seed; 0 means DefaultRoleCreationLimit.
+	RoleCreationLimit int
+}
+
+// Assignment is the outcome of Assign.
+type Assignment struct {
+	RoleARN       string
+	Created       bool // a new derived role was created for this subject
+	AlreadyListed bool // nothing was written: the subject was already in RoleARN
+}
+
+// RoleInfo describes one derived role for the roles table.
+type RoleInfo struct {
+	Index    int
+	ARN      string
+	Subjects []string
+	Chars    int     // size of the trust policy as it would be sent
+	Quota    int     // trust policy size quota
+	Fill     float64 // Chars / Quota
+	Owned    bool    // false: named like a derived role but not tagged with this seed
+}
+
+// Assigner places ServiceAccount subjects into derived roles of seed roles.
+type Assigner struct {
+	api    IAMAPI
+	locker Locker
+	cfg    Config
+	log    *slog.Logger
+
+	mu    sync.Mutex
+	seeds map[string]*seedState
+
+	quotaMu sync.Mutex
+	quota   int // 0 until known
+}
+
+// NewAssigner returns an Assigner. log may be nil.
+func NewAssigner(api IAMAPI, locker Locker, cfg Config, log *slog.Logger) *Assigner {
+	if cfg.RoleCreationLimit <= 0 {
+		cfg.RoleCreationLimit = DefaultRoleCreationLimit
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Assigner{api: api, locker: locker, cfg: cfg, log: log, seeds: map[string]*seedState{}}
+}
+
+type ownership int8
+
+const (
+	ownerUnknown ownership = iota
+	ownerUs
+	ownerOther
+)
+
+// seedState is the cache for one seed, guarded by sem (held for a whole session).
+type seedState struct {
+	sem    chan struct{}
+	loaded bool
+	gen    int64 // generation the cache matches; -1 when loaded outside a lock
+	roles  []*roleState
+	spec   *roleSpec // the seed's permissions, read on first need
+}
+
+type roleState struct {
+	index    int
+	arn      RoleARN
+	id       string
+	trust    TrustPolicy
+	owner    ownership
+	complete bool  // its permissions were checked (or made) to include the seed's, in this process
+	bad      error // its trust policy could not be parsed: never written to
+}
+
+func (a *Assigner) state(seed RoleARN) *seedState {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st, ok := a.seeds[seed.String()]
+	if !ok {
+		st = &seedState{sem: make(chan struct{}, 1)}
+		a.seeds[seed.String()] = st
+	}
+	return st
+}
+
+func (st *seedState) acquire(ctx context.Context) (func(), error) {
+	select {
+	case st.sem <- struct{}{}:
+		return func() { <-st.sem }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (a *Assigner) allowed(seed RoleARN) error {
+	if !a.cfg.Seeds.Allows(seed.String()) {
+		return fmt.Errorf("%w: %s is not in the seed allowlist", ErrNotAllowed, seed)
+	}
+	return nil
+}
+
+// session is one locked read-modify-write of a seed's derived roles.
+type session struct {
+	a    *Assigner
+	seed RoleARN
+	st   *seedState
+	w    *writer
+	// locked: the distributed lock is held, so writes are allowed.
+	locked bool
+	bumped bool
+}
+
+// begin takes the local then the distributed lock and makes the cache current.
+func (a *Assigner) begin(ctx context.Context, seed RoleARN) (*session, func(), error) {
+	if err := a.allowed(seed); err != nil {
+		return nil, nil, err
+	}
+	st := a.state(seed)
+	release, err := st.acquire(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("waiting for seed %s: %w", seed, err)
+	}
+	unlock, gen, err := a.locker.Lock(ctx, seed.String())
+	if err != nil {
+		release()
+		return nil, nil, fmt.Errorf("locking seed %s: %w", seed, err)
+	}
+	s := &session{a: a, seed: seed, st: st, locked: true}
+	s.w = &writer{api: a.api, before: s.bump}
+	done := func() { unlock(); release() }
+	if !st.loaded || st.gen != gen {
+		if st.loaded {
+			a.log.Debug("derived role cache is stale, reloading", "seed", seed.String(), "cached", st.gen, "current", gen)
+		}
+		if err := s.refresh(ctx); err != nil {
+			done()
+			return nil, nil, err
+		}
+		st.gen = gen
+	}
+	return s, done, nil
+}
+
+// bump runs before the session's first IAM write (see Locker for the protocol).
+func (s *session) bump(ctx context.Context) error {
+	if !s.locked {
+		return errors.New("internal error: IAM write outside a lock session")
+	}
+	if s.bumped {
+		return nil
+	}
+	if err := s.a.locker.Bump(ctx, s.seed.String()); err != nil {
+		return fmt.Errorf("bumping generation of seed %s before writing: %w", s.seed, err)
+	}
+	s.bumped = true
+	s.st.gen++
+	return nil
+}
+
+// refresh reloads the derived roles from IAM, keeping what was verified about roles whose
+// RoleId did not change (a deleted and re-created role gets a new id and is checked again).
+func (s *session) refresh(ctx context.Context) error {
+	listed, err := listDerived(ctx, s.a.api, s.seed)
+	if err != nil {
+		return err
+	}
+	old := map[string]*roleState{}
+	for _, r := range s.st.roles {
+		if r.id != "" {
+			old[r.id] = r
+		}
+	}
+	roles := make([]*roleState, 0, len(listed))
+	for _, l := range listed {
+		r := &roleState{index: l.index, arn: l.arn, id: l.id}
+		if prev, ok := old[l.id]; ok {
+			r.owner, r.complete = prev.owner, prev.complete
+		}
+		doc := l.doc
+		if doc == "" { // not every IAM implementation includes it in ListRoles
+			out, err := s.a.api.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(l.arn.Name)})
+			if err != nil {
+				return fmt.Errorf("iam:GetRole %s: %w", l.arn.Name, err)
+			}
+			doc = aws.ToString(out.Role.AssumeRolePolicyDocument)
+		}
+		if r.trust, r.bad = ParseTrustPolicy(doc); r.bad != nil {
+			s.a.log.Warn("derived role has an unreadable trust policy; it will not be used", "role", l.arn.String(), "err", r.bad)
+		}
+		roles = append(roles, r)
+	}
+	s.st.roles = roles
+	s.st.loaded = true
+	return nil
+}
+
+// seedSpec returns the seed's permissions, reading them on first use.
+func (s *session) seedSpec(ctx context.Context) (*roleSpec, error) {
+	if s.st.spec != nil {
+		return s.st.spec, nil
+	}
+	spec, err := s.readSeed(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	s.st.spec = spec
+	return spec, nil
+}
+
+func (s *session) readSeed(ctx context.Context, withDocs bool) (*roleSpec, error) {
+	spec, err := readRole(ctx, s.a.api, s.seed.Name, withDocs)
+	if err != nil {
+		return nil, fmt.Errorf("reading seed role: %w", err)
+	}
+	if spec.arn != s.seed {
+		return nil, fmt.Errorf("%w: %s, IAM has %s", ErrSeedMismatch, s.seed, spec.arn)
+	}
+	if _, err := DeriveTrustPolicy(spec.trust, nil); err != nil {
+		return nil, fmt.Errorf("seed role %s: %w", s.seed, err)
+	}
+	return spec, nil
+}
+
+func (s *session) isOurs(spec *roleSpec) bool {
+	return spec.tags[annotations.SeedTag] == s.seed.String()
+}
+
+// ensureOwned checks the seed tag of r with one GetRole the first time.
+func (s *session) ensureOwned(ctx context.Context, r *roleState) error {
+	if r.owner == ownerUnknown {
+		out, err := s.a.api.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(r.arn.Name)})
+		if err != nil {
+			return fmt.Errorf("iam:GetRole %s: %w", r.arn.Name, err)
+		}
+		spec, err := specFromRole(out.Role)
+		if err != nil {
+			return err
+		}
+		s.setOwner(r, spec)
+	}
+	if r.owner == ownerOther {
+		return fmt.Errorf("%w: %s", errForeign, r.arn)
+	}
+	return nil
+}
+
+func (s *session) setOwner(r *roleState, spec *roleSpec) {
+	if s.isOurs(spec) {
+		r.owner = ownerUs
+		return
+	}
+	r.owner = ownerOther
+	s.a.log.Warn("role is named like a derived role but lacks the seed tag; skipping it",
+		"role", r.arn.String(), "seed", s.seed.String(), "tag", annotations.SeedTag)
+}
+
+// ensureComplete makes sure r is ours and has at least the seed's permissions, once per process:
+// this is where a role half-created by an earlier attempt (created, policies not yet attached) is
+// finished instead of being duplicated.
+func (s *session) ensureComplete(ctx context.Context, r *roleState) error {
+	if r.owner == ownerOther {
+		return fmt.Errorf("%w: %s", errForeign, r.arn)
+	}
+	if r.complete {
+		return nil
+	}
+	target, err := readRole(ctx, s.a.api, r.arn.Name, false)
+	if err != nil {
+		return err
+	}
+	s.setOwner(r, target)
+	if r.owner != ownerUs {
+		return fmt.Errorf("%w: %s", errForeign, r.arn)
+	}
+	seed, err := s.seedSpec(ctx)
+	if err != nil {
+		return err
+	}
+	before := s.w.writes
+	if err := syncPolicies(ctx, s.w, seed, target, false); err != nil {
+		return fmt.Errorf("completing derived role %s: %w", r.arn, err)
+	}
+	if s.w.writes > before {
+		s.a.log.Info("completed a half-created derived role", "role", r.arn.String(), "writes", s.w.writes-before)
+	}
+	r.complete = true
+	return nil
+}
+
+// writeTrust sends p as r's trust policy and updates the cache on success.
+func (s *session) writeTrust(ctx context.Context, r *roleState, p TrustPolicy) error {
+	js, err := p.JSON()
+	if err != nil {
+		return err
+	}
+	err = s.w.do(ctx, "iam:UpdateAssumeRolePolicy "+r.arn.Name, func() error {
+		_, err := s.a.api.UpdateAssumeRolePolicy(ctx, &iam.UpdateAssumeRolePolicyInput{RoleName: aws.String(r.arn.Name), PolicyDocument: aws.String(js)})
+		return err
+	})
+	if err != nil {
+		if !isDefinite(err) {
+			s.st.loaded = false // the write may have happened: reload before trusting the cache
+		}
+		return err
+	}
+	r.trust = p
+	return nil
+}
+
+func (s *session) freeIndex() int {
+	used := make(map[int]bool, len(s.st.roles))
+	for _, r := range s.st.roles {
+		used[r.index] = true
+	}
+	i := 0
+	for used[i] {
+		i++
+	}
+	return i
+}
+
+func (s *session) insert(r *roleState) {
+	i, _ := slices.BinarySearchFunc(s.st.roles, r.index, func(x *roleState, idx int) int { return x.index - idx })
+	s.st.roles = slices.Insert(s.st.roles, i, r)
+}
+
+// quota returns the trust policy quota: configured, else read once, else DefaultQuota.
+func (a *Assigner) quotaFor(ctx context.Context) int {
+	a.quotaMu.Lock()
+	defer a.quotaMu.Unlock()
+	if a.quota > 0 {
+		return a.quota
+	}
+	if a.cfg.Quota > 0 {
+		a.quota = a.cfg.Quota
+		return a.quota
+	}
+	a.quota = DefaultQuota
+	out, err := a.api.GetAccountSummary(ctx, &iam.GetAccountSummaryInput{})
+	if err != nil {
+		a.log.Warn("cannot read the trust policy quota; assuming the default", "quota", DefaultQuota, "err", err)
+		return a.quota
+	}
+	if v := out.SummaryMap[string(types.SummaryKeyTypeAssumeRolePolicySizeQuota)]; v > 0 {
+		a.quota = int(v)
+	}
+	a.log.Info("trust policy size quota", "quota", a.quota)
+	return a.quota
+}
+
+// learnQuota lowers the quota after IAM refused a document of rejectedSize characters. When IAM
+// names a quota that our own measurement says the document met, IAM counts differently from us,
+// so the quota drops below the rejected size anyway: each 409 strictly lowers it, which
+// guarantees progress instead of a loop of refusals.
+func (a *Assigner) learnQuota(named, rejectedSize int) int {
+	a.quotaMu.Lock()
+	defer a.quotaMu.Unlock()
+	q := rejectedSize - 1
+	if named > 0 && named < q {
+		q = named
+	}
+	if a.quota == 0 || q < a.quota {
+		a.log.Warn("IAM refused a trust policy for its size; lowering the quota", "from", a.quota, "to", q, "rejected", rejectedSize)
+		a.quota = q
+	}
+	return a.quota
+}
+
+// Assign places subject system:serviceaccount:<namespace>:<name> into a derived role of seed and
+// returns that role. Already listed: same role, nothing written. Otherwise first fit over the
+// existing roles by lowest index, else a new role at the lowest free index. With a warm cache and
+// no write by another replica since this one's last, it costs exactly one IAM call.
+func (a *Assigner) Assign(ctx context.Context, seed RoleARN, namespace, name string) (Assignment, error) {
+	subject, err := Subject(namespace, name)
+	if err != nil {
+		return Assignment{}, err
+	}
+	s, done, err := a.begin(ctx, seed)
+	if err != nil {
+		return Assignment{}, err
+	}
+	defer done()
+	for range maxPlacementAttempts {
+		res, again, err := s.place(ctx, subject)
+		if err != nil {
+			return Assignment{}, fmt.Errorf("assigning %s to a derived role of %s: %w", subject, seed, err)
+		}
+		if !again {
+			return res, nil
+		}
+	}
+	return Assignment{}, fmt.Errorf("assigning %s to a derived role of %s: gave up after %d attempts (roles changing underneath)", subject, seed, maxPlacementAttempts)
+}
+
+// place makes one placement attempt; again asks for another after the cache was corrected.
+func (s *session) place(ctx context.Context, subject string) (res Assignment, again bool, err error) {
+	log := s.a.log.With("seed", s.seed.String(), "subject", subject)
+	for _, r := range s.st.roles {
+		if r.bad != nil || r.owner == ownerOther || !r.trust.Has(subject) {
+			continue
+		}
+		if err := s.ensureComplete(ctx, r); errors.Is(err, errForeign) {
+			continue
+		} else if err != nil {
+			return res, false, err
+		}
+		return Assignment{RoleARN: r.arn.String(), AlreadyListed: true}, false, nil
+	}
+
+	quota := s.a.quotaFor(ctx)
+	for _, r := range s.st.roles {
+		if r.bad != nil || r.owner == ownerOther {
+			continue
+		}
+		cand, size, ok, err := Fit(r.trust, subject, quota)
+		if err != nil || !ok {
+			continue
+		}
+		if err := s.ensureComplete(ctx, r); errors.Is(err, errForeign) {
+			continue
+		} else if err != nil {
+			return res, false, err
+		}
+		err = s.writeTrust(ctx, r, cand)
+		if named, full := trustQuotaError(err); full {
+			// IAM's verdict wins over our measurement: this role is full, try the next.
+			quota = s.a.learnQuota(named, size)
+			continue
+		}
+		if err != nil {
+			return res, false, err
+		}
+		log.Info("assigned ServiceAccount to derived role", "role", r.arn.String(), "chars", size, "quota", quota)
+		return Assignment{RoleARN: r.arn.String()}, false, nil
+	}
+
+	idx := s.freeIndex()
+	if idx >= s.a.cfg.RoleCreationLimit {
+		return res, false, fmt.Errorf("%w: all %d derived roles of %s are full (raise --role-creation-limit or the ACLSizePerRole quota)", ErrRoleLimitReached, s.a.cfg.RoleCreationLimit, s.seed)
+	}
+	arn, err := Derived(s.seed, idx)
+	if err != nil {
+		return res, false, err
+	}
+	seed, err := s.seedSpec(ctx)
+	if err != nil {
+		return res, false, err
+	}
+	trust, err := DeriveTrustPolicy(seed.trust, []string{subject})
+	if err != nil {
+		return res, false, err
+	}
+	size, err := trust.Size()
+	if err != nil {
+		return res, false, err
+	}
+	if size > quota {
+		return res, false, fmt.Errorf("%w: the trust policy would be %d characters, quota %d", ErrSubjectTooLarge, size, quota)
+	}
+	err = s.create(ctx, arn, idx, seed, trust)
+	switch named, full := trustQuotaError(err); {
+	case full:
+		s.a.learnQuota(named, size)
+		return res, true, nil
+	case isAlreadyExists(err):
+		// Our listing missed it (another writer outside the protocol, or IAM's eventual
+		// consistency): look at it and place again.
+		if err := s.adopt(ctx, arn, idx); err != nil {
+			return res, false, err
+		}
+		return res, true, nil
+	case err != nil:
+		return res, false, err
+	}
+	log.Info("created derived role", "role", arn.String(), "chars", size, "quota", quota)
+	return Assignment{RoleARN: arn.String(), Created: true}, false, nil
+}
+
+// create makes a full clone of the seed. The seed tag goes in CreateRole itself, so a role that
+// exists is always recognisable as ours; the subject goes in too, which saves a call, and is safe
+// because the role only gains permissions (policies attached after) and never more than the seed.
+// If attaching fails, the role stays in the cache as incomplete and the next attempt finishes it.
+func (s *session) create(ctx context.Context, arn RoleARN, idx int, seed *roleSpec, trust TrustPolicy) error {
+	js, err := trust.JSON()
+	if err != nil {
+		return err
+	}
+	tags := copiedTags(seed)
+	in := &iam.CreateRoleInput{
+		RoleName:                 aws.String(arn.Name),
+		Path:                     aws.String(arn.Path),
+		AssumeRolePolicyDocument: aws.String(js),
+		Tags:                     tagList(tags),
+	}
+	if seed.description != "" {
+		in.Description = aws.String(seed.description)
+	}
+	if seed.maxSession != 0 {
+		in.MaxSessionDuration = aws.Int32(seed.maxSession)
+	}
+	if seed.boundary != "" {
+		in.PermissionsBoundary = aws.String(seed.boundary)
+	}
+	var out *iam.CreateRoleOutput
+	err = s.w.do(ctx, "iam:CreateRole "+arn.Name, func() error {
+		var err error
+		out, err = s.a.api.CreateRole(ctx, in)
+		return err
+	})
+	if err != nil {
+		if !isDefinite(err) {
+			s.st.loaded = false
+		}
+		return err
+	}
+	r := &roleState{index: idx, arn: arn, id: aws.ToString(out.Role.RoleId), trust: trust, owner: ownerUs}
+	s.insert(r)
+	target := &roleSpec{arn: arn, boundary: seed.boundary, tags: tags, inline: map[string]string{}}
+	if err := syncPolicies(ctx, s.w, seed, target, false); err != nil {
+		return fmt.Errorf("derived role %s created but not complete (the next attempt completes it): %w", arn, err)
+	}
+	r.complete = true
+	return nil
+}
+
+// adopt loads a role that exists although the listing did not show it.
+func (s *session) adopt(ctx context.Context, arn RoleARN, idx int) error {
+	out, err := s.a.api.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(arn.Name)})
+	if err != nil {
+		return fmt.Errorf("role %s exists but cannot be read: %w", arn.Name, err)
+	}
+	spec, err := specFromRole(out.Role)
+	if err != nil {
+		return err
+	}
+	r := &roleState{index: idx, arn: spec.arn, id: spec.id, trust: spec.trust}
+	if spec.arn != arn {
+		// Role names are unique per account across paths: the name is taken elsewhere.
+		r.owner = ownerOther
+		s.a.log.Warn("derived role name is taken by a role under another path; skipping the index", "want", arn.String(), "have", spec.arn.String())
+	} else {
+		s.setOwner(r, spec)
+	}
+	s.insert(r)
+	return nil
+}
+
+// Plan says where Assign would put the subject, without writing anything (dryRun). known is true
+// when the subject is already listed. It takes no distributed lock (which would be a Kubernetes
+// write) and may use a cache another replica has since outdated: the answer is advisory.
+func (a *Assigner) Plan(ctx context.Context, seed RoleARN, namespace, name string) (roleARN string, known bool, err error) {
+	subject, err := Subject(namespace, name)
+	if err != nil {
+		return "", false, err
+	}
+	if err := a.allowed(seed); err != nil {
+		return "", false, err
+	}
+	st := a.state(seed)
+	release, err := st.acquire(ctx)
+	if err != nil {
+		return "", false, fmt.Errorf("waiting for seed %s: %w", seed, err)
+	}
+	defer release()
+	s := &session{a: a, seed: seed, st: st}
+	s.w = &writer{api: a.api, before: s.bump} // bump refuses: no lock held
+	if !st.loaded {
+		if err := s.refresh(ctx); err != nil {
+			return "", false, err
+		}
+		st.gen = -1 // loaded without the lock: the next session reloads
+	}
+	for _, r := range st.roles {
+		if r.bad == nil && r.trust.Has(subject) && s.ensureOwned(ctx, r) == nil {
+			return r.arn.String(), true, nil
+		}
+	}
+	quota := a.quotaFor(ctx)
+	for _, r := range st.roles {
+		if r.bad != nil || r.owner == ownerOther {
+			continue
+		}
+		if _, _, ok, err := Fit(r.trust, subject, quota); err == nil && ok && s.ensureOwned(ctx, r) == nil {
+			return r.arn.String(), false, nil
+		}
+	}
+	idx := s.freeIndex()
+	if idx >= a.cfg.RoleCreationLimit {
+		return "", false, fmt.Errorf("%w: all %d derived roles of %s are full", ErrRoleLimitReached, a.cfg.RoleCreationLimit, seed)
+	}
+	arn, err := Derived(seed, idx)
+	if err != nil {
+		return "", false, err
+	}
+	return arn.String(), false, nil
+}
+
+// Remove takes subjects out of every derived role of seed that lists them (garbage collection of
+// deleted ServiceAccounts) and returns how many entries it removed. Space freed this way is
+// reused by the next Assign (first fit). Roles left empty are kept: see DeleteEmpty.
+func (a *Assigner) Remove(ctx context.Context, seed RoleARN, subjects []string) (int, error) {
+	for _, sub := range subjects {
+		if _, _, err := ParseSubject(sub); err != nil {
+			return 0, err
+		}
+	}
+	s, done, err := a.begin(ctx, seed)
+	if err != nil {
+		return 0, err
+	}
+	defer done()
+	removed := 0
+	var errs []error
+	for _, r := range s.st.roles {
+		if r.bad != nil || r.owner == ownerOther {
+			continue
+		}
+		cand, n := r.trust.WithoutSubjects(subjects...)
+		if n == 0 {
+			continue
+		}
+		if err := s.ensureOwned(ctx, r); errors.Is(err, errForeign) {
+			continue
+		} else if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := s.writeTrust(ctx, r, cand); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed += n
+		a.log.Info("removed ServiceAccounts from derived role", "role", r.arn.String(), "removed", n, "left", cand.Len())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return removed, fmt.Errorf("removing subjects from derived roles of %s: %w", seed, err)
+	}
+	return removed, nil
+}
+
+// DeleteEmpty deletes derived roles of seed that list no subject (detaching and deleting their
+// policies first, as IAM requires) and returns their ARNs. Empty roles are cheap to keep and a
+// busy cluster refills them quickly, so the sweeper calls this sparingly.
+func (a *Assigner) DeleteEmpty(ctx context.Context, seed RoleARN) ([]string, error) {
+	s, done, err := a.begin(ctx, seed)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	var deleted []string
+	var errs []error
+	for _, r := range slices.Clone(s.st.roles) {
+		if r.bad != nil || r.owner == ownerOther || r.trust.Len() > 0 {
+			continue
+		}
+		if err := s.ensureOwned(ctx, r); errors.Is(err, errForeign) {
+			continue
+		} else if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := s.deleteRole(ctx, r); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		deleted = append(deleted, r.arn.String())
+	}
+	return deleted, errors.Join(errs...)
+}
+
+func (s *session) deleteRole(ctx context.Context, r *roleState) error {
+	spec := &roleSpec{arn: r.arn}
+	if err := readPolicies(ctx, s.a.api, spec, false); err != nil {
+		return err
+	}
+	name := aws.String(r.arn.Name)
+	for _, p := range spec.attached {
+		if err := s.w.do(ctx, "iam:DetachRolePolicy "+r.arn.Name, func() error {
+			_, err := s.a.api.DetachRolePolicy(ctx, &iam.DetachRolePolicyInput{RoleName: name, PolicyArn: aws.String(p)})
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+	for p := range spec.inline {
+		if err := s.w.do(ctx, "iam:DeleteRolePolicy "+r.arn.Name, func() error {
+			_, err := s.a.api.DeleteRolePolicy(ctx, &iam.DeleteRolePolicyInput{RoleName: name, PolicyName: aws.String(p)})
+			return err
+		}); err != nil {
+			return err
+		}
+	}
+	err := s.w.do(ctx, "iam:DeleteRole "+r.arn.Name, func() error {
+		_, err := s.a.api.DeleteRole(ctx, &iam.DeleteRoleInput{RoleName: name})
+		return err
+	})
+	if err != nil && !isNoSuchEntity(err) {
+		s.st.loaded = false
+		return err
+	}
+	s.st.roles = slices.DeleteFunc(s.st.roles, func(x *roleState) bool { return x == r })
+	s.a.log.Info("deleted empty derived role", "role", r.arn.String())
+	return nil
+}
+
+// Roles reports the derived roles of seed as IAM has them now. It reads only and leaves the
+// assignment cache alone: an eventually consistent read must never replace a cache that already
+// holds this replica's own latest write.
+func (a *Assigner) Roles(ctx context.Context, seed RoleARN) ([]RoleInfo, error) {
+	if err := a.allowed(seed); err != nil {
+		return nil, err
+	}
+	s := &session{a: a, seed: seed, st: &seedState{}}
+	s.w = &writer{api: a.api, before: s.bump}
+	if err := s.refresh(ctx); err != nil {
+		return nil, err
+	}
+	quota := a.quotaFor(ctx)
+	var out []RoleInfo
+	for _, r := range s.st.roles {
+		info := RoleInfo{Index: r.index, ARN: r.arn.String(), Quota: quota}
+		if r.bad == nil {
+			info.Subjects = r.trust.Subjects()
+			info.Chars, _ = r.trust.Size()
+			info.Fill = float64(info.Chars) / float64(quota)
+		}
+		if err := s.ensureOwned(ctx, r); err == nil {
+			info.Owned = true
+		} else if !errors.Is(err, errForeign) {
+			return nil, err
+		}
+		out = append(out, info)
+	}
+	return out, nil
+}
+
+// SyncFromSeed re-reads the seed and makes every derived role match it again: attached and inline
+// policies (extras removed, changed documents rewritten), permissions boundary, description, max
+// session duration, tags, and the trust statements (subjects kept). A role whose subjects would
+// no longer fit under the quota with the seed's new statements keeps its old trust policy and is
+// reported in the error.
+func (a *Assigner) SyncFromSeed(ctx context.Context, seed RoleARN) error {
+	s, done, err := a.begin(ctx, seed)
+	if err != nil {
+		return err
+	}
+	defer done()
+	spec, err := s.readSeed(ctx, true)
+	if err != nil {
+		return err
+	}
+	s.st.spec = spec
+	quota := a.quotaFor(ctx)
+	var errs []error
+	for _, r := range s.st.roles {
+		if r.bad != nil || r.owner == ownerOther {
+			continue
+		}
+		target, err := readRole(ctx, a.api, r.arn.Name, true)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if s.setOwner(r, target); r.owner != ownerUs {
+			continue
+		}
+		if err := syncPolicies(ctx, s.w, spec, target, true); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		r.complete = true
+		want, err := DeriveTrustPolicy(spec.trust, r.trust.Subjects())
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		wantJS, err1 := want.JSON()
+		haveJS, err2 := r.trust.JSON()
+		if err := errors.Join(err1, err2); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if wantJS == haveJS {
+			continue
+		}
+		if size, _ := want.Size(); size > quota {
+			errs = append(errs, fmt.Errorf("derived role %s: with the seed's current trust statements its %d subjects need %d characters, quota %d", r.arn, want.Len(), size, quota))
+			continue
+		}
+		if err := s.writeTrust(ctx, r, want); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		a.log.Info("re-synced trust statements from seed", "role", r.arn.String())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("syncing derived roles of %s: %w", seed, err)
+	}
+	return nil
+}

@@ -1,0 +1,616 @@
+package aws
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
+	"github.com/aws/aws-sdk-go-v2/service/iam/types"
+
+	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/testenv/iamproxy"
+	"go.klusters.dev/credential-webhook/testenv/moto"
+)
+
+const testIssuer = "https://oidc.eks.us-east-1.amazonaws.com/id/5C5E1A2B3C4D5E6F7A8B9C0D1E2F3A4B"
+
+// env is one seed role in moto, reached through an iamproxy that enforces the quota and counts.
+type env struct {
+	t      *testing.T
+	moto   *moto.Server
+	proxy  *iamproxy.Proxy
+	direct *iam.Client // straight to moto: setup and assertions, never counted
+	api    *iam.Client // through the proxy, as the webhook talks to IAM
+	seed   RoleARN
+}
+
+func newEnv(t *testing.T, srv *moto.Server, seedName string, quota int) *env {
+	t.Helper()
+	ctx := context.Background()
+	p, err := iamproxy.New(srv.Endpoint, iamproxy.Options{Quota: quota})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Start(t)
+	arn, err := moto.CreateSeedRole(ctx, moto.ConfigFor(srv.Endpoint), seedName, "/kubestash/", testIssuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, err := ParseRoleARN(arn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, moto: srv, proxy: p, direct: iam.NewFromConfig(moto.ConfigFor(srv.Endpoint)), api: NewIAMClient(moto.ConfigFor(p.URL)), seed: seed}
+	p.ResetCalls()
+	return e
+}
+
+func (e *env) assigner(locker Locker, cfg Config) *Assigner {
+	if cfg.Seeds.String() == "" {
+		cfg.Seeds, _ = ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
+	}
+	log := slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return NewAssigner(e.api, locker, cfg, log)
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+func sessionSA(i int) string {
+	return fmt.Sprintf("sample-backup-daemon-demo-session-%d", 1778072138+i*3600)
+}
+
+func sessionSubject(i int) string { return SubjectPrefix + "demo:" + sessionSA(i) }
+
+// trustOf reads a role's subjects straight from moto.
+func (e *env) trustOf(name string) TrustPolicy {
+	e.t.Helper()
+	out, err := e.direct.GetRole(context.Background(), &iam.GetRoleInput{RoleName: aws.String(name)})
+	if err != nil {
+		e.t.Fatalf("GetRole %s: %v", name, err)
+	}
+	p, err := ParseTrustPolicy(aws.ToString(out.Role.AssumeRolePolicyDocument))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// capacity is how many session subjects one derived role of the seed holds under quota.
+func (e *env) capacity(quota int) int {
+	e.t.Helper()
+	seed := e.trustOf(e.seed.Name)
+	var names []string
+	for i := range 200 {
+		names = append(names, sessionSubject(i))
+	}
+	n, err := TheoreticalMax(seed, names, quota)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}
+
+func (e *env) calls() map[string]int {
+	out := map[string]int{}
+	for k, v := range e.proxy.Calls() {
+		if v > 0 {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func derivedName(seed RoleARN, i int) string {
+	d, _ := Derived(seed, i)
+	return d.Name
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestAssignerAgainstMoto(t *testing.T) {
+	srv := moto.Start(t)
+	srv.SetEnv(t) // nothing in this process may fall back to real AWS or instance metadata
+
+	t.Run("first assignment creates a full clone", func(t *testing.T) {
+		e := newEnv(t, srv, "clone-seed", 2048)
+		ctx := ctxT(t)
+		a := e.assigner(NewLocalLocker(), Config{})
+		got, err := a.Assign(ctx, e.seed, "demo", sessionSA(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := "arn:aws:iam::" + moto.AccountID + ":role/kubestash/clone-seed-0"
+		if got.RoleARN != want || !got.Created || got.AlreadyListed {
+			t.Fatalf("Assign = %+v, want created %s", got, want)
+		}
+		t.Logf("IAM calls, first assignment of a cold process: %v", e.calls())
+
+		seed, err := readRole(ctx, e.direct, e.seed.Name, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := readRole(ctx, e.direct, "clone-seed-0", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.arn.Path != "/kubestash/" || d.maxSession != moto.SeedMaxSessionDuration || d.description != seed.description || d.description == "" {
+			t.Errorf("derived role path %q, max session %d, description %q", d.arn.Path, d.maxSession, d.description)
+		}
+		if !slices.Equal(d.attached, seed.attached) || len(d.attached) == 0 {
+			t.Errorf("attached policies %v, seed has %v", d.attached, seed.attached)
+		}
+		if !maps.Equal(d.inline, seed.inline) || len(d.inline) == 0 {
+			t.Errorf("inline policies %v, seed has %v", d.inline, seed.inline)
+		}
+		if d.tags[moto.SeedTagKey] != moto.SeedTagValue || d.tags[annotations.SeedTag] != e.seed.String() {
+			t.Errorf("tags %v", d.tags)
+		}
+		if subs := d.trust.Subjects(); !slices.Equal(subs, []string{sessionSubject(0)}) {
+			t.Errorf("derived subjects %v; the seed's own subject must not be copied", subs)
+		}
+		js, _ := d.trust.JSON()
+		if !strings.Contains(js, moto.IssuerHost(testIssuer)+`:aud":"sts.amazonaws.com"`) || !strings.Contains(js, `"Federated":"arn:aws:iam::`+moto.AccountID+`:oidc-provider/`) {
+			t.Errorf("derived trust policy lost the provider or the audience: %s", js)
+		}
+	})
+
+	t.Run("spill, idempotency, steady state, reuse of freed space", func(t *testing.T) {
+		e := newEnv(t, srv, "spill-seed", 2048)
+		ctx := ctxT(t)
+		a := e.assigner(NewLocalLocker(), Config{})
+		per := e.capacity(2048)
+		t.Logf("session subjects per derived role at quota 2048: %d (%d characters each)", per, len(sessionSubject(0)))
+		if per < 18 || per > 24 {
+			t.Fatalf("capacity %d is implausible for the KubeStash fixture", per)
+		}
+		for i := range per {
+			got, err := a.Assign(ctx, e.seed, "demo", sessionSA(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasSuffix(got.RoleARN, "/spill-seed-0") || got.Created != (i == 0) {
+				t.Fatalf("subject %d: %+v", i, got)
+			}
+			if i == 1 {
+				e.proxy.ResetCalls()
+			}
+		}
+		// Steady state: warm cache, this replica wrote last.
+		if c := e.calls(); !maps.Equal(c, map[string]int{"iam:UpdateAssumeRolePolicy": per - 2}) {
+			t.Fatalf("steady-state calls for %d assignments: %v", per-2, c)
+		}
+		if size, _ := e.trustOf("spill-seed-0").Size(); size > 2048 {
+			t.Fatalf("role 0 is %d characters", size)
+		}
+
+		e.proxy.ResetCalls()
+		got, err := a.Assign(ctx, e.seed, "demo", sessionSA(per))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasSuffix(got.RoleARN, "/spill-seed-1") || !got.Created {
+			t.Fatalf("subject %d did not spill to a new role: %+v", per, got)
+		}
+		t.Logf("IAM calls for an assignment that creates a role (seed cached): %v", e.calls())
+		if c := e.calls(); c["iam:CreateRole"] != 1 || c["iam:UpdateAssumeRolePolicy"] != 0 || c["iam:ListRoles"] != 0 {
+			t.Errorf("new-role calls: %v", c)
+		}
+		if e.proxy.Rejections() != nil {
+			t.Errorf("the quota was measured wrong, IAM refused: %v", e.proxy.Rejections())
+		}
+
+		// Idempotent: no write, same role.
+		e.proxy.ResetCalls()
+		again, err := a.Assign(ctx, e.seed, "demo", sessionSA(3))
+		if err != nil || !again.AlreadyListed || !strings.HasSuffix(again.RoleARN, "/spill-seed-0") {
+			t.Fatalf("re-assign = %+v, %v", again, err)
+		}
+		if c := e.calls(); len(c) != 0 {
+			t.Errorf("re-assigning a listed subject made calls: %v", c)
+		}
+		if n := len(e.trustOf("spill-seed-0").Subjects()); n != per {
+			t.Errorf("role 0 lists %d subjects, want %d", n, per)
+		}
+
+		// Dry run: no write, and it knows where things are.
+		e.proxy.ResetCalls()
+		if arn, known, err := a.Plan(ctx, e.seed, "demo", sessionSA(3)); err != nil || !known || !strings.HasSuffix(arn, "-0") {
+			t.Errorf("Plan listed = %s %v %v", arn, known, err)
+		}
+		if arn, known, err := a.Plan(ctx, e.seed, "demo", sessionSA(1000)); err != nil || known || !strings.HasSuffix(arn, "-1") {
+			t.Errorf("Plan new = %s %v %v", arn, known, err)
+		}
+		for k := range e.calls() {
+			if !strings.HasPrefix(k, "iam:Get") && !strings.HasPrefix(k, "iam:List") {
+				t.Errorf("Plan called %s", k)
+			}
+		}
+
+		// Removal frees space in role 0, which the next subject reuses.
+		removed, err := a.Remove(ctx, e.seed, []string{sessionSubject(2), sessionSubject(5), "system:serviceaccount:demo:never-assigned"})
+		if err != nil || removed != 2 {
+			t.Fatalf("Remove = %d, %v", removed, err)
+		}
+		for _, i := range []int{per + 1, per + 2} {
+			got, err := a.Assign(ctx, e.seed, "demo", sessionSA(i))
+			if err != nil || !strings.HasSuffix(got.RoleARN, "/spill-seed-0") {
+				t.Fatalf("after removal, subject %d went to %+v, %v", i, got, err)
+			}
+		}
+		subs := e.trustOf("spill-seed-0").Subjects()
+		if slices.Contains(subs, sessionSubject(2)) || !slices.Contains(subs, sessionSubject(per+2)) || len(subs) != per {
+			t.Errorf("role 0 after reuse: %d subjects %v", len(subs), subs)
+		}
+
+		// The roles table sees what IAM has.
+		roles, err := a.Roles(ctx, e.seed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(roles) != 2 || len(roles[0].Subjects) != per || len(roles[1].Subjects) != 1 || !roles[0].Owned || roles[0].Quota != 2048 || roles[0].Fill < 0.9 {
+			t.Errorf("Roles = %+v", roles)
+		}
+		var b strings.Builder
+		WriteRolesTable(&b, roles)
+		t.Logf("roles table:\n%s", b.String())
+	})
+
+	t.Run("another replica's write is seen through the generation", func(t *testing.T) {
+		e := newEnv(t, srv, "gen-seed", 2048)
+		ctx := ctxT(t)
+		locker := NewLocalLocker()
+		a1, a2 := e.assigner(locker, Config{}), e.assigner(locker, Config{})
+		if _, err := a1.Assign(ctx, e.seed, "demo", sessionSA(0)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a2.Assign(ctx, e.seed, "demo", sessionSA(1)); err != nil {
+			t.Fatal(err)
+		}
+		// a1's cache predates a2's write; the generation tells it to reload before writing.
+		e.proxy.ResetCalls()
+		if _, err := a1.Assign(ctx, e.seed, "demo", sessionSA(2)); err != nil {
+			t.Fatal(err)
+		}
+		if c := e.calls(); c["iam:ListRoles"] != 1 || c["iam:UpdateAssumeRolePolicy"] != 1 {
+			t.Errorf("stale replica calls: %v", c)
+		}
+		if subs := e.trustOf("gen-seed-0").Subjects(); len(subs) != 3 {
+			t.Fatalf("a subject was lost: %v", subs)
+		}
+	})
+
+	t.Run("concurrent replicas lose no subject", func(t *testing.T) {
+		e := newEnv(t, srv, "race-seed", 2048)
+		ctx := ctxT(t)
+		locker := NewLocalLocker()
+		replicas := []*Assigner{e.assigner(locker, Config{}), e.assigner(locker, Config{})}
+		per := e.capacity(2048)
+		total := 2*per + 3 // three roles
+		var wg sync.WaitGroup
+		results := make([]Assignment, total)
+		errs := make([]error, total)
+		for i := range total {
+			wg.Go(func() {
+				results[i], errs[i] = replicas[i%2].Assign(ctx, e.seed, "demo", sessionSA(i))
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]string{}
+		for r := range 3 {
+			name := derivedName(e.seed, r)
+			for _, s := range e.trustOf(name).Subjects() {
+				if prev, dup := seen[s]; dup {
+					t.Errorf("%s listed in %s and %s", s, prev, name)
+				}
+				seen[s] = name
+			}
+		}
+		for i := range total {
+			role, ok := seen[sessionSubject(i)]
+			if !ok {
+				t.Errorf("subject %d lost", i)
+			} else if !strings.HasSuffix(results[i].RoleARN, "/"+role) {
+				t.Errorf("subject %d: Assign said %s, IAM lists it in %s", i, results[i].RoleARN, role)
+			}
+		}
+		if len(seen) != total {
+			t.Errorf("%d subjects in IAM, want %d", len(seen), total)
+		}
+	})
+
+	t.Run("IAM 409 means full: learn the quota and move on", func(t *testing.T) {
+		e := newEnv(t, srv, "q409-seed", 2048)
+		ctx := ctxT(t)
+		a := e.assigner(NewLocalLocker(), Config{Quota: 4096}) // believes a bigger quota than IAM enforces
+		per := e.capacity(2048)
+		for i := range per + 1 {
+			got, err := a.Assign(ctx, e.seed, "demo", sessionSA(i))
+			if err != nil {
+				t.Fatalf("subject %d: %v", i, err)
+			}
+			wantRole := "/q409-seed-0"
+			if i == per {
+				wantRole = "/q409-seed-1"
+			}
+			if !strings.HasSuffix(got.RoleARN, wantRole) {
+				t.Fatalf("subject %d went to %s, want %s", i, got.RoleARN, wantRole)
+			}
+		}
+		rej := e.proxy.Rejections()
+		if len(rej) != 1 || rej[0].Code != "LimitExceeded" {
+			t.Fatalf("rejections %+v, want exactly one LimitExceeded", rej)
+		}
+		// Learned: the next overflow of role 1 is predicted, not tried.
+		e.proxy.ResetCalls()
+		for i := per + 1; i < 2*per+1; i++ {
+			if _, err := a.Assign(ctx, e.seed, "demo", sessionSA(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if rej := e.proxy.Rejections(); len(rej) != 0 {
+			t.Errorf("quota not learned, IAM refused again: %+v", rej)
+		}
+	})
+
+	t.Run("quota read once from GetAccountSummary", func(t *testing.T) {
+		e := newEnv(t, srv, "summary-seed", 4096)
+		ctx := ctxT(t)
+		a := e.assigner(NewLocalLocker(), Config{})
+		per := e.capacity(4096)
+		for i := range per + 1 {
+			if _, err := a.Assign(ctx, e.seed, "demo", sessionSA(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if c := e.calls(); c["iam:GetAccountSummary"] != 1 || c["iam:CreateRole"] != 2 {
+			t.Errorf("calls %v: want one GetAccountSummary and 2 roles for %d subjects at 4096", c, per+1)
+		}
+		if n := len(e.trustOf("summary-seed-0").Subjects()); n != per {
+			t.Errorf("role 0 holds %d, want %d at quota 4096", n, per)
+		}
+	})
+
+	t.Run("half-created role is completed, not duplicated", func(t *testing.T) {
+		e := newEnv(t, srv, "half-seed", 2048)
+		ctx := ctxT(t)
+		// Another process died right after CreateRole: tagged, trusted, no policies.
+		if _, err := e.direct.CreateRole(ctx, &iam.CreateRoleInput{
+			RoleName: aws.String("half-seed-0"), Path: aws.String("/kubestash/"),
+			AssumeRolePolicyDocument: aws.String(moto.TrustPolicy("arn:aws:iam::"+moto.AccountID+":oidc-provider/"+moto.IssuerHost(testIssuer), testIssuer, sessionSubject(0))),
+			Tags:                     []types.Tag{{Key: aws.String(annotations.SeedTag), Value: aws.String(e.seed.String())}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		a := e.assigner(NewLocalLocker(), Config{})
+		got, err := a.Assign(ctx, e.seed, "demo", sessionSA(0))
+		if err != nil || !got.AlreadyListed || !strings.HasSuffix(got.RoleARN, "/half-seed-0") {
+			t.Fatalf("Assign = %+v, %v", got, err)
+		}
+		d, err := readRole(ctx, e.direct, "half-seed-0", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(d.attached) != 1 || len(d.inline) != 1 {
+			t.Errorf("not completed: attached %v inline %v", d.attached, d.inline)
+		}
+		// Same, in-process: policy attachment fails (IAM 5xx until the deadline), then recovers.
+		e.proxy.SetFaults(iamproxy.Faults{ServerErrorRate: 1, Actions: []string{"iam:AttachRolePolicy"}})
+		per := e.capacity(2048)
+		for i := 1; i < per; i++ {
+			if _, err := a.Assign(ctx, e.seed, "demo", sessionSA(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		short, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+		_, err = a.Assign(short, e.seed, "demo", sessionSA(per))
+		cancel()
+		if err == nil {
+			t.Fatal("Assign succeeded although AttachRolePolicy always fails")
+		}
+		if f := e.proxy.Faults().ServerErrors["iam:AttachRolePolicy"]; f < 2 {
+			t.Errorf("AttachRolePolicy 5xx was tried %d times; the SDK retryer should retry until the deadline", f)
+		}
+		e.proxy.SetFaults(iamproxy.Faults{})
+		got, err = a.Assign(ctx, e.seed, "demo", sessionSA(per))
+		if err != nil || !strings.HasSuffix(got.RoleARN, "/half-seed-1") {
+			t.Fatalf("retry = %+v, %v", got, err)
+		}
+		if d, err := readRole(ctx, e.direct, "half-seed-1", false); err != nil || len(d.attached) != 1 || len(d.inline) != 1 {
+			t.Errorf("half-seed-1 not completed: %+v %v", d, err)
+		}
+		if _, err := e.direct.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String("half-seed-2")}); !isNoSuchEntity(err) {
+			t.Errorf("a duplicate role was created: %v", err)
+		}
+	})
+
+	t.Run("throttling is retried", func(t *testing.T) {
+		e := newEnv(t, srv, "throttle-seed", 2048)
+		ctx := ctxT(t)
+		a := e.assigner(NewLocalLocker(), Config{})
+		e.proxy.SetFaults(iamproxy.Faults{ThrottleRate: 0.5, Actions: []string{"iam:UpdateAssumeRolePolicy", "iam:CreateRole", "iam:ListRoles"}, Seed: 7})
+		for i := range 4 {
+			if _, err := a.Assign(ctx, e.seed, "demo", sessionSA(i)); err != nil {
+				t.Fatalf("subject %d: %v", i, err)
+			}
+		}
+		throttled := 0
+		for _, n := range e.proxy.Faults().Throttled {
+			throttled += n
+		}
+		if throttled == 0 {
+			t.Fatal("no throttling was injected; the test proves nothing")
+		}
+		if subs := e.trustOf("throttle-seed-0").Subjects(); len(subs) != 4 {
+			t.Errorf("subjects after throttling: %v", subs)
+		}
+		t.Logf("%d throttled requests retried", throttled)
+	})
+
+	t.Run("a role named like ours but without the seed tag is never written", func(t *testing.T) {
+		e := newEnv(t, srv, "foreign-seed", 2048)
+		ctx := ctxT(t)
+		foreignDoc := moto.TrustPolicy("arn:aws:iam::"+moto.AccountID+":oidc-provider/"+moto.IssuerHost(testIssuer), testIssuer, "system:serviceaccount:other:x")
+		if _, err := e.direct.CreateRole(ctx, &iam.CreateRoleInput{
+			RoleName: aws.String("foreign-seed-0"), Path: aws.String("/kubestash/"), AssumeRolePolicyDocument: aws.String(foreignDoc),
+		}); err != nil {
+			t.Fatal(err)
+		}
+		// Same name under another path: the name is taken account-wide.
+		if _, err := e.direct.CreateRole(ctx, &iam.CreateRoleInput{
+			RoleName: aws.String("foreign-seed-1"), Path: aws.String("/elsewhere/"), AssumeRolePolicyDocument: aws.String(foreignDoc),
+		}); err != nil {
+			t.Fatal(err)
+		}
+		a := e.assigner(NewLocalLocker(), Config{})
+		got, err := a.Assign(ctx, e.seed, "other", "x") // even a subject the foreign role lists
+		if err != nil || !strings.HasSuffix(got.RoleARN, "/foreign-seed-2") || !got.Created {
+			t.Fatalf("Assign = %+v, %v", got, err)
+		}
+		if _, err := a.Assign(ctx, e.seed, "demo", sessionSA(1)); err != nil {
+			t.Fatal(err)
+		}
+		if subs := e.trustOf("foreign-seed-0").Subjects(); !slices.Equal(subs, []string{"system:serviceaccount:other:x"}) {
+			t.Errorf("foreign role was modified: %v", subs)
+		}
+		if n, err := a.Remove(ctx, e.seed, []string{"system:serviceaccount:other:x"}); err != nil || n != 1 {
+			t.Errorf("Remove = %d, %v (only our role's entry)", n, err)
+		}
+		if subs := e.trustOf("foreign-seed-0").Subjects(); len(subs) != 1 {
+			t.Errorf("Remove touched the foreign role: %v", subs)
+		}
+		roles, err := a.Roles(ctx, e.seed)
+		if err != nil || len(roles) != 2 || roles[0].Owned || !roles[1].Owned {
+			t.Errorf("Roles = %+v, %v", roles, err)
+		}
+	})
+
+	t.Run("limits and refusals", func(t *testing.T) {
+		e := newEnv(t, srv, "limit-seed", 2048)
+		ctx := ctxT(t)
+		a := e.assigner(NewLocalLocker(), Config{RoleCreationLimit: 1})
+		per := e.capacity(2048)
+		for i := range per {
+			if _, err := a.Assign(ctx, e.seed, "demo", sessionSA(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := a.Assign(ctx, e.seed, "demo", sessionSA(per)); !errors.Is(err, ErrRoleLimitReached) {
+			t.Errorf("past the limit: %v", err)
+		}
+		if _, _, err := a.Plan(ctx, e.seed, "demo", sessionSA(per)); !errors.Is(err, ErrRoleLimitReached) {
+			t.Errorf("Plan past the limit: %v", err)
+		}
+		e.proxy.ResetCalls()
+		other, _ := ParseRoleARN("arn:aws:iam::" + moto.AccountID + ":role/other/limit-seed")
+		if _, err := a.Assign(ctx, other, "demo", "x"); !errors.Is(err, ErrNotAllowed) {
+			t.Errorf("seed outside the allowlist: %v", err)
+		}
+		if c := e.calls(); len(c) != 0 {
+			t.Errorf("a refused seed cost IAM calls: %v", c)
+		}
+		if _, err := a.Assign(ctx, e.seed, "demo", "evil-*"); !errors.Is(err, ErrInvalidSubject) {
+			t.Errorf("wildcard name: %v", err)
+		}
+		none := NewAssigner(e.api, NewLocalLocker(), Config{}, nil)
+		if _, err := none.Assign(ctx, e.seed, "demo", "x"); !errors.Is(err, ErrNotAllowed) {
+			t.Errorf("empty allowlist must allow nothing: %v", err)
+		}
+		// An ARN whose path does not match the real role (names are unique per account).
+		moved, _ := ParseRoleARN("arn:aws:iam::" + moto.AccountID + ":role/kubestash/team/limit-seed")
+		if _, err := a.Assign(ctx, moved, "demo", "x"); !errors.Is(err, ErrSeedMismatch) {
+			t.Errorf("seed at the wrong path: %v", err)
+		}
+	})
+
+	t.Run("sync from seed repairs drift; empty roles can be deleted", func(t *testing.T) {
+		e := newEnv(t, srv, "sync-seed", 2048)
+		ctx := ctxT(t)
+		a := e.assigner(NewLocalLocker(), Config{})
+		if _, err := a.Assign(ctx, e.seed, "demo", sessionSA(0)); err != nil {
+			t.Fatal(err)
+		}
+		// The seed changes: another managed policy, a new inline document, longer sessions, a tag.
+		pol, err := e.direct.CreatePolicy(ctx, &iam.CreatePolicyInput{PolicyName: aws.String("sync-extra"), PolicyDocument: aws.String(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetBucketLocation","Resource":"*"}]}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		must := func(_ any, err error) {
+			t.Helper()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		must(e.direct.AttachRolePolicy(ctx, &iam.AttachRolePolicyInput{RoleName: aws.String("sync-seed"), PolicyArn: pol.Policy.Arn}))
+		must(e.direct.PutRolePolicy(ctx, &iam.PutRolePolicyInput{RoleName: aws.String("sync-seed"), PolicyName: aws.String("sync-seed-inline"), PolicyDocument: aws.String(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:ListBucket","Resource":"*"}]}`)}))
+		must(e.direct.UpdateRole(ctx, &iam.UpdateRoleInput{RoleName: aws.String("sync-seed"), MaxSessionDuration: aws.Int32(10800), Description: aws.String("changed")}))
+		must(e.direct.TagRole(ctx, &iam.TagRoleInput{RoleName: aws.String("sync-seed"), Tags: []types.Tag{{Key: aws.String("cost-center"), Value: aws.String("42")}}}))
+		// And someone widened the derived role by hand.
+		must(e.direct.PutRolePolicy(ctx, &iam.PutRolePolicyInput{RoleName: aws.String("sync-seed-0"), PolicyName: aws.String("hand-made"), PolicyDocument: aws.String(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}`)}))
+
+		if err := a.SyncFromSeed(ctx, e.seed); err != nil {
+			t.Fatal(err)
+		}
+		seed, _ := readRole(ctx, e.direct, "sync-seed", true)
+		d, err := readRole(ctx, e.direct, "sync-seed-0", true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(d.attached, seed.attached) || !maps.Equal(d.inline, seed.inline) || d.maxSession != 10800 || d.description != "changed" ||
+			d.tags["cost-center"] != "42" || d.tags[annotations.SeedTag] != e.seed.String() {
+			t.Errorf("not re-synced:\nseed    %+v\nderived %+v", seed, d)
+		}
+		if subs := d.trust.Subjects(); len(subs) != 1 {
+			t.Errorf("sync changed subjects: %v", subs)
+		}
+		// A second sync finds nothing to do.
+		e.proxy.ResetCalls()
+		if err := a.SyncFromSeed(ctx, e.seed); err != nil {
+			t.Fatal(err)
+		}
+		for k := range e.calls() {
+			if !strings.HasPrefix(k, "iam:Get") && !strings.HasPrefix(k, "iam:List") {
+				t.Errorf("idempotent sync wrote: %s", k)
+			}
+		}
+
+		if n, err := a.Remove(ctx, e.seed, []string{sessionSubject(0)}); err != nil || n != 1 {
+			t.Fatalf("Remove = %d, %v", n, err)
+		}
+		if subs := e.trustOf("sync-seed-0").Subjects(); len(subs) != 0 {
+			t.Fatalf("emptied role lists %v", subs)
+		}
+		deleted, err := a.DeleteEmpty(ctx, e.seed)
+		if err != nil || len(deleted) != 1 {
+			t.Fatalf("DeleteEmpty = %v, %v", deleted, err)
+		}
+		if _, err := e.direct.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String("sync-seed-0")}); !isNoSuchEntity(err) {
+			t.Errorf("role still exists: %v", err)
+		}
+		got, err := a.Assign(ctx, e.seed, "demo", sessionSA(1))
+		if err != nil || !got.Created || !strings.HasSuffix(got.RoleARN, "/sync-seed-0") {
+			t.Errorf("after deletion: %+v, %v", got, err)
+		}
+	})
+}

@@ -1,0 +1,467 @@
+package aws
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"unicode/utf8"
+)
+
+// ErrSeedNotOIDC is wrapped when a seed role's trust policy has no statement a derived role could
+// copy (an Allow for exactly one Federated OIDC provider).
+var ErrSeedNotOIDC = errors.New("seed trust policy trusts no OIDC provider")
+
+// noSubject is written as the only subject of a derived role that has none left. An OIDC Allow
+// statement without a ":sub" condition would trust every ServiceAccount of the cluster, and IAM
+// does not reliably accept an empty value list, so an unmatchable value keeps the statement
+// closed: Kubernetes never issues a token whose sub lacks the system:serviceaccount: prefix.
+const noSubject = "credential-webhook:no-subject"
+
+// maxPolicyDocLen bounds what we parse. IAM's largest trust-policy quota is 8,192 characters; a
+// URL-encoded document can be up to three times longer.
+const maxPolicyDocLen = 64 << 10
+
+type statementKind int
+
+const (
+	// kindOther: kept verbatim on a round trip, dropped when deriving (it trusts something other
+	// than ServiceAccounts, and derived roles exist only for ServiceAccounts).
+	kindOther statementKind = iota
+	// kindOIDC: Effect Allow, Principal {"Federated": one oidc-provider ARN}. Its "<issuer>:sub"
+	// conditions are replaced by the policy's subject list.
+	kindOIDC
+	// kindDeny: kept verbatim, always, including when deriving: dropping a Deny would widen trust.
+	kindDeny
+)
+
+// statement is one parsed trust statement. It is never mutated after parsing, so TrustPolicy
+// values can share statements and stay cheap to copy.
+type statement struct {
+	kind   statementKind
+	issuer string                     // OIDC issuer host/path (no scheme) for kindOIDC
+	fields map[string]json.RawMessage // everything but Condition for kindOIDC; everything otherwise
+	// condition is the Condition block minus every "<issuer>:sub" key (kindOIDC only).
+	condition map[string]map[string]json.RawMessage
+}
+
+// TrustPolicy is a role trust policy split into statement templates and a subject set. Values are
+// immutable: the With* methods return modified copies, so a cached policy is never half-edited by
+// a failed write.
+type TrustPolicy struct {
+	top        map[string]json.RawMessage // top-level fields but Statement
+	statements []*statement
+	single     bool     // Statement was an object, not an array (kept for round trips)
+	subjects   []string // sorted, unique, never noSubject
+	// size memoises Size for this value (values are immutable, so it never goes stale): the
+	// first-fit scan measures every full role for every assignment otherwise.
+	size *sizeMemo
+}
+
+type sizeMemo struct {
+	once sync.Once
+	n    int
+	err  error
+}
+
+// DecodePolicyDocument undoes the URL encoding IAM applies to policy documents in its responses.
+// Plain JSON passes through, so moto and hand-written input work too.
+func DecodePolicyDocument(doc string) (string, error) {
+	if len(doc) > maxPolicyDocLen {
+		return "", fmt.Errorf("policy document is %d bytes, more than the %d we accept", len(doc), maxPolicyDocLen)
+	}
+	s := strings.TrimSpace(doc)
+	if strings.HasPrefix(s, "{") {
+		return s, nil
+	}
+	// PathUnescape, not QueryUnescape: IAM percent-encodes per RFC 3986, and a literal '+' in a
+	// policy must stay a '+'.
+	dec, err := url.PathUnescape(s)
+	if err != nil {
+		return "", fmt.Errorf("policy document is neither JSON nor URL-encoded JSON: %w", err)
+	}
+	dec = strings.TrimSpace(dec)
+	if !strings.HasPrefix(dec, "{") {
+		return "", fmt.Errorf("policy document is neither JSON nor URL-encoded JSON (starts with %s)", quoteShort(firstN(s, 16)))
+	}
+	return dec, nil
+}
+
+// ParseTrustPolicy parses a trust policy, URL-encoded or not. Subjects are collected from every
+// "<issuer>:sub" condition of the OIDC statements (StringEquals, StringLike, or any other
+// operator), so the same function reads seeds and derived roles.
+func ParseTrustPolicy(doc string) (TrustPolicy, error) {
+	js, err := DecodePolicyDocument(doc)
+	if err != nil {
+		return TrustPolicy{}, err
+	}
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(js), &top); err != nil {
+		return TrustPolicy{}, fmt.Errorf("parsing trust policy: %w", err)
+	}
+	p := TrustPolicy{top: top}
+	rawStmts, ok := top["Statement"]
+	if !ok {
+		return TrustPolicy{}, errors.New("trust policy has no Statement")
+	}
+	delete(top, "Statement")
+	var list []json.RawMessage
+	if bytes.HasPrefix(bytes.TrimSpace(rawStmts), []byte("{")) {
+		p.single = true
+		list = []json.RawMessage{rawStmts}
+	} else if err := json.Unmarshal(rawStmts, &list); err != nil {
+		return TrustPolicy{}, fmt.Errorf("trust policy Statement is neither an object nor an array: %w", err)
+	}
+	var subjects []string
+	for i, raw := range list {
+		st, subs, err := parseStatement(raw)
+		if err != nil {
+			return TrustPolicy{}, fmt.Errorf("trust policy statement %d: %w", i, err)
+		}
+		p.statements = append(p.statements, st)
+		subjects = append(subjects, subs...)
+	}
+	p.subjects = normalizeSubjects(subjects)
+	p.size = &sizeMemo{}
+	return p, nil
+}
+
+func parseStatement(raw json.RawMessage) (*statement, []string, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return nil, nil, fmt.Errorf("not an object: %w", err)
+	}
+	st := &statement{kind: kindOther, fields: fields}
+	var effect string
+	if e, ok := fields["Effect"]; ok {
+		if err := json.Unmarshal(e, &effect); err != nil {
+			return nil, nil, fmt.Errorf("Effect: %w", err)
+		}
+	}
+	if effect == "Deny" {
+		st.kind = kindDeny
+		return st, nil, nil
+	}
+	if effect != "Allow" {
+		return st, nil, nil
+	}
+	issuers, onlyFederated, err := oidcIssuers(fields["Principal"])
+	if err != nil {
+		return nil, nil, err
+	}
+	switch {
+	case len(issuers) == 0 || !onlyFederated:
+		return st, nil, nil
+	case len(issuers) > 1:
+		// One statement with two providers would need both "<issuer>:sub" keys present in one
+		// token, which never happens; refuse instead of writing a policy that matches nothing.
+		return nil, nil, fmt.Errorf("trusts %d OIDC providers in one statement; split it into one statement per provider", len(issuers))
+	}
+	st.kind = kindOIDC
+	st.issuer = issuers[0]
+	st.fields = make(map[string]json.RawMessage, len(fields))
+	for k, v := range fields {
+		if k != "Condition" {
+			st.fields[k] = v
+		}
+	}
+	var subjects []string
+	if c, ok := fields["Condition"]; ok {
+		var cond map[string]map[string]json.RawMessage
+		if err := json.Unmarshal(c, &cond); err != nil {
+			return nil, nil, fmt.Errorf("Condition: %w", err)
+		}
+		subKey := st.issuer + ":sub"
+		for op, keys := range cond {
+			for k, v := range keys {
+				if !strings.EqualFold(k, subKey) {
+					continue
+				}
+				vals, err := stringOrList(v)
+				if err != nil {
+					return nil, nil, fmt.Errorf("Condition %s %s: %w", op, k, err)
+				}
+				subjects = append(subjects, vals...)
+				delete(keys, k)
+			}
+			if len(keys) == 0 {
+				delete(cond, op)
+			}
+		}
+		st.condition = cond
+	}
+	return st, subjects, nil
+}
+
+// oidcIssuers returns the issuers of the oidc-provider ARNs in a Principal, and whether Federated
+// is the Principal's only key (a mixed principal is not something we know how to narrow).
+func oidcIssuers(raw json.RawMessage) (issuers []string, onlyFederated bool, err error) {
+	if len(raw) == 0 || !bytes.HasPrefix(bytes.TrimSpace(raw), []byte("{")) {
+		return nil, false, nil // absent or "*"
+	}
+	var principal map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &principal); err != nil {
+		return nil, false, fmt.Errorf("Principal: %w", err)
+	}
+	fed, ok := principal["Federated"]
+	if !ok {
+		return nil, false, nil
+	}
+	vals, err := stringOrList(fed)
+	if err != nil {
+		return nil, false, fmt.Errorf("Principal Federated: %w", err)
+	}
+	for _, v := range vals {
+		if iss, ok := oidcIssuer(v); ok {
+			issuers = append(issuers, iss)
+		}
+	}
+	return issuers, len(principal) == 1 && len(issuers) == len(vals), nil
+}
+
+// oidcIssuer extracts "oidc.eks.<region>.amazonaws.com/id/<ID>" from
+// "arn:<partition>:iam::<account>:oidc-provider/<issuer>".
+func oidcIssuer(federated string) (string, bool) {
+	parts := strings.SplitN(federated, ":", 6)
+	if len(parts) != 6 || parts[0] != "arn" || parts[2] != "iam" {
+		return "", false
+	}
+	iss, ok := strings.CutPrefix(parts[5], "oidc-provider/")
+	return iss, ok && iss != ""
+}
+
+func stringOrList(raw json.RawMessage) ([]string, error) {
+	var one string
+	if err := json.Unmarshal(raw, &one); err == nil {
+		return []string{one}, nil
+	}
+	var many []string
+	if err := json.Unmarshal(raw, &many); err != nil {
+		return nil, errors.New("want a string or a list of strings")
+	}
+	return many, nil
+}
+
+// normalizeSubjects sorts, de-duplicates and drops the placeholder. Sorting gives a stable
+// document (and a stable size) whatever order subjects were added in.
+func normalizeSubjects(in []string) []string {
+	out := make([]string, 0, len(in))
+	for _, s := range in {
+		if s != noSubject {
+			out = append(out, s)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// DeriveTrustPolicy builds a derived role's trust policy from its seed's: the seed's Deny
+// statements verbatim, its OIDC Allow statements with their non-subject conditions (":aud" and
+// any other) and without the seed's own subjects, then subjects as the only allowed ":sub" values.
+//
+// When the seed has several OIDC statements (one per cluster, say), every one of them gets the
+// whole subject list: a ServiceAccount name says nothing about its cluster, and getting this wrong
+// would break a working identity. The price is capacity: each extra statement repeats the list,
+// which the size measurement accounts for. Allow statements for other principals (AWS accounts,
+// services, SAML) are not copied: derived roles exist for ServiceAccounts only.
+func DeriveTrustPolicy(seed TrustPolicy, subjects []string) (TrustPolicy, error) {
+	d := TrustPolicy{top: seed.top, subjects: normalizeSubjects(slices.Clone(subjects)), size: &sizeMemo{}}
+	for _, st := range seed.statements {
+		if st.kind != kindOther {
+			d.statements = append(d.statements, st)
+		}
+	}
+	if d.OIDCStatements() == 0 {
+		return TrustPolicy{}, ErrSeedNotOIDC
+	}
+	if _, ok := d.top["Version"]; !ok {
+		d.top = cloneRaw(d.top)
+		d.top["Version"] = json.RawMessage(`"2012-10-17"`)
+	}
+	return d, nil
+}
+
+// Subjects returns the assigned subjects in sorted order.
+func (p TrustPolicy) Subjects() []string { return slices.Clone(p.subjects) }
+
+// Has reports whether subject is assigned.
+func (p TrustPolicy) Has(subject string) bool {
+	_, ok := slices.BinarySearch(p.subjects, subject)
+	return ok
+}
+
+// Len is the number of assigned subjects.
+func (p TrustPolicy) Len() int { return len(p.subjects) }
+
+// OIDCStatements counts the statements that carry the subject list.
+func (p TrustPolicy) OIDCStatements() int {
+	n := 0
+	for _, st := range p.statements {
+		if st.kind == kindOIDC {
+			n++
+		}
+	}
+	return n
+}
+
+// Issuers lists the OIDC issuers the policy trusts, in statement order.
+func (p TrustPolicy) Issuers() []string {
+	var out []string
+	for _, st := range p.statements {
+		if st.kind == kindOIDC {
+			out = append(out, st.issuer)
+		}
+	}
+	return out
+}
+
+// WithSubject returns p with subject added; added is false when it was already there.
+func (p TrustPolicy) WithSubject(subject string) (q TrustPolicy, added bool) {
+	i, found := slices.BinarySearch(p.subjects, subject)
+	if found || subject == noSubject {
+		return p, false
+	}
+	p.subjects = slices.Insert(slices.Clone(p.subjects), i, subject)
+	p.size = &sizeMemo{}
+	return p, true
+}
+
+// WithoutSubjects returns p without the given subjects and how many of them it held.
+func (p TrustPolicy) WithoutSubjects(subjects ...string) (q TrustPolicy, removed int) {
+	drop := make(map[string]bool, len(subjects))
+	for _, s := range subjects {
+		drop[s] = true
+	}
+	kept := make([]string, 0, len(p.subjects))
+	for _, s := range p.subjects {
+		if drop[s] {
+			removed++
+		} else {
+			kept = append(kept, s)
+		}
+	}
+	if removed == 0 {
+		return p, 0
+	}
+	p.subjects = kept
+	p.size = &sizeMemo{}
+	return p, removed
+}
+
+// JSON renders the compact document that is sent to IAM.
+func (p TrustPolicy) JSON() (string, error) {
+	doc := cloneRaw(p.top)
+	if doc == nil {
+		doc = map[string]json.RawMessage{}
+	}
+	stmts := make([]json.RawMessage, 0, len(p.statements))
+	for _, st := range p.statements {
+		raw, err := st.render(p.subjects)
+		if err != nil {
+			return "", err
+		}
+		stmts = append(stmts, raw)
+	}
+	var err error
+	if p.single && len(stmts) == 1 {
+		doc["Statement"] = stmts[0]
+	} else if doc["Statement"], err = marshalCompact(stmts); err != nil {
+		return "", err
+	}
+	out, err := marshalCompact(doc)
+	return string(out), err
+}
+
+// Size is the length in characters of JSON(), the number IAM compares with ACLSizePerRole.
+func (p TrustPolicy) Size() (int, error) {
+	if p.size == nil {
+		return p.measure()
+	}
+	p.size.once.Do(func() { p.size.n, p.size.err = p.measure() })
+	return p.size.n, p.size.err
+}
+
+func (p TrustPolicy) measure() (int, error) {
+	js, err := p.JSON()
+	if err != nil {
+		return 0, err
+	}
+	return utf8.RuneCountInString(js), nil
+}
+
+func (st *statement) render(subjects []string) (json.RawMessage, error) {
+	if st.kind != kindOIDC {
+		return marshalCompact(st.fields)
+	}
+	fields := cloneRaw(st.fields)
+	cond := make(map[string]map[string]json.RawMessage, len(st.condition)+1)
+	for op, keys := range st.condition {
+		cond[op] = cloneRaw(keys)
+	}
+	if len(subjects) == 0 {
+		subjects = []string{noSubject}
+	}
+	list, err := marshalCompact(subjects)
+	if err != nil {
+		return nil, err
+	}
+	if cond["StringLike"] == nil {
+		cond["StringLike"] = map[string]json.RawMessage{}
+	}
+	cond["StringLike"][st.issuer+":sub"] = list
+	if fields["Condition"], err = marshalCompact(cond); err != nil {
+		return nil, err
+	}
+	return marshalCompact(fields)
+}
+
+// marshalCompact marshals without HTML escaping: "\u003c" would cost IAM quota for nothing.
+// RawMessage values are compacted by encoding/json, so whitespace in input documents is dropped.
+func marshalCompact(v any) (json.RawMessage, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, fmt.Errorf("encoding policy: %w", err)
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+func cloneRaw(m map[string]json.RawMessage) map[string]json.RawMessage {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]json.RawMessage, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func firstN(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// CanonicalJSON re-encodes any JSON document with sorted keys and no whitespace, so two policy
+// documents can be compared for meaning rather than formatting. Input may be URL-encoded.
+func CanonicalJSON(doc string) (string, error) {
+	js, err := DecodePolicyDocument(doc)
+	if err != nil {
+		return "", err
+	}
+	var v any
+	dec := json.NewDecoder(strings.NewReader(js))
+	dec.UseNumber()
+	if err := dec.Decode(&v); err != nil {
+		return "", fmt.Errorf("parsing policy document: %w", err)
+	}
+	out, err := marshalCompact(v)
+	return string(out), err
+}

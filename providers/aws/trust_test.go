@@ -1,0 +1,218 @@
+package aws
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/url"
+	"strings"
+	"testing"
+)
+
+const (
+	issuerA   = "oidc.eks.us-east-1.amazonaws.com/id/ABCDEF0123456789ABCDEF0123456789"
+	issuerB   = "oidc.eks.eu-west-1.amazonaws.com/id/0123456789ABCDEF0123456789ABCDEF"
+	providerA = "arn:aws:iam::123456789012:oidc-provider/" + issuerA
+	providerB = "arn:aws:iam::123456789012:oidc-provider/" + issuerB
+)
+
+// seedDoc is a KubeStash seed trust policy as a user writes it (indented, seed's own subject).
+func seedDoc(stmts ...string) string {
+	return "{\n  \"Version\": \"2012-10-17\",\n  \"Statement\": [" + strings.Join(stmts, ",\n") + "]\n}"
+}
+
+func oidcStmt(provider, issuer string, subs ...string) string {
+	list, _ := json.Marshal(subs)
+	return `{"Effect": "Allow", "Principal": {"Federated": "` + provider + `"}, "Action": "sts:AssumeRoleWithWebIdentity",
+	  "Condition": {"StringEquals": {"` + issuer + `:aud": "sts.amazonaws.com"}, "StringLike": {"` + issuer + `:sub": ` + string(list) + `}}}`
+}
+
+// iamEncode mimics IAM's RFC 3986 encoding of policy documents in responses.
+func iamEncode(doc string) string { return strings.ReplaceAll(url.QueryEscape(doc), "+", "%20") }
+
+func mustParse(t *testing.T, doc string) TrustPolicy {
+	t.Helper()
+	p, err := ParseTrustPolicy(doc)
+	if err != nil {
+		t.Fatalf("ParseTrustPolicy: %v\n%s", err, doc)
+	}
+	return p
+}
+
+func mustJSON(t *testing.T, p TrustPolicy) string {
+	t.Helper()
+	js, err := p.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
+func TestDeriveTrustPolicy(t *testing.T) {
+	operator := "system:serviceaccount:kubestash:kubestash-operator"
+	tests := []struct {
+		name     string
+		seed     string
+		subjects []string
+		want     string
+		wantErr  error
+	}{{
+		name:     "one statement, seed subject dropped, aud kept, subjects sorted",
+		seed:     seedDoc(oidcStmt(providerA, issuerA, operator)),
+		subjects: []string{"system:serviceaccount:demo:b", "system:serviceaccount:demo:a", "system:serviceaccount:demo:b"},
+		want: `{"Statement":[{"Action":"sts:AssumeRoleWithWebIdentity","Condition":{"StringEquals":{"` + issuerA + `:aud":"sts.amazonaws.com"},` +
+			`"StringLike":{"` + issuerA + `:sub":["system:serviceaccount:demo:a","system:serviceaccount:demo:b"]}},"Effect":"Allow","Principal":{"Federated":"` + providerA + `"}}],"Version":"2012-10-17"}`,
+	}, {
+		name:     "URL-encoded seed as IAM returns it",
+		seed:     iamEncode(seedDoc(oidcStmt(providerA, issuerA, operator))),
+		subjects: []string{"system:serviceaccount:demo:a"},
+		want: `{"Statement":[{"Action":"sts:AssumeRoleWithWebIdentity","Condition":{"StringEquals":{"` + issuerA + `:aud":"sts.amazonaws.com"},` +
+			`"StringLike":{"` + issuerA + `:sub":["system:serviceaccount:demo:a"]}},"Effect":"Allow","Principal":{"Federated":"` + providerA + `"}}],"Version":"2012-10-17"}`,
+	}, {
+		name: "sub under StringEquals with other case, extra condition and unknown fields kept",
+		seed: `{"Version":"2012-10-17","Id":"seed-trust","Statement":{"Sid":"Irsa","Effect":"Allow","Principal":{"Federated":"` + providerA + `"},"Action":["sts:AssumeRoleWithWebIdentity","sts:TagSession"],` +
+			`"Condition":{"StringEquals":{"` + strings.ToUpper(issuerA[:4]) + issuerA[4:] + `:SUB":"` + operator + `","` + issuerA + `:aud":["sts.amazonaws.com"]},"ForAnyValue:StringEquals":{"` + issuerA + `:amr":"x"}},"X-Future":{"n":1.50}}}`,
+		subjects: []string{"system:serviceaccount:demo:a"},
+		want: `{"Id":"seed-trust","Statement":[{"Action":["sts:AssumeRoleWithWebIdentity","sts:TagSession"],"Condition":{"ForAnyValue:StringEquals":{"` + issuerA + `:amr":"x"},"StringEquals":{"` + issuerA + `:aud":["sts.amazonaws.com"]},` +
+			`"StringLike":{"` + issuerA + `:sub":["system:serviceaccount:demo:a"]}},"Effect":"Allow","Principal":{"Federated":"` + providerA + `"},"Sid":"Irsa","X-Future":{"n":1.50}}],"Version":"2012-10-17"}`,
+	}, {
+		name: "two clusters: both statements get the list; Deny kept verbatim; other Allow dropped",
+		seed: seedDoc(oidcStmt(providerA, issuerA, operator), oidcStmt(providerB, issuerB, operator),
+			`{"Effect":"Deny","Principal":{"Federated":"`+providerA+`"},"Action":"sts:AssumeRoleWithWebIdentity","Condition":{"StringLike":{"`+issuerA+`:sub":"system:serviceaccount:kube-system:*"}}}`,
+			`{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}`),
+		subjects: []string{"system:serviceaccount:demo:a"},
+		want: `{"Statement":[` +
+			`{"Action":"sts:AssumeRoleWithWebIdentity","Condition":{"StringEquals":{"` + issuerA + `:aud":"sts.amazonaws.com"},"StringLike":{"` + issuerA + `:sub":["system:serviceaccount:demo:a"]}},"Effect":"Allow","Principal":{"Federated":"` + providerA + `"}},` +
+			`{"Action":"sts:AssumeRoleWithWebIdentity","Condition":{"StringEquals":{"` + issuerB + `:aud":"sts.amazonaws.com"},"StringLike":{"` + issuerB + `:sub":["system:serviceaccount:demo:a"]}},"Effect":"Allow","Principal":{"Federated":"` + providerB + `"}},` +
+			`{"Action":"sts:AssumeRoleWithWebIdentity","Condition":{"StringLike":{"` + issuerA + `:sub":"system:serviceaccount:kube-system:*"}},"Effect":"Deny","Principal":{"Federated":"` + providerA + `"}}` +
+			`],"Version":"2012-10-17"}`,
+	}, {
+		name:     "no subjects: unmatchable placeholder, never an open statement",
+		seed:     seedDoc(oidcStmt(providerA, issuerA, operator)),
+		subjects: nil,
+		want: `{"Statement":[{"Action":"sts:AssumeRoleWithWebIdentity","Condition":{"StringEquals":{"` + issuerA + `:aud":"sts.amazonaws.com"},` +
+			`"StringLike":{"` + issuerA + `:sub":["` + noSubject + `"]}},"Effect":"Allow","Principal":{"Federated":"` + providerA + `"}}],"Version":"2012-10-17"}`,
+	}, {
+		name:    "seed without OIDC statement",
+		seed:    seedDoc(`{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}`),
+		wantErr: ErrSeedNotOIDC,
+	}, {
+		name:    "SAML federation is not OIDC",
+		seed:    seedDoc(`{"Effect":"Allow","Principal":{"Federated":"arn:aws:iam::123456789012:saml-provider/corp"},"Action":"sts:AssumeRoleWithSAML"}`),
+		wantErr: ErrSeedNotOIDC,
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			seed := mustParse(t, tt.seed)
+			d, err := DeriveTrustPolicy(seed, tt.subjects)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := mustJSON(t, d)
+			if got != tt.want {
+				t.Fatalf("derived document\n got %s\nwant %s", got, tt.want)
+			}
+			var compact bytes.Buffer
+			if err := json.Compact(&compact, []byte(got)); err != nil || compact.String() != got {
+				t.Errorf("JSON() is not compact valid JSON: %v", err)
+			}
+			if size, _ := d.Size(); size != len(got) {
+				t.Errorf("Size() = %d, len(JSON()) = %d", size, len(got))
+			}
+			// Reading the derived document back yields exactly the assigned subjects, and
+			// re-rendering it is a fixed point.
+			back := mustParse(t, iamEncode(got))
+			if want := normalizeSubjects(tt.subjects); strings.Join(back.Subjects(), ",") != strings.Join(want, ",") {
+				t.Errorf("subjects read back %q, want %q", back.Subjects(), want)
+			}
+			if again := mustJSON(t, back); again != got {
+				t.Errorf("round trip changed the document\n got %s\nwant %s", again, got)
+			}
+		})
+	}
+}
+
+func TestParseTrustPolicyErrors(t *testing.T) {
+	tests := []struct{ name, doc, want string }{
+		{"not JSON", "hello", "neither JSON"},
+		{"bad percent encoding", "%7B%ZZ", "neither JSON"},
+		{"URL-encoded non-JSON", "abc%20def", "neither JSON"},
+		{"no Statement", `{"Version":"2012-10-17"}`, "no Statement"},
+		{"Statement is a string", `{"Statement":"x"}`, "neither an object nor an array"},
+		{"two providers in one statement", seedDoc(`{"Effect":"Allow","Principal":{"Federated":["` + providerA + `","` + providerB + `"]},"Action":"sts:AssumeRoleWithWebIdentity"}`), "split it"},
+		{"sub is a number", seedDoc(`{"Effect":"Allow","Principal":{"Federated":"` + providerA + `"},"Action":"sts:AssumeRoleWithWebIdentity","Condition":{"StringLike":{"` + issuerA + `:sub":5}}}`), "string or a list"},
+		{"huge", `{"Statement":[` + strings.Repeat(" ", maxPolicyDocLen) + `]}`, "more than"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := ParseTrustPolicy(tt.doc); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want it to contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestTrustPolicyRoundTripKeepsUnknownFields(t *testing.T) {
+	// A statement we do not understand and a single-object Statement survive a round trip.
+	docs := []string{
+		`{"Statement":{"Action":"sts:AssumeRole","Effect":"Allow","NotPrincipal":{"AWS":"arn:aws:iam::123456789012:root"},"Sid":"s"},"Version":"2012-10-17"}`,
+		`{"Id":"x","Statement":[{"Action":"sts:AssumeRole","Condition":{"Bool":{"aws:MultiFactorAuthPresent":true}},"Effect":"Allow","Principal":{"AWS":["arn:aws:iam::1:root"]}}],"Version":"2012-10-17","X":[1,{"y":null}]}`,
+	}
+	for _, doc := range docs {
+		if got := mustJSON(t, mustParse(t, iamEncode(doc))); got != doc {
+			t.Errorf("round trip\n got %s\nwant %s", got, doc)
+		}
+	}
+}
+
+func TestSubjectEditing(t *testing.T) {
+	seed := mustParse(t, seedDoc(oidcStmt(providerA, issuerA, "system:serviceaccount:kubestash:op")))
+	a, b, c := "system:serviceaccount:demo:a", "system:serviceaccount:demo:b", "system:serviceaccount:demo:c"
+	p1, _ := DeriveTrustPolicy(seed, nil)
+	p1, _ = p1.WithSubject(c)
+	p1, _ = p1.WithSubject(a)
+	p1, _ = p1.WithSubject(b)
+	p2, _ := DeriveTrustPolicy(seed, []string{b, c, a})
+	if mustJSON(t, p1) != mustJSON(t, p2) {
+		t.Fatalf("insertion order changed the document:\n%s\n%s", mustJSON(t, p1), mustJSON(t, p2))
+	}
+	if _, added := p1.WithSubject(a); added {
+		t.Error("adding a listed subject reported added")
+	}
+	if _, added := p1.WithSubject(noSubject); added {
+		t.Error("the placeholder can be added as a subject")
+	}
+	p3, n := p1.WithoutSubjects(a, "system:serviceaccount:demo:zz", c)
+	if n != 2 || strings.Join(p3.Subjects(), ",") != b {
+		t.Errorf("WithoutSubjects = %q, %d", p3.Subjects(), n)
+	}
+	if p1.Len() != 3 || !p1.Has(a) {
+		t.Error("WithoutSubjects modified the original policy")
+	}
+	if _, n := p3.WithoutSubjects(a); n != 0 {
+		t.Errorf("removing an absent subject removed %d", n)
+	}
+	empty, _ := p3.WithoutSubjects(b)
+	if !strings.Contains(mustJSON(t, empty), noSubject) || mustParse(t, mustJSON(t, empty)).Len() != 0 {
+		t.Errorf("emptied policy: %s", mustJSON(t, empty))
+	}
+	s1, _ := p3.Size()
+	s2, _ := p1.Size()
+	if s2-s1 != 2*(len(a)+3) {
+		t.Errorf("two subjects of %d chars cost %d characters, want %d", len(a), s2-s1, 2*(len(a)+3))
+	}
+}
+
+func TestCanonicalJSON(t *testing.T) {
+	a, err1 := CanonicalJSON(iamEncode("{\n \"Version\": \"2012-10-17\", \"Statement\": [{\"Effect\":\"Allow\",\"Action\":\"s3:*\",\"Resource\":\"*\"}]}"))
+	b, err2 := CanonicalJSON(`{"Statement":[{"Resource":"*","Action":"s3:*","Effect":"Allow"}],"Version":"2012-10-17"}`)
+	if err1 != nil || err2 != nil || a != b {
+		t.Fatalf("CanonicalJSON differs: %q %v / %q %v", a, err1, b, err2)
+	}
+}
