@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -33,11 +34,7 @@ type serveConfig struct {
 	selfUsernames                                        string
 }
 
-func (c *serveConfig) register(fs interface {
-	StringVar(*string, string, string, string)
-	BoolVar(*bool, string, bool, string)
-	DurationVar(*time.Duration, string, time.Duration, string)
-}) {
+func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.listen, "listen", ":8443", "address to serve admission reviews on (TLS)")
 	fs.StringVar(&c.certFile, "tls-cert-file", "", "serving certificate (PEM); reloaded when it changes (required)")
 	fs.StringVar(&c.keyFile, "tls-key-file", "", "serving key (PEM); reloaded when it changes (required)")

@@ -6,10 +6,6 @@ import (
 	"io"
 )
 
-func runRoles(context.Context, []string, io.Writer, io.Writer) error {
-	return errors.New("not available yet")
-}
-
 func runAWSCredentials(context.Context, []string, io.Writer, io.Writer) error {
 	return errors.New("not available yet")
 }

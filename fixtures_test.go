@@ -16,7 +16,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"go.klusters.dev/credential-webhook/admission"
+	"go.klusters.dev/credential-webhook/testenv/moto"
 )
+
+// fixtureProviderConfig is the configuration the fixtures assume; scripts/lib.sh passes the same
+// flags to the real binary.
+func fixtureProviderConfig() providerConfig {
+	return providerConfig{
+		namespaces:        "*",
+		requesters:        "system:serviceaccount:kubestash:kubestash-kubestash-operator",
+		awsSeeds:          "arn:aws:iam::123456789012:role/kubestash-*",
+		roleCreationLimit: 100,
+	}
+}
 
 // fixtureExpect mirrors admission/testdata/*/expected.json (documented in its README).
 type fixtureExpect struct {
@@ -34,7 +46,17 @@ const testSelf = "system:serviceaccount:credential-webhook:credential-webhook"
 // TestFixtures posts every admission/testdata case to the handler serve builds (local mode) and
 // compares the answer with the expected one beside it.
 func TestFixtures(t *testing.T) {
-	var p providerConfig
+	// The AWS fixtures run against moto: derived role ARNs are deterministic there.
+	srv := moto.Start(t)
+	srv.SetEnv(t)
+	cfg, err := srv.AWSConfig(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := moto.CreateSeedRole(context.Background(), cfg, "kubestash-selfhost", "/", "https://oidc.demo.example/id/DEMO"); err != nil {
+		t.Fatal(err)
+	}
+	p := fixtureProviderConfig()
 	w, err := p.build(context.Background(), deps{log: slog.New(slog.DiscardHandler), reg: prometheus.NewRegistry(), self: map[string]bool{testSelf: true}})
 	if err != nil {
 		t.Fatal(err)

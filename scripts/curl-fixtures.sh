@@ -5,7 +5,8 @@ source "$(dirname "$0")/lib.sh"
 need curl "apt-get install curl"
 need jq "apt-get install jq"
 build_and_certs
-start_server
+start_moto
+start_server "${FIXTURE_FLAGS[@]}"
 
 pass=0 fail=0
 check() { # name ok? message

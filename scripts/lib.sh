@@ -26,6 +26,24 @@ build_and_certs() {
   CACERT="$WORK/certs/ca.crt"
 }
 
+# start_moto: moto on a free port with the fixtures' seed role; exports the AWS test environment.
+start_moto() {
+  (cd "$ROOT" && go build -o "$WORK/devenv" ./testenv/cmd/devenv)
+  "$WORK/devenv" >"$WORK/devenv.out" 2>"$WORK/devenv.log" &
+  EXTRA_PIDS="${EXTRA_PIDS:-} $!"
+  for _ in $(seq 1 150); do
+    grep -q DEVENV_READY "$WORK/devenv.out" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep -q DEVENV_READY "$WORK/devenv.out" || { cat "$WORK/devenv.log" >&2; echo "moto did not start" >&2; exit 1; }
+  eval "$(grep '^export ' "$WORK/devenv.out")"
+  SEED_ROLE_ARN="$(sed -n 's/^SEED_ROLE_ARN=//p' "$WORK/devenv.out" | head -1)"
+}
+
+# Flags matching fixtureProviderConfig in fixtures_test.go.
+FIXTURE_FLAGS=(--allowed-namespaces '*' --allowed-requesters system:serviceaccount:kubestash:kubestash-kubestash-operator
+  --aws-seed-roles 'arn:aws:iam::123456789012:role/kubestash-*')
+
 # start_server [extra serve flags...]: starts serve, waits for /readyz.
 start_server() {
   PORT="$(free_port)"

@@ -1,0 +1,41 @@
+package access
+
+import "testing"
+
+func TestPolicy(t *testing.T) {
+	const op = "system:serviceaccount:kubestash:kubestash-kubestash-operator"
+	cases := []struct {
+		name, namespaces, requesters string
+		ns, user                     string
+		groups                       []string
+		ok                           bool
+	}{
+		{"empty allows nothing", "", "", "demo", op, nil, false},
+		{"operator by username", "*", op, "demo", op, nil, true},
+		{"other user refused", "*", op, "demo", "alice", []string{"system:authenticated"}, false},
+		{"group match", "*", "group:system:serviceaccounts:kubestash", "demo", op, []string{"system:serviceaccounts:kubestash"}, true},
+		{"group pattern", "*", "group:system:serviceaccounts:kube*", "demo", op, []string{"system:serviceaccounts:kubestash"}, true},
+		{"user: prefix", "*", "user:alice", "demo", "alice", nil, true},
+		{"namespace not allowed", "demo,backup-*", "*", "prod", op, nil, false},
+		{"namespace glob", "demo,backup-*", "*", "backup-eu", op, nil, true},
+		{"anyone", "*", "*", "x", "mallory", nil, true},
+		{"look-alike user", "*", op, "demo", op + " ", nil, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := Parse(tc.namespaces, tc.requesters)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Check(tc.ns, tc.user, tc.groups); (err == nil) != tc.ok {
+				t.Fatalf("Check = %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+	if _, err := Parse("[", ""); err == nil {
+		t.Error("bad namespace pattern accepted")
+	}
+	if _, err := Parse("*", "group:"); err == nil {
+		t.Error("empty group accepted")
+	}
+}

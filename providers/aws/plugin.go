@@ -1,0 +1,210 @@
+package aws
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+
+	admissionv1 "k8s.io/api/admission/v1"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"go.klusters.dev/credential-webhook/access"
+	"go.klusters.dev/credential-webhook/admission"
+	"go.klusters.dev/credential-webhook/annotations"
+)
+
+// AssignerAPI is what the ServiceAccount plugin needs of an Assigner.
+type AssignerAPI interface {
+	Assign(ctx context.Context, seed RoleARN, namespace, name string) (Assignment, error)
+	Plan(ctx context.Context, seed RoleARN, namespace, name string) (roleARN string, known bool, err error)
+}
+
+// EventSink records a Kubernetes Event about a ServiceAccount (asynchronously; never on the
+// critical path of a review).
+type EventSink interface {
+	Warning(namespace, name, reason, message string)
+}
+
+// Plugin assigns ServiceAccounts carrying the seed-role annotation to a derived role and patches
+// in eks.amazonaws.com/role-arn. Cloud failures never deny: the ServiceAccount is admitted with a
+// warning and our pending marker, and the sweeper finishes the assignment later.
+type Plugin struct {
+	Assigner AssignerAPI
+	Seeds    Allowlist
+	Access   access.Policy
+	Metrics  *Metrics
+	Events   EventSink // optional
+}
+
+// Metrics counts assignments by outcome.
+type Metrics struct {
+	Assignments *prometheus.CounterVec
+}
+
+// NewMetrics registers the AWS admission metrics.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{Assignments: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "credential_webhook_aws_assignments_total",
+		Help: "ServiceAccount assignments to derived roles at admission, by outcome.",
+	}, []string{"outcome"})}
+	reg.MustRegister(m.Assignments)
+	return m
+}
+
+func (p *Plugin) count(outcome string) {
+	if p.Metrics != nil {
+		p.Metrics.Assignments.WithLabelValues(outcome).Inc()
+	}
+}
+
+func (*Plugin) Name() string { return "aws-seed-role" }
+
+const annotationsPath = "/metadata/annotations"
+
+// Action is what a ServiceAccount review asks of the AWS side.
+type Action int
+
+const (
+	ActionNone      Action = iota // no seed annotation
+	ActionUnchanged               // UPDATE that changes nothing relevant: no IAM call
+	ActionAssign
+)
+
+// Decide is the pure decision for a ServiceAccount review.
+func Decide(op admissionv1.Operation, cur, old map[string]string) Action {
+	seed := cur[annotations.SeedRole]
+	if seed == "" {
+		return ActionNone
+	}
+	if op == admissionv1.Update && old[annotations.SeedRole] == seed && cur[annotations.Pending] == "" &&
+		IsDerivedFrom(cur[annotations.AWSRoleARN], seed) {
+		return ActionUnchanged
+	}
+	return ActionAssign
+}
+
+var derivedSuffix = regexp.MustCompile(`^-[0-9]{1,4}$`)
+
+// IsDerivedFrom reports whether roleARN names a derived role <seed>-<i> of seedARN (same
+// partition, account and path).
+func IsDerivedFrom(roleARN, seedARN string) bool {
+	if roleARN == "" {
+		return false
+	}
+	r, err := ParseRoleARN(roleARN)
+	if err != nil {
+		return false
+	}
+	s, err := ParseRoleARN(seedARN)
+	if err != nil {
+		return false
+	}
+	if r.Partition != s.Partition || r.Account != s.Account || r.Path != s.Path {
+		return false
+	}
+	rest, ok := strings.CutPrefix(r.Name, s.Name)
+	return ok && derivedSuffix.MatchString(rest)
+}
+
+func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admission.Response) error {
+	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
+		return nil
+	}
+	cur, err := admission.ObjectAnnotations(req.Object)
+	if err != nil {
+		return admission.Deny(400, "%v", err)
+	}
+	var old map[string]string
+	if req.Operation == admissionv1.Update {
+		if old, err = admission.ObjectAnnotations(req.OldObject); err != nil {
+			return admission.Deny(400, "%v", err)
+		}
+	}
+	switch Decide(req.Operation, cur, old) {
+	case ActionNone:
+		return nil
+	case ActionUnchanged:
+		p.count("unchanged")
+		return nil
+	}
+	raw := cur[annotations.SeedRole]
+	seed, err := ParseRoleARN(raw)
+	if err != nil {
+		p.count("invalid")
+		resp.Warn("%s ignored: %v", annotations.SeedRole, err)
+		req.Log.Warn("invalid seed role annotation", "error", err)
+		return nil
+	}
+	if !p.Seeds.Allows(seed.String()) {
+		p.count("not_allowed")
+		resp.Warn("seed role %s is not allowed on this cluster (--aws-seed-roles); no IAM role was assigned", seed)
+		req.Log.Warn("seed role not allowed", "seed", seed.String(), "user", req.UserInfo.Username)
+		return nil
+	}
+	if err := p.Access.Check(req.Namespace, req.UserInfo.Username, req.UserInfo.Groups); err != nil {
+		p.count("not_allowed")
+		resp.Warn("no IAM role was assigned: %v", err)
+		req.Log.Warn("requester not allowed", "error", err, "user", req.UserInfo.Username)
+		return nil
+	}
+	name := req.Name
+	if name == "" { // generateName on CREATE: the name is not known yet
+		p.count("invalid")
+		resp.Warn("no IAM role was assigned: ServiceAccounts with generateName cannot be assigned at admission")
+		return nil
+	}
+
+	if req.DryRun {
+		// No IAM write; say which role would be used when reads can tell.
+		p.count("dry_run")
+		arn, known, err := p.Assigner.Plan(ctx, seed, req.Namespace, name)
+		switch {
+		case err != nil:
+			resp.Warn("dry run: no IAM change was made; the role cannot be predicted: %v", err)
+		case known:
+			resp.Patch.SetMapEntry(annotationsPath, cur, annotations.AWSRoleARN, arn)
+		default:
+			resp.Patch.SetMapEntry(annotationsPath, cur, annotations.AWSRoleARN, arn)
+			resp.Warn("dry run: no IAM change was made; %s is where the ServiceAccount would be added", arn)
+		}
+		return nil
+	}
+
+	a, err := p.Assigner.Assign(ctx, seed, req.Namespace, name)
+	switch {
+	case err == nil:
+		resp.Patch.SetMapEntry(annotationsPath, cur, annotations.AWSRoleARN, a.RoleARN)
+		resp.Patch.RemoveMapEntry(annotationsPath, cur, annotations.Pending)
+		outcome := "assigned"
+		if a.AlreadyListed {
+			outcome = "already_listed"
+		} else if a.Created {
+			outcome = "created_role"
+		}
+		p.count(outcome)
+		req.Log.Info("assigned derived role", "role", a.RoleARN, "outcome", outcome)
+	case errors.Is(err, ErrRoleLimitReached):
+		p.count("role_limit")
+		resp.Warn("no IAM role was assigned: seed %s already has its maximum number of derived roles (--role-creation-limit); the sweeper retries when space frees up", seed)
+		resp.Patch.SetMapEntry(annotationsPath, cur, annotations.Pending, "role-limit")
+		if p.Events != nil {
+			p.Events.Warning(req.Namespace, name, "RoleLimitReached", fmt.Sprintf("seed %s has reached --role-creation-limit derived roles", seed))
+		}
+		req.Log.Warn("role creation limit reached", "seed", seed.String())
+	case errors.Is(err, ErrNotAllowed), errors.Is(err, ErrSeedMismatch), errors.Is(err, ErrSeedNotOIDC),
+		errors.Is(err, ErrInvalidSubject), errors.Is(err, ErrSubjectTooLarge), errors.Is(err, ErrInvalidARN):
+		// Permanent for this object: retrying later cannot help, so no pending marker.
+		p.count("refused")
+		resp.Warn("no IAM role was assigned: %v", err)
+		req.Log.Warn("assignment refused", "error", err)
+	default:
+		p.count("deferred")
+		resp.Warn("IAM role assignment did not finish in time (%v); the ServiceAccount was admitted and credential-webhook will finish it shortly", err)
+		resp.Patch.SetMapEntry(annotationsPath, cur, annotations.Pending, "aws")
+		req.Log.Warn("assignment deferred to the sweeper", "error", err)
+	}
+	return nil
+}
