@@ -5,7 +5,9 @@ source "$(dirname "$0")/lib.sh"
 need curl "apt-get install curl"
 need jq "apt-get install jq"
 build_and_certs
-start_server
+start_moto
+start_server "${FIXTURE_FLAGS[@]}"
+echo "== moto (IAM/STS emulator) on $AWS_ENDPOINT_URL, seed role $SEED_ROLE_ARN"
 echo "== credential-webhook serving on $URL (dev CA: $CACERT)"
 
 post() { # route fixture-folder
@@ -19,10 +21,28 @@ post() { # route fixture-folder
     echo "patch: none"
   fi
 }
-post /mutate/serviceaccounts sa-plain
+post /mutate/serviceaccounts aws-sa-create
+post /mutate/serviceaccounts aws-sa-create-again
+post /mutate/serviceaccounts aws-sa-requester-not-allowed
 post /mutate/serviceaccounts sa-forged-marker
 post /mutate/jobs job-forged-hold-update
 
+# 40 more KubeStash session ServiceAccounts: watch them spill from <seed>-0 into <seed>-1.
+echo
+echo "== 40 more per-session ServiceAccounts from the KubeStash operator"
+for i in $(seq 1 40); do
+  ts=$((1778072138 + i * 3600))
+  jq --arg n "sample-backup-daemon-demo-session-$ts" --arg u "demo-$i" \
+    '.request.uid = $u | .request.name = $n | .request.object.metadata.name = $n' \
+    "$ROOT/admission/testdata/aws-sa-create/request.json" >"$WORK/sa.json"
+  curl -sS --cacert "$CACERT" -H 'Content-Type: application/json' --data-binary @"$WORK/sa.json" "$URL/mutate/serviceaccounts?timeout=10s" |
+    jq -r '.response.patch' | base64 -d | jq -r '.[] | select(.path | endswith("role-arn")) | .value'
+done | sort | uniq -c
+
+echo
+echo "== derived roles of $SEED_ROLE_ARN (credential-webhook roles)"
+"$BIN" roles --seed "$SEED_ROLE_ARN"
+
 echo
 echo "== server log (one JSON line per review)"
-grep '"msg":"review"' "$WORK/server.log" | jq -c '{uid, kind, namespace, name, operation, decision, patchOps, duration}'
+grep "\"msg\":\"review\"" "$WORK/server.log" | tail -n 8 | jq -c "{uid, kind, namespace, name, operation, decision, patchOps, ms: (.duration / 1e6)}"
