@@ -17,6 +17,7 @@ import (
 	"go.klusters.dev/credential-webhook/admission"
 	"go.klusters.dev/credential-webhook/kube"
 	awsp "go.klusters.dev/credential-webhook/providers/aws"
+	"go.klusters.dev/credential-webhook/providers/azure"
 )
 
 // deps are the shared things providers are built from.
@@ -44,6 +45,9 @@ type providerConfig struct {
 	awsSeeds          string
 	awsQuota          int
 	roleCreationLimit int
+
+	azureScopes, azureARMEndpoint, azureARMAudience string
+	azurePositiveTTL, azureNegativeTTL              time.Duration
 }
 
 func (p *providerConfig) register(fs *flag.FlagSet) {
@@ -56,6 +60,12 @@ func (p *providerConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&p.awsSeeds, "aws-seed-roles", "", "comma-separated seed role ARN globs that may be cloned (e.g. arn:aws:iam::123456789012:role/kubestash-*); empty disables AWS")
 	fs.IntVar(&p.awsQuota, "aws-trust-policy-quota", 0, "trust policy size quota in characters; 0 reads AssumeRolePolicySizeQuota from iam:GetAccountSummary once (else 2048)")
 	fs.IntVar(&p.roleCreationLimit, "role-creation-limit", awsp.DefaultRoleCreationLimit, "maximum derived roles per seed")
+
+	fs.StringVar(&p.azureScopes, "azure-allowed-scopes", "", "comma-separated ARM scopes whose managed identities may be used: /subscriptions/<id> or /subscriptions/<id>/resourceGroups/<rg> (* globs allowed); empty disables Azure")
+	fs.StringVar(&p.azureARMEndpoint, "azure-arm-endpoint", "", "Azure Resource Manager endpoint; empty: the public cloud")
+	fs.StringVar(&p.azureARMAudience, "azure-arm-audience", "", "token audience for --azure-arm-endpoint; empty: the public cloud's")
+	fs.DurationVar(&p.azurePositiveTTL, "azure-identity-cache-ttl", time.Hour, "how long a resolved managed identity is cached (ARM throttles identity reads)")
+	fs.DurationVar(&p.azureNegativeTTL, "azure-identity-negative-ttl", 30*time.Second, "how long a missing managed identity is cached")
 }
 
 func hostnameOr(def string) string {
@@ -89,11 +99,50 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		saPlugins = append(saPlugins, &awsp.Plugin{Assigner: assigner, Seeds: seeds, Access: policy, Metrics: awsp.NewMetrics(d.reg)})
 	}
 
-	w := &wiring{routes: []admission.Route{
+	w := &wiring{}
+	// One ServiceAccount cache for every route that reads a Job's or Pod's ServiceAccount.
+	var sas *kube.ServiceAccounts
+	if d.kube != nil {
+		sas = kube.NewServiceAccounts(d.kube, 0, d.log)
+		w.background = append(w.background, func(ctx context.Context) {
+			sas.Start(ctx)
+			if !sas.WaitForSync(ctx) {
+				d.log.Warn("ServiceAccount cache did not sync before shutdown")
+			}
+		})
+	}
+	jobPlugins := []admission.Plugin{guard}
+
+	if p.azureScopes != "" {
+		scopes, err := azure.ParseScopes(p.azureScopes)
+		if err != nil {
+			return nil, fmt.Errorf("--azure-allowed-scopes: %w", err)
+		}
+		armOpts := azure.ClientOptions(p.azureARMEndpoint, p.azureARMAudience)
+		cred, kind, err := azure.NewCredential(armOpts.ClientOptions)
+		if err != nil {
+			return nil, err
+		}
+		d.log.Info("azure credential", "kind", string(kind), "armEndpoint", p.azureARMEndpoint)
+		resolver, err := azure.NewResolver(cred, armOpts, azure.ResolverConfig{PositiveTTL: p.azurePositiveTTL, NegativeTTL: p.azureNegativeTTL, Log: d.log})
+		if err != nil {
+			return nil, err
+		}
+		plugin := &azure.ServiceAccountPlugin{Resolver: resolver, Scopes: scopes, Access: policy}
+		jp := &azure.JobPlugin{}
+		if d.kube != nil {
+			plugin.Binder = azure.KubeBinder{CS: d.kube}
+			jp.ServiceAccounts = sas
+		}
+		saPlugins = append(saPlugins, plugin)
+		jobPlugins = append(jobPlugins, jp)
+	}
+
+	w.routes = []admission.Route{
 		{Path: "/mutate/serviceaccounts", Name: "serviceaccounts", Group: "", Kind: "ServiceAccount", Plugins: saPlugins},
-		{Path: "/mutate/jobs", Name: "jobs", Group: "batch", Kind: "Job", Plugins: []admission.Plugin{guard}},
+		{Path: "/mutate/jobs", Name: "jobs", Group: "batch", Kind: "Job", Plugins: jobPlugins},
 		{Path: "/mutate/pods", Name: "pods", Group: "", Kind: "Pod"},
-	}}
+	}
 	return w, nil
 }
 
