@@ -16,6 +16,7 @@ import (
 	"go.klusters.dev/credential-webhook/access"
 	"go.klusters.dev/credential-webhook/admission"
 	"go.klusters.dev/credential-webhook/kube"
+	"go.klusters.dev/credential-webhook/pods"
 	awsp "go.klusters.dev/credential-webhook/providers/aws"
 	"go.klusters.dev/credential-webhook/providers/azure"
 )
@@ -46,6 +47,10 @@ type providerConfig struct {
 	awsQuota          int
 	roleCreationLimit int
 
+	podIdentity bool
+	pods        pods.Config
+	podMissing  string
+
 	azureScopes, azureARMEndpoint, azureARMAudience string
 	azurePositiveTTL, azureNegativeTTL              time.Duration
 }
@@ -61,6 +66,12 @@ func (p *providerConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&p.awsQuota, "aws-trust-policy-quota", 0, "trust policy size quota in characters; 0 reads AssumeRolePolicySizeQuota from iam:GetAccountSummary once (else 2048)")
 	fs.IntVar(&p.roleCreationLimit, "role-creation-limit", awsp.DefaultRoleCreationLimit, "maximum derived roles per seed")
 
+	fs.BoolVar(&p.podIdentity, "aws-inject-pod-identity", false, "inject IRSA credentials (env and a projected token) into Pods whose ServiceAccount has eks.amazonaws.com/role-arn, for clusters without the EKS pod-identity webhook")
+	fs.StringVar(&p.pods.Region, "aws-region", "", "AWS_REGION and AWS_DEFAULT_REGION injected into Pods (when absent)")
+	fs.BoolVar(&p.pods.RegionalSTS, "aws-sts-regional-endpoints", true, "inject AWS_STS_REGIONAL_ENDPOINTS=regional into Pods")
+	fs.Int64Var(&p.pods.DefaultTokenExpiration, "aws-token-expiration", pods.DefaultTokenExpiration, "projected token lifetime in seconds (never under 600)")
+	fs.StringVar(&p.podMissing, "pod-missing-serviceaccount", "admit", "a Pod whose ServiceAccount cannot be found: admit (unchanged, with a warning) or deny (the controller retries; a Pod admitted without credentials is never fixed later)")
+	fs.StringVar(&p.pods.SidecarImage, "sidecar-image", "", "this binary's image, run as the aws-credentials sidecar for Pods that opt in; empty disables the sidecar")
 	fs.StringVar(&p.azureScopes, "azure-allowed-scopes", "", "comma-separated ARM scopes whose managed identities may be used: /subscriptions/<id> or /subscriptions/<id>/resourceGroups/<rg> (* globs allowed); empty disables Azure")
 	fs.StringVar(&p.azureARMEndpoint, "azure-arm-endpoint", "", "Azure Resource Manager endpoint; empty: the public cloud")
 	fs.StringVar(&p.azureARMAudience, "azure-arm-audience", "", "token audience for --azure-arm-endpoint; empty: the public cloud's")
@@ -138,10 +149,24 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		jobPlugins = append(jobPlugins, jp)
 	}
 
+	var podPlugins []admission.Plugin
+	if p.podIdentity {
+		switch pods.MissingPolicy(p.podMissing) {
+		case pods.MissingAdmit, pods.MissingDeny:
+			p.pods.MissingServiceAccount = pods.MissingPolicy(p.podMissing)
+		default:
+			return nil, fmt.Errorf("--pod-missing-serviceaccount must be admit or deny, not %q", p.podMissing)
+		}
+		if sas == nil {
+			return nil, fmt.Errorf("--aws-inject-pod-identity needs the Kubernetes API (--kubeconfig or in-cluster) to read ServiceAccounts")
+		}
+		podPlugins = append(podPlugins, pods.NewPlugin(sas, p.pods))
+	}
+
 	w.routes = []admission.Route{
 		{Path: "/mutate/serviceaccounts", Name: "serviceaccounts", Group: "", Kind: "ServiceAccount", Plugins: saPlugins},
 		{Path: "/mutate/jobs", Name: "jobs", Group: "batch", Kind: "Job", Plugins: jobPlugins},
-		{Path: "/mutate/pods", Name: "pods", Group: "", Kind: "Pod"},
+		{Path: "/mutate/pods", Name: "pods", Group: "", Kind: "Pod", Plugins: podPlugins},
 	}
 	return w, nil
 }

@@ -1,0 +1,84 @@
+package pods
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
+	"go.klusters.dev/credential-webhook/admission"
+)
+
+// ServiceAccounts reads a ServiceAccount (an informer's lister in production). A missing one is
+// reported with a Kubernetes NotFound error.
+type ServiceAccounts interface {
+	Get(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error)
+}
+
+// Plugin is the Pod CREATE admission plugin. It has no side effects, so dryRun needs no special
+// case: the patch is returned and the apiserver discards the result itself.
+type Plugin struct {
+	ServiceAccounts ServiceAccounts
+	Config          Config
+}
+
+// NewPlugin returns a Plugin reading ServiceAccounts from sas.
+func NewPlugin(sas ServiceAccounts, cfg Config) *Plugin {
+	return &Plugin{ServiceAccounts: sas, Config: cfg}
+}
+
+// Name implements admission.Plugin.
+func (p *Plugin) Name() string { return "pod-irsa" }
+
+// Admit implements admission.Plugin.
+func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admission.Response) error {
+	if req.Operation != "" && req.Operation != admissionv1.Create {
+		return nil
+	}
+	pod, err := decodePod(req.Object)
+	if err != nil {
+		return admission.Deny(http.StatusBadRequest, "decode Pod: %v", err)
+	}
+	name := pod.Spec.ServiceAccountName
+	if name == "" {
+		name = "default"
+	}
+	ns := req.Namespace
+	if ns == "" {
+		ns = pod.Namespace
+	}
+	sa, err := p.ServiceAccounts.Get(ctx, ns, name)
+	if err != nil {
+		return p.missing(req, resp, ns, name, err)
+	}
+	for _, w := range Inject(pod, sa, p.Config, resp.Patch) {
+		resp.Warn("%s", w)
+	}
+	return nil
+}
+
+// missing applies Config.MissingServiceAccount when the ServiceAccount cannot be read. A Pod is
+// usually created moments after its ServiceAccount, and the informer may not have seen it yet.
+func (p *Plugin) missing(req *admission.Request, resp *admission.Response, ns, name string, err error) error {
+	notFound := apierrors.IsNotFound(err)
+	if p.Config.MissingServiceAccount == MissingDeny {
+		if notFound {
+			return admission.Deny(http.StatusNotFound,
+				"ServiceAccount %s/%s not found yet, so AWS credentials cannot be injected; retry creating the Pod", ns, name)
+		}
+		return admission.Deny(http.StatusServiceUnavailable,
+			"cannot read ServiceAccount %s/%s to inject AWS credentials (%v); retry creating the Pod", ns, name, err)
+	}
+	what := "not found"
+	if !notFound {
+		what = fmt.Sprintf("unreadable (%v)", err)
+	}
+	if req.Log != nil {
+		req.Log.Warn("admitting Pod without AWS credentials", "serviceaccount", name, "error", err)
+	}
+	resp.Warn("ServiceAccount %s/%s %s: Pod admitted without AWS credentials injection", ns, name, what)
+	return nil
+}
