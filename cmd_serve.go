@@ -142,7 +142,11 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 	}
 	ready := &tlsProbe{addr: ln.Addr().String(), src: src}
 
-	wiring, err := p.build(ctx, deps{log: log, reg: reg, kube: cs, restConfig: restCfg, self: self})
+	d := deps{log: log, reg: reg, restConfig: restCfg, self: self}
+	if cs != nil { // a nil *Clientset in the interface would read as "configured"
+		d.kube = cs
+	}
+	wiring, err := p.build(ctx, d)
 	if err != nil {
 		ln.Close()
 		return err
@@ -177,8 +181,9 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
+	var msrv *http.Server
 	if c.metricsListen != "" {
-		msrv := &http.Server{Addr: c.metricsListen, Handler: metricsHandler, ReadHeaderTimeout: 5 * time.Second}
+		msrv = &http.Server{Addr: c.metricsListen, Handler: metricsHandler, ReadHeaderTimeout: 5 * time.Second}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -186,7 +191,6 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 				errc <- fmt.Errorf("metrics listener: %w", err)
 			}
 		}()
-		defer msrv.Close()
 	}
 	for _, bg := range wiring.background {
 		wg.Add(1)
@@ -203,6 +207,10 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 	case <-ctx.Done():
 	case err := <-errc:
 		cancel()
+		if msrv != nil {
+			_ = msrv.Close()
+		}
+		_ = srv.Close()
 		return err
 	}
 	log.Info("shutting down: finishing in-flight reviews", "timeout", c.shutdownTimeout)
@@ -210,6 +218,9 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 	defer scancel()
 	err = srv.Shutdown(sctx)
 	cancel()
+	if msrv != nil {
+		_ = msrv.Shutdown(sctx)
+	}
 	wg.Wait()
 	if err != nil {
 		return fmt.Errorf("shutdown: %w", err)

@@ -27,6 +27,22 @@ if have_all; then
 fi
 
 mkdir -p "$OUT"
+
+# One build at a time per version (two test packages, or `make e2e` next to a plain `go test`):
+# whoever waits for the lock finds a warm cache afterwards.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$OUT.lock"
+  if ! flock -n 9; then
+    log "another build of $K8S_VERSION is running; waiting for it"
+    flock 9
+  fi
+  if have_all; then
+    log "cache hit: $OUT"
+    echo "$OUT"
+    exit 0
+  fi
+fi
+
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
