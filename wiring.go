@@ -5,20 +5,28 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"go.klusters.dev/credential-webhook/access"
 	"go.klusters.dev/credential-webhook/admission"
+	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/jobs"
 	"go.klusters.dev/credential-webhook/kube"
 	"go.klusters.dev/credential-webhook/pods"
 	awsp "go.klusters.dev/credential-webhook/providers/aws"
 	"go.klusters.dev/credential-webhook/providers/azure"
+	"go.klusters.dev/credential-webhook/sweeper"
+	"go.klusters.dev/credential-webhook/sweeper/awscheck"
 )
 
 // deps are the shared things providers are built from.
@@ -51,6 +59,10 @@ type providerConfig struct {
 	pods        pods.Config
 	podMissing  string
 
+	sweeper             bool
+	maxHold, gcInterval time.Duration
+	checksInARow        int
+
 	azureScopes, azureARMEndpoint, azureARMAudience string
 	azurePositiveTTL, azureNegativeTTL              time.Duration
 }
@@ -59,13 +71,17 @@ func (p *providerConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&p.namespaces, "allowed-namespaces", "*", "comma-separated namespace globs whose ServiceAccounts may get cloud identities")
 	fs.StringVar(&p.requesters, "allowed-requesters", "", "comma-separated requesters allowed to ask for cloud identities: user:NAME or group:NAME globs (a bare NAME is a user; * is anyone). Empty allows nobody: set it to the KubeStash operator's ServiceAccount")
 	fs.StringVar(&p.leaseNamespace, "lease-namespace", os.Getenv("POD_NAMESPACE"), "namespace for the per-seed Leases and the sweeper's leader election (default $POD_NAMESPACE)")
-	fs.StringVar(&p.identity, "identity", hostnameOr("credential-webhook"), "this replica's identity in Leases (default the Pod name)")
+	fs.StringVar(&p.identity, "identity", defaultIdentity(), "this replica's identity in Leases; must be unique per process (default $POD_NAME, else hostname-pid)")
 	fs.DurationVar(&p.leaseDuration, "lease-duration", 30*time.Second, "how long a crashed replica's per-seed lock blocks others")
 
 	fs.StringVar(&p.awsSeeds, "aws-seed-roles", "", "comma-separated seed role ARN globs that may be cloned (e.g. arn:aws:iam::123456789012:role/kubestash-*); empty disables AWS")
 	fs.IntVar(&p.awsQuota, "aws-trust-policy-quota", 0, "trust policy size quota in characters; 0 reads AssumeRolePolicySizeQuota from iam:GetAccountSummary once (else 2048)")
 	fs.IntVar(&p.roleCreationLimit, "role-creation-limit", awsp.DefaultRoleCreationLimit, "maximum derived roles per seed")
 
+	fs.BoolVar(&p.sweeper, "sweeper", true, "run the sweeper (one active replica by Lease): releases held Jobs, finishes pending ServiceAccounts, collects garbage")
+	fs.DurationVar(&p.maxHold, "max-hold", sweeper.DefaultMaxHold, "release a held Job after this long even without credentials (with a Warning Event)")
+	fs.IntVar(&p.checksInARow, "sweeper-checks-in-a-row", sweeper.DefaultChecksInARow, "successful credential checks in a row before a Job is released")
+	fs.DurationVar(&p.gcInterval, "gc-interval", sweeper.DefaultGCInterval, "how often the sweeper compares every derived role and binding with the ServiceAccounts that exist")
 	fs.BoolVar(&p.podIdentity, "aws-inject-pod-identity", false, "inject IRSA credentials (env and a projected token) into Pods whose ServiceAccount has eks.amazonaws.com/role-arn, for clusters without the EKS pod-identity webhook")
 	fs.StringVar(&p.pods.Region, "aws-region", "", "AWS_REGION and AWS_DEFAULT_REGION injected into Pods (when absent)")
 	fs.BoolVar(&p.pods.RegionalSTS, "aws-sts-regional-endpoints", true, "inject AWS_STS_REGIONAL_ENDPOINTS=regional into Pods")
@@ -79,11 +95,15 @@ func (p *providerConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&p.azureNegativeTTL, "azure-identity-negative-ttl", 30*time.Second, "how long a missing managed identity is cached")
 }
 
-func hostnameOr(def string) string {
-	if h, err := os.Hostname(); err == nil && h != "" {
-		return h
+func defaultIdentity() string {
+	if n := os.Getenv("POD_NAME"); n != "" {
+		return n
 	}
-	return def
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		h = "credential-webhook"
+	}
+	return fmt.Sprintf("%s-%d", h, os.Getpid())
 }
 
 func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
@@ -93,6 +113,25 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 	}
 	guard := admission.OwnAnnotationsGuard{Self: d.self}
 	saPlugins := []admission.Plugin{guard}
+	jobPlugins := []admission.Plugin{guard}
+	var podPlugins []admission.Plugin
+
+	w := &wiring{}
+	// One ServiceAccount cache for every route that reads a Job's or Pod's ServiceAccount.
+	var sas *kube.ServiceAccounts
+	if d.kube != nil {
+		sas = kube.NewServiceAccounts(d.kube, 0, d.log)
+		w.background = append(w.background, func(ctx context.Context) {
+			sas.Start(ctx)
+			if !sas.WaitForSync(ctx) {
+				d.log.Warn("ServiceAccount cache did not sync before shutdown")
+			}
+		})
+	}
+	// What the sweeper needs from each provider; filled as providers are enabled.
+	ready := sweeper.NewReadyCache(sweeper.DefaultReadyTTL)
+	sw := sweeper.Deps{Ready: ready, Registerer: d.reg}
+	var finish finishers
 
 	if p.awsSeeds != "" {
 		seeds, err := awsp.ParseAllowlist(p.awsSeeds)
@@ -108,21 +147,12 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		iamClient := awsp.NewIAMClient(cfg, awsp.CallMetrics(d.reg))
 		assigner := awsp.NewAssigner(iamClient, p.locker(d), awsp.Config{Seeds: seeds, Quota: p.awsQuota, RoleCreationLimit: p.roleCreationLimit}, d.log)
 		saPlugins = append(saPlugins, &awsp.Plugin{Assigner: assigner, Seeds: seeds, Access: policy, Metrics: awsp.NewMetrics(d.reg)})
+		finish = append(finish, assigner)
+		if d.kube != nil {
+			sw.AWS = awscheck.New(awscheck.IAMRoleLister{IAM: iamClient}, awscheck.KubeTokens{Client: d.kube}, sts.NewFromConfig(cfg), p.checksInARow)
+			sw.Collectors = append(sw.Collectors, awsp.Collector{Assigner: assigner, Seeds: p.seedsInUse(d, sas)})
+		}
 	}
-
-	w := &wiring{}
-	// One ServiceAccount cache for every route that reads a Job's or Pod's ServiceAccount.
-	var sas *kube.ServiceAccounts
-	if d.kube != nil {
-		sas = kube.NewServiceAccounts(d.kube, 0, d.log)
-		w.background = append(w.background, func(ctx context.Context) {
-			sas.Start(ctx)
-			if !sas.WaitForSync(ctx) {
-				d.log.Warn("ServiceAccount cache did not sync before shutdown")
-			}
-		})
-	}
-	jobPlugins := []admission.Plugin{guard}
 
 	if p.azureScopes != "" {
 		scopes, err := azure.ParseScopes(p.azureScopes)
@@ -142,14 +172,24 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		plugin := &azure.ServiceAccountPlugin{Resolver: resolver, Scopes: scopes, Access: policy}
 		jp := &azure.JobPlugin{}
 		if d.kube != nil {
-			plugin.Binder = azure.KubeBinder{CS: d.kube}
+			binder := azure.KubeBinder{CS: d.kube}
+			plugin.Binder = binder
 			jp.ServiceAccounts = sas
+			sw.Azure = sweeper.AzureChecker{Bindings: azure.BindingLister{CS: d.kube}}
+			sw.Collectors = append(sw.Collectors, azure.Collector{CS: d.kube})
+			finish = append(finish, azure.Finisher{Resolver: resolver, Binder: binder, Scopes: scopes})
 		}
 		saPlugins = append(saPlugins, plugin)
 		jobPlugins = append(jobPlugins, jp)
 	}
 
-	var podPlugins []admission.Plugin
+	if sas != nil {
+		// Hold KubeStash Jobs until their credentials are proven (no cloud call on this path).
+		jobPlugins = append(jobPlugins, jobs.NewPlugin(sas, ready))
+	} else {
+		d.log.Warn("Job holding needs the Kubernetes API: KubeStash Jobs are not held in local mode")
+	}
+
 	if p.podIdentity {
 		switch pods.MissingPolicy(p.podMissing) {
 		case pods.MissingAdmit, pods.MissingDeny:
@@ -163,12 +203,70 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		podPlugins = append(podPlugins, pods.NewPlugin(sas, p.pods))
 	}
 
+	switch {
+	case !p.sweeper:
+		d.log.Info("sweeper disabled (--sweeper=false)")
+	case d.kube == nil || p.leaseNamespace == "":
+		d.log.Warn("sweeper not started: it needs the Kubernetes API and --lease-namespace")
+	default:
+		if len(finish) > 0 {
+			sw.Assigner = finish
+		}
+		s := sweeper.New(d.kube, sweeper.Config{
+			MaxHold: p.maxHold, ChecksInARow: p.checksInARow, GCInterval: p.gcInterval,
+			Namespace: p.leaseNamespace, Identity: p.identity,
+		}, sw, d.log.With("component", "sweeper"))
+		w.background = append(w.background, s.Run)
+	}
+
 	w.routes = []admission.Route{
 		{Path: "/mutate/serviceaccounts", Name: "serviceaccounts", Group: "", Kind: "ServiceAccount", Plugins: saPlugins},
 		{Path: "/mutate/jobs", Name: "jobs", Group: "batch", Kind: "Job", Plugins: jobPlugins},
 		{Path: "/mutate/pods", Name: "pods", Group: "", Kind: "Pod", Plugins: podPlugins},
 	}
 	return w, nil
+}
+
+// finishers runs every provider's Finish on a pending ServiceAccount and merges the annotations.
+type finishers []sweeper.Assigner
+
+func (f finishers) Finish(ctx context.Context, sa *corev1.ServiceAccount) (map[string]string, error) {
+	out := map[string]string{}
+	for _, one := range f {
+		set, err := one.Finish(ctx, sa)
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(out, set)
+	}
+	return out, nil
+}
+
+// seedsInUse lists the seeds the AWS garbage collector visits: those named by cached
+// ServiceAccounts and those with a lock Lease (a seed whose last ServiceAccount is gone).
+func (p *providerConfig) seedsInUse(d deps, sas *kube.ServiceAccounts) func(context.Context) ([]string, error) {
+	return func(ctx context.Context) ([]string, error) {
+		seen := map[string]bool{}
+		list, err := sas.List()
+		if err != nil {
+			return nil, err
+		}
+		for _, sa := range list {
+			if s := sa.Annotations[annotations.SeedRole]; s != "" {
+				seen[s] = true
+			}
+		}
+		if p.leaseNamespace != "" {
+			keys, err := kube.LeaseKeys(ctx, d.kube, p.leaseNamespace)
+			if err != nil {
+				return nil, err
+			}
+			for _, k := range keys {
+				seen[k] = true
+			}
+		}
+		return slices.Sorted(maps.Keys(seen)), nil
+	}
 }
 
 // locker returns the per-seed lock: a Kubernetes Lease shared by all replicas, or an in-process

@@ -210,3 +210,19 @@ func (l *LeaseLocker) modify(ctx context.Context, key string, change func(*coord
 }
 
 func labelsEverything() labels.Selector { return labels.Everything() }
+
+// LeaseKeys lists the keys (seed role ARNs) that have a lock Lease in namespace: the seeds this
+// server has ever written for, including those whose last ServiceAccount is gone.
+func LeaseKeys(ctx context.Context, cs kubernetes.Interface, namespace string) ([]string, error) {
+	list, err := cs.CoordinationV1().Leases(namespace).List(ctx, metav1.ListOptions{LabelSelector: annotations.ManagedLabel + "=true"})
+	if err != nil {
+		return nil, fmt.Errorf("listing leases: %w", err)
+	}
+	var keys []string
+	for _, l := range list.Items {
+		if k := l.Annotations[keyAnnotation]; k != "" {
+			keys = append(keys, k)
+		}
+	}
+	return keys, nil
+}

@@ -1,0 +1,66 @@
+// Package jobs is the Job CREATE admission plugin: it suspends a KubeStash Job whose
+// ServiceAccount has no working cloud identity yet, so its backup does not start (and fail)
+// before the credentials work. The sweeper (package sweeper) releases it later.
+package jobs
+
+import (
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"go.klusters.dev/credential-webhook/annotations"
+)
+
+// Identity says which cloud identities a ServiceAccount asks for and whether they are assigned.
+// It reads annotations only: whether an assigned identity really works (trust propagated) is for
+// the sweeper to prove.
+type Identity struct {
+	// AWS: the ServiceAccount carries a seed role (annotations.SeedRole).
+	AWS bool
+	// Azure: the ServiceAccount names a managed identity (annotations.AzureMIName).
+	Azure bool
+	// Missing is empty when every requested identity is assigned, else a short sentence saying
+	// what is missing, for warnings and Events.
+	Missing string
+}
+
+// Requested reports whether the ServiceAccount asks for any cloud identity at all.
+func (i Identity) Requested() bool { return i.AWS || i.Azure }
+
+// IdentityOf evaluates sa's annotations. A nil sa requests nothing.
+func IdentityOf(sa *corev1.ServiceAccount) Identity {
+	if sa == nil {
+		return Identity{}
+	}
+	a := sa.Annotations
+	id := Identity{AWS: a[annotations.SeedRole] != "", Azure: a[annotations.AzureMIName] != ""}
+	if !id.Requested() {
+		return id
+	}
+	var missing []string
+	// Pending is set by admission on a ServiceAccount it accepted but could not finish; until the
+	// sweeper finishes it, whatever output annotations it carries are not to be trusted as final.
+	if reason, ok := a[annotations.Pending]; ok {
+		missing = append(missing, "assignment pending ("+reason+")")
+	}
+	if id.AWS && a[annotations.AWSRoleARN] == "" {
+		missing = append(missing, "no "+annotations.AWSRoleARN+" yet")
+	}
+	if id.Azure && a[annotations.AzureClientID] == "" {
+		missing = append(missing, "no "+annotations.AzureClientID+" yet")
+	}
+	id.Missing = strings.Join(missing, "; ")
+	return id
+}
+
+// ServiceAccountName is the ServiceAccount a Pod template runs as: serviceAccountName, else the
+// deprecated serviceAccount alias, else "default" (as the apiserver resolves it).
+func ServiceAccountName(spec *corev1.PodSpec) string {
+	switch {
+	case spec.ServiceAccountName != "":
+		return spec.ServiceAccountName
+	case spec.DeprecatedServiceAccount != "":
+		return spec.DeprecatedServiceAccount
+	}
+	return "default"
+}

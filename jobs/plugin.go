@@ -1,0 +1,131 @@
+package jobs
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/json"
+
+	"go.klusters.dev/credential-webhook/admission"
+	"go.klusters.dev/credential-webhook/annotations"
+)
+
+// ServiceAccounts reads a ServiceAccount (an informer cache with a direct-read fallback in
+// production). A missing one is reported with a Kubernetes NotFound error.
+type ServiceAccounts interface {
+	Get(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error)
+}
+
+// ReadyCache says whether the sweeper has proven that a ServiceAccount's credentials work.
+type ReadyCache interface {
+	Ready(namespace, name string) bool
+}
+
+// Plugin is the Job CREATE admission plugin. It makes no cloud call and has no side effect, so
+// dryRun needs no special case: the same patch is returned and the apiserver discards it.
+type Plugin struct {
+	ServiceAccounts ServiceAccounts
+	// Ready may be nil: nothing is ever known ready, so every Job of a cloud ServiceAccount is
+	// held until the sweeper has checked it.
+	Ready ReadyCache
+	// Now defaults to time.Now.
+	Now func() time.Time
+}
+
+// NewPlugin returns a Plugin reading ServiceAccounts from sas; ready may be nil.
+func NewPlugin(sas ServiceAccounts, ready ReadyCache) *Plugin {
+	return &Plugin{ServiceAccounts: sas, Ready: ready, Now: time.Now}
+}
+
+// Name implements admission.Plugin.
+func (p *Plugin) Name() string { return "job-hold" }
+
+// Admit implements admission.Plugin.
+func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admission.Response) error {
+	if req.Operation != "" && req.Operation != admissionv1.Create {
+		return nil
+	}
+	job, err := decodeJob(req.Object)
+	if err != nil {
+		return admission.Deny(http.StatusBadRequest, "decode Job: %v", err)
+	}
+	if job.Namespace == "" {
+		job.Namespace = req.Namespace
+	}
+	if ok, _ := Screen(job); !ok {
+		return nil
+	}
+	now := time.Now
+	if p.Now != nil {
+		now = p.Now
+	}
+	saName := ServiceAccountName(&job.Spec.Template.Spec)
+	sa, err := p.ServiceAccounts.Get(ctx, job.Namespace, saName)
+	var d Decision
+	switch {
+	case apierrors.IsNotFound(err):
+		d = Decide(job, nil, false, now())
+	case err != nil:
+		d = Unreadable(job, err, now())
+	default:
+		d = Decide(job, sa, p.Ready != nil && p.Ready.Ready(job.Namespace, saName), now())
+	}
+	if !d.Hold {
+		return nil
+	}
+	Hold(resp, job.Annotations, d)
+	if req.Log != nil {
+		req.Log.Info("holding Job until its credentials work", "serviceaccount", saName, "reason", d.Reason, "detail", d.Detail)
+	}
+	return nil
+}
+
+// Hold adds the hold to resp: spec.suspend true, our two annotations, and a warning. existing
+// is the Job's annotation map as decoded from the raw object (nil when absent).
+func Hold(resp *admission.Response, existing map[string]string, d Decision) {
+	resp.Patch.Set("/spec/suspend", true)
+	resp.Patch.SetMapEntry("/metadata/annotations", existing, annotations.HoldReason, d.Reason)
+	resp.Patch.SetMapEntry("/metadata/annotations", existing, annotations.HeldSince, d.HeldSince)
+	resp.Warn("credential-webhook suspended this Job until its credentials work (%s: %s); it resumes the Job by itself", d.Reason, d.Detail)
+}
+
+// jobView is the part of a Job that Decide reads. Decoding a whole batchv1.Job (with its Pod
+// template's resources, probes and managedFields) costs several times more for nothing.
+type jobView struct {
+	Metadata struct {
+		Namespace   string            `json:"namespace"`
+		Labels      map[string]string `json:"labels"`
+		Annotations map[string]string `json:"annotations"`
+	} `json:"metadata"`
+	Spec struct {
+		Suspend  *bool `json:"suspend"`
+		Template struct {
+			Spec struct {
+				ServiceAccountName       string `json:"serviceAccountName"`
+				DeprecatedServiceAccount string `json:"serviceAccount"`
+			} `json:"spec"`
+		} `json:"template"`
+	} `json:"spec"`
+}
+
+// decodeJob reads raw (left untouched) into a skeleton Job holding what Decide reads. The
+// decoder is case-sensitive like the apiserver's, so a key the apiserver would drop is ignored.
+func decodeJob(raw []byte) (*batchv1.Job, error) {
+	var v jobView
+	if err := json.UnmarshalCaseSensitivePreserveInts(raw, &v); err != nil {
+		return nil, err
+	}
+	job := &batchv1.Job{}
+	job.Namespace = v.Metadata.Namespace
+	job.Labels = v.Metadata.Labels
+	job.Annotations = v.Metadata.Annotations
+	job.Spec.Suspend = v.Spec.Suspend
+	job.Spec.Template.Spec.ServiceAccountName = v.Spec.Template.Spec.ServiceAccountName
+	job.Spec.Template.Spec.DeprecatedServiceAccount = v.Spec.Template.Spec.DeprecatedServiceAccount
+	return job, nil
+}

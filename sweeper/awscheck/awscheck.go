@@ -1,0 +1,184 @@
+// Package awscheck proves that an IRSA identity works before the sweeper releases a Job: the
+// ServiceAccount's role must be a derived role of its seed that lists the ServiceAccount, and
+// sts:AssumeRoleWithWebIdentity must accept a real token of that ServiceAccount several times
+// in a row. IAM is eventually consistent: a trust policy just written is not seen by every STS
+// endpoint at once, and one success can come from an endpoint that already has it while the
+// next (the backup's) lands on one that does not.
+package awscheck
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
+	"github.com/aws/smithy-go"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"go.klusters.dev/credential-webhook/annotations"
+)
+
+// DefaultAudience is the token audience IRSA uses unless the ServiceAccount says otherwise
+// (annotations.AWSAudience, as the EKS pod-identity webhook honours it).
+const DefaultAudience = "sts.amazonaws.com"
+
+// DefaultTokenTTL is the lifetime of the token minted for a check (TokenRequest's minimum).
+const DefaultTokenTTL = 10 * time.Minute
+
+// sessionName names the check's sessions in CloudTrail.
+const sessionName = "credential-webhook-readiness-check"
+
+// RoleLister says whether the derived role roleARN lists subject
+// ("system:serviceaccount:<ns>:<name>") in its trust policy. The AWS provider implements it
+// from its role cache; IAMRoleLister reads IAM directly.
+type RoleLister interface {
+	Lists(ctx context.Context, roleARN, subject string) (bool, error)
+}
+
+// TokenSource mints a ServiceAccount token for audience. KubeTokens uses the TokenRequest API.
+type TokenSource interface {
+	Token(ctx context.Context, namespace, name, audience string, ttl time.Duration) (string, error)
+}
+
+// STSAPI is the part of the STS client the check calls (*sts.Client implements it).
+type STSAPI interface {
+	AssumeRoleWithWebIdentity(ctx context.Context, in *sts.AssumeRoleWithWebIdentityInput, optFns ...func(*sts.Options)) (*sts.AssumeRoleWithWebIdentityOutput, error)
+}
+
+// Checker implements sweeper.Checker for AWS.
+type Checker struct {
+	Roles  RoleLister
+	Tokens TokenSource
+	STS    STSAPI
+	// ChecksInARow is how many consecutive successful AssumeRoleWithWebIdentity calls prove the
+	// identity (at least 1).
+	ChecksInARow int
+	// TokenTTL is the minted token's lifetime (DefaultTokenTTL when zero).
+	TokenTTL time.Duration
+}
+
+// New returns a Checker.
+func New(roles RoleLister, tokens TokenSource, api STSAPI, checksInARow int) *Checker {
+	return &Checker{Roles: roles, Tokens: tokens, STS: api, ChecksInARow: checksInARow, TokenTTL: DefaultTokenTTL}
+}
+
+// Check implements sweeper.Checker.
+func (c *Checker) Check(ctx context.Context, sa *corev1.ServiceAccount) (bool, string, error) {
+	seed, role := sa.Annotations[annotations.SeedRole], sa.Annotations[annotations.AWSRoleARN]
+	if role == "" {
+		return false, "no " + annotations.AWSRoleARN + " yet", nil
+	}
+	if !DerivedFrom(seed, role) {
+		return false, fmt.Sprintf("role %s is not a derived role of seed %s", role, seed), nil
+	}
+	subject := "system:serviceaccount:" + sa.Namespace + ":" + sa.Name
+	listed, err := c.Roles.Lists(ctx, role, subject)
+	if err != nil {
+		return false, "", fmt.Errorf("reading the trust policy of %s: %w", role, err)
+	}
+	if !listed {
+		return false, fmt.Sprintf("derived role %s does not list %s", role, subject), nil
+	}
+	audience := sa.Annotations[annotations.AWSAudience]
+	if audience == "" {
+		audience = DefaultAudience
+	}
+	ttl := c.TokenTTL
+	if ttl <= 0 {
+		ttl = DefaultTokenTTL
+	}
+	token, err := c.Tokens.Token(ctx, sa.Namespace, sa.Name, audience, ttl)
+	if err != nil {
+		return false, "", fmt.Errorf("minting a token for %s/%s: %w", sa.Namespace, sa.Name, err)
+	}
+	n := max(c.ChecksInARow, 1)
+	for i := 1; i <= n; i++ {
+		_, err := c.STS.AssumeRoleWithWebIdentity(ctx, &sts.AssumeRoleWithWebIdentityInput{
+			RoleArn:          aws.String(role),
+			RoleSessionName:  aws.String(sessionName),
+			WebIdentityToken: aws.String(token),
+			// The shortest session STS grants: the credentials are thrown away at once.
+			DurationSeconds: aws.Int32(900),
+		})
+		if err == nil {
+			continue
+		}
+		if code, msg, refused := refusal(err); refused {
+			return false, fmt.Sprintf("sts:AssumeRoleWithWebIdentity on %s refused (call %d of %d in a row): %s: %s", role, i, n, code, msg), nil
+		}
+		return false, "", fmt.Errorf("sts:AssumeRoleWithWebIdentity on %s (call %d of %d): %w", role, i, n, err)
+	}
+	return true, fmt.Sprintf("sts:AssumeRoleWithWebIdentity accepted a token of the ServiceAccount for %s %d times in a row", role, n), nil
+}
+
+// refusal reports whether STS answered that it does not (yet) trust the token: the identity is
+// not ready. Anything else (throttling, 5xx, network) is a failure of the check itself.
+func refusal(err error) (code, message string, refused bool) {
+	var ae smithy.APIError
+	if !errors.As(err, &ae) {
+		return "", "", false
+	}
+	switch ae.ErrorCode() {
+	case "AccessDenied", "InvalidIdentityToken", "IDPRejectedClaim", "ExpiredTokenException", "ExpiredToken":
+		return ae.ErrorCode(), ae.ErrorMessage(), true
+	}
+	return "", "", false
+}
+
+// DerivedFrom reports whether role is a derived role of seed: same partition, account and path,
+// and the name "<seed name>-<i>" with i in canonical decimal form.
+func DerivedFrom(seed, role string) bool {
+	seedPrefix, seedName, ok := splitRoleARN(seed)
+	if !ok {
+		return false
+	}
+	rolePrefix, roleName, ok := splitRoleARN(role)
+	if !ok || rolePrefix != seedPrefix {
+		return false
+	}
+	digits, ok := strings.CutPrefix(roleName, seedName+"-")
+	if !ok || digits == "" || len(digits) > 6 || (len(digits) > 1 && digits[0] == '0') {
+		return false
+	}
+	_, err := strconv.ParseUint(digits, 10, 32)
+	return err == nil
+}
+
+// splitRoleARN splits "arn:<partition>:iam::<account>:role<path><name>" into everything up to
+// the last "/" and the name.
+func splitRoleARN(arn string) (prefix, name string, ok bool) {
+	parts := strings.SplitN(arn, ":", 6)
+	if len(parts) != 6 || parts[0] != "arn" || parts[2] != "iam" || !strings.HasPrefix(parts[5], "role/") {
+		return "", "", false
+	}
+	i := strings.LastIndexByte(arn, '/')
+	if i < 0 || i == len(arn)-1 {
+		return "", "", false
+	}
+	return arn[:i+1], arn[i+1:], true
+}
+
+// KubeTokens mints tokens with the TokenRequest API (serviceaccounts/token create), exactly as
+// the kubelet does for a Pod's projected token, so STS sees what the backup will send.
+type KubeTokens struct {
+	Client kubernetes.Interface
+}
+
+// Token implements TokenSource.
+func (k KubeTokens) Token(ctx context.Context, namespace, name, audience string, ttl time.Duration) (string, error) {
+	secs := int64(ttl / time.Second)
+	tr, err := k.Client.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{audience}, ExpirationSeconds: &secs},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", err
+	}
+	return tr.Status.Token, nil
+}

@@ -1,0 +1,137 @@
+package sweeper
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"gomodules.xyz/jsonpatch/v2"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+
+	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/patches"
+)
+
+// The pure decisions of the sweeper: which Jobs are ours to release, when to look again, what
+// to do with a held Job, and the patches that release a Job or finish a ServiceAccount.
+
+// IsHeld reports whether job is one the sweeper may release: a KubeStash Job carrying our
+// held-since annotation. Nothing else is ever released, whatever it looks like.
+func IsHeld(job *batchv1.Job) bool {
+	return job.Labels[annotations.ManagedByLabel] == annotations.ManagedByValue &&
+		job.Annotations[annotations.HeldSince] != ""
+}
+
+// HeldSince is when admission held job: our annotation, else (unparseable, which only a bug
+// could produce since nobody else may write it) the Job's creation time.
+func HeldSince(job *batchv1.Job) time.Time {
+	if t, err := time.Parse(time.RFC3339, job.Annotations[annotations.HeldSince]); err == nil {
+		return t
+	}
+	return job.CreationTimestamp.Time
+}
+
+// Backoff is the delay before the attempt-th retry (attempt 0 is the first): initial doubled per
+// attempt, at most max.
+func Backoff(attempt int, initial, max time.Duration) time.Duration {
+	d := initial
+	for i := 0; i < attempt && d < max; i++ {
+		d *= 2
+	}
+	return min(d, max)
+}
+
+// Action is what to do with a held Job after a readiness check.
+type Action int
+
+const (
+	// Wait: check again after Step.After.
+	Wait Action = iota
+	// Release: the credentials work; resume the Job.
+	Release
+	// ReleaseWithoutCredentials: MaxHold has passed; resume it anyway, with a Warning Event, so
+	// the backup fails visibly instead of hanging.
+	ReleaseWithoutCredentials
+)
+
+func (a Action) String() string {
+	switch a {
+	case Release:
+		return "Release"
+	case ReleaseWithoutCredentials:
+		return "ReleaseWithoutCredentials"
+	}
+	return "Wait"
+}
+
+// Step is the outcome of Plan.
+type Step struct {
+	Action Action
+	// After is the delay before the next check (Wait only).
+	After time.Duration
+}
+
+// Plan decides what to do with a Job held since heldSince, after its attempt-th failed check
+// when it is not ready. The next check never lands after the MaxHold deadline, so a Job is
+// released on time even while its backoff is long.
+func Plan(heldSince time.Time, ready bool, attempt int, now time.Time, cfg Config) Step {
+	if ready {
+		return Step{Action: Release}
+	}
+	deadline := heldSince.Add(cfg.MaxHold)
+	left := deadline.Sub(now)
+	if left <= 0 {
+		return Step{Action: ReleaseWithoutCredentials}
+	}
+	return Step{Action: Wait, After: min(Backoff(attempt, cfg.BackoffInitial, cfg.BackoffMax), left)}
+}
+
+// Gone reports whether a ServiceAccount first seen missing at firstMissing (zero: not missing)
+// has been missing for the grace period, so its cloud subjects may be collected.
+func Gone(firstMissing, now time.Time, grace time.Duration) bool {
+	return !firstMissing.IsZero() && now.Sub(firstMissing) >= grace
+}
+
+// ReleasePatch is the JSON patch that releases job: a test that our held-since annotation still
+// has the value we read (so a concurrent change, or a second release from a stale cache, fails
+// instead of clobbering), spec.suspend false when the Job is suspended, and the removal of our
+// annotations. A Job someone else already resumed only loses our annotations.
+func ReleasePatch(job *batchv1.Job) ([]byte, error) {
+	ann := job.Annotations
+	heldSince, ok := ann[annotations.HeldSince]
+	if !ok {
+		return nil, fmt.Errorf("job %s/%s carries no %s annotation", job.Namespace, job.Name, annotations.HeldSince)
+	}
+	ops := []jsonpatch.Operation{{Operation: "test", Path: patches.Pointer("metadata", "annotations", annotations.HeldSince), Value: heldSince}}
+	if job.Spec.Suspend != nil && *job.Spec.Suspend {
+		ops = append(ops, jsonpatch.Operation{Operation: "replace", Path: "/spec/suspend", Value: false})
+	}
+	b := patches.NewBuilder()
+	b.RemoveMapEntry("/metadata/annotations", ann, annotations.HoldReason)
+	b.RemoveMapEntry("/metadata/annotations", ann, annotations.HeldSince)
+	return json.Marshal(append(ops, b.Ops()...))
+}
+
+// FinishPatch writes the annotations an Assigner returned for sa and removes our pending
+// marker, after testing that the marker still has the value we read: if admission or another
+// finisher changed it meanwhile, the patch fails and the ServiceAccount is looked at again.
+// The pending marker itself is never taken from set.
+func FinishPatch(sa *corev1.ServiceAccount, set map[string]string) ([]byte, error) {
+	ann := sa.Annotations
+	pending, ok := ann[annotations.Pending]
+	if !ok {
+		return nil, fmt.Errorf("ServiceAccount %s/%s carries no %s annotation", sa.Namespace, sa.Name, annotations.Pending)
+	}
+	ops := []jsonpatch.Operation{{Operation: "test", Path: patches.Pointer("metadata", "annotations", annotations.Pending), Value: pending}}
+	b := patches.NewBuilder()
+	for _, k := range slices.Sorted(maps.Keys(set)) {
+		if k != annotations.Pending {
+			b.SetMapEntry("/metadata/annotations", ann, k, set[k])
+		}
+	}
+	b.RemoveMapEntry("/metadata/annotations", ann, annotations.Pending)
+	return json.Marshal(append(ops, b.Ops()...))
+}

@@ -1,0 +1,137 @@
+package sweeper
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/tools/record"
+
+	"go.klusters.dev/credential-webhook/annotations"
+)
+
+// Sweeper runs the background loops while this replica holds the leader Lease.
+type Sweeper struct {
+	cs          kubernetes.Interface
+	cfg         Config
+	deps        Deps
+	log         *slog.Logger
+	ready       *ReadyCache
+	m           *metrics
+	recorder    record.EventRecorder
+	broadcaster record.EventBroadcaster // nil when Deps.Recorder was given
+	now         func() time.Time
+
+	// leadMu is held for a whole leadership term, so a new term (or the Lease release on
+	// shutdown) starts only after the previous term's workers stopped.
+	leadMu sync.Mutex
+}
+
+// New returns a Sweeper. It registers its metrics on deps.Registerer (once per registry).
+func New(cs kubernetes.Interface, cfg Config, deps Deps, log *slog.Logger) *Sweeper {
+	cfg = cfg.WithDefaults()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Sweeper{cs: cs, cfg: cfg, deps: deps, log: log.With("component", "sweeper"), m: newMetrics(deps.Registerer), now: time.Now}
+	s.ready = deps.Ready
+	if s.ready == nil {
+		s.ready = NewReadyCache(cfg.ReadyTTL)
+	}
+	s.recorder = deps.Recorder
+	if s.recorder == nil {
+		s.broadcaster = record.NewBroadcaster()
+		s.recorder = s.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "credential-webhook"})
+	}
+	return s
+}
+
+// Ready is the cache of proven ServiceAccounts, for the Job admission plugin.
+func (s *Sweeper) Ready() *ReadyCache { return s.ready }
+
+// Run campaigns for the leader Lease and, while it holds it, releases held Jobs, finishes
+// pending ServiceAccounts and collects garbage. It blocks until ctx ends. On the way out it
+// stops its workers first and then releases the Lease (ReleaseOnCancel), so another replica
+// takes over within one retry period instead of waiting for the Lease to expire.
+func (s *Sweeper) Run(ctx context.Context) {
+	if s.broadcaster != nil {
+		s.broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.cs.CoreV1().Events("")})
+		defer s.broadcaster.Shutdown()
+	}
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metaFor(s.cfg.Namespace, s.cfg.LeaseName),
+		Client:     s.cs.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: s.cfg.Identity},
+		Labels:     map[string]string{annotations.ManagedLabel: "true"},
+	}
+	s.log.Info("sweeper campaigning for leadership", "lease", s.cfg.Namespace+"/"+s.cfg.LeaseName, "identity", s.cfg.Identity)
+	for ctx.Err() == nil {
+		// The elector runs on its own context: when ctx ends, the term's workers stop first
+		// (lead watches ctx too), and only then is the elector cancelled, releasing the Lease.
+		runCtx, cancelRun := context.WithCancel(context.WithoutCancel(ctx))
+		stop := context.AfterFunc(ctx, func() {
+			s.leadMu.Lock()
+			s.leadMu.Unlock() //nolint:staticcheck // waiting for the current term to end
+			cancelRun()
+		})
+		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+			Lock:            lock,
+			Name:            "credential-webhook-sweeper",
+			LeaseDuration:   s.cfg.LeaseDuration,
+			RenewDeadline:   s.cfg.RenewDeadline,
+			RetryPeriod:     s.cfg.RetryPeriod,
+			ReleaseOnCancel: true,
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: func(lctx context.Context) { s.lead(lctx, ctx) },
+				OnStoppedLeading: func() {},
+				OnNewLeader: func(id string) {
+					s.log.Info("sweeper leader", "leader", id, "self", id == s.cfg.Identity)
+				},
+			},
+		})
+		if err != nil {
+			stop()
+			cancelRun()
+			s.log.Error("sweeper disabled: invalid leader election configuration", "error", err)
+			return
+		}
+		le.Run(runCtx)
+		stop()
+		cancelRun()
+		if ctx.Err() != nil {
+			break
+		}
+		s.log.Warn("sweeper lost its leader Lease; campaigning again")
+		select {
+		case <-ctx.Done():
+		case <-time.After(s.cfg.RetryPeriod):
+		}
+	}
+	// A term that started late (its context already cancelled) returns at once; wait for it.
+	s.leadMu.Lock()
+	s.leadMu.Unlock() //nolint:staticcheck // waiting for the current term to end
+}
+
+// lead runs one leadership term until the Lease is lost (lctx) or the process stops (outer).
+func (s *Sweeper) lead(lctx, outer context.Context) {
+	s.leadMu.Lock()
+	defer s.leadMu.Unlock()
+	ctx, cancel := context.WithCancel(lctx)
+	defer cancel()
+	defer context.AfterFunc(outer, cancel)()
+	if ctx.Err() != nil {
+		return
+	}
+	s.log.Info("sweeper leading", "identity", s.cfg.Identity)
+	s.m.leader.Set(1)
+	defer s.m.leader.Set(0)
+	newTerm(s).run(ctx)
+	s.log.Info("sweeper stopped leading", "identity", s.cfg.Identity)
+}

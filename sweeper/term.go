@@ -1,0 +1,634 @@
+package sweeper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	batchlisters "k8s.io/client-go/listers/batch/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/jobs"
+)
+
+const (
+	// saIndex indexes held Jobs by "namespace/serviceAccount", so a ServiceAccount change wakes
+	// exactly the Jobs waiting for it.
+	saIndex = "serviceaccount"
+	// gcDebounce coalesces bursts of ServiceAccount deletions (a namespace going away) into one
+	// collection.
+	gcDebounce = 2 * time.Second
+	// fieldManager names our writes in managedFields.
+	fieldManager = "credential-webhook"
+)
+
+func metaFor(namespace, name string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Namespace: namespace, Name: name}
+}
+
+// term is the state of one leadership term. Nothing survives a term: a new leader rebuilds it
+// from the informers' initial lists.
+type term struct {
+	*Sweeper
+
+	jobInformer cache.SharedIndexInformer
+	jobLister   batchlisters.JobLister
+	saInformer  cache.SharedIndexInformer
+	saLister    corelisters.ServiceAccountLister
+	jobQ        workqueue.TypedDelayingInterface[string]
+	finishQ     workqueue.TypedDelayingInterface[string]
+	gcTrigger   chan struct{}
+
+	mu   sync.Mutex
+	held map[string]*heldJob
+	// released maps a Job key to the resourceVersion we released, so a stale cache entry of
+	// that version is not taken for a Job still held (and announced again).
+	released       map[string]string
+	finishAttempts map[string]int
+	// missing maps "namespace/name" to when garbage collection first found that
+	// ServiceAccount missing (see Config.GCGrace); asked records what the running collection
+	// asked about, to prune the rest.
+	missing map[string]time.Time
+	asked   map[string]bool
+}
+
+type heldJob struct {
+	uid       types.UID
+	attempts  int
+	announced bool
+}
+
+func newTerm(s *Sweeper) *term {
+	return &term{
+		Sweeper:        s,
+		jobQ:           workqueue.NewTypedDelayingQueueWithConfig(workqueue.TypedDelayingQueueConfig[string]{Name: "credential-webhook-held-jobs"}),
+		finishQ:        workqueue.NewTypedDelayingQueueWithConfig(workqueue.TypedDelayingQueueConfig[string]{Name: "credential-webhook-pending-serviceaccounts"}),
+		gcTrigger:      make(chan struct{}, 1),
+		held:           map[string]*heldJob{},
+		released:       map[string]string{},
+		finishAttempts: map[string]int{},
+		missing:        map[string]time.Time{},
+	}
+}
+
+// stripManagedFields keeps the caches small: managedFields are most of a stored object's size.
+func stripManagedFields(obj any) (any, error) {
+	if a, ok := obj.(metav1.ObjectMetaAccessor); ok {
+		a.GetObjectMeta().SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
+func (t *term) run(ctx context.Context) {
+	// Jobs: a label selector cannot select annotations, so list KubeStash's Jobs and filter.
+	jobFactory := informers.NewSharedInformerFactoryWithOptions(t.cs, 0,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.LabelSelector = labels.Set{annotations.ManagedByLabel: annotations.ManagedByValue}.String()
+		}),
+		informers.WithTransform(stripManagedFields))
+	saFactory := informers.NewSharedInformerFactoryWithOptions(t.cs, 0, informers.WithTransform(stripManagedFields))
+	ji := jobFactory.Batch().V1().Jobs()
+	si := saFactory.Core().V1().ServiceAccounts()
+	t.jobInformer, t.jobLister = ji.Informer(), ji.Lister()
+	t.saInformer, t.saLister = si.Informer(), si.Lister()
+
+	if err := t.jobInformer.AddIndexers(cache.Indexers{saIndex: func(obj any) ([]string, error) {
+		job, ok := obj.(*batchv1.Job)
+		if !ok || !IsHeld(job) {
+			return nil, nil
+		}
+		return []string{job.Namespace + "/" + jobs.ServiceAccountName(&job.Spec.Template.Spec)}, nil
+	}}); err != nil {
+		t.log.Error("sweeper: job index", "error", err)
+		return
+	}
+	regs := []func() error{}
+	if r, err := t.jobInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { t.onJob(obj) },
+		UpdateFunc: func(_, obj any) { t.onJob(obj) },
+		DeleteFunc: t.onJobDelete,
+	}); err == nil {
+		regs = append(regs, func() error { return t.jobInformer.RemoveEventHandler(r) })
+	}
+	if r, err := t.saInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { t.onServiceAccount(nil, obj) },
+		UpdateFunc: t.onServiceAccount,
+		DeleteFunc: t.onServiceAccountDelete,
+	}); err == nil {
+		regs = append(regs, func() error { return t.saInformer.RemoveEventHandler(r) })
+	}
+
+	jobFactory.Start(ctx.Done())
+	saFactory.Start(ctx.Done())
+	defer func() {
+		t.jobQ.ShutDown()
+		t.finishQ.ShutDown()
+		jobFactory.Shutdown()
+		saFactory.Shutdown()
+		for _, r := range regs {
+			_ = r()
+		}
+		t.m.heldJobs.Set(0)
+	}()
+	if !cache.WaitForCacheSync(ctx.Done(), t.jobInformer.HasSynced, t.saInformer.HasSynced) {
+		return
+	}
+	t.log.Info("sweeper caches synced", "jobs", len(t.jobInformer.GetStore().ListKeys()),
+		"serviceaccounts", len(t.saInformer.GetStore().ListKeys()))
+
+	var wg sync.WaitGroup
+	for range t.cfg.Workers {
+		wg.Go(func() { t.jobWorker(ctx) })
+	}
+	if t.deps.Assigner != nil {
+		wg.Go(func() { t.finishWorker(ctx) })
+	}
+	wg.Go(func() { t.gcLoop(ctx) })
+	<-ctx.Done()
+	t.jobQ.ShutDown()
+	t.finishQ.ShutDown()
+	wg.Wait()
+}
+
+func key(namespace, name string) string { return namespace + "/" + name }
+
+func splitKey(k string) (namespace, name string) {
+	namespace, name, _ = strings.Cut(k, "/")
+	return namespace, name
+}
+
+// ---------------------------------------------------------------------------------------------
+// Event handlers. They only enqueue; workers do the work.
+
+func (t *term) onJob(obj any) {
+	job, ok := obj.(*batchv1.Job)
+	if !ok {
+		return
+	}
+	k := key(job.Namespace, job.Name)
+	t.mu.Lock()
+	if rv, ok := t.released[k]; ok && rv != job.ResourceVersion {
+		delete(t.released, k) // the cache moved past the version we released
+	}
+	st, tracked := t.held[k]
+	t.mu.Unlock()
+	switch {
+	case IsHeld(job) && (!tracked || st.uid != job.UID):
+		t.jobQ.Add(k) // first sight
+	case !IsHeld(job) && tracked:
+		t.jobQ.Add(k) // released or resumed elsewhere: the worker untracks it
+	}
+}
+
+func (t *term) onJobDelete(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	if job, ok := obj.(*batchv1.Job); ok {
+		t.untrack(key(job.Namespace, job.Name))
+	}
+}
+
+func (t *term) onServiceAccount(oldObj, obj any) {
+	sa, ok := obj.(*corev1.ServiceAccount)
+	if !ok {
+		return
+	}
+	t.ready.Observe(sa)
+	k := key(sa.Namespace, sa.Name)
+	if _, pending := sa.Annotations[annotations.Pending]; pending && sa.DeletionTimestamp == nil && t.deps.Assigner != nil {
+		t.finishQ.Add(k)
+	}
+	if old, ok := oldObj.(*corev1.ServiceAccount); ok && fingerprint(old) == fingerprint(sa) &&
+		old.Annotations[annotations.SeedRole] == sa.Annotations[annotations.SeedRole] &&
+		old.Annotations[annotations.AzureMIName] == sa.Annotations[annotations.AzureMIName] {
+		return // nothing a held Job waits for changed (a resync, a label)
+	}
+	// Created, or its identity changed: check the Jobs waiting for it now, from the start of
+	// their backoff, rather than at the end of a long one.
+	objs, err := t.jobInformer.GetIndexer().ByIndex(saIndex, k)
+	if err != nil {
+		return
+	}
+	for _, o := range objs {
+		if job, ok := o.(*batchv1.Job); ok {
+			jk := key(job.Namespace, job.Name)
+			t.mu.Lock()
+			if st, ok := t.held[jk]; ok {
+				st.attempts = 0
+			}
+			t.mu.Unlock()
+			t.jobQ.Add(jk)
+		}
+	}
+}
+
+func (t *term) onServiceAccountDelete(obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	sa, ok := obj.(*corev1.ServiceAccount)
+	if !ok {
+		return
+	}
+	t.ready.Forget(sa.Namespace, sa.Name)
+	select {
+	case t.gcTrigger <- struct{}{}:
+	default: // a collection is already due
+	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Held Jobs.
+
+func (t *term) track(k string, job *batchv1.Job) *heldJob {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st, ok := t.held[k]
+	if !ok || st.uid != job.UID {
+		st = &heldJob{uid: job.UID}
+		t.held[k] = st
+	}
+	t.m.heldJobs.Set(float64(len(t.held)))
+	return st
+}
+
+func (t *term) untrack(k string) {
+	t.mu.Lock()
+	delete(t.held, k)
+	t.m.heldJobs.Set(float64(len(t.held)))
+	t.mu.Unlock()
+}
+
+func (t *term) jobWorker(ctx context.Context) {
+	for {
+		k, shutdown := t.jobQ.Get()
+		if shutdown {
+			return
+		}
+		t.processJob(ctx, k)
+		t.jobQ.Done(k)
+	}
+}
+
+func (t *term) processJob(ctx context.Context, k string) {
+	ns, name := splitKey(k)
+	job, err := t.jobLister.Jobs(ns).Get(name)
+	if err != nil || !IsHeld(job) {
+		t.untrack(k)
+		return
+	}
+	t.mu.Lock()
+	stale := t.released[k] == job.ResourceVersion
+	t.mu.Unlock()
+	if stale {
+		return // we released this version already; the cache has not caught up
+	}
+	st := t.track(k, job)
+	heldSince := HeldSince(job)
+	saName := jobs.ServiceAccountName(&job.Spec.Template.Spec)
+	log := t.log.With("job", k, "serviceaccount", saName)
+
+	t.mu.Lock()
+	announce := !st.announced
+	st.announced = true
+	attempt := st.attempts
+	t.mu.Unlock()
+	if announce {
+		t.recorder.Eventf(job, corev1.EventTypeNormal, "Held",
+			"Held by credential-webhook since %s (%s): waiting until ServiceAccount %s has working cloud credentials",
+			heldSince.UTC().Format(time.RFC3339), job.Annotations[annotations.HoldReason], saName)
+	}
+
+	if job.Spec.Suspend == nil || !*job.Spec.Suspend {
+		// Someone else resumed it: only our annotations are left to remove.
+		t.release(ctx, job, ReleaseResumedElse, heldSince, "")
+		return
+	}
+	ready, why := t.readiness(ctx, job, saName)
+	now := t.now()
+	step := Plan(heldSince, ready, attempt, now, t.cfg)
+	switch step.Action {
+	case Release:
+		t.release(ctx, job, ReleaseReady, heldSince, why)
+	case ReleaseWithoutCredentials:
+		t.release(ctx, job, ReleaseMaxHold, heldSince, why)
+	default:
+		log.Debug("held Job not ready yet", "reason", why, "attempt", attempt, "retryIn", step.After)
+		t.mu.Lock()
+		st.attempts++
+		t.mu.Unlock()
+		t.jobQ.AddAfter(k, step.After)
+	}
+}
+
+// readiness says whether the credentials of the Job's ServiceAccount work, and why (not).
+func (t *term) readiness(ctx context.Context, job *batchv1.Job, saName string) (bool, string) {
+	sa, err := t.saLister.ServiceAccounts(job.Namespace).Get(saName)
+	if apierrors.IsNotFound(err) {
+		return false, fmt.Sprintf("ServiceAccount %s/%s does not exist", job.Namespace, saName)
+	} else if err != nil {
+		return false, fmt.Sprintf("ServiceAccount %s/%s: %v", job.Namespace, saName, err)
+	}
+	id := jobs.IdentityOf(sa)
+	switch {
+	case !id.Requested():
+		return true, "its ServiceAccount requests no cloud identity"
+	case id.Missing != "":
+		return false, id.Missing
+	case t.ready.Ready(sa.Namespace, sa.Name):
+		return true, "credentials proven earlier"
+	}
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.CheckTimeout)
+	defer cancel()
+	var reasons []string
+	for _, c := range []struct {
+		cloud   string
+		wanted  bool
+		checker Checker
+	}{{"aws", id.AWS, t.deps.AWS}, {"azure", id.Azure, t.deps.Azure}} {
+		if !c.wanted {
+			continue
+		}
+		if c.checker == nil {
+			reasons = append(reasons, c.cloud+" identity assigned (no checker configured)")
+			continue
+		}
+		ok, why, err := c.checker.Check(ctx, sa)
+		switch {
+		case err != nil:
+			t.m.checks.WithLabelValues(c.cloud, "error").Inc()
+			t.log.Warn("credential check failed", "cloud", c.cloud, "serviceaccount", key(sa.Namespace, sa.Name), "error", err)
+			return false, fmt.Sprintf("%s check failed: %v", c.cloud, err)
+		case !ok:
+			t.m.checks.WithLabelValues(c.cloud, "not-ready").Inc()
+			return false, why
+		}
+		t.m.checks.WithLabelValues(c.cloud, "ready").Inc()
+		reasons = append(reasons, why)
+	}
+	t.ready.MarkReady(sa)
+	return true, strings.Join(reasons, "; ")
+}
+
+// release resumes job (or, for ReleaseResumedElse, only removes our annotations) and records
+// the outcome. A failed patch is retried: from a fresh cache when it conflicted, with backoff
+// otherwise.
+func (t *term) release(ctx context.Context, job *batchv1.Job, reason string, heldSince time.Time, why string) {
+	k := key(job.Namespace, job.Name)
+	patch, err := ReleasePatch(job)
+	if err != nil {
+		t.log.Error("cannot build release patch", "job", k, "error", err)
+		t.untrack(k)
+		return
+	}
+	_, err = t.cs.BatchV1().Jobs(job.Namespace).Patch(ctx, job.Name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
+	switch {
+	case apierrors.IsNotFound(err):
+		t.untrack(k)
+		return
+	case isStale(err):
+		// Our view was stale (the test op failed): look again once the cache caught up.
+		t.log.Info("release patch conflicted; re-reading the Job", "job", k, "error", err)
+		t.jobQ.AddAfter(k, t.cfg.BackoffInitial)
+		return
+	case err != nil:
+		t.mu.Lock()
+		attempt := 0
+		if st, ok := t.held[k]; ok {
+			attempt = st.attempts
+			st.attempts++
+		}
+		t.mu.Unlock()
+		t.log.Warn("releasing held Job failed", "job", k, "error", err)
+		t.jobQ.AddAfter(k, Backoff(attempt, t.cfg.BackoffInitial, t.cfg.BackoffMax))
+		return
+	}
+	t.mu.Lock()
+	t.released[k] = job.ResourceVersion
+	t.mu.Unlock()
+	t.untrack(k)
+	waited := t.now().Sub(heldSince).Round(time.Second)
+	t.m.releases.WithLabelValues(reason).Inc()
+	if reason != ReleaseResumedElse {
+		t.m.holdDuration.Observe(max(t.now().Sub(heldSince), 0).Seconds())
+	}
+	switch reason {
+	case ReleaseReady:
+		t.recorder.Eventf(job, corev1.EventTypeNormal, "Released", "Released after %s: %s", waited, why)
+	case ReleaseMaxHold:
+		t.recorder.Eventf(job, corev1.EventTypeWarning, "ReleasedWithoutCredentials",
+			"Released after %s (max hold %s) without working cloud credentials: %s", waited, t.cfg.MaxHold, why)
+	default:
+		t.recorder.Eventf(job, corev1.EventTypeNormal, "Released", "Resumed by someone else after %s; hold annotations removed", waited)
+	}
+	t.log.Info("released held Job", "job", k, "reason", reason, "waited", waited, "detail", why)
+}
+
+// isStale reports a write rejected because our copy was outdated: a failed JSON patch test
+// (the apiserver answers 422 Invalid) or a conflict.
+func isStale(err error) bool {
+	return apierrors.IsConflict(err) || apierrors.IsInvalid(err)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pending ServiceAccounts.
+
+func (t *term) finishWorker(ctx context.Context) {
+	for {
+		k, shutdown := t.finishQ.Get()
+		if shutdown {
+			return
+		}
+		t.processPending(ctx, k)
+		t.finishQ.Done(k)
+	}
+}
+
+func (t *term) processPending(ctx context.Context, k string) {
+	ns, name := splitKey(k)
+	sa, err := t.saLister.ServiceAccounts(ns).Get(name)
+	if err != nil || sa.DeletionTimestamp != nil {
+		t.forgetFinish(k)
+		return
+	}
+	if _, pending := sa.Annotations[annotations.Pending]; !pending {
+		t.forgetFinish(k)
+		return
+	}
+	retry := func(err error) {
+		t.m.finishes.WithLabelValues("error").Inc()
+		t.mu.Lock()
+		attempt := t.finishAttempts[k]
+		t.finishAttempts[k]++
+		t.mu.Unlock()
+		after := Backoff(attempt, t.cfg.FinishBackoffInitial, t.cfg.FinishBackoffMax)
+		t.log.Warn("finishing pending ServiceAccount failed", "serviceaccount", k, "attempt", attempt, "retryIn", after, "error", err)
+		t.recorder.Eventf(sa, corev1.EventTypeWarning, "AssignmentFailed", "credential-webhook could not finish the cloud identity assignment (retrying in %s): %v", after, err)
+		t.finishQ.AddAfter(k, after)
+	}
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.CheckTimeout)
+	defer cancel()
+	set, err := t.deps.Assigner.Finish(ctx, sa)
+	if err != nil {
+		retry(err)
+		return
+	}
+	patch, err := FinishPatch(sa, set)
+	if err != nil {
+		t.forgetFinish(k)
+		return
+	}
+	_, err = t.cs.CoreV1().ServiceAccounts(ns).Patch(ctx, name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
+	switch {
+	case apierrors.IsNotFound(err):
+		t.forgetFinish(k)
+	case isStale(err):
+		t.finishQ.AddAfter(k, t.cfg.BackoffInitial)
+	case err != nil:
+		retry(err)
+	default:
+		t.m.finishes.WithLabelValues("finished").Inc()
+		t.forgetFinish(k)
+		t.recorder.Eventf(sa, corev1.EventTypeNormal, "Assigned", "credential-webhook finished the cloud identity assignment")
+		t.log.Info("finished pending ServiceAccount", "serviceaccount", k)
+	}
+}
+
+func (t *term) forgetFinish(k string) {
+	t.mu.Lock()
+	delete(t.finishAttempts, k)
+	t.mu.Unlock()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Garbage collection.
+
+func (t *term) gcLoop(ctx context.Context) {
+	if len(t.deps.Collectors) == 0 {
+		return
+	}
+	ticker := time.NewTicker(t.cfg.GCInterval)
+	defer ticker.Stop()
+	// A new leader collects at once: deletions may have happened while nobody led.
+	due := time.NewTimer(0)
+	defer due.Stop()
+	dueAt := t.now()
+	// schedule moves the next collection earlier, never later, so a steady stream of
+	// deletions cannot postpone it forever.
+	schedule := func(d time.Duration) {
+		if at := t.now().Add(d); dueAt.IsZero() || at.Before(dueAt) {
+			due.Reset(d) // Go 1.23+ timers: Reset discards a pending fire
+			dueAt = at
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		case <-t.gcTrigger:
+			schedule(gcDebounce)
+			continue
+		case <-due.C:
+			dueAt = time.Time{}
+		}
+		if waitFor := t.collect(ctx); waitFor > 0 {
+			// Some ServiceAccounts were seen missing for the first time: come back when their
+			// grace period is over to collect them.
+			schedule(waitFor)
+		}
+	}
+}
+
+// collect runs every Collector once and returns, when some ServiceAccounts were seen missing
+// but are still within their grace period, how long until the first of them may be collected.
+func (t *term) collect(ctx context.Context) time.Duration {
+	t.mu.Lock()
+	t.asked = map[string]bool{}
+	t.mu.Unlock()
+	total := 0
+	var errs []error
+	for _, c := range t.deps.Collectors {
+		n, err := c.Collect(ctx, func(ns, name string) bool { return t.existing(ctx, ns, name) })
+		total += n
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	t.m.subjectsCollected.Add(float64(total))
+	if err := errors.Join(errs...); err != nil {
+		t.m.gcRuns.WithLabelValues("error").Inc()
+		t.log.Warn("garbage collection failed", "removed", total, "error", err)
+	} else {
+		t.m.gcRuns.WithLabelValues("ok").Inc()
+		if total > 0 {
+			t.log.Info("garbage collection", "removed", total)
+		}
+	}
+	now := t.now()
+	var next time.Duration
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, first := range t.missing {
+		if !t.asked[k] {
+			delete(t.missing, k) // no collector holds it any more
+			continue
+		}
+		if left := first.Add(t.cfg.GCGrace).Sub(now); left > 0 && (next == 0 || left < next) {
+			next = left
+		}
+	}
+	t.asked = nil
+	return next
+}
+
+// existing answers a Collector: does ServiceAccount namespace/name exist? Only a ServiceAccount
+// missing from the cache for GCGrace, and then confirmed missing by a live read, counts as gone.
+// Every doubt (read errors) answers "exists": collecting a live subject breaks a backup, keeping
+// a dead one costs a few characters of trust policy until the next sweep.
+func (t *term) existing(ctx context.Context, namespace, name string) bool {
+	k := key(namespace, name)
+	_, err := t.saLister.ServiceAccounts(namespace).Get(name)
+	now := t.now()
+	t.mu.Lock()
+	if t.asked != nil {
+		t.asked[k] = true
+	}
+	if err == nil || !apierrors.IsNotFound(err) {
+		delete(t.missing, k)
+		t.mu.Unlock()
+		return true
+	}
+	first, seen := t.missing[k]
+	if !seen {
+		t.missing[k] = now
+	}
+	t.mu.Unlock()
+	if !Gone(first, now, t.cfg.GCGrace) {
+		return true
+	}
+	_, err = t.cs.CoreV1().ServiceAccounts(namespace).Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false
+	}
+	if err == nil {
+		t.mu.Lock()
+		delete(t.missing, k)
+		t.mu.Unlock()
+	}
+	return true
+}
