@@ -64,6 +64,12 @@ func TestWebhookIdentityIsLeastPrivilege(t *testing.T) {
 		{"create", "", "pods", "", "team-a", false},
 		{"update", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "", "", false},
 		{"escalate", "rbac.authorization.k8s.io", "clusterroles", "", "", false},
+		{"bind", "rbac.authorization.k8s.io", "clusterroles", "", "", false},
+		{"update", "rbac.authorization.k8s.io", "clusterroles", "", "", false},
+		{"create", "rbac.authorization.k8s.io", "rolebindings", "", "team-a", false},
+		{"create", "rbac.authorization.k8s.io", "clusterroles", "", "", true},
+		{"update", "rbac.authorization.k8s.io", "clusterrolebindings", "", "", true},
+		{"use-managed-identity", "cid.wi.aks.azure.com", "00000000-0000-0000-0000-000000000001", "", "", true},
 		{"impersonate", "", "serviceaccounts", "", "team-a", false},
 	}
 	for _, tc := range tests {
