@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"go.klusters.dev/credential-webhook/admission"
+	"go.klusters.dev/credential-webhook/testenv/arm"
 	"go.klusters.dev/credential-webhook/testenv/moto"
 )
 
@@ -26,6 +27,7 @@ func fixtureProviderConfig() providerConfig {
 		namespaces:        "*",
 		requesters:        "system:serviceaccount:kubestash:kubestash-kubestash-operator",
 		awsSeeds:          "arn:aws:iam::123456789012:role/kubestash-*",
+		azureScopes:       "/subscriptions/" + arm.DemoSubscriptionID,
 		roleCreationLimit: 100,
 	}
 }
@@ -56,7 +58,12 @@ func TestFixtures(t *testing.T) {
 	if _, err := moto.CreateSeedRole(context.Background(), cfg, "kubestash-selfhost", "/", "https://oidc.demo.example/id/DEMO"); err != nil {
 		t.Fatal(err)
 	}
+	// The Azure fixtures run against the local ARM server (the SDK's own armmsi fake behind TLS).
+	az := arm.Start(t)
+	az.PutIdentity(arm.Demo())
+	az.SetEnv(t)
 	p := fixtureProviderConfig()
+	p.azureARMEndpoint = az.URL
 	w, err := p.build(context.Background(), deps{log: slog.New(slog.DiscardHandler), reg: prometheus.NewRegistry(), self: map[string]bool{testSelf: true}})
 	if err != nil {
 		t.Fatal(err)

@@ -38,11 +38,13 @@ start_moto() {
   grep -q DEVENV_READY "$WORK/devenv.out" || { cat "$WORK/devenv.log" >&2; echo "moto did not start" >&2; exit 1; }
   eval "$(grep '^export ' "$WORK/devenv.out")"
   SEED_ROLE_ARN="$(sed -n 's/^SEED_ROLE_ARN=//p' "$WORK/devenv.out" | head -1)"
+  FIXTURE_FLAGS+=(--azure-arm-endpoint "$AZURE_ARM_ENDPOINT")
 }
 
 # Flags matching fixtureProviderConfig in fixtures_test.go.
 FIXTURE_FLAGS=(--allowed-namespaces '*' --allowed-requesters system:serviceaccount:kubestash:kubestash-kubestash-operator
-  --aws-seed-roles 'arn:aws:iam::123456789012:role/kubestash-*')
+  --aws-seed-roles 'arn:aws:iam::123456789012:role/kubestash-*'
+  --azure-allowed-scopes /subscriptions/00000000-0000-0000-0000-0000000000aa)
 
 # start_server [extra serve flags...]: starts serve, waits for /readyz.
 start_server() {
