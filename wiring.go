@@ -172,7 +172,7 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		plugin := &azure.ServiceAccountPlugin{Resolver: resolver, Scopes: scopes, Access: policy}
 		jp := &azure.JobPlugin{}
 		if d.kube != nil {
-			binder := azure.KubeBinder{CS: d.kube}
+			binder := &azure.BindingBatcher{CS: d.kube}
 			plugin.Binder = binder
 			jp.ServiceAccounts = sas
 			sw.Azure = sweeper.AzureChecker{Bindings: azure.BindingLister{CS: d.kube}}

@@ -8,7 +8,6 @@ import (
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/client-go/kubernetes"
 
 	"go.klusters.dev/credential-webhook/access"
 	"go.klusters.dev/credential-webhook/admission"
@@ -23,13 +22,6 @@ type Looker interface {
 // Binder adds a ServiceAccount to the use-mi-<clientID> binding.
 type Binder interface {
 	EnsureBinding(ctx context.Context, clientID, namespace, name string) error
-}
-
-// KubeBinder is the Binder backed by a Kubernetes client.
-type KubeBinder struct{ CS kubernetes.Interface }
-
-func (k KubeBinder) EnsureBinding(ctx context.Context, clientID, namespace, name string) error {
-	return EnsureBinding(ctx, k.CS, clientID, namespace, name)
 }
 
 // ServiceAccountPlugin gives ServiceAccounts that name a managed identity its client and tenant

@@ -33,7 +33,7 @@ const (
 	saName   = "sample-backup-daemon-demo-session-1778072138"
 )
 
-// countingBinder is the real KubeBinder (EnsureBinding against client-go's fake with the
+// countingBinder is the real BindingBatcher (EnsureBinding against client-go's fake with the
 // apiserver's conflict semantics, see fakeCluster) behind a call counter and an optional failure.
 type countingBinder struct {
 	next  Binder
@@ -62,7 +62,7 @@ func newSAEnv(t *testing.T) *saEnv {
 	f := newFakeARM()
 	r, _ := newTestResolver(t, f, ResolverConfig{})
 	c := newFakeCluster()
-	b := &countingBinder{next: KubeBinder{CS: c}}
+	b := &countingBinder{next: &BindingBatcher{CS: c}}
 	scopes, err := ParseScopes("/subscriptions/" + testSub)
 	if err != nil {
 		t.Fatal(err)

@@ -120,19 +120,27 @@ func EnsureBinding(ctx context.Context, cs kubernetes.Interface, clientID, saNam
 	if err := validateSA(saNamespace, saName); err != nil {
 		return err
 	}
-	clientID = strings.ToLower(clientID)
+	subject := rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Namespace: saNamespace, Name: saName}
+	if err := ensureSubjects(ctx, cs, name, strings.ToLower(clientID), []rbacv1.Subject{subject}); err != nil {
+		return fmt.Errorf("adding ServiceAccount %s/%s to ClusterRoleBinding %s: %w", saNamespace, saName, name, err)
+	}
+	return nil
+}
+
+// ensureSubjects makes sure ClusterRole name exists and ClusterRoleBinding name lists every
+// subject, in one read-modify-write (retried on conflict).
+func ensureSubjects(ctx context.Context, cs kubernetes.Interface, name, clientID string, subjects []rbacv1.Subject) error {
 	if err := ensureRole(ctx, cs, name, clientID); err != nil {
 		return err
 	}
-	subject := rbacv1.Subject{Kind: rbacv1.ServiceAccountKind, Namespace: saNamespace, Name: saName}
 	bindings := cs.RbacV1().ClusterRoleBindings()
-	err = retryConflicts(ctx, func() error {
+	return retryConflicts(ctx, func() error {
 		b, err := bindings.Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			_, err = bindings.Create(ctx, &rbacv1.ClusterRoleBinding{
 				ObjectMeta: metav1.ObjectMeta{Name: name, Labels: managedLabels()},
 				RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: name},
-				Subjects:   []rbacv1.Subject{subject},
+				Subjects:   dedupe(nil, subjects),
 			}, metav1.CreateOptions{FieldManager: FieldManager})
 			return err
 		}
@@ -142,17 +150,28 @@ func EnsureBinding(ctx context.Context, cs kubernetes.Interface, clientID, saNam
 		if !roleRefOK(b, name) {
 			return fmt.Errorf("ClusterRoleBinding %s refers to %s %q, not ClusterRole %q", name, b.RoleRef.Kind, b.RoleRef.Name, name)
 		}
-		if hasSubject(b, saNamespace, saName) {
+		merged := dedupe(b, subjects)
+		if len(merged) == len(b.Subjects) {
 			return nil
 		}
-		b.Subjects = append(b.Subjects, subject)
+		b.Subjects = merged
 		_, err = bindings.Update(ctx, b, metav1.UpdateOptions{FieldManager: FieldManager})
 		return err
 	})
-	if err != nil {
-		return fmt.Errorf("adding ServiceAccount %s/%s to ClusterRoleBinding %s: %w", saNamespace, saName, name, err)
+}
+
+// dedupe returns b's subjects followed by those of add that b (and add itself) does not list yet.
+func dedupe(b *rbacv1.ClusterRoleBinding, add []rbacv1.Subject) []rbacv1.Subject {
+	cur := &rbacv1.ClusterRoleBinding{}
+	if b != nil {
+		cur.Subjects = append(cur.Subjects, b.Subjects...)
 	}
-	return nil
+	for _, s := range add {
+		if !hasSubject(cur, s.Namespace, s.Name) {
+			cur.Subjects = append(cur.Subjects, s)
+		}
+	}
+	return cur.Subjects
 }
 
 func ensureRole(ctx context.Context, cs kubernetes.Interface, name, clientID string) error {
