@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -32,6 +33,7 @@ type serveConfig struct {
 	logLevel                                             string
 	certPoll, shutdownTimeout                            time.Duration
 	selfUsernames                                        string
+	clientCAFile                                         string
 }
 
 func (c *serveConfig) register(fs *flag.FlagSet) {
@@ -41,6 +43,7 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig for the Kubernetes API; empty: in-cluster config if present, else no Kubernetes API (local runs)")
 	fs.StringVar(&c.metricsListen, "metrics-listen", "", "address for plain-HTTP /metrics; empty: /metrics on the TLS listener")
 	fs.BoolVar(&c.http2, "http2", false, "allow HTTP/2 on the TLS listener (off by default: HTTP/2 rapid-reset advisories)")
+	fs.StringVar(&c.clientCAFile, "client-ca-file", "", "CA bundle for client certificates; when set, /mutate/* requires a client certificate it signed (configure the apiserver's AdmissionConfiguration to present one). Strongly recommended: without it anything that reaches the port can post a forged review")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.certPoll, "tls-poll-interval", 10*time.Second, "how often to re-read the certificate files besides watching them")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 25*time.Second, "time to finish in-flight reviews after SIGTERM")
@@ -157,8 +160,20 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 		Metrics: metrics,
 		Ready:   ready.check,
 	})
+	var clientCAs *x509.CertPool
+	if c.clientCAFile != "" {
+		if clientCAs, err = certs.LoadClientCAs(c.clientCAFile); err != nil {
+			ln.Close()
+			return err
+		}
+	} else {
+		log.Warn("no --client-ca-file: reviews are not authenticated; restrict who can reach this port (NetworkPolicy)")
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/", handler)
+	if clientCAs != nil {
+		mux.Handle("/mutate/", certs.RequireClientCert(handler))
+	}
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	if c.metricsListen == "" {
 		mux.Handle("/metrics", metricsHandler)
@@ -166,7 +181,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 
 	srv := &http.Server{
 		Handler:           mux,
-		TLSConfig:         certs.ServerConfig(src, c.http2),
+		TLSConfig:         certs.ServerConfig(src, c.http2, clientCAs),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      35 * time.Second,

@@ -215,12 +215,14 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		s := sweeper.New(d.kube, sweeper.Config{
 			MaxHold: p.maxHold, ChecksInARow: p.checksInARow, GCInterval: p.gcInterval,
 			Namespace: p.leaseNamespace, Identity: p.identity,
-		}, sw, d.log.With("component", "sweeper"))
+		}, sw, d.log)
 		w.background = append(w.background, s.Run)
 	}
 
 	w.routes = []admission.Route{
-		{Path: "/mutate/serviceaccounts", Name: "serviceaccounts", Group: "", Kind: "ServiceAccount", Plugins: saPlugins},
+		// The apiserver refuses annotations over 256 KiB in all; a ServiceAccount over 512 KiB can
+		// only be an attack on the decoders.
+		{Path: "/mutate/serviceaccounts", Name: "serviceaccounts", Group: "", Kind: "ServiceAccount", Plugins: saPlugins, MaxObjectBytes: 512 << 10},
 		{Path: "/mutate/jobs", Name: "jobs", Group: "batch", Kind: "Job", Plugins: jobPlugins},
 		{Path: "/mutate/pods", Name: "pods", Group: "", Kind: "Pod", Plugins: podPlugins},
 	}

@@ -30,13 +30,13 @@ func (g OwnAnnotationsGuard) Admit(_ context.Context, req *Request, resp *Respon
 	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
 		return nil
 	}
-	cur, err := ObjectAnnotations(req.Object)
+	cur, err := req.Annotations()
 	if err != nil {
 		return Deny(400, "%v", err)
 	}
 	var old map[string]string
 	if req.Operation == admissionv1.Update {
-		if old, err = ObjectAnnotations(req.OldObject); err != nil {
+		if old, err = req.OldAnnotations(); err != nil {
 			return Deny(400, "%v", err)
 		}
 	}

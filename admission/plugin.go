@@ -33,6 +33,29 @@ type Request struct {
 	Deadline time.Time
 	// Log carries the request uid and object coordinates.
 	Log *slog.Logger
+
+	ann, oldAnn       map[string]string
+	annErr, oldAnnErr error
+	annDone, oldDone  bool
+}
+
+// Annotations returns the object's metadata.annotations, decoded once per review however many
+// plugins ask (a hostile object may carry a hundred thousand tiny annotations).
+func (r *Request) Annotations() (map[string]string, error) {
+	if !r.annDone {
+		r.ann, r.annErr = ObjectAnnotations(r.Object)
+		r.annDone = true
+	}
+	return r.ann, r.annErr
+}
+
+// OldAnnotations is Annotations for the old object (UPDATE).
+func (r *Request) OldAnnotations() (map[string]string, error) {
+	if !r.oldDone {
+		r.oldAnn, r.oldAnnErr = ObjectAnnotations(r.OldObject)
+		r.oldDone = true
+	}
+	return r.oldAnn, r.oldAnnErr
 }
 
 // Response collects what the plugins of one route contribute.

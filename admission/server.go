@@ -38,6 +38,11 @@ type Route struct {
 	Group   string // "" for core, "batch" for Jobs
 	Kind    string // "Pod", "Job", "ServiceAccount"
 	Plugins []Plugin
+	// MaxObjectBytes refuses objects larger than this before any plugin decodes them (0: no
+	// limit beyond the body limit). The apiserver calls mutating webhooks before it enforces
+	// its own size limits, so without this a ServiceAccount stuffed with a hundred thousand tiny
+	// annotations costs every plugin a large decode.
+	MaxObjectBytes int
 }
 
 // Options configure the handler.
@@ -190,6 +195,10 @@ func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.D
 		}
 	}()
 
+	if rt.MaxObjectBytes > 0 && len(in.Object) > rt.MaxObjectBytes {
+		return http.StatusOK, responseOut{Allowed: false, Status: &statusOut{Code: http.StatusRequestEntityTooLarge,
+			Message: fmt.Sprintf("%s is %d bytes, more than the %d this webhook accepts", rt.Kind, len(in.Object), rt.MaxObjectBytes)}}, 0
+	}
 	for _, p := range rt.Plugins {
 		if err := p.Admit(ctx, req, resp); err != nil {
 			if d, ok := IsDenied(err); ok {

@@ -236,3 +236,22 @@ func TestHealthAndReady(t *testing.T) {
 		}
 	}
 }
+
+func TestMaxObjectBytesRefusesBeforePlugins(t *testing.T) {
+	called := false
+	h := NewHandler(Options{Routes: []Route{{Path: "/mutate/serviceaccounts", Name: "sa", Kind: "ServiceAccount", MaxObjectBytes: 1024,
+		Plugins: []Plugin{pluginFunc(func(context.Context, *Request, *Response) error { called = true; return nil })}}}})
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	big := `{"metadata":{"annotations":{"a":"` + strings.Repeat("x", 2000) + `"}}}`
+	code, out, raw := post(t, srv.URL+"/mutate/serviceaccounts", "application/json", review("big", "", "ServiceAccount", big))
+	resp := out["response"].(map[string]any)
+	st, _ := resp["status"].(map[string]any)
+	if code != 200 || resp["allowed"] != false || st["code"] != float64(413) || called {
+		t.Fatalf("oversized object: code %d, plugin called %v: %s", code, called, raw)
+	}
+	called = false
+	if _, out, _ = post(t, srv.URL+"/mutate/serviceaccounts", "application/json", review("small", "", "ServiceAccount", `{"metadata":{}}`)); out["response"].(map[string]any)["allowed"] != true || !called {
+		t.Fatal("small object refused or plugins skipped")
+	}
+}

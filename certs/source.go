@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -156,14 +157,51 @@ func uniqueDirs(paths ...string) []string {
 // ServerConfig is the TLS configuration for serving: TLS 1.2 or newer, certificates from src,
 // and HTTP/1.1 only unless http2 is set (HTTP/2 rapid-reset and stream-exhaustion advisories made
 // the Kubernetes webhooks turn it off by default).
-func ServerConfig(src *FileSource, http2 bool) *tls.Config {
+//
+// clientCAs, when not nil, makes the server verify client certificates signed by them when a
+// client presents one (the apiserver does, when its AdmissionConfiguration gives it a client
+// certificate for this webhook); whether one is required is decided per route (RequireClientCert),
+// so kubelet probes of /healthz and /readyz keep working without one.
+func ServerConfig(src *FileSource, http2 bool, clientCAs *x509.CertPool) *tls.Config {
 	protos := []string{"http/1.1"}
 	if http2 {
 		protos = []string{"h2", "http/1.1"}
 	}
-	return &tls.Config{
+	cfg := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: src.GetCertificate,
 		NextProtos:     protos,
 	}
+	if clientCAs != nil {
+		cfg.ClientCAs = clientCAs
+		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return cfg
+}
+
+// LoadClientCAs reads a PEM bundle of CAs trusted to sign client certificates.
+func LoadClientCAs(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading client CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("client CA file %s holds no PEM certificate", path)
+	}
+	return pool, nil
+}
+
+// RequireClientCert refuses requests that did not present a client certificate verified
+// against the configured client CAs. Without it, anything that can reach the port can post a
+// forged AdmissionReview claiming to be any user, and the review's userInfo is what the
+// requester allowlist trusts before writing IAM trust policies and RBAC bindings.
+func RequireClientCert(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+			http.Error(w, "a client certificate signed by --client-ca-file is required", http.StatusForbidden)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }

@@ -21,7 +21,7 @@ func serve(t *testing.T, dir string, poll time.Duration) (addr string, src *File
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go src.Run(ctx)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", ServerConfig(src, false))
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", ServerConfig(src, false, nil))
 	if err != nil {
 		t.Fatal(err)
 	}

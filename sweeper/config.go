@@ -78,16 +78,19 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultMaxHold              = 10 * time.Minute
-	DefaultChecksInARow         = 2
-	DefaultGCInterval           = 10 * time.Minute
-	DefaultGCGrace              = time.Minute
-	DefaultLeaseName            = "credential-webhook-sweeper"
-	DefaultLeaseDuration        = 15 * time.Second
-	DefaultRenewDeadline        = 10 * time.Second
-	DefaultRetryPeriod          = 2 * time.Second
-	DefaultBackoffInitial       = time.Second
-	DefaultBackoffMax           = 30 * time.Second
+	DefaultMaxHold       = 10 * time.Minute
+	DefaultChecksInARow  = 2
+	DefaultGCInterval    = 10 * time.Minute
+	DefaultGCGrace       = time.Minute
+	DefaultLeaseName     = "credential-webhook-sweeper"
+	DefaultLeaseDuration = 15 * time.Second
+	DefaultRenewDeadline = 10 * time.Second
+	DefaultRetryPeriod   = 2 * time.Second
+	// Readiness checks per held Job: every check is one TokenRequest and one STS call, cheap
+	// enough to repeat every 2 s, and a Job should start within about 2 s of its trust
+	// propagating (IAM takes 10-20 s; a 30 s ceiling made Jobs wait up to a step longer).
+	DefaultBackoffInitial       = 500 * time.Millisecond
+	DefaultBackoffMax           = 2 * time.Second
 	DefaultFinishBackoffInitial = 5 * time.Second
 	DefaultFinishBackoffMax     = 5 * time.Minute
 	DefaultCheckTimeout         = 30 * time.Second

@@ -32,7 +32,7 @@ func TestBackoff(t *testing.T) {
 }
 
 func TestPlan(t *testing.T) {
-	cfg := Config{}.WithDefaults() // max hold 10m, backoff 1s..30s
+	cfg := Config{BackoffInitial: time.Second, BackoffMax: 30 * time.Second}.WithDefaults() // max hold 10m, backoff 1s..30s
 	held := time.Date(2026, 5, 6, 12, 0, 0, 0, time.UTC)
 	for _, tc := range []struct {
 		name    string

@@ -113,13 +113,13 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 	if req.Operation != admissionv1.Create && req.Operation != admissionv1.Update {
 		return nil
 	}
-	cur, err := admission.ObjectAnnotations(req.Object)
+	cur, err := req.Annotations()
 	if err != nil {
 		return admission.Deny(400, "%v", err)
 	}
 	var old map[string]string
 	if req.Operation == admissionv1.Update {
-		if old, err = admission.ObjectAnnotations(req.OldObject); err != nil {
+		if old, err = req.OldAnnotations(); err != nil {
 			return admission.Deny(400, "%v", err)
 		}
 	}
