@@ -15,6 +15,14 @@ build:
 demo:
 	bash scripts/demo.sh
 
+## demo-cluster: the KubeStash flow on a real control plane with the real binary (~1 min warm)
+demo-cluster:
+	bash scripts/demo-cluster.sh
+
+## fuzz: every fuzz target for FUZZTIME each (default 20s); plain `go test` runs the seed corpora
+fuzz:
+	bash scripts/fuzz.sh
+
 ## test: everything CI runs: unit and integration tests, the curl fixtures, the e2e harness
 test: vet unit curl-fixtures e2e
 
