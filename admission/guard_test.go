@@ -38,10 +38,31 @@ func TestOwnAnnotationsGuard(t *testing.T) {
 		})
 	}
 	// Malformed object: a clear denial, not a panic.
-	req := &Request{Operation: "CREATE", Object: []byte(`{"metadata":[`)}
+	req := &Request{Operation: "CREATE", Object: []byte(`{"metadata":[ "credential-webhook.klusters.dev/x"`)}
 	req.UserInfo.Username = "alice"
 	err := g.Admit(context.Background(), req, &Response{Patch: patches.NewBuilder()})
 	if _, ok := IsDenied(err); !ok {
 		t.Fatalf("malformed object: %v", err)
+	}
+}
+
+func TestMayCarryOurs(t *testing.T) {
+	for raw, want := range map[string]bool{
+		`{"metadata":{"annotations":{"a":"b"}}}`:                                 false,
+		`{"metadata":{"annotations":{"credential-webhook.klusters.dev/x":"b"}}}`: true,
+		// An escaped spelling of our prefix must not slip past the pre-check.
+		`{"metadata":{"annotations":{"\u0063redential-webhook.klusters.dev/x":"b"}}}`: true,
+		`{"metadata":{"annotations":{"credential-webhook.klusters.dev\/x":"b"}}}`:     true,
+		``: false,
+	} {
+		if got := mayCarryOurs([]byte(raw)); got != want {
+			t.Errorf("mayCarryOurs(%s) = %v, want %v", raw, got, want)
+		}
+	}
+}
+
+func TestMayCarryOursIgnoresHarmlessEscapes(t *testing.T) {
+	if mayCarryOurs([]byte(`{"spec":{"args":["sh","-c","echo \"hi\"\n"]}}`)) {
+		t.Error(`\" and \n escapes forced a decode`)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"gomodules.xyz/jsonpatch/v2"
 
 	"go.klusters.dev/credential-webhook/patches"
 )
@@ -211,7 +212,7 @@ func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.D
 	}
 	res = responseOut{Allowed: true, Warnings: resp.Warnings}
 	if ops := resp.Patch.Ops(); len(ops) > 0 {
-		b, err := json.Marshal(ops)
+		b, err := marshalOps(ops)
 		if err != nil {
 			return http.StatusInternalServerError, responseOut{Allowed: false,
 				Status: &statusOut{Code: http.StatusInternalServerError, Message: "encoding patch: " + err.Error()}}, 0
@@ -220,4 +221,20 @@ func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.D
 		res.Patch, res.PatchType = b, &pt
 	}
 	return http.StatusOK, res, len(resp.Patch.Ops())
+}
+
+// patchOp is the wire form of one operation. Marshalling these plain structs is several times
+// cheaper than jsonpatch.Operation's own MarshalJSON, which builds a map per operation.
+type patchOp struct {
+	Op    string `json:"op"`
+	Path  string `json:"path"`
+	Value any    `json:"value,omitempty"`
+}
+
+func marshalOps(ops []jsonpatch.Operation) ([]byte, error) {
+	out := make([]patchOp, len(ops))
+	for i, o := range ops {
+		out[i] = patchOp{Op: o.Operation, Path: o.Path, Value: o.Value}
+	}
+	return json.Marshal(out)
 }

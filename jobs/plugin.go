@@ -9,7 +9,10 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"sigs.k8s.io/json"
+
+	// One validating pass, case-sensitive like the apiserver's decoder; several times faster
+	// than encoding/json-based decoders on a 5 KB Job (see admission/review.go).
+	json "github.com/go-json-experiment/json"
 
 	"go.klusters.dev/credential-webhook/admission"
 	"go.klusters.dev/credential-webhook/annotations"
@@ -117,7 +120,7 @@ type jobView struct {
 // decoder is case-sensitive like the apiserver's, so a key the apiserver would drop is ignored.
 func decodeJob(raw []byte) (*batchv1.Job, error) {
 	var v jobView
-	if err := json.UnmarshalCaseSensitivePreserveInts(raw, &v); err != nil {
+	if err := json.Unmarshal(raw, &v); err != nil {
 		return nil, err
 	}
 	job := &batchv1.Job{}
