@@ -19,6 +19,10 @@ demo:
 demo-cluster:
 	bash scripts/demo-cluster.sh
 
+## bench: Go benchmarks, profiles, packing, IAM calls (moto), hey load on the real binary; writes docs/benchmarks.md (~5 min)
+bench:
+	bash bench/run.sh
+
 ## fuzz: every fuzz target for FUZZTIME each (default 20s); plain `go test` runs the seed corpora
 fuzz:
 	bash scripts/fuzz.sh

@@ -1,0 +1,103 @@
+package bench
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestVerdicts(t *testing.T) {
+	r := &Report{
+		Load: []LoadRun{
+			{Name: "pod-saturation", Requests: 1000, ServerCPU: 90 * time.Millisecond, RPS: 8000},
+			{Name: "job-saturation", Requests: 1000, ServerCPU: 150 * time.Millisecond, RPS: 5000},
+		},
+		IAM: []IAMScenario{{Name: "steady state", Assignments: 10, Total: 10, Calls: map[string]int{"iam:UpdateAssumeRolePolicy": 10}}},
+		Packing: []PackingResult{
+			{MinLen: 71, MaxLen: 71, Density: 1},
+			{MinLen: 88, MaxLen: 88, Density: 0.98},
+			{MinLen: 50, MaxLen: 111, Density: 0.5}, // mixed sets do not count against the target
+		},
+	}
+	v := r.Verdicts()
+	want := []struct{ known, met bool }{{true, true}, {true, false}, {true, true}, {true, true}, {true, false}}
+	if len(v) != len(want) {
+		t.Fatalf("%d verdicts, want %d", len(v), len(want))
+	}
+	for i, w := range want {
+		if v[i].Known != w.known || v[i].Met != w.met {
+			t.Errorf("verdict %d (%s): known %v met %v, want %v %v (%s)", i, v[i].Target, v[i].Known, v[i].Met, w.known, w.met, v[i].Measured)
+		}
+	}
+	if empty := (&Report{}).Verdicts(); empty[0].Known || empty[4].Known {
+		t.Error("with nothing measured every verdict must say so")
+	}
+}
+
+// A raw directory round-trips into a report that shows every part and names the machine.
+func TestLoadReportAndRender(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, v any) {
+		t.Helper()
+		if s, ok := v.(string); ok {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(s), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		b, err := jsonIndent(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(MetaFile, Meta{Date: "2026-01-02T03:04:05Z", Commit: "abc123", Nproc: 2, CPUModel: "Test CPU", MemTotal: "1.0 GiB", Hey: "hey x"})
+	write(GoBenchFile, "pkg: go.klusters.dev/credential-webhook/bench\nBenchmarkReview/pod-irsa-2 \t 100\t 250000 ns/op\t 240000 cpu-ns/op\t 36000 B/op\t 219 allocs/op\n")
+	write("load-pod-saturation.json", LoadRun{Name: "pod-saturation", Review: "Pod", Route: "/mutate/pods", Mode: "saturation", Requests: 100, OK: 100, RPS: 3000,
+		ServerCPU: 30 * time.Millisecond, P50: 3 * time.Millisecond, Answer: Answer{Status: 200, Allowed: true, PatchOps: 1, Paths: []string{"/spec/volumes/3"}}})
+	write("load-pod-rate.json", LoadRun{Name: "pod-rate", Review: "Pod", Route: "/mutate/pods", Mode: "rate", Rate: 1000, Requests: 100, RPS: 1000})
+	write("load-job-rate.json", LoadRun{Name: "job-rate", Review: "Job", Route: "/mutate/jobs", Mode: "rate", Rate: 1000, Concurrency: 16, Requests: 100, RPS: 120})
+	write(IAMFile, []IAMScenario{{Name: "steady state", What: "warm", Assignments: 10, Total: 10, Calls: map[string]int{"iam:UpdateAssumeRolePolicy": 10}}})
+	write(PackingFile, []PackingResult{{Name: "backup sessions (equal length)", Quota: 2048, Statements: 1, Subjects: 2000, MinLen: 71, MaxLen: 71, Roles: 96, LowerBound: 96, TheoreticalMax: 21, MinPerFullRole: 21, MeanPerFullRole: 21, Density: 1, MeanFill: 0.98}})
+	write(IdleFile, IdleCPU{Duration: 5 * time.Second, CPU: 50 * time.Millisecond})
+	write("profile-pod.txt", "      flat  flat%   sum%        cum   cum%\n         0     0%     0%      3.45s 78.41%  go.klusters.dev/credential-webhook/admission.NewHandler.(*server).review.func4\n         0     0%     0%      1.05s 23.86%  go.klusters.dev/credential-webhook/admission.OwnAnnotationsGuard.Admit\n")
+	write(CommandsFile, "go test -bench . ./bench/\n")
+
+	r, err := LoadReport(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Load) != 3 || r.Load[0].Name != "pod-rate" || r.Load[2].Name != "job-rate" {
+		t.Fatalf("load runs %+v: want Pod before Job, the fixed-rate run first", r.Load)
+	}
+	var b strings.Builder
+	if err := r.Render(&b); err != nil {
+		t.Fatal(err)
+	}
+	md := b.String()
+	for _, want := range []string{
+		"| commit | `abc123` |", "2 cores, Test CPU, 1.0 GiB",
+		"| ≤ 100.0 µs server CPU per Pod review | 300.0 µs", "**missed**", // 30 ms / 100 reviews
+		"| ≥ 7800 Pod reviews/s", "| 1 IAM call per assignment in steady state | 1.00", "| met |",
+		"| bench | Review/pod-irsa | 1 | 250000 | 240000 | 36000 | 219 |",
+		"1 patch ops (volumes)", "10 ms of CPU per second",
+		"| backup sessions (equal length) | 1 | 2048 | 2000 | 71 | 96 | 96 | 21 | 21 / 21.0 | 100.0 % | 98.0 % |",
+		"| own-annotations guard (decodes the object's metadata again) | 1.05 s | 30 % |",
+		"go test -bench . ./bench/",
+		"1000/s fixed (-c 16) — **rate not reached**", // the Job run got 120/s
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	if strings.Count(md, "rate not reached") != 1 {
+		t.Errorf("only the Job run missed its rate:\n%s", md)
+	}
+	if t.Failed() {
+		t.Log(md)
+	}
+}

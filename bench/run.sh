@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# make bench: Go benchmarks, CPU profiles of the review paths, packing density, IAM calls per
+# assignment against moto, and load on the real binary over TLS on 127.0.0.1 with hey. Raw outputs
+# go to docs/bench-raw/, the report to docs/benchmarks.md. About 5 minutes on 2 cores.
+#
+# Knobs (environment): BENCH_COUNT (6), BENCH_TIME (0.5s; go test -benchtime), LOAD_DURATION (10s),
+# LOAD_RATE (1000, requests/s for the fixed-rate runs), LOAD_CONCURRENCY (16), SA_CREATE_N (100),
+# IAM_BURST (1000), IAM_REPLICA_BURST (200), KUBE_BINARIES (folder with etcd and kube-apiserver;
+# default the e2e cache; no Kubernetes is built here), BENCH_SKIP (space-separated phases to skip:
+# gobench profiles packing iam load).
+source "$(dirname "$0")/../scripts/lib.sh"
+cd "$ROOT"
+
+BENCH_COUNT="${BENCH_COUNT:-6}"
+BENCH_TIME="${BENCH_TIME:-0.5s}"
+LOAD_DURATION="${LOAD_DURATION:-10s}"
+LOAD_RATE="${LOAD_RATE:-1000}"
+LOAD_CONCURRENCY="${LOAD_CONCURRENCY:-16}"
+SA_CREATE_N="${SA_CREATE_N:-100}"
+IAM_BURST="${IAM_BURST:-1000}"
+IAM_REPLICA_BURST="${IAM_REPLICA_BURST:-200}"
+BENCH_SKIP="${BENCH_SKIP:-}"
+export AWS_EC2_METADATA_DISABLED=true
+
+RAW="$ROOT/docs/bench-raw"
+REPORT="$ROOT/docs/benchmarks.md"
+rm -rf "$RAW"
+mkdir -p "$RAW"
+: >"$RAW/commands.txt"
+NOTES=()
+T0=$SECONDS
+LOADAVG_START="$(cut -d' ' -f1-3 /proc/loadavg)"
+DATE_START="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+
+# The server, then kube-apiserver, then etcd (kube-apiserver hangs retrying a dead etcd, and
+# lib.sh stops its EXTRA_PIDS in start order), then lib.sh's cleanup for the rest.
+KUBE_PIDS=""
+bench_cleanup() {
+  for p in $SERVER_PID $KUBE_PIDS; do
+    kill -TERM "$p" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  cleanup
+}
+trap bench_cleanup EXIT
+
+phase() { echo; echo "== [$((SECONDS - T0))s] $*"; }
+skip() { [[ " $BENCH_SKIP " == *" $1 "* ]]; }
+# logged CMD...: run and record the command line (with the repository root shortened) for the report.
+logged() {
+  printf '%s\n' "$*" | sed "s|$ROOT/||g; s|$WORK/|\$WORK/|g" >>"$RAW/commands.txt"
+  "$@"
+}
+
+need go "Go 1.26"
+need curl "apt-get install curl"
+if ! command -v hey >/dev/null 2>&1; then
+  phase "installing hey (Debian package)"
+  if [ "$(id -u)" = 0 ]; then apt-get install -y hey >/dev/null; else sudo apt-get install -y hey >/dev/null; fi
+fi
+HEY_VERSION="hey $(dpkg-query -W -f '${Version}' hey 2>/dev/null || echo unknown) (Debian)"
+
+phase "building the server and benchtool"
+build_and_certs
+go build -o "$WORK/benchtool" ./bench/cmd/benchtool
+BT="$WORK/benchtool"
+
+if ! skip packing; then
+  phase "packing density (pure)"
+  logged "$BT" packing -n 2000 -out "$RAW/packing.json" | tee "$RAW/packing.txt"
+fi
+
+if ! skip iam; then
+  phase "IAM calls per assignment (moto + iamproxy)"
+  logged "$BT" iamcalls -burst "$IAM_BURST" -replica-burst "$IAM_REPLICA_BURST" -out "$RAW/iam-calls.json" -log "$WORK/iamcalls.log" | tee "$RAW/iam-calls.txt"
+fi
+
+if ! skip gobench; then
+  # One go test per package, so a package that does not build (someone mid-edit) is reported
+  # instead of stopping the run; the concatenated output stays benchstat-comparable.
+  : >"$RAW/go-bench.txt"
+  for pkg in ./admission/ ./pods/ ./jobs/ ./providers/aws/ ./providers/azure/ ./bench/; do
+    phase "go benchmarks: $pkg"
+    if ! logged go test -run '^$' -bench . -benchmem -count "$BENCH_COUNT" -benchtime "$BENCH_TIME" -timeout 10m "$pkg" >"$WORK/gobench.out" 2>&1; then
+      echo "$pkg" >>"$RAW/go-bench-failed.txt"
+      cp "$WORK/gobench.out" "$RAW/go-bench-failed-$(basename "$pkg").log"
+      tail -n 20 "$WORK/gobench.out"
+    fi
+    grep -E '^(goos|goarch|pkg|cpu|Benchmark)' "$WORK/gobench.out" | tee -a "$RAW/go-bench.txt" | grep '^Benchmark' | cut -c1-150 || true
+  done
+fi
+
+if ! skip profiles; then
+  phase "CPU profiles of the Pod and Job review paths"
+  for p in "pod BenchmarkReview\$/pod-irsa\$" "job BenchmarkReview\$/job-hold\$" "pod-tls BenchmarkReviewTLS/pod-irsa\$"; do
+    set -- $p
+    logged go test -run '^$' -bench "$2" -benchtime 2s -count 1 -cpuprofile "$RAW/profile-$1.pprof" -o "$WORK/bench.test" ./bench/ | grep '^Benchmark' || true
+    focus=()
+    [[ "$1" == *-tls ]] && focus=(-focus 'net/http.\(\*conn\).serve')
+    go tool pprof -top -cum -nodecount 60 "${focus[@]}" "$RAW/profile-$1.pprof" >"$RAW/profile-$1.txt" 2>/dev/null
+  done
+fi
+
+# start_kube: etcd and kube-apiserver from the e2e cache (real components; nothing is built here),
+# a namespace and the backup ServiceAccount the Pod and Job reviews name. Sets KUBECONFIG_FILE.
+start_kube() {
+  local kb="${KUBE_BINARIES:-${CREDENTIAL_WEBHOOK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/credential-webhook}/k8s/v1.37.2}"
+  [ -x "$kb/etcd" ] && [ -x "$kb/kube-apiserver" ] && [ -x "$kb/kubectl" ] || return 1
+  local d="$WORK/kube" ec ep ap
+  mkdir -p "$d"
+  ec="$(free_port)"; ep="$(free_port)"; ap="$(free_port)"
+  "$kb/etcd" --name=bench --data-dir="$d/etcd" --listen-client-urls="http://127.0.0.1:$ec" --advertise-client-urls="http://127.0.0.1:$ec" \
+    --listen-peer-urls="http://127.0.0.1:$ep" --initial-advertise-peer-urls="http://127.0.0.1:$ep" --initial-cluster="bench=http://127.0.0.1:$ep" \
+    --unsafe-no-fsync --log-level=warn >"$d/etcd.log" 2>&1 &
+  local etcd_pid=$!
+  openssl genrsa -out "$d/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
+  local token
+  token="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  echo "$token,bench-admin,bench-admin,system:masters" >"$d/tokens.csv"
+  "$kb/kube-apiserver" --etcd-servers="http://127.0.0.1:$ec" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
+    --secure-port="$ap" --endpoint-reconciler-type=none --cert-dir="$d/certs" --token-auth-file="$d/tokens.csv" \
+    --authorization-mode=RBAC --service-account-issuer="https://127.0.0.1:$ap" --service-account-key-file="$d/sa.pub" \
+    --service-account-signing-key-file="$d/sa.key" --service-cluster-ip-range=10.0.0.0/24 --profiling=false >"$d/apiserver.log" 2>&1 &
+  KUBE_PIDS="$! $etcd_pid"
+  KUBECONFIG_FILE="$d/kubeconfig"
+  cat >"$KUBECONFIG_FILE" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: bench, cluster: {server: "https://127.0.0.1:$ap", insecure-skip-tls-verify: true}}]
+users: [{name: bench-admin, user: {token: "$token"}}]
+contexts: [{name: bench, context: {cluster: bench, user: bench-admin}}]
+current-context: bench
+EOF
+  for _ in $(seq 1 600); do
+    if curl -ksf -H "Authorization: Bearer $token" "https://127.0.0.1:$ap/readyz" >/dev/null 2>&1; then break; fi
+    sleep 0.1
+  done
+  curl -ksf -H "Authorization: Bearer $token" "https://127.0.0.1:$ap/readyz" >/dev/null || { tail -n 30 "$d/apiserver.log" >&2; return 1; }
+  local k=("$kb/kubectl" --kubeconfig "$KUBECONFIG_FILE")
+  for _ in $(seq 1 100); do "${k[@]}" get namespace default >/dev/null 2>&1 && break; sleep 0.2; done
+  "${k[@]}" create namespace demo >/dev/null
+  "${k[@]}" create namespace credential-webhook >/dev/null
+  "${k[@]}" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: sample-backup-daemon-demo-session-1778072138
+  namespace: demo
+  labels: {app.kubernetes.io/managed-by: kubestash.com}
+  annotations:
+    go.klusters.dev/seed-role-name: arn:aws:iam::123456789012:role/kubestash-selfhost
+    go.klusters.dev/bucket-names: b1,b2
+    eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/kubestash-selfhost-0
+EOF
+  KUBE_DESC="kube-apiserver $("$kb/kube-apiserver" --version 2>/dev/null | awk '{print $2}') + etcd from $kb (informer cache; per-seed Lease locks in namespace credential-webhook)"
+}
+
+if ! skip load; then
+  phase "load: Kubernetes API, moto, the server"
+  SERVER_FLAGS=("${FIXTURE_FLAGS[@]}")
+  if start_kube; then
+    SERVER_FLAGS+=(--kubeconfig "$KUBECONFIG_FILE" --lease-namespace credential-webhook --identity bench-0
+      --aws-inject-pod-identity --aws-region us-east-1)
+    LOCKER="Kubernetes Lease (LeaseLocker) on the local kube-apiserver"
+  else
+    KUBE_DESC="none: no cached kube-apiserver (run make k8s-binaries); the Pod route runs no plugin and the Job route only the own-annotations guard"
+    NOTES+=("No Kubernetes API was available: the Pod and Job rows measure the routes as served locally, without IRSA injection or the Job hold.")
+    LOCKER="in-process LocalLocker (no Kubernetes API)"
+  fi
+  start_moto
+  start_server "${SERVER_FLAGS[@]}"
+  echo "server pid $SERVER_PID on $URL; ServiceAccounts: $KUBE_DESC"
+  echo "$BIN serve ${SERVER_FLAGS[*]}" | sed "s|$WORK/|\$WORK/|g" >>"$RAW/commands.txt"
+
+  # The ServiceAccount CREATE row re-admits an assigned ServiceAccount: assign it once first.
+  curl -sS --cacert "$CACERT" -H 'Content-Type: application/json' --data-binary @bench/testdata/sa-create-review.json \
+    "$URL/mutate/serviceaccounts?timeout=10s" >/dev/null
+
+  sleep 2
+  logged "$BT" idle -pid "$SERVER_PID" -d 5s -out "$RAW/idle-cpu.json"
+
+  load() { # name label route review [saturation-only]
+    local name="$1" label="$2" route="$3" review="$4"
+    # Warm-up: connections, caches, the Go runtime's heap size.
+    hey -z 1s -c "$LOAD_CONCURRENCY" -m POST -T application/json -D "$review" "$URL$route?timeout=10s" >/dev/null
+    if [ -z "${5:-}" ]; then
+      logged "$BT" load -url "$URL" -route "$route" -cacert "$CACERT" -pid "$SERVER_PID" -review "$review" -label "$label" \
+        -name "$name-rate" -rate "$LOAD_RATE" -c "$LOAD_CONCURRENCY" -d "$LOAD_DURATION" -raw "$RAW"
+    fi
+    logged "$BT" load -url "$URL" -route "$route" -cacert "$CACERT" -pid "$SERVER_PID" -review "$review" -label "$label" \
+      -name "$name-saturation" -c "$LOAD_CONCURRENCY" -d "$LOAD_DURATION" -raw "$RAW"
+  }
+  phase "load: Pod"
+  load pod "KubeStash backup Pod CREATE (4.9 KB)" /mutate/pods admission/testdata/bench/pod-review.json
+  phase "load: Job"
+  load job "its Job CREATE (5.2 KB)" /mutate/jobs bench/testdata/job-review.json
+  phase "load: ServiceAccount UPDATE"
+  load sa-update "its ServiceAccount UPDATE, nothing relevant changed (3.5 KB)" /mutate/serviceaccounts bench/testdata/sa-update-review.json
+  phase "load: ServiceAccount CREATE (already assigned)"
+  # Saturation only: every such review takes the per-seed Lease, which caps it far below LOAD_RATE.
+  load sa-create "its ServiceAccount CREATE, already assigned in moto (2.0 KB)" /mutate/serviceaccounts bench/testdata/sa-create-review.json saturation-only
+  phase "load: $SA_CREATE_N new ServiceAccounts"
+  logged "$BT" sacreate -url "$URL" -cacert "$CACERT" -pid "$SERVER_PID" -review bench/testdata/sa-create-review.json \
+    -n "$SA_CREATE_N" -c "$LOAD_CONCURRENCY" -locker "$LOCKER" -out "$RAW/load-sa-create-distinct.json"
+  # What the server logged, by message and level (the log itself is tens of MB).
+  grep -o '"level":"[A-Z]*","msg":"[^"]*"' "$WORK/server.log" | sort | uniq -c | sort -rn >"$RAW/server-log-summary.txt" || true
+  grep -q '"msg":"review"' "$WORK/server.log" || NOTES+=("The server logged no review lines.")
+  if grep -q '"level":"ERROR"' "$WORK/server.log"; then
+    grep '"level":"ERROR"' "$WORK/server.log" | head -n 20 >"$RAW/server-errors.log"
+    NOTES+=("The server logged errors during the load runs: see bench-raw/server-errors.log.")
+  fi
+fi
+
+phase "report"
+meta_args=(-root "$ROOT" -out "$RAW/meta.json" -loadavg "$LOADAVG_START" -date "$DATE_START" -hey "$HEY_VERSION" -kube "${KUBE_DESC:-not used (load skipped)}")
+if awk -v l="${LOADAVG_START%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n) }'; then
+  NOTES+=("The machine was busy when the run started (load average ${LOADAVG_START%% *} on $(nproc) cores, from other work on it): wall-clock figures (reviews/s, latency, ns/op) are depressed and noisy; CPU per review and cpu-ns/op less so, but not immune.")
+fi
+for n in "${NOTES[@]}"; do meta_args+=(-note "$n"); done
+"$BT" meta "${meta_args[@]}"
+"$BT" report -raw "$RAW" -out "$REPORT"
+phase "done: $REPORT"
