@@ -4,7 +4,7 @@ GO ?= go
 BIN := bin/credential-webhook
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: all build demo demo-cluster test unit curl-fixtures e2e k8s-binaries fmt vet bench fuzz clean
+.PHONY: all build demo demo-cluster test unit curl-fixtures e2e k8s-binaries fmt vet bench fuzz clean manifests manifests-check
 
 all: build
 
@@ -28,7 +28,15 @@ fuzz:
 	bash scripts/fuzz.sh
 
 ## test: everything CI runs: unit and integration tests, the curl fixtures, the e2e harness
-test: vet unit curl-fixtures e2e
+test: vet unit manifests-check curl-fixtures e2e
+
+## manifests: render manifests/chart into the static manifests/ (Helm SDK, no cluster)
+manifests:
+	bash scripts/manifests.sh
+
+## manifests-check: manifests/ matches a fresh render of the chart; chart lint, golden and schema tests
+manifests-check:
+	bash scripts/manifests.sh --test
 
 ## unit: the quick loop (root module; integration tests start moto themselves)
 unit:

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+)
+
+// values.schema.json is closed and typed: a typo or a wrong value fails the render (and so
+// `helm install`) instead of being silently ignored.
+func TestSchemaRejects(t *testing.T) {
+	tests := []struct {
+		name string
+		vals map[string]any
+		want []string // all of these in the error
+	}{
+		{"unknown top-level key", map[string]any{"replicaCout": 3}, []string{"replicaCout"}},
+		{"unknown nested key", map[string]any{"aws": map[string]any{"seedRole": []any{"arn:aws:iam::1:role/x"}}}, []string{"seedRole"}},
+		{"unknown key deep down", map[string]any{"metrics": map[string]any{"serviceMonitor": map[string]any{"enable": true}}}, []string{"enable"}},
+		{"resources typo", map[string]any{"resources": map[string]any{"limit": map[string]any{"cpu": "1"}}}, []string{"limit"}},
+		{"failurePolicy in the wrong case", map[string]any{"webhooks": map[string]any{"pods": map[string]any{"failurePolicy": "fail"}}}, []string{"failurePolicy", "Fail"}},
+		{"timeout over the apiserver's maximum", map[string]any{"webhooks": map[string]any{"jobs": map[string]any{"timeoutSeconds": 31}}}, []string{"timeoutSeconds"}},
+		{"comma inside a list entry", map[string]any{"allowedRequesters": []any{"user:a,user:b"}}, []string{"allowedRequesters"}},
+		{"allowlist as a string", map[string]any{"allowedRequesters": "user:a"}, []string{"allowedRequesters"}},
+		{"seed role that is not an ARN", map[string]any{"aws": map[string]any{"seedRoles": []any{"kubestash-*"}}}, []string{"seedRoles"}},
+		{"Azure scope that is not one", map[string]any{"azure": map[string]any{"allowedScopes": []any{"*"}}}, []string{"allowedScopes"}},
+		{"replicas as a string", map[string]any{"replicaCount": "2"}, []string{"replicaCount"}},
+		{"duration without a unit", map[string]any{"sweeper": map[string]any{"maxHold": "600"}}, []string{"maxHold"}},
+		{"log level unknown", map[string]any{"logLevel": "verbose"}, []string{"logLevel"}},
+		{"autoBool as yes", map[string]any{"rbac": map[string]any{"azureIdentityBinding": "yes"}}, []string{"azureIdentityBinding"}},
+		{"issuer kind without a name", map[string]any{"certManager": map[string]any{"issuerRef": map[string]any{"kind": "ClusterIssuer"}}}, []string{"issuerRef"}},
+		{"token lifetime under IRSA's minimum", map[string]any{"aws": map[string]any{"tokenExpiration": 60}}, []string{"tokenExpiration"}},
+		{"role ARN of the webhook malformed", map[string]any{"aws": map[string]any{"roleArn": "credential-webhook"}}, []string{"roleArn"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Render(context.Background(), testChart(t), DefaultRelease, tc.vals)
+			if err == nil {
+				t.Fatal("rendered; want a schema error")
+			}
+			if !strings.Contains(err.Error(), "schema") {
+				t.Errorf("err = %v; want a values schema error", err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("err = %v; want it to name %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// The same values written correctly render: the rejections above are about the mistakes only.
+func TestSchemaAccepts(t *testing.T) {
+	vals := map[string]any{
+		"replicaCount":      3,
+		"allowedRequesters": []any{"system:serviceaccount:kubestash:kubestash-kubestash-operator", "group:ops"},
+		"aws": map[string]any{
+			"seedRoles":       []any{"arn:aws:iam::123456789012:role/kubestash-*", "*"},
+			"roleArn":         "arn:aws:iam::123456789012:role/path/credential-webhook",
+			"tokenExpiration": 600,
+		},
+		"azure":       map[string]any{"allowedScopes": []any{"/subscriptions/*", "/subscriptions/s/resourceGroups/rg-*"}},
+		"webhooks":    map[string]any{"pods": map[string]any{"failurePolicy": "Fail", "timeoutSeconds": 30}},
+		"sweeper":     map[string]any{"maxHold": "1h30m"},
+		"certManager": map[string]any{"issuerRef": map[string]any{"name": "ca", "kind": "ClusterIssuer"}},
+		"rbac":        map[string]any{"azureIdentityBinding": true},
+		"resources":   map[string]any{"limits": map[string]any{"memory": "512Mi"}},
+		"extraEnv":    []any{map[string]any{"name": "AWS_STS_REGIONAL_ENDPOINTS", "value": "regional"}},
+	}
+	if _, err := Render(context.Background(), testChart(t), DefaultRelease, vals); err != nil {
+		t.Fatal(err)
+	}
+}
