@@ -50,7 +50,7 @@ func NewLeaseLocker(cs kubernetes.Interface, namespace, identity string, duratio
 		duration = 30 * time.Second
 	}
 	// Leases count whole seconds, and 0 is invalid: round up.
-	duration = max(time.Second, (duration+time.Second-1).Truncate(time.Second))
+	duration = max(time.Second, (duration + time.Second - 1).Truncate(time.Second))
 	return &LeaseLocker{cs: cs, namespace: namespace, identity: identity, duration: duration, log: log, local: map[string]chan struct{}{}}
 }
 
