@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	json "github.com/go-json-experiment/json"
@@ -44,7 +46,9 @@ func (g OwnAnnotationsGuard) Admit(_ context.Context, req *Request, resp *Respon
 			return Deny(400, "%v", err)
 		}
 	}
-	for k, v := range cur {
+	// Sorted, so patches and warnings are the same for the same object every time.
+	for _, k := range slices.Sorted(maps.Keys(cur)) {
+		v := cur[k]
 		if !strings.HasPrefix(k, annotations.Prefix) {
 			continue
 		}
