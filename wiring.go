@@ -212,6 +212,9 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		if len(finish) > 0 {
 			sw.Assigner = finish
 		}
+		if sas != nil {
+			sw.ServiceAccounts = sas.Informer
+		}
 		s := sweeper.New(d.kube, sweeper.Config{
 			MaxHold: p.maxHold, ChecksInARow: p.checksInARow, GCInterval: p.gcInterval,
 			Namespace: p.leaseNamespace, Identity: p.identity,

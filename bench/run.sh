@@ -223,3 +223,41 @@ for n in "${NOTES[@]}"; do meta_args+=(-note "$n"); done
 "$BT" meta "${meta_args[@]}"
 "$BT" report -raw "$RAW" -out "$REPORT"
 phase "done: $REPORT"
+
+# ---------------------------------------------------------------------------------------------
+# Memory of one replica (e2e/memory_bench_test.go, BenchmarkServeMemory): 10,000 ServiceAccounts
+# and 2,000 suspended KubeStash Jobs in a real control plane from the e2e cache, then VmRSS and
+# the Go heap of `serve` with the sweeper on and off. About 4 minutes; appended to the report
+# above. Skip with BENCH_SKIP=memory; needs the e2e cache (make k8s-binaries), never builds it.
+if ! skip memory; then
+  phase "memory: one replica with 10,000 ServiceAccounts and 2,000 Jobs (e2e harness)"
+  MEM_KB="${KUBE_BINARIES:-${CREDENTIAL_WEBHOOK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/credential-webhook}/k8s/v1.37.2}"
+  {
+    echo
+    echo "## Memory of one replica (10,000 ServiceAccounts, 2,000 KubeStash Jobs)"
+    echo
+  } >>"$REPORT"
+  if [ -x "$MEM_KB/kube-controller-manager" ] && [ -x "$MEM_KB/kube-apiserver" ] && [ -x "$MEM_KB/etcd" ]; then
+    echo "cd e2e && go test -run '^\$' -bench ServeMemory -benchtime 1x -timeout 30m ." >>"$RAW/commands.txt"
+    if (cd e2e && KUBE_BINARIES="$MEM_KB" CREDENTIAL_WEBHOOK_BINARY="$BIN" go test -run '^$' -bench ServeMemory -benchtime 1x -timeout 30m .) >"$RAW/memory.txt" 2>&1; then
+      {
+        echo "\`cd e2e && go test -run '^\$' -bench ServeMemory -benchtime 1x\` (e2e/memory_bench_test.go): the real binary,"
+        echo "\`serve\` as the e2e harness runs it, after its informer caches synced and its memory settled. Target ≤ 64 MiB resident."
+        echo
+        echo "| figure | value |"
+        echo "|---|---|"
+        grep '^BenchmarkServeMemory' "$RAW/memory.txt" | awk '{ for (i = 5; i < NF; i += 2) printf "| %s | %s |\n", $(i+1), $i }'
+        echo
+        echo '```'
+        grep 'memory_bench_test.go' "$RAW/memory.txt" | sed 's/^ *memory_bench_test.go:[0-9]*: //'
+        echo '```'
+      } >>"$REPORT"
+    else
+      tail -n 30 "$RAW/memory.txt"
+      echo "The memory benchmark failed: see bench-raw/memory.txt." >>"$REPORT"
+    fi
+  else
+    echo "Not measured: no kube-controller-manager, kube-apiserver and etcd in $MEM_KB (run make k8s-binaries)." >>"$REPORT"
+  fi
+  phase "done: memory appended to $REPORT"
+fi

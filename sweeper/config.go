@@ -13,6 +13,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -144,4 +145,8 @@ type Deps struct {
 	Registerer prometheus.Registerer
 	// Recorder records Events; nil: New records to the Kubernetes API as "credential-webhook".
 	Recorder record.EventRecorder
+	// ServiceAccounts, when set, is a running shared informer over every ServiceAccount (the
+	// admission cache's, stripped to metadata). The sweeper subscribes to it instead of watching
+	// and caching every ServiceAccount a second time; it neither starts nor stops it.
+	ServiceAccounts cache.SharedIndexInformer
 }

@@ -92,18 +92,38 @@ func stripManagedFields(obj any) (any, error) {
 	return obj, nil
 }
 
+// stripJob keeps what the sweeper reads of a Job (metadata without managedFields, suspend, the
+// pod template's ServiceAccount): a cached KubeStash Job is otherwise mostly its pod template.
+func stripJob(obj any) (any, error) {
+	job, ok := obj.(*batchv1.Job)
+	if !ok {
+		return stripManagedFields(obj)
+	}
+	out := &batchv1.Job{TypeMeta: job.TypeMeta, ObjectMeta: *job.ObjectMeta.DeepCopy()}
+	out.ManagedFields = nil
+	out.Spec.Suspend = job.Spec.Suspend
+	out.Spec.Template.Spec.ServiceAccountName = job.Spec.Template.Spec.ServiceAccountName
+	out.Spec.Template.Spec.DeprecatedServiceAccount = job.Spec.Template.Spec.DeprecatedServiceAccount
+	return out, nil
+}
+
 func (t *term) run(ctx context.Context) {
 	// Jobs: a label selector cannot select annotations, so list KubeStash's Jobs and filter.
 	jobFactory := informers.NewSharedInformerFactoryWithOptions(t.cs, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.LabelSelector = labels.Set{annotations.ManagedByLabel: annotations.ManagedByValue}.String()
 		}),
-		informers.WithTransform(stripManagedFields))
-	saFactory := informers.NewSharedInformerFactoryWithOptions(t.cs, 0, informers.WithTransform(stripManagedFields))
+		informers.WithTransform(stripJob))
 	ji := jobFactory.Batch().V1().Jobs()
-	si := saFactory.Core().V1().ServiceAccounts()
 	t.jobInformer, t.jobLister = ji.Informer(), ji.Lister()
-	t.saInformer, t.saLister = si.Informer(), si.Lister()
+	var saFactory informers.SharedInformerFactory // nil when the admission cache's informer is shared
+	if shared := t.deps.ServiceAccounts; shared != nil {
+		t.saInformer, t.saLister = shared, corelisters.NewServiceAccountLister(shared.GetIndexer())
+	} else {
+		saFactory = informers.NewSharedInformerFactoryWithOptions(t.cs, 0, informers.WithTransform(stripManagedFields))
+		si := saFactory.Core().V1().ServiceAccounts()
+		t.saInformer, t.saLister = si.Informer(), si.Lister()
+	}
 
 	if err := t.jobInformer.AddIndexers(cache.Indexers{saIndex: func(obj any) ([]string, error) {
 		job, ok := obj.(*batchv1.Job)
@@ -132,12 +152,16 @@ func (t *term) run(ctx context.Context) {
 	}
 
 	jobFactory.Start(ctx.Done())
-	saFactory.Start(ctx.Done())
+	if saFactory != nil {
+		saFactory.Start(ctx.Done())
+	}
 	defer func() {
 		t.jobQ.ShutDown()
 		t.finishQ.ShutDown()
 		jobFactory.Shutdown()
-		saFactory.Shutdown()
+		if saFactory != nil {
+			saFactory.Shutdown()
+		}
 		for _, r := range regs {
 			_ = r()
 		}
