@@ -14,7 +14,6 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 
 	"go.klusters.dev/credential-webhook/annotations"
@@ -210,8 +209,6 @@ func (l *LeaseLocker) modify(ctx context.Context, key string, change func(*coord
 	}
 	return fmt.Errorf("updating lease %s: too many conflicts", name)
 }
-
-func labelsEverything() labels.Selector { return labels.Everything() }
 
 // LeaseKeys lists the keys (seed role ARNs) that have a lock Lease in namespace: the seeds this
 // server has ever written for, including those whose last ServiceAccount is gone.

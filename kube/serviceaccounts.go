@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
@@ -80,14 +81,7 @@ func (s *ServiceAccounts) Get(ctx context.Context, namespace, name string) (*cor
 	return sa, nil
 }
 
-// Exists reports from the cache alone whether namespace/name exists; the garbage collector uses
-// it, and only after WaitForSync, so a cold cache never reads as "everything was deleted".
-func (s *ServiceAccounts) Exists(namespace, name string) bool {
-	_, err := s.lister.ServiceAccounts(namespace).Get(name)
-	return err == nil
-}
-
 // List returns every cached ServiceAccount.
 func (s *ServiceAccounts) List() ([]*corev1.ServiceAccount, error) {
-	return s.lister.List(labelsEverything())
+	return s.lister.List(labels.Everything())
 }
