@@ -89,27 +89,6 @@ func packArgs(seed awsp.RoleARN, identity string) []string {
 	}
 }
 
-// packWarnings collects the admission warnings the apiserver returns in Warning headers.
-type packWarnings struct {
-	mu    sync.Mutex
-	texts []string
-}
-
-func (w *packWarnings) HandleWarningHeader(_ int, _ string, text string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.texts = append(w.texts, text)
-}
-
-// take returns the warnings seen since the last take.
-func (w *packWarnings) take() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	out := w.texts
-	w.texts = nil
-	return out
-}
-
 // packClient impersonates user with groups, after granting that user exactly create/get/list
 // of ServiceAccounts in ns (RBAC applies to impersonated requests, and the webhook sees the
 // user in the review's userInfo). Warnings go to warn when it is not nil.
@@ -431,7 +410,7 @@ func TestAWSOperatorServiceAccountGetsDerivedRole(t *testing.T) {
 	cluster.StartWebhook(t, harness.WebhookOptions{Name: "aws-single", Args: packArgs(seed, "aws-single")})
 	ctx := context.Background()
 
-	opWarn := &packWarnings{}
+	opWarn := &harness.Warnings{}
 	operator := packClient(t, ns, packOperator, packOperatorGroups, opWarn)
 	sa := packServiceAccount(ns, seed, packSessionBase)
 	got, err := operator.CoreV1().ServiceAccounts(ns).Create(ctx, sa, metav1.CreateOptions{})
@@ -440,7 +419,7 @@ func TestAWSOperatorServiceAccountGetsDerivedRole(t *testing.T) {
 	}
 	want := packDerivedARN(t, seed, 0)
 	if arn := got.Annotations[annotations.AWSRoleARN]; arn != want {
-		t.Fatalf("created ServiceAccount has %s=%q, want %q (warnings %q)", annotations.AWSRoleARN, arn, want, opWarn.take())
+		t.Fatalf("created ServiceAccount has %s=%q, want %q (warnings %q)", annotations.AWSRoleARN, arn, want, opWarn.Take())
 	}
 	if v, ok := got.Annotations[annotations.Pending]; ok {
 		t.Errorf("assigned ServiceAccount carries the pending marker %q", v)
@@ -448,7 +427,7 @@ func TestAWSOperatorServiceAccountGetsDerivedRole(t *testing.T) {
 	if got.Annotations[annotations.SeedRole] != seed.String() || got.Annotations[annotations.BucketNames] != "b1,b2" {
 		t.Errorf("input annotations changed: %v", got.Annotations)
 	}
-	if w := opWarn.take(); len(w) != 0 {
+	if w := opWarn.Take(); len(w) != 0 {
 		t.Errorf("successful assignment returned warnings %q", w)
 	}
 	stored, err := cluster.Client.CoreV1().ServiceAccounts(ns).Get(ctx, sa.Name, metav1.GetOptions{})
@@ -479,7 +458,7 @@ func TestAWSOperatorServiceAccountGetsDerivedRole(t *testing.T) {
 
 	t.Run("another requester gets no role", func(t *testing.T) {
 		const other = "alice"
-		otherWarn := &packWarnings{}
+		otherWarn := &harness.Warnings{}
 		client := packClient(t, ns, other, []string{"system:authenticated"}, otherWarn)
 		before := cluster.IAM.Calls()
 		sa := packServiceAccount(ns, seed, packSessionBase+1)
@@ -493,7 +472,7 @@ func TestAWSOperatorServiceAccountGetsDerivedRole(t *testing.T) {
 		if v, ok := got.Annotations[annotations.Pending]; ok {
 			t.Errorf("%s's ServiceAccount got the pending marker %q: the sweeper would finish an assignment admission refused", other, v)
 		}
-		warnings := otherWarn.take()
+		warnings := otherWarn.Take()
 		if len(warnings) == 0 || !strings.Contains(strings.Join(warnings, "\n"), "no IAM role was assigned") {
 			t.Errorf("response warnings = %q; want one saying no IAM role was assigned", warnings)
 		}
@@ -529,7 +508,7 @@ func TestAWSConcurrentAssignmentsAcrossTwoReplicas(t *testing.T) {
 	seed := packSeed(t, "kubestash-e2e")
 	a := cluster.StartWebhook(t, harness.WebhookOptions{Name: "aws-a", Args: packArgs(seed, "aws-a")})
 	b := cluster.StartWebhook(t, harness.WebhookOptions{Name: "aws-b", Args: packArgs(seed, "aws-b")})
-	warn := &packWarnings{}
+	warn := &harness.Warnings{}
 	operator := packClient(t, ns, packOperator, packOperatorGroups, warn)
 	ctx := context.Background()
 
@@ -699,7 +678,7 @@ func TestAWSConcurrentAssignmentsAcrossTwoReplicas(t *testing.T) {
 	}
 	t.Logf("%d ServiceAccounts, %d workers, 2 replicas (Lease in %s), quota %d: wall %s (%.1f SA/s)",
 		total, workers, harness.WebhookNamespace, packQuota, wall.Round(time.Millisecond), float64(total)/wall.Seconds())
-	t.Logf("reviews per replica: %s; pending: %d %v; admission warnings: %d", strings.Join(perReplica, " "), len(pending), pending, len(warn.take()))
+	t.Logf("reviews per replica: %s; pending: %d %v; admission warnings: %d", strings.Join(perReplica, " "), len(pending), pending, len(warn.Take()))
 	t.Logf("roles: %d (first fit %d, theoretical max %d subjects/role, subject %d chars); fill per role: %s",
 		len(roles), wantRoles, perRole, len(assigned[0]), strings.Join(fills, " "))
 	t.Logf("IAM calls: %s; per ServiceAccount %.2f", packFormatCalls(calls), float64(packTotal(calls))/total)
@@ -770,7 +749,7 @@ func TestAWSDryRunMakesNoIAMWrite(t *testing.T) {
 	ns := cluster.Namespace(t)
 	seed := packSeed(t, "kubestash-e2e")
 	cluster.StartWebhook(t, harness.WebhookOptions{Name: "aws-dryrun", Args: packArgs(seed, "aws-dryrun")})
-	warn := &packWarnings{}
+	warn := &harness.Warnings{}
 	operator := packClient(t, ns, packOperator, packOperatorGroups, warn)
 	ctx := context.Background()
 	want := packDerivedARN(t, seed, 0)
@@ -803,7 +782,7 @@ func TestAWSDryRunMakesNoIAMWrite(t *testing.T) {
 			t.Errorf("no dry-run review on the wire for %s (%v)", sa.Name, err)
 		}
 		// The role is a prediction (no lock is taken for a dry run): the answer says so.
-		if w := warn.take(); !strings.Contains(strings.Join(w, "\n"), "dry run") {
+		if w := warn.Take(); !strings.Contains(strings.Join(w, "\n"), "dry run") {
 			t.Errorf("dry-run response warnings = %q; want one saying it was a dry run", w)
 		}
 	}

@@ -58,7 +58,7 @@ func TestAzureGarbageCollectsDeletedServiceAccounts(t *testing.T) {
 	})
 	flowWaitLeader(t, wh.Name)
 
-	operator := azOperator(t, ns, &azWarnings{})
+	operator := azOperator(t, ns, &harness.Warnings{})
 	sas := []string{
 		"sample-backup-daemon-demo-session-1778072138",
 		"sample-backup-daemon-demo-session-1778072139",

@@ -33,24 +33,6 @@ import (
 
 var azOperatorGroups = []string{"system:serviceaccounts", "system:serviceaccounts:kubestash", "system:authenticated"}
 
-// azWarnings collects the admission warnings the apiserver returns in Warning headers.
-type azWarnings struct {
-	mu    sync.Mutex
-	texts []string
-}
-
-func (w *azWarnings) HandleWarningHeader(_ int, _ string, text string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.texts = append(w.texts, text)
-}
-
-func (w *azWarnings) all() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return slices.Clone(w.texts)
-}
-
 // azSetup starts the ARM server with one identity and a webhook replica serving Azure for it.
 func azSetup(t *testing.T) (s *arm.Server, wh *harness.Webhook, id arm.Identity) {
 	t.Helper()
@@ -176,7 +158,7 @@ func subjectsIn(b *rbacv1.ClusterRoleBinding, ns string) map[string]int {
 func TestAzureServiceAccountGetsIdentityAndBinding(t *testing.T) {
 	ns := cluster.Namespace(t)
 	s, _, id := azSetup(t)
-	warn := &azWarnings{}
+	warn := &harness.Warnings{}
 	operator := azOperator(t, ns, warn)
 	ctx := context.Background()
 
@@ -189,9 +171,9 @@ func TestAzureServiceAccountGetsIdentityAndBinding(t *testing.T) {
 		t.Fatalf("stored annotations %v; want client-id %s, tenant-id %s", got.Annotations, id.ClientID, id.TenantID)
 	}
 	if p, ok := got.Annotations[annotations.Pending]; ok {
-		t.Fatalf("pending marker %q (warnings %q): admission did not finish", p, warn.all())
+		t.Fatalf("pending marker %q (warnings %q): admission did not finish", p, warn.All())
 	}
-	if w := warn.all(); len(w) != 0 {
+	if w := warn.All(); len(w) != 0 {
 		t.Errorf("warnings %q", w)
 	}
 
@@ -237,7 +219,7 @@ func TestAzureConcurrentServiceAccountsShareOneBinding(t *testing.T) {
 	const total = 100
 	ns := cluster.Namespace(t)
 	s, _, id := azSetup(t)
-	warn := &azWarnings{}
+	warn := &harness.Warnings{}
 	operator := azOperator(t, ns, warn)
 	ctx := context.Background()
 	s.ResetCalls()
@@ -312,7 +294,7 @@ func TestAzureConcurrentServiceAccountsShareOneBinding(t *testing.T) {
 		"ARM HTTP requests %d; managed-identity tokens %d",
 		total, wall.Round(time.Millisecond), lat[total/2], lat[total*9/10], lat[total-1], pending,
 		admissionCalls.Gets, final.Gets, final.ARM, final.Tokens)
-	if w := warn.all(); len(w) > 0 {
+	if w := warn.All(); len(w) > 0 {
 		t.Logf("first of %d admission warnings: %s", len(w), w[0])
 	}
 	if admissionCalls.Gets != 1 || final.Gets != 1 || final.Faults != 0 || final.Unauthorized != 0 {
@@ -323,7 +305,7 @@ func TestAzureConcurrentServiceAccountsShareOneBinding(t *testing.T) {
 func TestAzureDryRunCreatesNoRBAC(t *testing.T) {
 	ns := cluster.Namespace(t)
 	s, _, id := azSetup(t)
-	warn := &azWarnings{}
+	warn := &harness.Warnings{}
 	operator := azOperator(t, ns, warn)
 	ctx := context.Background()
 
@@ -337,7 +319,7 @@ func TestAzureDryRunCreatesNoRBAC(t *testing.T) {
 		t.Fatalf("dry-run annotations %v", got.Annotations)
 	}
 	if _, ok := got.Annotations[annotations.Pending]; ok {
-		t.Errorf("dry run left a pending marker (warnings %q)", warn.all())
+		t.Errorf("dry run left a pending marker (warnings %q)", warn.All())
 	}
 	// ...and nothing was written: no ServiceAccount, no RBAC.
 	rbacName := azure.RBACNamePrefix + id.ClientID

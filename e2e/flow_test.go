@@ -60,7 +60,7 @@ type flowWorld struct {
 	suffix string // short, unique per test run: names replicas and IAM objects
 	seed   string
 	op     kubernetes.Interface
-	warn   *flowWarnings
+	warn   *harness.Warnings
 	seq    int
 }
 
@@ -70,7 +70,7 @@ func flowSetup(t *testing.T, seedPrefix string) *flowWorld {
 	t.Helper()
 	ns := cluster.Namespace(t)
 	operatorClient(t, ns) // the edit role for the operator, and the wait until RBAC sees it
-	w := &flowWorld{ns: ns, suffix: ns[strings.LastIndexByte(ns, '-')+1:], warn: &flowWarnings{}}
+	w := &flowWorld{ns: ns, suffix: ns[strings.LastIndexByte(ns, '-')+1:], warn: &harness.Warnings{}}
 	cfg := rest.CopyConfig(cluster.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: operatorUser, Groups: flowOperatorGroups}
 	cfg.WarningHandler = w.warn
@@ -87,27 +87,6 @@ func flowSetup(t *testing.T, seedPrefix string) *flowWorld {
 		t.Fatalf("create seed role %s: %v", name, err)
 	}
 	return w
-}
-
-// flowWarnings collects the warnings the apiserver returns (admission warnings included).
-type flowWarnings struct {
-	mu    sync.Mutex
-	texts []string
-}
-
-func (w *flowWarnings) HandleWarningHeader(_ int, _ string, text string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.texts = append(w.texts, text)
-}
-
-// take returns the warnings since the last take.
-func (w *flowWarnings) take() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	out := w.texts
-	w.texts = nil
-	return out
 }
 
 // replica starts `credential-webhook serve` for this world's seed, with its sweeper, the Pod
@@ -160,12 +139,12 @@ func flowJob(ns, name, serviceAccount string) *batchv1.Job {
 // job creates job as the operator and returns it as stored with the warnings of that request.
 func (w *flowWorld) job(t *testing.T, job *batchv1.Job) (*batchv1.Job, []string) {
 	t.Helper()
-	w.warn.take()
+	w.warn.Take()
 	created, err := w.op.BatchV1().Jobs(w.ns).Create(context.Background(), job, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("operator: create Job %s: %v", job.Name, err)
 	}
-	return created, w.warn.take()
+	return created, w.warn.Take()
 }
 
 // flowWaitLeader waits until one of names holds the sweeper Lease and returns it. A replica
@@ -844,11 +823,11 @@ func TestFlowPendingServiceAccountFinishedBySweeper(t *testing.T) {
 		}
 	})
 
-	w.warn.take()
+	w.warn.Take()
 	start := time.Now()
 	sa := w.serviceAccount(t)
 	admitted := time.Since(start)
-	warnings := w.warn.take()
+	warnings := w.warn.Take()
 	if _, pending := sa.Annotations[annotations.Pending]; !pending || sa.Annotations[annotations.AWSRoleARN] != "" {
 		t.Fatalf("ServiceAccount admitted with annotations %v; want the pending marker and no role", sa.Annotations)
 	}

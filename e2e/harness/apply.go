@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -252,7 +251,7 @@ func (c *Cluster) applyManifests(ctx context.Context) error {
 	all := append(append(first, middle...), last...)
 	// A warning is a defect of the manifests too: a deprecated field, or a Deployment that
 	// would violate its namespace's Pod Security level (reported as a warning, never refused).
-	warnings := &warningCollector{}
+	warnings := &Warnings{}
 	cfg := rest.CopyConfig(c.Config)
 	cfg.WarningHandlerWithContext = warnings
 	dyn, err := dynamic.NewForConfig(cfg)
@@ -262,27 +261,10 @@ func (c *Cluster) applyManifests(ctx context.Context) error {
 	if _, err := c.applyWith(ctx, dyn, all); err != nil {
 		return fmt.Errorf("harness: apply manifests/: %w", err)
 	}
-	if w := warnings.all(); len(w) > 0 {
+	if w := warnings.All(); len(w) > 0 {
 		return fmt.Errorf("harness: the apiserver warned about manifests/: %s", strings.Join(w, "; "))
 	}
 	return nil
-}
-
-type warningCollector struct {
-	mu       sync.Mutex
-	warnings []string
-}
-
-func (w *warningCollector) HandleWarningHeaderWithContext(_ context.Context, _ int, _ string, text string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.warnings = append(w.warnings, text)
-}
-
-func (w *warningCollector) all() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return append([]string(nil), w.warnings...)
 }
 
 // PointWebhooksAt rewrites every webhooks[].clientConfig of a MutatingWebhookConfiguration from

@@ -162,7 +162,7 @@ func run(ctx context.Context, out io.Writer) (err error) {
 	role := sa.Annotations[annotations.AWSRoleARN]
 	n.say("stored in %s with %s: %s", time.Since(createdAt).Round(time.Millisecond), annotations.AWSRoleARN, role)
 	n.say("(admission cloned the seed into a derived role listing system:serviceaccount:%s:%s)", namespace, sa.Name)
-	warnings.take()
+	warnings.Take()
 
 	n.section("5. ... and its backup Job right away")
 	job := backupJob(sa.Name)
@@ -173,7 +173,7 @@ func run(ctx context.Context, out io.Writer) (err error) {
 	n.say("Job %s/%s stored with spec.suspend=%v", namespace, job.Name, ptr.Deref(job.Spec.Suspend, false))
 	n.say("  %s: %s", annotations.HoldReason, job.Annotations[annotations.HoldReason])
 	n.say("  %s: %s", annotations.HeldSince, job.Annotations[annotations.HeldSince])
-	for _, w := range warnings.take() {
+	for _, w := range warnings.Take() {
 		n.say("warning returned to the operator: %s", w)
 	}
 	if r, ok := review(cluster, "Job", job.Name); ok {
@@ -315,7 +315,7 @@ func waitValue[T any](ctx context.Context, timeout time.Duration, f func() (T, b
 
 // operator returns a client acting as the KubeStash operator (impersonated, with the edit role
 // in the demo namespace) and the warnings the apiserver returns to it.
-func operator(ctx context.Context, cluster *harness.Cluster) (kubernetes.Interface, *warnings, error) {
+func operator(ctx context.Context, cluster *harness.Cluster) (kubernetes.Interface, *harness.Warnings, error) {
 	if _, err := cluster.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{}); err != nil {
 		return nil, nil, fmt.Errorf("create namespace: %w", err)
 	}
@@ -326,7 +326,7 @@ func operator(ctx context.Context, cluster *harness.Cluster) (kubernetes.Interfa
 	}, metav1.CreateOptions{}); err != nil {
 		return nil, nil, fmt.Errorf("bind the operator: %w", err)
 	}
-	w := &warnings{}
+	w := &harness.Warnings{}
 	cfg := rest.CopyConfig(cluster.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: operatorUser, Groups: operatorGroups}
 	cfg.WarningHandler = w
@@ -350,26 +350,6 @@ func operator(ctx context.Context, cluster *harness.Cluster) (kubernetes.Interfa
 		return nil, nil, fmt.Errorf("waiting for the operator's RBAC: %w", err)
 	}
 	return cs, w, nil
-}
-
-// warnings collects the apiserver's warnings (admission warnings included).
-type warnings struct {
-	mu    sync.Mutex
-	texts []string
-}
-
-func (w *warnings) HandleWarningHeader(_ int, _ string, text string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.texts = append(w.texts, text)
-}
-
-func (w *warnings) take() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	out := w.texts
-	w.texts = nil
-	return out
 }
 
 // review is the AdmissionReview of kind/name on the wire, as the webhook answered it.
