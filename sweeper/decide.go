@@ -2,6 +2,7 @@ package sweeper
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -87,6 +88,28 @@ func Plan(heldSince time.Time, ready bool, attempt int, now time.Time, cfg Confi
 		return Step{Action: ReleaseWithoutCredentials}
 	}
 	return Step{Action: Wait, After: min(Backoff(attempt, cfg.BackoffInitial, cfg.BackoffMax), left)}
+}
+
+// Causes of a readiness check's context ending, to tell a check cut short by the Job's max hold
+// from a slow cloud.
+var (
+	ErrMaxHoldReached = errors.New("max hold reached")
+	ErrCheckTimeout   = errors.New("credential check timed out")
+)
+
+// CheckDeadline bounds the readiness check of a Job held since heldSince: CheckTimeout from now,
+// but never past the max-hold deadline, so a slow cloud (STS under faults) cannot keep a Job
+// held beyond --max-hold. cause says which bound applies. ok is false once the max-hold deadline
+// has passed: no cloud call is worth making then, the Job is released without credentials.
+func CheckDeadline(heldSince, now time.Time, cfg Config) (deadline time.Time, cause error, ok bool) {
+	maxHold := heldSince.Add(cfg.MaxHold)
+	if !now.Before(maxHold) {
+		return maxHold, ErrMaxHoldReached, false
+	}
+	if timeout := now.Add(cfg.CheckTimeout); timeout.Before(maxHold) {
+		return timeout, ErrCheckTimeout, true
+	}
+	return maxHold, ErrMaxHoldReached, true
 }
 
 // Gone reports whether a ServiceAccount first seen missing at firstMissing (zero: not missing)

@@ -2,6 +2,7 @@ package sweeper
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -28,6 +29,9 @@ type Sweeper struct {
 	recorder    record.EventRecorder
 	broadcaster record.EventBroadcaster // nil when Deps.Recorder was given
 	now         func() time.Time
+	// work runs one leadership term's workers until ctx ends (tests replace it to observe the
+	// term's lifetime).
+	work func(ctx context.Context)
 
 	// leadMu is held for a whole leadership term, so a new term (or the Lease release on
 	// shutdown) starts only after the previous term's workers stopped.
@@ -41,6 +45,7 @@ func New(cs kubernetes.Interface, cfg Config, deps Deps, log *slog.Logger) *Swee
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Sweeper{cs: cs, cfg: cfg, deps: deps, log: log.With("component", "sweeper"), m: newMetrics(deps.Registerer), now: time.Now}
+	s.work = func(ctx context.Context) { newTerm(s).run(ctx) }
 	s.ready = deps.Ready
 	if s.ready == nil {
 		s.ready = NewReadyCache(cfg.ReadyTTL)
@@ -65,12 +70,12 @@ func (s *Sweeper) Run(ctx context.Context) {
 		s.broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.cs.CoreV1().Events("")})
 		defer s.broadcaster.Shutdown()
 	}
-	lock := &resourcelock.LeaseLock{
+	lock := &renewalTracker{Interface: &resourcelock.LeaseLock{
 		LeaseMeta:  metaFor(s.cfg.Namespace, s.cfg.LeaseName),
 		Client:     s.cs.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: s.cfg.Identity},
 		Labels:     map[string]string{annotations.ManagedLabel: "true"},
-	}
+	}}
 	s.log.Info("sweeper campaigning for leadership", "lease", s.cfg.Namespace+"/"+s.cfg.LeaseName, "identity", s.cfg.Identity)
 	for ctx.Err() == nil {
 		// The elector runs on its own context: when ctx ends, the term's workers stop first
@@ -89,7 +94,7 @@ func (s *Sweeper) Run(ctx context.Context) {
 			RetryPeriod:     s.cfg.RetryPeriod,
 			ReleaseOnCancel: true,
 			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: func(lctx context.Context) { s.lead(lctx, ctx) },
+				OnStartedLeading: func(lctx context.Context) { s.lead(lctx, ctx, lock, cancelRun) },
 				OnStoppedLeading: func() {},
 				OnNewLeader: func(id string) {
 					s.log.Info("sweeper leader", "leader", id, "self", id == s.cfg.Identity)
@@ -119,19 +124,39 @@ func (s *Sweeper) Run(ctx context.Context) {
 	s.leadMu.Unlock() //nolint:staticcheck // waiting for the current term to end
 }
 
-// lead runs one leadership term until the Lease is lost (lctx) or the process stops (outer).
-func (s *Sweeper) lead(lctx, outer context.Context) {
+// lead runs one leadership term until the Lease is lost (lctx), the process stops (outer) or no
+// renewal succeeded for renewalBudget: client-go notices a lost Lease late (see renewalTracker),
+// so the term stops itself before the Lease can expire for the other replicas. When the term
+// ends it stops its elector (stopElector), after the workers stopped: a replica never holds the
+// Lease while doing nothing, and Run campaigns again.
+func (s *Sweeper) lead(lctx, outer context.Context, lock *renewalTracker, stopElector context.CancelFunc) {
 	s.leadMu.Lock()
 	defer s.leadMu.Unlock()
+	defer stopElector()
 	ctx, cancel := context.WithCancel(lctx)
 	defer cancel()
 	defer context.AfterFunc(outer, cancel)()
 	if ctx.Err() != nil {
 		return
 	}
+	budget := renewalBudget(s.cfg)
+	expired := func(since time.Duration) {
+		s.log.Warn(fmt.Sprintf("sweeper Lease not renewed for %s; stopping work before it expires", since.Round(time.Millisecond)),
+			"identity", s.cfg.Identity, "renewDeadline", s.cfg.RenewDeadline, "leaseDuration", s.cfg.LeaseDuration)
+		cancel()
+	}
+	// This term may have waited for the previous one to end: check before starting any work.
+	if since, overdue := leaseOverdue(lock, budget); overdue {
+		expired(since)
+		return
+	}
+	var watchdog sync.WaitGroup
+	watchdog.Go(func() { s.watchLease(ctx, lock, budget, expired) })
 	s.log.Info("sweeper leading", "identity", s.cfg.Identity)
 	s.m.leader.Set(1)
-	defer s.m.leader.Set(0)
-	newTerm(s).run(ctx)
+	s.work(ctx)
+	s.m.leader.Set(0)
+	cancel()
+	watchdog.Wait()
 	s.log.Info("sweeper stopped leading", "identity", s.cfg.Identity)
 }

@@ -178,7 +178,9 @@ func (t *term) run(ctx context.Context) {
 		wg.Go(func() { t.jobWorker(ctx) })
 	}
 	if t.deps.Assigner != nil {
-		wg.Go(func() { t.finishWorker(ctx) })
+		for range t.cfg.FinishWorkers {
+			wg.Go(func() { t.finishWorker(ctx) })
+		}
 	}
 	wg.Go(func() { t.gcLoop(ctx) })
 	<-ctx.Done()
@@ -342,7 +344,7 @@ func (t *term) processJob(ctx context.Context, k string) {
 		t.release(ctx, job, ReleaseResumedElse, heldSince, "")
 		return
 	}
-	ready, why := t.readiness(ctx, job, saName)
+	ready, why := t.readiness(ctx, job, saName, heldSince)
 	now := t.now()
 	step := Plan(heldSince, ready, attempt, now, t.cfg)
 	switch step.Action {
@@ -359,8 +361,10 @@ func (t *term) processJob(ctx context.Context, k string) {
 	}
 }
 
-// readiness says whether the credentials of the Job's ServiceAccount work, and why (not).
-func (t *term) readiness(ctx context.Context, job *batchv1.Job, saName string) (bool, string) {
+// readiness says whether the credentials of the Job's ServiceAccount work, and why (not). The
+// cloud check ends by the Job's max-hold deadline (see CheckDeadline): once it has passed, only
+// the answers known without a cloud call count, and Plan releases the Job without credentials.
+func (t *term) readiness(ctx context.Context, job *batchv1.Job, saName string, heldSince time.Time) (bool, string) {
 	sa, err := t.saLister.ServiceAccounts(job.Namespace).Get(saName)
 	if apierrors.IsNotFound(err) {
 		return false, fmt.Sprintf("ServiceAccount %s/%s does not exist", job.Namespace, saName)
@@ -376,7 +380,11 @@ func (t *term) readiness(ctx context.Context, job *batchv1.Job, saName string) (
 	case t.ready.Ready(sa.Namespace, sa.Name):
 		return true, "credentials proven earlier"
 	}
-	ctx, cancel := context.WithTimeout(ctx, t.cfg.CheckTimeout)
+	deadline, cause, inTime := CheckDeadline(heldSince, t.now(), t.cfg)
+	if !inTime {
+		return false, fmt.Sprintf("max hold reached before the credentials of ServiceAccount %s/%s were proven", sa.Namespace, sa.Name)
+	}
+	ctx, cancel := context.WithDeadlineCause(ctx, deadline, cause)
 	defer cancel()
 	var reasons []string
 	for _, c := range []struct {
@@ -395,6 +403,10 @@ func (t *term) readiness(ctx context.Context, job *batchv1.Job, saName string) (
 		switch {
 		case err != nil:
 			t.m.checks.WithLabelValues(c.cloud, "error").Inc()
+			if errors.Is(context.Cause(ctx), ErrMaxHoldReached) {
+				// Not a failure of the cloud: the Job's time is up and Plan releases it now.
+				return false, fmt.Sprintf("%s check did not finish before max hold: %v", c.cloud, err)
+			}
 			t.log.Warn("credential check failed", "cloud", c.cloud, "serviceaccount", key(sa.Namespace, sa.Name), "error", err)
 			return false, fmt.Sprintf("%s check failed: %v", c.cloud, err)
 		case !ok:

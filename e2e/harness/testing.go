@@ -165,6 +165,9 @@ type AuditEvent struct {
 	} `json:"responseStatus"`
 	RequestURI  string            `json:"requestURI"`
 	Annotations map[string]string `json:"annotations"`
+	// StageTimestamp is when the event's stage ended (for ResponseComplete: when the answer
+	// left the apiserver), microsecond precision.
+	StageTimestamp time.Time `json:"stageTimestamp"`
 }
 
 // Summary is a one-line rendering for logs.

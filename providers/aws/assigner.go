@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
@@ -101,8 +103,13 @@ const (
 	ownerOther
 )
 
-// seedState is the cache for one seed, guarded by sem (held for a whole session).
+// seedState is the cache for one seed, guarded by sem (held for a whole session), and the queue
+// of Assign calls waiting for the next session (guarded by qmu).
 type seedState struct {
+	qmu      sync.Mutex
+	queue    []*assignReq
+	draining bool // a goroutine runs sessions until queue is empty
+
 	sem    chan struct{}
 	loaded bool
 	gen    int64 // generation the cache matches; -1 when loaded outside a lock
@@ -418,31 +425,272 @@ func (a *Assigner) learnQuota(named, rejectedSize int) int {
 // returns that role. Already listed: same role, nothing written. Otherwise first fit over the
 // existing roles by lowest index, else a new role at the lowest free index. With a warm cache and
 // no write by another replica since this one's last, it costs exactly one IAM call.
+//
+// Concurrent calls for one seed are committed together: while one lock session writes, the
+// subjects that arrive queue up, and the next session places all of them with one trust policy
+// write per role it touches (group commit). The seed's lock serialises every write anyway, so
+// without batching each caller would pay a whole lock session (Lease round trips, IAM latency and
+// the SDK's retries of throttled calls) while the others wait; under IAM throttling that queue
+// outgrows the admission budget. A caller whose ctx ends stops waiting; its subject may still be
+// written by the session already under way, which a later Assign then finds listed for free.
 func (a *Assigner) Assign(ctx context.Context, seed RoleARN, namespace, name string) (Assignment, error) {
 	subject, err := Subject(namespace, name)
 	if err != nil {
 		return Assignment{}, err
 	}
-	s, done, err := a.begin(ctx, seed)
-	if err != nil {
+	if err := a.allowed(seed); err != nil {
 		return Assignment{}, err
 	}
-	defer done()
-	for range maxPlacementAttempts {
-		res, again, err := s.place(ctx, subject)
-		if err != nil {
-			return Assignment{}, fmt.Errorf("assigning %s to a derived role of %s: %w", subject, seed, err)
-		}
-		if !again {
-			return res, nil
-		}
+	st := a.state(seed)
+	req := &assignReq{ctx: ctx, subject: subject, done: make(chan assignResult, 1)}
+	st.qmu.Lock()
+	st.queue = append(st.queue, req)
+	start := !st.draining
+	st.draining = true
+	st.qmu.Unlock()
+	if start {
+		go a.drain(seed, st)
 	}
-	return Assignment{}, fmt.Errorf("assigning %s to a derived role of %s: gave up after %d attempts (roles changing underneath)", subject, seed, maxPlacementAttempts)
+	select {
+	case r := <-req.done:
+		if r.err != nil {
+			return Assignment{}, fmt.Errorf("assigning %s to a derived role of %s: %w", subject, seed, r.err)
+		}
+		return r.a, nil
+	case <-ctx.Done():
+		return Assignment{}, fmt.Errorf("assigning %s to a derived role of %s: %w", subject, seed, ctx.Err())
+	}
 }
 
-// place makes one placement attempt; again asks for another after the cache was corrected.
-func (s *session) place(ctx context.Context, subject string) (res Assignment, again bool, err error) {
-	log := s.a.log.With("seed", s.seed.String(), "subject", subject)
+// assignReq is one Assign waiting for its subject to be placed.
+type assignReq struct {
+	ctx     context.Context
+	subject string
+	done    chan assignResult // buffered: the drainer never blocks on a caller that left
+}
+
+type assignResult struct {
+	a   Assignment
+	err error
+}
+
+// maxBatchWait bounds a batch whose callers have no deadline.
+const maxBatchWait = 2 * time.Minute
+
+// drain runs lock sessions for st's queue until it is empty. One drainer runs per seed. The
+// batch is taken once the locks are held, so everyone who queued while the previous session or
+// the wait for the Lease went on is placed in this session.
+func (a *Assigner) drain(seed RoleARN, st *seedState) {
+	for {
+		early := st.take(false)
+		if len(early) == 0 {
+			return
+		}
+		lockCtx, cancelLock := batchContext(early)
+		s, done, err := a.begin(lockCtx, seed)
+		if err != nil {
+			cancelLock()
+			st.remove(early)
+			for _, r := range early {
+				r.done <- assignResult{err: err}
+			}
+			continue
+		}
+		batch := st.take(true)
+		if len(batch) > 0 {
+			a.assignBatch(s, batch)
+		}
+		done()
+		cancelLock()
+	}
+}
+
+// take returns the requests whose callers still wait, dropping the others; clear also empties
+// the queue. When nobody waits, the drainer's turn ends (under the same lock as enqueueing, so
+// no request is left without a drainer).
+func (st *seedState) take(clear bool) []*assignReq {
+	st.qmu.Lock()
+	defer st.qmu.Unlock()
+	live := st.queue[:0]
+	for _, r := range st.queue {
+		if r.ctx.Err() == nil { // callers that left already returned their ctx error
+			live = append(live, r)
+		}
+	}
+	st.queue = live
+	out := slices.Clone(live)
+	if clear {
+		st.queue = nil
+	}
+	if len(out) == 0 && !clear {
+		st.draining = false
+	}
+	return out
+}
+
+// remove takes answered requests out of the queue.
+func (st *seedState) remove(done []*assignReq) {
+	st.qmu.Lock()
+	defer st.qmu.Unlock()
+	st.queue = slices.DeleteFunc(st.queue, func(r *assignReq) bool { return slices.Contains(done, r) })
+}
+
+// batchContext lasts while any caller of the batch still waits, and no longer than the latest
+// caller's deadline. It keeps the first caller's values (loggers, tracing).
+func batchContext(batch []*assignReq) (context.Context, context.CancelFunc) {
+	deadline := time.Now().Add(maxBatchWait)
+	latest := time.Time{}
+	for _, r := range batch {
+		d, ok := r.ctx.Deadline()
+		if !ok {
+			latest = deadline
+			break
+		}
+		latest = later(latest, d)
+	}
+	ctx, cancel := context.WithDeadline(context.WithoutCancel(batch[0].ctx), earlier(latest, deadline))
+	var waiting atomic.Int64
+	waiting.Store(int64(len(batch)))
+	stops := make([]func() bool, 0, len(batch))
+	for _, r := range batch {
+		stops = append(stops, context.AfterFunc(r.ctx, func() {
+			if waiting.Add(-1) == 0 {
+				cancel() // nobody waits for this batch any more
+			}
+		}))
+	}
+	return ctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		cancel()
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+func earlier(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// assignBatch places batch in the lock session s and answers every caller.
+func (a *Assigner) assignBatch(s *session, batch []*assignReq) {
+	ctx, cancel := batchContext(batch)
+	defer cancel()
+	subjects := make([]string, 0, len(batch))
+	for _, r := range batch {
+		if !slices.Contains(subjects, r.subject) {
+			subjects = append(subjects, r.subject)
+		}
+	}
+	results := s.placeBatch(ctx, subjects)
+	for _, r := range batch {
+		r.done <- results[r.subject]
+	}
+	if len(subjects) > 1 {
+		a.log.Debug("assigned a batch of subjects in one lock session", "seed", s.seed.String(), "subjects", len(subjects))
+	}
+}
+
+// placeBatch places subjects; every subject gets a result.
+func (s *session) placeBatch(ctx context.Context, subjects []string) map[string]assignResult {
+	out := make(map[string]assignResult, len(subjects))
+	todo := subjects
+	for range maxPlacementAttempts {
+		if len(todo) == 0 {
+			return out
+		}
+		todo = s.placeRound(ctx, todo, out)
+	}
+	for _, sub := range todo {
+		out[sub] = assignResult{err: fmt.Errorf("gave up after %d attempts (roles changing underneath)", maxPlacementAttempts)}
+	}
+	return out
+}
+
+// placeRound makes one placement attempt for todo: subjects already listed are answered,
+// the others are added to the staged trust policy of their first-fit role (a new role is created
+// for a subject no existing role can take), and then every touched role is written once, in
+// index order. It returns the subjects to place again (IAM refused their role as full, or a role
+// appeared that the cache did not know).
+func (s *session) placeRound(ctx context.Context, todo []string, out map[string]assignResult) (again []string) {
+	log := s.a.log.With("seed", s.seed.String())
+	quota := s.a.quotaFor(ctx)
+	staged := map[*roleState]TrustPolicy{}
+	members := map[*roleState][]string{}
+	current := func(r *roleState) TrustPolicy {
+		if p, ok := staged[r]; ok {
+			return p
+		}
+		return r.trust
+	}
+next:
+	for _, sub := range todo {
+		if res, ok, err := s.listed(ctx, sub); err != nil || ok {
+			out[sub] = assignResult{a: res, err: err}
+			continue
+		}
+		for _, r := range s.st.roles {
+			if r.bad != nil || r.owner == ownerOther {
+				continue
+			}
+			cand, _, ok, err := Fit(current(r), sub, quota)
+			if err != nil || !ok {
+				continue
+			}
+			if err := s.ensureComplete(ctx, r); errors.Is(err, errForeign) {
+				continue
+			} else if err != nil {
+				out[sub] = assignResult{err: err}
+				continue next
+			}
+			staged[r] = cand
+			members[r] = append(members[r], sub)
+			continue next
+		}
+		res, retry, err := s.placeNew(ctx, sub, quota)
+		switch {
+		case retry:
+			again = append(again, sub)
+		default:
+			out[sub] = assignResult{a: res, err: err}
+		}
+	}
+	for _, r := range slices.Clone(s.st.roles) {
+		p, ok := staged[r]
+		if !ok {
+			continue
+		}
+		size, _ := p.Size()
+		err := s.writeTrust(ctx, r, p)
+		if named, full := trustQuotaError(err); full {
+			// IAM's verdict wins over our measurement: this role is full, place them again.
+			quota = s.a.learnQuota(named, size)
+			again = append(again, members[r]...)
+			continue
+		}
+		for _, sub := range members[r] {
+			if err != nil {
+				out[sub] = assignResult{err: err}
+				continue
+			}
+			out[sub] = assignResult{a: Assignment{RoleARN: r.arn.String()}}
+			log.Info("assigned ServiceAccount to derived role", "subject", sub, "role", r.arn.String(), "chars", size, "quota", quota, "batch", len(members[r]))
+		}
+	}
+	return again
+}
+
+// listed finds a role of ours that already lists subject.
+func (s *session) listed(ctx context.Context, subject string) (Assignment, bool, error) {
 	for _, r := range s.st.roles {
 		if r.bad != nil || r.owner == ownerOther || !r.trust.Has(subject) {
 			continue
@@ -450,38 +698,16 @@ func (s *session) place(ctx context.Context, subject string) (res Assignment, ag
 		if err := s.ensureComplete(ctx, r); errors.Is(err, errForeign) {
 			continue
 		} else if err != nil {
-			return res, false, err
+			return Assignment{}, false, err
 		}
-		return Assignment{RoleARN: r.arn.String(), AlreadyListed: true}, false, nil
+		return Assignment{RoleARN: r.arn.String(), AlreadyListed: true}, true, nil
 	}
+	return Assignment{}, false, nil
+}
 
-	quota := s.a.quotaFor(ctx)
-	for _, r := range s.st.roles {
-		if r.bad != nil || r.owner == ownerOther {
-			continue
-		}
-		cand, size, ok, err := Fit(r.trust, subject, quota)
-		if err != nil || !ok {
-			continue
-		}
-		if err := s.ensureComplete(ctx, r); errors.Is(err, errForeign) {
-			continue
-		} else if err != nil {
-			return res, false, err
-		}
-		err = s.writeTrust(ctx, r, cand)
-		if named, full := trustQuotaError(err); full {
-			// IAM's verdict wins over our measurement: this role is full, try the next.
-			quota = s.a.learnQuota(named, size)
-			continue
-		}
-		if err != nil {
-			return res, false, err
-		}
-		log.Info("assigned ServiceAccount to derived role", "role", r.arn.String(), "chars", size, "quota", quota)
-		return Assignment{RoleARN: r.arn.String()}, false, nil
-	}
-
+// placeNew creates a derived role at the lowest free index for subject; again asks for another
+// placement after the cache was corrected (a role full at creation, or one that already existed).
+func (s *session) placeNew(ctx context.Context, subject string, quota int) (res Assignment, again bool, err error) {
 	idx := s.freeIndex()
 	if idx >= s.a.cfg.RoleCreationLimit {
 		return res, false, fmt.Errorf("%w: all %d derived roles of %s are full (raise --role-creation-limit or the ACLSizePerRole quota)", ErrRoleLimitReached, s.a.cfg.RoleCreationLimit, s.seed)
@@ -520,7 +746,7 @@ func (s *session) place(ctx context.Context, subject string) (res Assignment, ag
 	case err != nil:
 		return res, false, err
 	}
-	log.Info("created derived role", "role", arn.String(), "chars", size, "quota", quota)
+	s.a.log.Info("created derived role", "seed", s.seed.String(), "subject", subject, "role", arn.String(), "chars", size, "quota", quota)
 	return Assignment{RoleARN: arn.String(), Created: true}, false, nil
 }
 

@@ -46,7 +46,10 @@
 //
 // IAM has no compare-and-swap, so every read-modify-write of a seed's roles happens under a
 // Locker (a Kubernetes Lease per seed in production) whose generation tells a replica when its
-// cache is stale; see Locker for the protocol.
+// cache is stale; see Locker for the protocol. Assign calls that arrive while a session runs (or
+// waits for the lock) are placed together in the next session, with one trust policy write per
+// role touched: under a busy hour or IAM throttling, the cost of a session is shared instead of
+// queued.
 //
 // # IAM policy (manifests/iam-policy.json)
 //

@@ -340,6 +340,105 @@ func TestAssignerAgainstMoto(t *testing.T) {
 		}
 	})
 
+	t.Run("callers that queue behind a lock session are committed together", func(t *testing.T) {
+		e := newEnv(t, srv, "batch-seed", 2048)
+		ctx := ctxT(t)
+		locker := NewLocalLocker()
+		a := e.assigner(locker, Config{})
+		per := e.capacity(2048)
+		if _, err := a.Assign(ctx, e.seed, "demo", sessionSA(0)); err != nil { // warm: role 0 exists
+			t.Fatal(err)
+		}
+		// Another replica holds the seed's lock while the callers arrive.
+		unlock, _, err := locker.Lock(ctx, e.seed.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		total := per + 5 // fills role 0, spills into a new role 1
+		results := make([]Assignment, total)
+		errs := make([]error, total)
+		var wg sync.WaitGroup
+		for i := 1; i < total; i++ {
+			wg.Go(func() { results[i], errs[i] = a.Assign(ctx, e.seed, "demo", sessionSA(i)) })
+		}
+		st := a.state(e.seed)
+		for queued := 0; queued < total-1; time.Sleep(5 * time.Millisecond) {
+			st.qmu.Lock()
+			queued = len(st.queue)
+			st.qmu.Unlock()
+		}
+		e.proxy.ResetCalls()
+		unlock()
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatal(err)
+		}
+		// One write per role: role 0 gets its remaining space in one UpdateAssumeRolePolicy, role
+		// 1 is created with one subject and gets the rest in one more. One by one it would be
+		// total-2 updates.
+		c := e.calls()
+		if c["iam:UpdateAssumeRolePolicy"] != 2 || c["iam:CreateRole"] != 1 {
+			t.Errorf("IAM calls for %d queued assignments: %v; want 2 UpdateAssumeRolePolicy and 1 CreateRole", total-1, c)
+		}
+		t.Logf("IAM calls for %d assignments queued behind one lock session: %v", total-1, c)
+		seen := map[string]string{}
+		for r := range 2 {
+			name := derivedName(e.seed, r)
+			for _, s := range e.trustOf(name).Subjects() {
+				if prev, dup := seen[s]; dup {
+					t.Errorf("%s listed in %s and %s", s, prev, name)
+				}
+				seen[s] = name
+			}
+		}
+		created := 0
+		for i := 1; i < total; i++ {
+			if role, ok := seen[sessionSubject(i)]; !ok || !strings.HasSuffix(results[i].RoleARN, "/"+role) {
+				t.Errorf("subject %d: Assign said %+v, IAM lists it in %q", i, results[i], role)
+			}
+			if results[i].Created {
+				created++
+			}
+		}
+		if len(seen) != total || created != 1 {
+			t.Errorf("%d subjects in IAM (want %d), %d assignments reported a created role (want 1)", len(seen), total, created)
+		}
+	})
+
+	t.Run("a caller that gives up leaves the batch to the others", func(t *testing.T) {
+		e := newEnv(t, srv, "leave-seed", 2048)
+		ctx := ctxT(t)
+		locker := NewLocalLocker()
+		a := e.assigner(locker, Config{})
+		unlock, _, err := locker.Lock(ctx, e.seed.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		short, cancel := context.WithCancel(ctx)
+		shortErr := make(chan error, 1)
+		go func() { _, err := a.Assign(short, e.seed, "demo", sessionSA(1)); shortErr <- err }()
+		got := make(chan error, 1)
+		var res Assignment
+		go func() { var err error; res, err = a.Assign(ctx, e.seed, "demo", sessionSA(2)); got <- err }()
+		st := a.state(e.seed)
+		for queued := 0; queued < 2; time.Sleep(5 * time.Millisecond) {
+			st.qmu.Lock()
+			queued = len(st.queue)
+			st.qmu.Unlock()
+		}
+		cancel()
+		if err := <-shortErr; !errors.Is(err, context.Canceled) {
+			t.Errorf("the caller that left got %v, want context.Canceled", err)
+		}
+		unlock()
+		if err := <-got; err != nil || !strings.HasSuffix(res.RoleARN, "/leave-seed-0") {
+			t.Fatalf("the caller that stayed: %+v, %v", res, err)
+		}
+		if subs := e.trustOf("leave-seed-0").Subjects(); !slices.Equal(subs, []string{sessionSubject(2)}) {
+			t.Errorf("role 0 lists %v; the subject of the caller that left must not be written", subs)
+		}
+	})
+
 	t.Run("IAM 409 means full: learn the quota and move on", func(t *testing.T) {
 		e := newEnv(t, srv, "q409-seed", 2048)
 		ctx := ctxT(t)

@@ -68,6 +68,14 @@ type Faults struct {
 	ThrottleRate    float64
 	ServerErrorRate float64
 	Latency         time.Duration
+	// SlowRate, when above 0, delays only that fraction of matching requests by Latency
+	// (drawn from the same seeded generator); 0 delays every one.
+	SlowRate float64
+	// LateAnswer moves the delay after moto answered: the request takes effect at once and
+	// only its answer is late, which is what a caller that gives up on a slow IAM write
+	// must cope with (the write landed although the call failed). Throttled and failed
+	// requests are answered after the delay either way.
+	LateAnswer bool
 	// Actions limits faults to these actions, written "iam:UpdateAssumeRolePolicy",
 	// "UpdateAssumeRolePolicy" or with StringLike wildcards ("iam:*"). Empty means all.
 	Actions []string
@@ -267,6 +275,9 @@ func (f Faults) validate() error {
 	if f.ThrottleRate < 0 || f.ServerErrorRate < 0 || f.ThrottleRate+f.ServerErrorRate > 1 {
 		return fmt.Errorf("fault rates %v+%v outside [0,1]", f.ThrottleRate, f.ServerErrorRate)
 	}
+	if f.SlowRate < 0 || f.SlowRate > 1 {
+		return fmt.Errorf("slow rate %v outside [0,1]", f.SlowRate)
+	}
 	return nil
 }
 
@@ -333,8 +344,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	latency, fault := p.drawFault(key)
-	if latency > 0 {
+	latency, fault, late := p.drawFault(key)
+	if latency > 0 && late && fault == faultNone {
+		// The request reaches moto now; the answer waits, even if the caller gave up.
+		w = &lateWriter{ResponseWriter: w, delay: latency}
+	} else if latency > 0 {
 		select {
 		case <-time.After(latency):
 		case <-r.Context().Done():
@@ -374,29 +388,53 @@ const (
 
 // drawFault decides, under the lock so the seeded sequence stays
 // deterministic, what happens to one request for key.
-func (p *Proxy) drawFault(key string) (time.Duration, faultKind) {
+// The third result says whether the delay holds back the answer (Faults.LateAnswer).
+func (p *Proxy) drawFault(key string) (time.Duration, faultKind, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	f := p.faults
 	if !f.applies(key) {
-		return 0, faultNone
+		return 0, faultNone, false
 	}
-	if f.Latency > 0 {
+	latency := f.Latency
+	if latency > 0 && f.SlowRate > 0 && p.rng.Float64() >= f.SlowRate {
+		latency = 0
+	}
+	if latency > 0 {
 		p.faultCounts.Delayed[key]++
 	}
 	if f.ThrottleRate == 0 && f.ServerErrorRate == 0 {
-		return f.Latency, faultNone
+		return latency, faultNone, f.LateAnswer
 	}
 	switch x := p.rng.Float64(); {
 	case x < f.ThrottleRate:
 		p.faultCounts.Throttled[key]++
-		return f.Latency, faultThrottle
+		return latency, faultThrottle, f.LateAnswer
 	case x < f.ThrottleRate+f.ServerErrorRate:
 		p.faultCounts.ServerErrors[key]++
-		return f.Latency, faultServerError
+		return latency, faultServerError, f.LateAnswer
 	}
-	return f.Latency, faultNone
+	return latency, faultNone, f.LateAnswer
 }
+
+// lateWriter holds the answer back by delay: moto has already applied the request when the
+// first header is written.
+type lateWriter struct {
+	http.ResponseWriter
+	delay  time.Duration
+	waited bool
+}
+
+func (l *lateWriter) wait() {
+	if !l.waited {
+		l.waited = true
+		time.Sleep(l.delay)
+	}
+}
+
+func (l *lateWriter) WriteHeader(code int) { l.wait(); l.ResponseWriter.WriteHeader(code) }
+
+func (l *lateWriter) Write(b []byte) (int, error) { l.wait(); return l.ResponseWriter.Write(b) }
 
 func (f Faults) applies(key string) bool {
 	if f.ThrottleRate == 0 && f.ServerErrorRate == 0 && f.Latency == 0 {

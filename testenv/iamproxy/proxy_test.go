@@ -432,6 +432,42 @@ func TestFaults(t *testing.T) {
 		}
 	})
 
+	t.Run("slow rate delays only a fraction", func(t *testing.T) {
+		e.proxy.ResetCalls()
+		e.proxy.SetFaults(Faults{Latency: time.Millisecond, SlowRate: 0.25, Actions: []string{"GetRole"}, Seed: 3})
+		defer e.proxy.SetFaults(Faults{})
+		const n = 80
+		for range n {
+			if _, err := e.iam.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String("r")}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// 80 draws at 25 %: 20 expected; [8, 32] is beyond four standard deviations.
+		if got := e.proxy.Faults().Delayed["iam:GetRole"]; got < 8 || got > 32 {
+			t.Errorf("Delayed = %d of %d at slow rate 0.25", got, n)
+		}
+	})
+
+	t.Run("a late answer still lands the write", func(t *testing.T) {
+		e.proxy.SetFaults(Faults{Latency: 3 * time.Second, LateAnswer: true, Actions: []string{"UpdateAssumeRolePolicy"}})
+		defer e.proxy.SetFaults(Faults{})
+		doc := `{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":{"AWS":"*"},"Action":"sts:AssumeRole"}]}`
+		short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		_, err := e.iam.UpdateAssumeRolePolicy(short, &iam.UpdateAssumeRolePolicyInput{RoleName: aws.String("r"), PolicyDocument: aws.String(doc)})
+		if err == nil {
+			t.Fatal("UpdateAssumeRolePolicy answered within 300 ms despite a 3 s late answer")
+		}
+		// The caller gave up, but moto (read directly) applied the write.
+		role, err := iam.NewFromConfig(moto.ConfigFor(srv.Endpoint)).GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String("r")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if policy, _ := url.QueryUnescape(aws.ToString(role.Role.AssumeRolePolicyDocument)); !strings.Contains(policy, `"Deny"`) {
+			t.Errorf("moto has %s; the late-answered write did not land", policy)
+		}
+	})
+
 	t.Run("latency is counted", func(t *testing.T) {
 		e.proxy.ResetCalls()
 		e.proxy.SetFaults(Faults{Latency: time.Millisecond, Actions: []string{"GetRole"}})

@@ -373,7 +373,7 @@ func TestDrawFaultDeterministicBySeed(t *testing.T) {
 		}
 		var out []faultKind
 		for range 64 {
-			_, k := p.drawFault("iam:GetRole")
+			_, k, _ := p.drawFault("iam:GetRole")
 			out = append(out, k)
 		}
 		return out

@@ -1,0 +1,39 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The sweeper's leader-election timings are derived from one flag; too short a Lease is refused
+// before anything starts, and a disabled sweeper ignores it.
+func TestSweeperLeaseDurationValidated(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		sweeper bool
+		lease   time.Duration
+		wantErr string
+	}{
+		{"too short", true, 2 * time.Second, "--sweeper-lease-duration 2s: must be at least 3s"},
+		{"zero", true, 0, "--sweeper-lease-duration 0s"},
+		{"minimum", true, 3 * time.Second, ""},
+		{"sweeper off ignores it", false, time.Second, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// No provider and no cluster: nothing to start, only the flags are checked.
+			p := providerConfig{namespaces: "*", sweeper: tc.sweeper, sweeperLease: tc.lease}
+			_, err := p.build(context.Background(), deps{log: slog.New(slog.DiscardHandler), reg: prometheus.NewRegistry()})
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("build: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("build error = %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
