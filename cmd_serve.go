@@ -124,7 +124,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 	go src.Run(ctx)
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), src)
 	metrics := admission.NewMetrics(reg)
 
 	cs, restCfg, err := kubeClient(c.kubeconfig)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // FileSource serves the certificate pair found at two paths and reloads it when the files change.
@@ -33,6 +34,8 @@ type FileSource struct {
 	raw     []byte // cert+key bytes of the loaded pair, to skip reloads that change nothing
 	loadErr error
 	loaded  time.Time
+	loads   uint64 // pairs swapped in, the first included
+	fails   uint64 // reloads that kept the previous pair
 }
 
 // NewFileSource loads the pair once; it fails when the first load fails.
@@ -96,6 +99,7 @@ func (s *FileSource) reload() (bool, error) {
 	}
 	s.mu.Lock()
 	s.cert, s.raw, s.loadErr, s.loaded = &pair, raw, nil, time.Now()
+	s.loads++
 	s.mu.Unlock()
 	if s.log != nil {
 		s.log.Info("serving certificate loaded", "file", s.certFile, "notAfter", pair.Leaf.NotAfter, "serial", pair.Leaf.SerialNumber.String())
@@ -106,11 +110,40 @@ func (s *FileSource) reload() (bool, error) {
 func (s *FileSource) fail(err error) error {
 	s.mu.Lock()
 	s.loadErr = err
+	s.fails++
 	s.mu.Unlock()
 	if s.log != nil {
 		s.log.Warn("serving certificate not reloaded; keeping the previous one", "error", err)
 	}
 	return err
+}
+
+var (
+	reloadsDesc = prometheus.NewDesc("credential_webhook_certificate_reloads_total",
+		"Serving certificate pairs read from disk: loaded (swapped in, the first included) or failed (the previous pair kept serving).",
+		[]string{"result"}, nil)
+	notAfterDesc = prometheus.NewDesc("credential_webhook_certificate_not_after_timestamp_seconds",
+		"Expiry of the serving certificate in use (Unix seconds): alert when it comes near, cert-manager did not rotate it.",
+		nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (s *FileSource) Describe(ch chan<- *prometheus.Desc) {
+	ch <- reloadsDesc
+	ch <- notAfterDesc
+}
+
+// Collect implements prometheus.Collector: the figures are read at scrape time, so the source
+// needs no registry of its own.
+func (s *FileSource) Collect(ch chan<- prometheus.Metric) {
+	s.mu.RLock()
+	loads, fails, cert := s.loads, s.fails, s.cert
+	s.mu.RUnlock()
+	ch <- prometheus.MustNewConstMetric(reloadsDesc, prometheus.CounterValue, float64(loads), "loaded")
+	ch <- prometheus.MustNewConstMetric(reloadsDesc, prometheus.CounterValue, float64(fails), "failed")
+	if cert != nil && cert.Leaf != nil {
+		ch <- prometheus.MustNewConstMetric(notAfterDesc, prometheus.GaugeValue, float64(cert.Leaf.NotAfter.Unix()))
+	}
 }
 
 // Run watches and polls until ctx ends.

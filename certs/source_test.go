@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func serve(t *testing.T, dir string, poll time.Duration) (addr string, src *FileSource) {
@@ -77,6 +79,63 @@ func TestRotationWithoutRestart(t *testing.T) {
 			t.Fatal("new connections still get the old certificate 15 s after rotation")
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// The source reports its reloads and the expiry of the pair in use at scrape time.
+func TestSourceMetrics(t *testing.T) {
+	dir := t.TempDir()
+	if err := WriteDev(DevOptions{Dir: dir, Hosts: []string{"127.0.0.1"}, Validity: 48 * time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	src, err := NewFileSource(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(src)
+	gather := func() (loaded, failed, notAfter float64) {
+		t.Helper()
+		families, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range families {
+			for _, m := range f.GetMetric() {
+				switch {
+				case f.GetName() == "credential_webhook_certificate_not_after_timestamp_seconds":
+					notAfter = m.GetGauge().GetValue()
+				case m.GetLabel()[0].GetValue() == "loaded":
+					loaded = m.GetCounter().GetValue()
+				case m.GetLabel()[0].GetValue() == "failed":
+					failed = m.GetCounter().GetValue()
+				}
+			}
+		}
+		return loaded, failed, notAfter
+	}
+	first := src.cert.Leaf.NotAfter
+	if l, f, na := gather(); l != 1 || f != 0 || na != float64(first.Unix()) {
+		t.Fatalf("after the first load: loaded %v failed %v notAfter %v; want 1, 0, %d", l, f, na, first.Unix())
+	}
+	// A half-written rotation (certificate replaced, key not yet) keeps the old pair and counts.
+	if err := os.WriteFile(filepath.Join(dir, "tls.key"), []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.reload(); err == nil {
+		t.Fatal("a broken key loaded")
+	}
+	if l, f, na := gather(); l != 1 || f != 1 || na != float64(first.Unix()) {
+		t.Fatalf("after a failed reload: loaded %v failed %v notAfter %v", l, f, na)
+	}
+	if err := WriteDev(DevOptions{Dir: dir, Hosts: []string{"127.0.0.1"}, ReuseCA: true, Validity: 96 * time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if swapped, err := src.reload(); !swapped || err != nil {
+		t.Fatalf("reload after rotation = %v, %v", swapped, err)
+	}
+	if l, f, na := gather(); l != 2 || f != 1 || na != float64(src.cert.Leaf.NotAfter.Unix()) || na <= float64(first.Unix()) {
+		t.Fatalf("after the rotation: loaded %v failed %v notAfter %v (first %d)", l, f, na, first.Unix())
 	}
 }
 

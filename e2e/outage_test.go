@@ -3,12 +3,9 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -16,14 +13,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/iam"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/e2e/harness"
+	awsp "go.klusters.dev/credential-webhook/providers/aws"
 	"go.klusters.dev/credential-webhook/sweeper"
 	"go.klusters.dev/credential-webhook/sweeper/awscheck"
 )
@@ -247,9 +243,15 @@ func TestOutageAPIServerUnreachableThenCatchUp(t *testing.T) {
 	// In moto: every subject in exactly one derived role of the seed, the one on its
 	// ServiceAccount (a finish retried after an IAM write whose patch was lost must not leave
 	// the subject in a second role).
-	listed, err := outageDerivedSubjects(ctx, w.seed)
+	seedARN, err := awsp.ParseRoleARN(w.seed)
 	if err != nil {
 		t.Fatal(err)
+	}
+	listed := map[string][]string{}
+	for _, r := range packRoles(t, seedARN) {
+		for _, sub := range r.Subjects {
+			listed[sub] = append(listed[sub], r.ARN)
+		}
 	}
 	for _, name := range names {
 		in := listed[flowSubject(w.ns, name)]
@@ -374,34 +376,6 @@ func outageLogTimes(w *harness.Webhook, msg string) []time.Time {
 	return out
 }
 
-// outageDerivedSubjects maps every subject trusted by a derived role of seed, read from moto
-// directly, to the roles listing it.
-func outageDerivedSubjects(ctx context.Context, seed string) (map[string][]string, error) {
-	client := iam.NewFromConfig(cluster.AWSConfig())
-	out := map[string][]string{}
-	pages := iam.NewListRolesPaginator(client, &iam.ListRolesInput{})
-	for pages.HasMorePages() {
-		page, err := pages.NextPage(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("ListRoles: %w", err)
-		}
-		for _, r := range page.Roles {
-			arn := aws.ToString(r.Arn)
-			if !awscheck.DerivedFrom(seed, arn) {
-				continue
-			}
-			subs, err := flowTrustedSubjects(ctx, client, arn)
-			if err != nil {
-				return nil, err
-			}
-			for _, s := range subs {
-				out[s] = append(out[s], arn)
-			}
-		}
-	}
-	return out, nil
-}
-
 // outageProbe polls a replica's /readyz and /healthz (HTTPS, trusting the harness's webhook
 // CA, as the kubelet would probe them) and whether its process runs, every 250 ms.
 type outageProbe struct {
@@ -419,13 +393,9 @@ type outageEndpoint struct {
 
 func outageStartProbe(t *testing.T, wh *harness.Webhook) *outageProbe {
 	t.Helper()
-	caPEM, err := os.ReadFile(filepath.Join(cluster.WebhookCertDir, "ca.crt"))
+	pool, err := cluster.WebhookCAPool()
 	if err != nil {
 		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		t.Fatal("no certificate in the webhook CA file")
 	}
 	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
 		TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},

@@ -146,14 +146,26 @@ func (w *Webhook) start(ctx context.Context) error {
 	return c.probe(ctx, w.Name)
 }
 
+// WebhookCAPool is the CA that signs the replicas' serving certificates (WebhookCertDir/ca.crt),
+// for clients that talk to a replica directly as the apiserver does.
+func (c *Cluster) WebhookCAPool() (*x509.CertPool, error) {
+	caPEM, err := os.ReadFile(filepath.Join(c.WebhookCertDir, "ca.crt"))
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("%s holds no certificate", filepath.Join(c.WebhookCertDir, "ca.crt"))
+	}
+	return pool, nil
+}
+
 // waitReady polls /readyz over HTTPS with the dev CA.
 func (w *Webhook) waitReady(ctx context.Context) error {
-	pool := x509.NewCertPool()
-	caPEM, err := os.ReadFile(filepath.Join(w.c.WebhookCertDir, "ca.crt"))
+	pool, err := w.c.WebhookCAPool()
 	if err != nil {
 		return err
 	}
-	pool.AppendCertsFromPEM(caPEM)
 	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
 	defer client.CloseIdleConnections()
 	w.mu.Lock()
