@@ -62,6 +62,7 @@ type providerConfig struct {
 	sweeper             bool
 	sweeperLease        time.Duration
 	maxHold, gcInterval time.Duration
+	gcGrace             time.Duration
 	checksInARow        int
 
 	azureScopes, azureARMEndpoint, azureARMAudience string
@@ -84,6 +85,7 @@ func (p *providerConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&p.maxHold, "max-hold", sweeper.DefaultMaxHold, "release a held Job after this long even without credentials (with a Warning Event)")
 	fs.IntVar(&p.checksInARow, "sweeper-checks-in-a-row", sweeper.DefaultChecksInARow, "successful credential checks in a row before a Job is released")
 	fs.DurationVar(&p.gcInterval, "gc-interval", sweeper.DefaultGCInterval, "how often the sweeper compares every derived role and binding with the ServiceAccounts that exist")
+	fs.DurationVar(&p.gcGrace, "gc-grace", sweeper.DefaultGCGrace, "how long a ServiceAccount must be gone before its cloud subjects are removed (a delete-and-recreate within it keeps them)")
 	fs.BoolVar(&p.podIdentity, "aws-inject-pod-identity", false, "inject IRSA credentials (env and a projected token) into Pods whose ServiceAccount has eks.amazonaws.com/role-arn, for clusters without the EKS pod-identity webhook")
 	fs.StringVar(&p.pods.Region, "aws-region", "", "AWS_REGION and AWS_DEFAULT_REGION injected into Pods (when absent)")
 	fs.BoolVar(&p.pods.RegionalSTS, "aws-sts-regional-endpoints", true, "inject AWS_STS_REGIONAL_ENDPOINTS=regional into Pods")
@@ -223,7 +225,7 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 			sw.ServiceAccounts = sas.Informer
 		}
 		s := sweeper.New(d.kube, sweeper.Config{
-			MaxHold: p.maxHold, ChecksInARow: p.checksInARow, GCInterval: p.gcInterval,
+			MaxHold: p.maxHold, ChecksInARow: p.checksInARow, GCInterval: p.gcInterval, GCGrace: p.gcGrace,
 			Namespace: p.leaseNamespace, Identity: p.identity,
 			LeaseDuration: p.sweeperLease, RenewDeadline: p.sweeperLease * 2 / 3, RetryPeriod: p.sweeperLease * 2 / 15,
 		}, sw, d.log)

@@ -12,7 +12,6 @@ import (
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/e2e/harness"
 	"go.klusters.dev/credential-webhook/providers/azure"
-	"go.klusters.dev/credential-webhook/sweeper"
 	"go.klusters.dev/credential-webhook/testenv/arm"
 )
 
@@ -21,9 +20,9 @@ import (
 // have been missing for the grace period, keeps the living ones, and deletes the binding with its
 // last subject (RemoveSubjects); the ClusterRole stays (it grants nothing without a binding).
 func TestAzureGarbageCollectsDeletedServiceAccounts(t *testing.T) {
-	// The grace period is a minute (sweeper.DefaultGCGrace, no flag); a deletion triggers a
-	// collection after a 2 s debounce, which comes back when the grace period is over.
-	const gcTimeout = sweeper.DefaultGCGrace + time.Minute
+	// The grace period is flowGCGrace; a deletion triggers a collection after a 2 s debounce,
+	// which comes back when the grace period is over.
+	const gcTimeout = flowGCGrace + time.Minute
 	ctx := context.Background()
 	ns := cluster.Namespace(t)
 	s := arm.Start(t)
@@ -46,6 +45,7 @@ func TestAzureGarbageCollectsDeletedServiceAccounts(t *testing.T) {
 			"--azure-arm-endpoint=" + s.URL,
 			"--lease-namespace=" + harness.WebhookNamespace,
 			"--identity=" + name,
+			"--gc-grace=" + flowGCGrace.String(),
 		},
 		Env: s.Env(),
 	})
@@ -106,6 +106,9 @@ func TestAzureGarbageCollectsDeletedServiceAccounts(t *testing.T) {
 		return err == nil && len(subjects) == 1 && subjects[sas[2]] == 1, err
 	})
 	firstTook := time.Since(start)
+	if firstTook < flowGCGrace {
+		t.Errorf("subjects collected %s after the deletes, before the grace period %s", firstTook, flowGCGrace)
+	}
 	// The whole binding, not only this namespace's subjects: nothing else was in it.
 	b, err := cluster.Client.RbacV1().ClusterRoleBindings().Get(ctx, rbacName, metav1.GetOptions{})
 	if err != nil {
@@ -148,5 +151,5 @@ func TestAzureGarbageCollectsDeletedServiceAccounts(t *testing.T) {
 		t.Errorf("ARM calls %+v; want one identity read (collection needs no ARM call)", c)
 	}
 	t.Logf("figures: %d ServiceAccounts bound to %s; 2 deleted, collected in %s; last deleted, binding gone in %s (grace %s, debounce 2s)",
-		len(sas), rbacName, firstTook.Round(time.Second), lastTook.Round(time.Second), sweeper.DefaultGCGrace)
+		len(sas), rbacName, firstTook.Round(time.Second), lastTook.Round(time.Second), flowGCGrace)
 }

@@ -50,6 +50,10 @@ import (
 // Every test starts webhook replicas, so none runs in parallel (see harness.StartWebhook). The
 // proxy's settings (propagation delay, faults) are global: each test resets what it set.
 
+// flowGCGrace is the garbage collection grace period the GC tests run with (--gc-grace): long
+// enough to span an assignment and the store of its ServiceAccount, short enough for CI.
+const flowGCGrace = 10 * time.Second
+
 // flowOperatorGroups are the groups of the KubeStash operator's ServiceAccount token.
 var flowOperatorGroups = []string{"system:serviceaccounts", "system:serviceaccounts:kubestash", "system:authenticated"}
 
@@ -660,7 +664,7 @@ func TestFlowGarbageCollectsDeletedServiceAccounts(t *testing.T) {
 	const n = 50
 	ctx := context.Background()
 	w := flowSetup(t, "kubestash-gc")
-	wh := w.replica(t, "a")
+	wh := w.replica(t, "a", "--gc-grace="+flowGCGrace.String())
 	flowWaitLeader(t, wh.Name)
 
 	createStart := time.Now()
@@ -706,14 +710,17 @@ func TestFlowGarbageCollectsDeletedServiceAccounts(t *testing.T) {
 		}
 	}
 	deleted := time.Since(start)
-	// The grace period is a minute (sweeper.DefaultGCGrace, no flag), the debounce 2 s.
+	// The grace period is flowGCGrace, the debounce 2 s.
 	var left int
-	flowPoll(t, sweeper.DefaultGCGrace+2*time.Minute, "the deleted ServiceAccounts' subjects gone from moto", func() (bool, error) {
+	flowPoll(t, flowGCGrace+2*time.Minute, "the deleted ServiceAccounts' subjects gone from moto", func() (bool, error) {
 		var err error
 		left, err = listed()
 		return left == 0, err
 	})
 	took := time.Since(start)
+	if took < flowGCGrace {
+		t.Errorf("subjects collected %s after the first delete, before the grace period %s", took, flowGCGrace)
+	}
 	calls := flowCallsSince(before)
 	if got := flowMetric(t, wh, "credential_webhook_subjects_collected_total", nil) - collectedBefore; got != n {
 		t.Errorf("subjects_collected_total grew by %v, want %d", got, n)
@@ -723,7 +730,7 @@ func TestFlowGarbageCollectsDeletedServiceAccounts(t *testing.T) {
 	}
 	t.Logf("figures: %d ServiceAccounts in %d derived roles, assigned in %s (IAM %s); deleted in %s; subjects gone from moto %s after the first delete (grace %s, debounce 2s); IAM calls for the collection: %s",
 		n, len(roles), createTook.Round(time.Millisecond), flowFormatCalls(createIAM), deleted.Round(time.Millisecond),
-		took.Round(time.Second), sweeper.DefaultGCGrace, flowFormatCalls(calls))
+		took.Round(time.Second), flowGCGrace, flowFormatCalls(calls))
 }
 
 // 5. Leader handover through real processes: two replicas; the one holding the sweeper Lease
