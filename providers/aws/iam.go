@@ -50,7 +50,9 @@ var _ IAMAPI = (*iam.Client)(nil)
 // caller's ctx deadline (the admission time budget) is what really bounds the retries: the SDK's
 // backoff sleep returns as soon as ctx ends. The client-side retry quota is disabled so a burst of
 // throttling during a busy hour does not turn into local "retry quota exceeded" failures.
-// IAM's LimitExceeded (quota, HTTP 409) is not a throttling code and is never retried.
+// IAM's LimitExceeded (quota, HTTP 409) is not a throttling code and is never retried. An attempt
+// that hangs is abandoned after DefaultAttemptTimeout and retried (WithAttemptTimeout; a later
+// WithAttemptTimeout in optFns adds a tighter bound).
 func NewIAMClient(cfg aws.Config, optFns ...func(*iam.Options)) *iam.Client {
 	opts := append([]func(*iam.Options){func(o *iam.Options) {
 		o.Retryer = retry.NewStandard(func(so *retry.StandardOptions) {
@@ -58,7 +60,7 @@ func NewIAMClient(cfg aws.Config, optFns ...func(*iam.Options)) *iam.Client {
 			so.MaxBackoff = 5 * time.Second
 			so.RateLimiter = ratelimit.None
 		})
-	}}, optFns...)
+	}, WithAttemptTimeout(DefaultAttemptTimeout)}, optFns...)
 	return iam.NewFromConfig(cfg, opts...)
 }
 

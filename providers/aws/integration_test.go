@@ -567,6 +567,34 @@ func TestAssignerAgainstMoto(t *testing.T) {
 		t.Logf("%d throttled requests retried", throttled)
 	})
 
+	t.Run("a hung attempt is abandoned and retried", func(t *testing.T) {
+		e := newEnv(t, srv, "hung-seed", 2048)
+		ctx := ctxT(t)
+		// A tight attempt bound for the test; IAM answers within it unless the proxy holds the
+		// answer back (half of the trust policy writes, for 30 s, after applying them).
+		e.api = NewIAMClient(moto.ConfigFor(e.proxy.URL), WithAttemptTimeout(500*time.Millisecond))
+		a := e.assigner(NewLocalLocker(), Config{})
+		e.proxy.SetFaults(iamproxy.Faults{Latency: 30 * time.Second, SlowRate: 0.5, LateAnswer: true, Actions: []string{"iam:UpdateAssumeRolePolicy"}, Seed: 5})
+		defer e.proxy.SetFaults(iamproxy.Faults{})
+		for i := range 6 {
+			// Well under the 30 s a held answer takes: only abandoning the attempt can succeed.
+			short, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, err := a.Assign(short, e.seed, "demo", sessionSA(i))
+			cancel()
+			if err != nil {
+				t.Fatalf("subject %d: %v", i, err)
+			}
+		}
+		if d := e.proxy.Faults().Delayed["iam:UpdateAssumeRolePolicy"]; d == 0 {
+			t.Fatal("no answer was held back; the test proves nothing")
+		} else {
+			t.Logf("%d held-back UpdateAssumeRolePolicy attempts abandoned and retried", d)
+		}
+		if subs := e.trustOf("hung-seed-0").Subjects(); len(subs) != 6 {
+			t.Errorf("subjects after hung attempts: %v", subs)
+		}
+	})
+
 	t.Run("a role named like ours but without the seed tag is never written", func(t *testing.T) {
 		e := newEnv(t, srv, "foreign-seed", 2048)
 		ctx := ctxT(t)
