@@ -74,6 +74,73 @@ func (c *slowChecker) Check(ctx context.Context, _ *corev1.ServiceAccount) (bool
 	}
 }
 
+// maxHoldTerm is a leadership term over one held Job and its ServiceAccount, served from
+// listers (no informers) and a fake clientset that takes the release patch.
+func maxHoldTerm(t *testing.T, job *batchv1.Job, sa *corev1.ServiceAccount, checker Checker, maxHold time.Duration) (*fake.Clientset, *Sweeper, *term, *record.FakeRecorder) {
+	t.Helper()
+	cs := fake.NewClientset(job.DeepCopy(), sa.DeepCopy())
+	recorder := record.NewFakeRecorder(10)
+	s := New(cs, Config{MaxHold: maxHold, CheckTimeout: 30 * time.Second}, Deps{AWS: checker, Recorder: recorder}, nil)
+	tm := newTerm(s)
+	t.Cleanup(func() { tm.jobQ.ShutDown(); tm.finishQ.ShutDown() })
+	jobs := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	sas := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	if err := jobs.Add(job); err != nil {
+		t.Fatal(err)
+	}
+	if err := sas.Add(sa); err != nil {
+		t.Fatal(err)
+	}
+	tm.jobLister, tm.saLister = batchlisters.NewJobLister(jobs), corelisters.NewServiceAccountLister(sas)
+	return cs, s, tm, recorder
+}
+
+// refusingChecker is STS refusing the token, as while a trust policy has not propagated.
+type refusingChecker struct{ calls int }
+
+func (c *refusingChecker) Check(context.Context, *corev1.ServiceAccount) (bool, string, error) {
+	c.calls++
+	return false, "sts:AssumeRoleWithWebIdentity on arn:aws:iam::748392615204:role/kubestash-selfhost-0 refused: AccessDenied", nil
+}
+
+// A Job released at max hold without a check (no time left) still tells the operator why its
+// credentials did not work: the reason of the last completed check.
+func TestMaxHoldReleaseReportsLastFailedCheck(t *testing.T) {
+	const maxHold = 10 * time.Minute
+	heldSince := time.Date(2026, 5, 6, 12, 0, 0, 0, time.UTC)
+	job := newHeldJob(func(j *batchv1.Job) {
+		j.Annotations[annotations.HeldSince] = heldSince.Format(time.RFC3339Nano)
+		j.Spec.Template.Spec.ServiceAccountName = "app-backup"
+		j.ResourceVersion = "7"
+	})
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: job.Namespace, Name: "app-backup", UID: "u1",
+		Annotations: map[string]string{
+			annotations.SeedRole:   "arn:aws:iam::748392615204:role/kubestash-seed",
+			annotations.AWSRoleARN: "arn:aws:iam::748392615204:role/kubestash-selfhost-0",
+		}}}
+	checker := &refusingChecker{}
+	_, s, tm, recorder := maxHoldTerm(t, job, sa, checker, maxHold)
+	k := key(job.Namespace, job.Name)
+
+	s.now = func() time.Time { return heldSince.Add(time.Minute) }
+	tm.processJob(context.Background(), k) // refused: stays held
+	s.now = func() time.Time { return heldSince.Add(maxHold + time.Second) }
+	tm.processJob(context.Background(), k) // past max hold: released without a check
+
+	if checker.calls != 1 {
+		t.Errorf("checker called %d times, want 1 (none after max hold)", checker.calls)
+	}
+	var last string
+	for len(recorder.Events) > 0 {
+		last = <-recorder.Events
+	}
+	for _, want := range []string{"ReleasedWithoutCredentials", "max hold reached", "last completed check: sts:AssumeRoleWithWebIdentity on arn:aws:iam::748392615204:role/kubestash-selfhost-0 refused: AccessDenied"} {
+		if !strings.Contains(last, want) {
+			t.Errorf("release Event %q does not say %q", last, want)
+		}
+	}
+}
+
 // A held Job is released by its max-hold deadline even when the credential check would take
 // longer than the time left (slow STS): the check's context ends at the deadline and the Job is
 // released without credentials (ReleaseMaxHold), not as "ready" after the check returned. Past
@@ -106,24 +173,11 @@ func TestProcessJobReleasesAtMaxHold(t *testing.T) {
 					annotations.SeedRole:   "arn:aws:iam::748392615204:role/kubestash-seed",
 					annotations.AWSRoleARN: "arn:aws:iam::748392615204:role/kubestash-selfhost-0",
 				}}}
-			cs := fake.NewClientset(job.DeepCopy(), sa.DeepCopy())
 			checker := &slowChecker{takes: tc.checkTakes}
-			recorder := record.NewFakeRecorder(10)
-			s := New(cs, Config{MaxHold: maxHold, CheckTimeout: 30 * time.Second}, Deps{AWS: checker, Recorder: recorder}, nil)
+			cs, s, tm, recorder := maxHoldTerm(t, job, sa, checker, maxHold)
 			if tc.proven {
 				s.ready.MarkReady(sa)
 			}
-			tm := newTerm(s)
-			t.Cleanup(func() { tm.jobQ.ShutDown(); tm.finishQ.ShutDown() })
-			jobs := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
-			sas := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
-			if err := jobs.Add(job); err != nil {
-				t.Fatal(err)
-			}
-			if err := sas.Add(sa); err != nil {
-				t.Fatal(err)
-			}
-			tm.jobLister, tm.saLister = batchlisters.NewJobLister(jobs), corelisters.NewServiceAccountLister(sas)
 
 			tm.processJob(context.Background(), key(job.Namespace, job.Name))
 			released := time.Now()

@@ -69,6 +69,7 @@ type heldJob struct {
 	uid       types.UID
 	attempts  int
 	announced bool
+	lastWhy   string // why the last completed check failed: what a max-hold release reports
 }
 
 func newTerm(s *Sweeper) *term {
@@ -344,7 +345,18 @@ func (t *term) processJob(ctx context.Context, k string) {
 		t.release(ctx, job, ReleaseResumedElse, heldSince, "")
 		return
 	}
-	ready, why := t.readiness(ctx, job, saName, heldSince)
+	ready, why, checked := t.readiness(ctx, job, saName, heldSince)
+	t.mu.Lock()
+	switch {
+	case ready:
+	case checked:
+		st.lastWhy = why
+	case st.lastWhy != "":
+		// No check could finish before max hold: the operator needs the last real failure
+		// (refused by STS, role missing ...), not only that time ran out.
+		why += "; last completed check: " + st.lastWhy
+	}
+	t.mu.Unlock()
 	now := t.now()
 	step := Plan(heldSince, ready, attempt, now, t.cfg)
 	switch step.Action {
@@ -364,25 +376,26 @@ func (t *term) processJob(ctx context.Context, k string) {
 // readiness says whether the credentials of the Job's ServiceAccount work, and why (not). The
 // cloud check ends by the Job's max-hold deadline (see CheckDeadline): once it has passed, only
 // the answers known without a cloud call count, and Plan releases the Job without credentials.
-func (t *term) readiness(ctx context.Context, job *batchv1.Job, saName string, heldSince time.Time) (bool, string) {
+// checked is false when the answer is only that max hold cut the check short (or left no time).
+func (t *term) readiness(ctx context.Context, job *batchv1.Job, saName string, heldSince time.Time) (ready bool, why string, checked bool) {
 	sa, err := t.saLister.ServiceAccounts(job.Namespace).Get(saName)
 	if apierrors.IsNotFound(err) {
-		return false, fmt.Sprintf("ServiceAccount %s/%s does not exist", job.Namespace, saName)
+		return false, fmt.Sprintf("ServiceAccount %s/%s does not exist", job.Namespace, saName), true
 	} else if err != nil {
-		return false, fmt.Sprintf("ServiceAccount %s/%s: %v", job.Namespace, saName, err)
+		return false, fmt.Sprintf("ServiceAccount %s/%s: %v", job.Namespace, saName, err), true
 	}
 	id := jobs.IdentityOf(sa)
 	switch {
 	case !id.Requested():
-		return true, "its ServiceAccount requests no cloud identity"
+		return true, "its ServiceAccount requests no cloud identity", true
 	case id.Missing != "":
-		return false, id.Missing
+		return false, id.Missing, true
 	case t.ready.Ready(sa.Namespace, sa.Name):
-		return true, "credentials proven earlier"
+		return true, "credentials proven earlier", true
 	}
 	deadline, cause, inTime := CheckDeadline(heldSince, t.now(), t.cfg)
 	if !inTime {
-		return false, fmt.Sprintf("max hold reached before the credentials of ServiceAccount %s/%s were proven", sa.Namespace, sa.Name)
+		return false, fmt.Sprintf("max hold reached before the credentials of ServiceAccount %s/%s were proven", sa.Namespace, sa.Name), false
 	}
 	ctx, cancel := context.WithDeadlineCause(ctx, deadline, cause)
 	defer cancel()
@@ -405,19 +418,19 @@ func (t *term) readiness(ctx context.Context, job *batchv1.Job, saName string, h
 			t.m.checks.WithLabelValues(c.cloud, "error").Inc()
 			if errors.Is(context.Cause(ctx), ErrMaxHoldReached) {
 				// Not a failure of the cloud: the Job's time is up and Plan releases it now.
-				return false, fmt.Sprintf("%s check did not finish before max hold: %v", c.cloud, err)
+				return false, fmt.Sprintf("%s check did not finish before max hold: %v", c.cloud, err), false
 			}
 			t.log.Warn("credential check failed", "cloud", c.cloud, "serviceaccount", key(sa.Namespace, sa.Name), "error", err)
-			return false, fmt.Sprintf("%s check failed: %v", c.cloud, err)
+			return false, fmt.Sprintf("%s check failed: %v", c.cloud, err), true
 		case !ok:
 			t.m.checks.WithLabelValues(c.cloud, "not-ready").Inc()
-			return false, why
+			return false, why, true
 		}
 		t.m.checks.WithLabelValues(c.cloud, "ready").Inc()
 		reasons = append(reasons, why)
 	}
 	t.ready.MarkReady(sa)
-	return true, strings.Join(reasons, "; ")
+	return true, strings.Join(reasons, "; "), true
 }
 
 // release resumes job (or, for ReleaseResumedElse, only removes our annotations) and records
