@@ -116,6 +116,11 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		// would cost the leadership.
 		return nil, fmt.Errorf("--sweeper-lease-duration %s: must be at least 3s", p.sweeperLease)
 	}
+	if p.sweeper && p.gcGrace < 10*time.Second {
+		// Admission writes IAM before the apiserver stores the ServiceAccount: a shorter grace
+		// could collect the subject of one that is about to exist.
+		return nil, fmt.Errorf("--gc-grace %s: must be at least 10s", p.gcGrace)
+	}
 	policy, err := access.Parse(p.namespaces, p.requesters)
 	if err != nil {
 		return nil, err

@@ -41,6 +41,10 @@ type LeaseLocker struct {
 	local map[string]chan struct{} // in-process serialisation before touching the API
 }
 
+// HoldLimit is how long a holder may keep a lock: the Lease duration. A holder that keeps it
+// longer without renewing may find another replica holding it too.
+func (l *LeaseLocker) HoldLimit() time.Duration { return l.duration }
+
 // NewLeaseLocker returns a locker keeping its Leases in namespace. identity names this replica
 // (its Pod name); duration bounds how long a crashed holder blocks others and must exceed the
 // longest lock session (an admission budget is under 10 s).

@@ -486,8 +486,9 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 		if len(early) == 0 {
 			return
 		}
-		lockCtx, cancelLock := batchContext(early)
+		lockCtx, cancelLock := batchContext(early, time.Time{})
 		s, done, err := a.begin(lockCtx, seed)
+		locked := time.Now()
 		if err != nil {
 			cancelLock()
 			st.remove(early)
@@ -498,7 +499,11 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 		}
 		batch := st.take(true)
 		if len(batch) > 0 {
-			a.assignBatch(s, batch)
+			var until time.Time
+			if l, ok := a.locker.(holdLimiter); ok {
+				until = locked.Add(l.HoldLimit() * 2 / 3)
+			}
+			a.assignBatch(s, batch, until)
 		}
 		done()
 		cancelLock()
@@ -535,10 +540,18 @@ func (st *seedState) remove(done []*assignReq) {
 	st.queue = slices.DeleteFunc(st.queue, func(r *assignReq) bool { return slices.Contains(done, r) })
 }
 
-// batchContext lasts while any caller of the batch still waits, and no longer than the latest
-// caller's deadline. It keeps the first caller's values (loggers, tracing).
-func batchContext(batch []*assignReq) (context.Context, context.CancelFunc) {
+// holdLimiter is implemented by lockers whose lock expires (a Kubernetes Lease): a session must
+// end well before that, or another replica may take the lock over while this one still writes.
+type holdLimiter interface{ HoldLimit() time.Duration }
+
+// batchContext lasts while any caller of the batch still waits, no longer than the latest
+// caller's deadline, and not past until (zero: no bound). It keeps the first caller's values
+// (loggers, tracing).
+func batchContext(batch []*assignReq, until time.Time) (context.Context, context.CancelFunc) {
 	deadline := time.Now().Add(maxBatchWait)
+	if !until.IsZero() {
+		deadline = earlier(deadline, until)
+	}
 	latest := time.Time{}
 	for _, r := range batch {
 		d, ok := r.ctx.Deadline()
@@ -582,8 +595,8 @@ func earlier(a, b time.Time) time.Time {
 }
 
 // assignBatch places batch in the lock session s and answers every caller.
-func (a *Assigner) assignBatch(s *session, batch []*assignReq) {
-	ctx, cancel := batchContext(batch)
+func (a *Assigner) assignBatch(s *session, batch []*assignReq, until time.Time) {
+	ctx, cancel := batchContext(batch, until)
 	defer cancel()
 	subjects := make([]string, 0, len(batch))
 	for _, r := range batch {
@@ -607,6 +620,16 @@ func (s *session) placeBatch(ctx context.Context, subjects []string) map[string]
 	for range maxPlacementAttempts {
 		if len(todo) == 0 {
 			return out
+		}
+		if !s.st.loaded {
+			// A write of the previous round has an unknown outcome: read IAM again before
+			// placing anyone else (the lock is still held).
+			if err := s.refresh(ctx); err != nil {
+				for _, sub := range todo {
+					out[sub] = assignResult{err: err}
+				}
+				return out
+			}
 		}
 		todo = s.placeRound(ctx, todo, out)
 	}
@@ -952,7 +975,7 @@ func (s *session) deleteRole(ctx context.Context, r *roleState) error {
 		if err := s.w.do(ctx, "iam:DetachRolePolicy "+r.arn.Name, func() error {
 			_, err := s.a.api.DetachRolePolicy(ctx, &iam.DetachRolePolicyInput{RoleName: name, PolicyArn: aws.String(p)})
 			return err
-		}); err != nil {
+		}); err != nil && !isNoSuchEntity(err) { // gone: an abandoned attempt was applied
 			return err
 		}
 	}
@@ -960,7 +983,7 @@ func (s *session) deleteRole(ctx context.Context, r *roleState) error {
 		if err := s.w.do(ctx, "iam:DeleteRolePolicy "+r.arn.Name, func() error {
 			_, err := s.a.api.DeleteRolePolicy(ctx, &iam.DeleteRolePolicyInput{RoleName: name, PolicyName: aws.String(p)})
 			return err
-		}); err != nil {
+		}); err != nil && !isNoSuchEntity(err) {
 			return err
 		}
 	}

@@ -100,7 +100,10 @@ func trustQuotaError(err error) (quota int, ok bool) {
 
 // isDefinite reports whether a failed call certainly did not change anything: IAM answered with an
 // error. Anything else (timeout, cancelled ctx, connection reset) may have been applied.
-func isDefinite(err error) bool { return apiErrorCode(err) != "" }
+func isDefinite(err error) bool {
+	var ambiguous *ambiguousError
+	return apiErrorCode(err) != "" && !errors.As(err, &ambiguous)
+}
 
 // roleSpec is what a derived role copies from its seed, or what a derived role currently has.
 type roleSpec struct {

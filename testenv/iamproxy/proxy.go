@@ -347,7 +347,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	latency, fault, late := p.drawFault(key)
 	if latency > 0 && late && fault == faultNone {
 		// The request reaches moto now; the answer waits, even if the caller gave up.
-		w = &lateWriter{ResponseWriter: w, delay: latency}
+		w = &lateWriter{ResponseWriter: w, delay: latency, done: r.Context().Done()}
 	} else if latency > 0 {
 		select {
 		case <-time.After(latency):
@@ -422,15 +422,22 @@ func (p *Proxy) drawFault(key string) (time.Duration, faultKind, bool) {
 type lateWriter struct {
 	http.ResponseWriter
 	delay  time.Duration
+	done   <-chan struct{} // the request's context
 	waited bool
 }
 
 func (l *lateWriter) wait() {
 	if !l.waited {
 		l.waited = true
-		time.Sleep(l.delay)
+		select {
+		case <-time.After(l.delay):
+		case <-l.done: // the caller gave up: the write is applied, nobody reads the answer
+		}
 	}
 }
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (l *lateWriter) Unwrap() http.ResponseWriter { return l.ResponseWriter }
 
 func (l *lateWriter) WriteHeader(code int) { l.wait(); l.ResponseWriter.WriteHeader(code) }
 
