@@ -34,8 +34,9 @@ import (
 //   - every ServiceAccount carries a role derived from the seed and is no longer pending;
 //   - its subject is listed in exactly that role and in no other; no role lists a stranger;
 //   - no trust policy is over the quota;
-//   - every Job held at admission is running again, released by exactly one successful patch of
-//     the webhook's ServiceAccount (the apiserver's audit log), before --max-hold, and every
+//   - every Job held at admission is running again, released by one patch of the webhook's
+//     ServiceAccount (the apiserver's audit log: never two answered 200; a patch answered 5xx to a
+//     replica killed while waiting counts when it is the only one), before --max-hold, and every
 //     release a replica logged was for working credentials (reason ready).
 
 // faultWebhookUser is the webhook's identity in the audit log.
@@ -249,6 +250,7 @@ type faultFigures struct {
 	waits                      []time.Duration // release (audit) minus held-since
 	unlogged                   int             // releases no replica logged (killed in between)
 	staleReleases              int             // release patches the apiserver refused (a test op failed)
+	lostAnswers                int             // release patches answered 5xx: the replica died while it waited
 }
 
 // check asserts the scenario's invariants (see the top of the file).
@@ -309,15 +311,23 @@ func (r *faultRun) check(t *testing.T, maxHold time.Duration, quota int, replica
 			t.Errorf("Job %s is not running free: suspend %v annotations %v", j.Name, j.Spec.Suspend, j.Annotations)
 		}
 	}
-	released := map[string][]time.Time{}
+	// A release patch answered 200 released the Job. One answered 5xx may have too: a replica
+	// SIGKILLed while its patch was in flight leaves the apiserver writing to etcd for a client
+	// that is gone, and the audit log says 504. 4xx is a refused stale release (the patch's test
+	// op failed): nothing was written.
+	released, lost := map[string][]time.Time{}, map[string][]time.Time{}
 	for _, e := range cluster.AuditEvents(ns) {
 		if e.Stage != "ResponseComplete" || e.Verb != "patch" || e.User.Username != faultWebhookUser ||
 			e.ObjectRef == nil || e.ObjectRef.Resource != "jobs" || e.ObjectRef.Subresource != "" || e.ResponseStatus == nil {
 			continue
 		}
-		if e.ResponseStatus.Code == 200 {
+		switch code := e.ResponseStatus.Code; {
+		case code == 200:
 			released[e.ObjectRef.Name] = append(released[e.ObjectRef.Name], e.StageTimestamp)
-		} else {
+		case code >= 500:
+			lost[e.ObjectRef.Name] = append(lost[e.ObjectRef.Name], e.StageTimestamp)
+			fig.lostAnswers++
+		default:
 			fig.staleReleases++
 		}
 	}
@@ -333,13 +343,17 @@ func (r *faultRun) check(t *testing.T, maxHold time.Duration, quota int, replica
 	}
 	for name, j := range r.jobs {
 		at := released[name]
+		if len(at) == 0 && len(lost[name]) > 0 {
+			// Released (settle saw it running free) by a patch whose answer was lost.
+			at = lost[name][:1]
+		}
 		switch {
-		case j.unknown && len(at) > 1:
-			t.Errorf("Job %s was released %d times (audit: %v)", name, len(at), at)
+		case len(released[name]) > 1:
+			t.Errorf("Job %s was released %d times (audit: %v)", name, len(released[name]), released[name])
 		case !j.unknown && !j.held && len(at) != 0:
-			t.Errorf("Job %s was admitted unheld but the webhook patched it %d times", name, len(at))
+			t.Errorf("Job %s was admitted unheld but the webhook patched it (audit: %v, answers lost: %v)", name, released[name], lost[name])
 		case j.held && len(at) != 1:
-			t.Errorf("Job %s was released by %d successful patches, want exactly 1 (audit: %v)", name, len(at), at)
+			t.Errorf("Job %s is running but no release patch of the webhook shows in the audit log", name)
 		case j.held:
 			fig.releases++
 			wait := at[0].Sub(j.heldSince)
@@ -382,10 +396,10 @@ func (r *faultRun) faultFormat(fig faultFigures) string {
 	sort.Strings(retried)
 	waits := slices.Clone(fig.waits)
 	return fmt.Sprintf("%d ServiceAccounts (%d admitted pending) and %d Jobs (%d held); creates refused and retried: %d %v; "+
-		"%d roles hold %d subjects, largest trust policy %d chars; %d releases (%d not logged: killed between patch and log, %d release patches refused as stale); "+
+		"%d roles hold %d subjects, largest trust policy %d chars; %d releases (%d not logged: killed between patch and log; %d release patches refused as stale, %d answered 5xx to a replica that died); "+
 		"hold p50 %s p99 %s max %s",
 		len(r.sas), r.pending, len(r.jobs), held, total, retried,
-		fig.roles, fig.subjects, fig.maxPolicy, fig.releases, fig.unlogged, fig.staleReleases,
+		fig.roles, fig.subjects, fig.maxPolicy, fig.releases, fig.unlogged, fig.staleReleases, fig.lostAnswers,
 		packPercentile(waits, 0.5).Round(100*time.Millisecond), packPercentile(waits, 0.99).Round(100*time.Millisecond),
 		packPercentile(waits, 1).Round(100*time.Millisecond))
 }
