@@ -406,14 +406,7 @@ func (r *faultRun) faultFormat(fig faultFigures) string {
 
 // faultInjected renders the proxy's injected faults.
 func faultInjected(f iamproxy.FaultCounts) (throttled, serverErrors, delayed int, s string) {
-	sum := func(m map[string]int) int {
-		n := 0
-		for _, v := range m {
-			n += v
-		}
-		return n
-	}
-	throttled, serverErrors, delayed = sum(f.Throttled), sum(f.ServerErrors), sum(f.Delayed)
+	throttled, serverErrors, delayed = packTotal(f.Throttled), packTotal(f.ServerErrors), packTotal(f.Delayed)
 	return throttled, serverErrors, delayed, fmt.Sprintf("throttled %d %v, 5xx %d %v, delayed %d %v",
 		throttled, f.Throttled, serverErrors, f.ServerErrors, delayed, f.Delayed)
 }

@@ -145,34 +145,6 @@ func createHeldJob(t *testing.T, ns, serviceAccount string, heldSince time.Time)
 	return labelled
 }
 
-// waitFor polls cond every 200 ms until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, error)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, err := cond()
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-func getJob(t *testing.T, ns, name string) *batchv1.Job {
-	t.Helper()
-	j, err := cluster.Client.BatchV1().Jobs(ns).Get(context.Background(), name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return j
-}
-
 func released(j *batchv1.Job) bool {
 	_, held := j.Annotations[annotations.HeldSince]
 	return j.Spec.Suspend != nil && !*j.Spec.Suspend && !held
@@ -199,7 +171,7 @@ func jobEvents(t *testing.T, ns, name string) []string {
 func waitForEvent(t *testing.T, ns, name, prefix string) string {
 	t.Helper()
 	var found string
-	waitFor(t, 30*time.Second, "event "+prefix+" on Job "+name, func() (bool, error) {
+	flowPoll(t, 30*time.Second, "event "+prefix+" on Job "+name, func() (bool, error) {
 		for _, e := range jobEvents(t, ns, name) {
 			if strings.HasPrefix(e, prefix) {
 				found = e
@@ -213,7 +185,7 @@ func waitForEvent(t *testing.T, ns, name, prefix string) string {
 
 func waitForPod(t *testing.T, ns, job string) {
 	t.Helper()
-	waitFor(t, 30*time.Second, "the job controller's Pod for "+job, func() (bool, error) {
+	flowPoll(t, 30*time.Second, "the job controller's Pod for "+job, func() (bool, error) {
 		pods, err := cluster.Client.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "batch.kubernetes.io/job-name=" + job})
 		return err == nil && len(pods.Items) > 0, err
 	})
@@ -310,7 +282,7 @@ func TestSweeperReleasesHeldJobOnceCredentialsWork(t *testing.T) {
 	if ev := waitForEvent(t, ns, job.Name, "Normal/Held"); !strings.Contains(ev, sa.Name) {
 		t.Errorf("Held event does not name the ServiceAccount: %s", ev)
 	}
-	if j := getJob(t, ns, job.Name); released(j) {
+	if j := flowGetJob(t, ns, job.Name); released(j) {
 		t.Fatal("Job released while its ServiceAccount has no role")
 	}
 
@@ -325,7 +297,7 @@ func TestSweeperReleasesHeldJobOnceCredentialsWork(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	waitFor(t, 60*time.Second, "the Job released", func() (bool, error) { return released(getJob(t, ns, job.Name)), nil })
+	flowPoll(t, 60*time.Second, "the Job released", func() (bool, error) { return released(flowGetJob(t, ns, job.Name)), nil })
 	ev := waitForEvent(t, ns, job.Name, "Normal/Released")
 	if !strings.Contains(ev, "2 times in a row") || !strings.Contains(ev, role) {
 		t.Errorf("Released event = %q; want the role and the two STS successes", ev)
@@ -340,7 +312,7 @@ func TestSweeperReleasesHeldJobOnceCredentialsWork(t *testing.T) {
 	if refused == 0 {
 		t.Errorf("STS never refused during propagation: rejections %+v", cluster.IAM.Rejections())
 	}
-	if j := getJob(t, ns, job.Name); j.Annotations[annotations.HoldReason] != "" {
+	if j := flowGetJob(t, ns, job.Name); j.Annotations[annotations.HoldReason] != "" {
 		t.Errorf("hold reason left on the released Job: %v", j.Annotations)
 	}
 	waitForPod(t, ns, job.Name)
@@ -374,7 +346,7 @@ func TestSweeperReleasesAfterMaxHold(t *testing.T) {
 	r := startSweeper(t, cfg, webhookClient(t, nil), sweeper.Deps{})
 	job := createHeldJob(t, ns, sa.Name, time.Now())
 
-	waitFor(t, 60*time.Second, "the Job released", func() (bool, error) { return released(getJob(t, ns, job.Name)), nil })
+	flowPoll(t, 60*time.Second, "the Job released", func() (bool, error) { return released(flowGetJob(t, ns, job.Name)), nil })
 	ev := waitForEvent(t, ns, job.Name, "Warning/ReleasedWithoutCredentials")
 	if !strings.Contains(ev, "no eks.amazonaws.com/role-arn yet") {
 		t.Errorf("warning does not say what was missing: %s", ev)
@@ -411,12 +383,12 @@ func TestSweeperLeavesOtherSuspendedJobsAlone(t *testing.T) {
 	// Control: a held Job of a ServiceAccount without cloud identity is released at once, so
 	// by then the sweeper has seen the others.
 	control := createHeldJob(t, ns, "default", time.Now())
-	waitFor(t, 30*time.Second, "the control Job released", func() (bool, error) { return released(getJob(t, ns, control.Name)), nil })
+	flowPoll(t, 30*time.Second, "the control Job released", func() (bool, error) { return released(flowGetJob(t, ns, control.Name)), nil })
 
 	for _, j := range []*batchv1.Job{kueue, foreign} {
 		// The job controller updates their status (Suspended condition); we must change
 		// nothing of what we could write: spec.suspend and annotations.
-		now := getJob(t, ns, j.Name)
+		now := flowGetJob(t, ns, j.Name)
 		if now.Spec.Suspend == nil || !*now.Spec.Suspend {
 			t.Errorf("Job %s was resumed", j.Name)
 		}
@@ -444,26 +416,26 @@ func TestSweeperLeaderHandover(t *testing.T) {
 		}
 		return *l.Spec.HolderIdentity
 	}
-	waitFor(t, 30*time.Second, "replica-a leading", func() (bool, error) { return holder() == "replica-a", nil })
-	waitFor(t, 10*time.Second, "replica-a's leader metric", func() (bool, error) {
+	flowPoll(t, 30*time.Second, "replica-a leading", func() (bool, error) { return holder() == "replica-a", nil })
+	flowPoll(t, 10*time.Second, "replica-a's leader metric", func() (bool, error) {
 		return metric(t, a.reg, "credential_webhook_sweeper_leader", nil) == 1, nil
 	})
 	b := startSweeper(t, fastConfig(lease, "replica-b"), webhookClient(t, nil), sweeper.Deps{})
 
 	first := createHeldJob(t, ns, "default", time.Now())
-	waitFor(t, 30*time.Second, "the leader releasing a Job", func() (bool, error) { return released(getJob(t, ns, first.Name)), nil })
+	flowPoll(t, 30*time.Second, "the leader releasing a Job", func() (bool, error) { return released(flowGetJob(t, ns, first.Name)), nil })
 	if got := metric(t, b.reg, "credential_webhook_releases_total", map[string]string{"reason": "ready"}); got != 0 {
 		t.Errorf("the follower released %v Jobs", got)
 	}
 
 	cut.Store(true) // replica-a "dies"
 	second := createHeldJob(t, ns, "default", time.Now())
-	waitFor(t, 60*time.Second, "replica-b taking over", func() (bool, error) { return holder() == "replica-b", nil })
-	waitFor(t, 30*time.Second, "the new leader releasing the Job", func() (bool, error) { return released(getJob(t, ns, second.Name)), nil })
+	flowPoll(t, 60*time.Second, "replica-b taking over", func() (bool, error) { return holder() == "replica-b", nil })
+	flowPoll(t, 30*time.Second, "the new leader releasing the Job", func() (bool, error) { return released(flowGetJob(t, ns, second.Name)), nil })
 	if got := metric(t, b.reg, "credential_webhook_releases_total", map[string]string{"reason": "ready"}); got != 1 {
 		t.Errorf("replica-b releases = %v, want 1", got)
 	}
-	waitFor(t, 30*time.Second, "replica-a noticing it lost the Lease", func() (bool, error) {
+	flowPoll(t, 30*time.Second, "replica-a noticing it lost the Lease", func() (bool, error) {
 		return metric(t, a.reg, "credential_webhook_sweeper_leader", nil) == 0, nil
 	})
 
@@ -491,7 +463,7 @@ func TestSweeperGarbageCollectionGrace(t *testing.T) {
 	cfg.GCInterval = time.Hour // only the start and deletions trigger collections here
 	cfg.GCGrace = 3 * time.Second
 	r := startSweeper(t, cfg, webhookClient(t, nil), sweeper.Deps{Collectors: []sweeper.Collector{col}})
-	waitFor(t, 30*time.Second, "the first collection", func() (bool, error) { return len(col.runs()) > 0, nil })
+	flowPoll(t, 30*time.Second, "the first collection", func() (bool, error) { return len(col.runs()) > 0, nil })
 	if err := cluster.Client.CoreV1().ServiceAccounts(ns).Delete(ctx, "doomed", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -503,7 +475,7 @@ func TestSweeperGarbageCollectionGrace(t *testing.T) {
 		}
 		return -1
 	}
-	waitFor(t, 60*time.Second, "doomed collected", func() (bool, error) { return collected(col.runs()) >= 0, nil })
+	flowPoll(t, 60*time.Second, "doomed collected", func() (bool, error) { return collected(col.runs()) >= 0, nil })
 	runs := col.runs()
 	i := collected(runs)
 	// Runs: at the start (doomed exists), on its deletion (first seen missing: still within
@@ -590,7 +562,7 @@ func TestSweeperFinishesOnlyPendingServiceAccounts(t *testing.T) {
 	startSweeper(t, fastConfig("sweeper-"+ns, "replica-a"), wh, sweeper.Deps{Assigner: asg})
 	job := createHeldJob(t, ns, pending.Name, time.Now())
 
-	waitFor(t, 60*time.Second, "the pending ServiceAccount finished", func() (bool, error) {
+	flowPoll(t, 60*time.Second, "the pending ServiceAccount finished", func() (bool, error) {
 		sa, err := cluster.Client.CoreV1().ServiceAccounts(ns).Get(ctx, pending.Name, metav1.GetOptions{})
 		if err != nil {
 			return false, err
@@ -598,7 +570,7 @@ func TestSweeperFinishesOnlyPendingServiceAccounts(t *testing.T) {
 		_, still := sa.Annotations[annotations.Pending]
 		return !still && sa.Annotations[annotations.AWSRoleARN] != "", nil
 	})
-	waitFor(t, 60*time.Second, "its Job released", func() (bool, error) { return released(getJob(t, ns, job.Name)), nil })
+	flowPoll(t, 60*time.Second, "its Job released", func() (bool, error) { return released(flowGetJob(t, ns, job.Name)), nil })
 	if ev := waitForEvent(t, ns, job.Name, "Normal/Released"); !strings.Contains(ev, "in a row") {
 		t.Errorf("Released event = %q; want the STS proof", ev)
 	}
