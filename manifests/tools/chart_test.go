@@ -96,7 +96,9 @@ func TestLint(t *testing.T) {
 // namespace ownership, and everything else as the kustomize base had it.
 func TestDefaults(t *testing.T) {
 	objs := objects(t, renderFile(t, DefaultRelease, "defaults"))
-	for kind, want := range map[string]int{"Namespace": 0, "ConfigMap": 0, "ServiceMonitor": 0, "Issuer": 2, "Certificate": 2, "PodDisruptionBudget": 1} {
+	// One ConfigMap: the admission policy's parameters (no IAM policy without AWS).
+	for kind, want := range map[string]int{"Namespace": 0, "ConfigMap": 1, "ServiceMonitor": 0, "Issuer": 2, "Certificate": 2, "PodDisruptionBudget": 1,
+		"ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1} {
 		if got := count(objs, kind); got != want {
 			t.Errorf("%d %s objects, want %d", got, kind, want)
 		}
@@ -104,7 +106,7 @@ func TestDefaults(t *testing.T) {
 
 	var d appsv1.Deployment
 	into(t, find(t, objs, "Deployment", "credential-webhook"), &d)
-	env := envOf(t, d)
+	env := envOf(t, objs, d)
 	for k, want := range map[string]string{
 		"CREDENTIAL_WEBHOOK_ALLOWED_REQUESTERS":      "",
 		"CREDENTIAL_WEBHOOK_ALLOWED_NAMESPACES":      "*",
@@ -229,7 +231,7 @@ func TestAWSOnly(t *testing.T) {
 	objs := objects(t, renderFile(t, DefaultRelease, "aws-only"))
 	var d appsv1.Deployment
 	into(t, find(t, objs, "Deployment", ""), &d)
-	env := envOf(t, d)
+	env := envOf(t, objs, d)
 	for k, want := range map[string]string{
 		"CREDENTIAL_WEBHOOK_ALLOWED_REQUESTERS":         "system:serviceaccount:kubestash:kubestash-kubestash-operator,group:backup-admins",
 		"CREDENTIAL_WEBHOOK_ALLOWED_NAMESPACES":         "team-*,backups",
@@ -356,15 +358,17 @@ func TestAzureOnly(t *testing.T) {
 	if d.Spec.Template.Labels["azure.workload.identity/use"] != "true" {
 		t.Error("pods not labelled for workload identity")
 	}
-	env := envOf(t, d)
+	env := envOf(t, objs, d)
 	if got := env["CREDENTIAL_WEBHOOK_AZURE_ALLOWED_SCOPES"]; got != "/subscriptions/00000000-0000-0000-0000-0000000000aa,/subscriptions/00000000-0000-0000-0000-0000000000bb/resourceGroups/backup-*" {
 		t.Errorf("scopes env %q", got)
 	}
 	if env["CREDENTIAL_WEBHOOK_AZURE_IDENTITY_CACHE_TTL"] != "30m" || env["CREDENTIAL_WEBHOOK_AWS_SEED_ROLES"] != "" {
 		t.Errorf("env %v", env)
 	}
-	if n := count(objs, "ConfigMap"); n != 0 {
-		t.Errorf("%d ConfigMaps (IAM policy) on an Azure-only install", n)
+	for _, o := range objs {
+		if o.Kind == "ConfigMap" && o.Name != "credential-webhook-admission-policy" {
+			t.Errorf("ConfigMap %s (IAM policy) on an Azure-only install", o.Name)
+		}
 	}
 	var mwc admissionv1.MutatingWebhookConfiguration
 	into(t, find(t, objs, "MutatingWebhookConfiguration", ""), &mwc)
@@ -506,7 +510,9 @@ func TestContradictionsFail(t *testing.T) {
 	}
 }
 
-func envOf(t *testing.T, d appsv1.Deployment) map[string]string {
+// envOf returns the server container's environment, a configMapKeyRef resolved from the
+// rendered ConfigMaps as the kubelet would.
+func envOf(t *testing.T, objs []object, d appsv1.Deployment) map[string]string {
 	t.Helper()
 	env := map[string]string{}
 	for _, e := range d.Spec.Template.Spec.Containers[0].Env {
@@ -514,6 +520,16 @@ func envOf(t *testing.T, d appsv1.Deployment) map[string]string {
 			t.Errorf("env %s set twice", e.Name)
 		}
 		env[e.Name] = e.Value
+		if e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil {
+			ref := e.ValueFrom.ConfigMapKeyRef
+			var cm corev1.ConfigMap
+			into(t, find(t, objs, "ConfigMap", ref.Name), &cm)
+			v, ok := cm.Data[ref.Key]
+			if !ok {
+				t.Errorf("env %s: ConfigMap %s has no key %s", e.Name, ref.Name, ref.Key)
+			}
+			env[e.Name] = v
+		}
 	}
 	return env
 }

@@ -22,6 +22,13 @@ func TestSchemaRejects(t *testing.T) {
 		{"timeout over the apiserver's maximum", map[string]any{"webhooks": map[string]any{"jobs": map[string]any{"timeoutSeconds": 31}}}, []string{"timeoutSeconds"}},
 		{"comma inside a list entry", map[string]any{"allowedRequesters": []any{"user:a,user:b"}}, []string{"allowedRequesters"}},
 		{"allowlist as a string", map[string]any{"allowedRequesters": "user:a"}, []string{"allowedRequesters"}},
+		// One glob dialect: only "*", which the admission policy and the server read alike.
+		{"? in a requester glob", map[string]any{"allowedRequesters": []any{"user:ci-?"}}, []string{"allowedRequesters"}},
+		{"character class in a requester glob", map[string]any{"allowedRequesters": []any{"group:team-[ab]"}}, []string{"allowedRequesters"}},
+		{"] in a requester glob", map[string]any{"allowedRequesters": []any{"user:x]"}}, []string{"allowedRequesters"}},
+		{"backslash in a requester glob", map[string]any{"allowedRequesters": []any{`user:ci\*`}}, []string{"allowedRequesters"}},
+		{"admission policy switch as a string", map[string]any{"admissionPolicy": map[string]any{"enabled": "yes"}}, []string{"enabled"}},
+		{"admission policy typo", map[string]any{"admissionPolicy": map[string]any{"enable": false}}, []string{"enable"}},
 		{"seed role that is not an ARN", map[string]any{"aws": map[string]any{"seedRoles": []any{"kubestash-*"}}}, []string{"seedRoles"}},
 		{"Azure scope that is not one", map[string]any{"azure": map[string]any{"allowedScopes": []any{"*"}}}, []string{"allowedScopes"}},
 		{"replicas as a string", map[string]any{"replicaCount": "2"}, []string{"replicaCount"}},
@@ -54,7 +61,8 @@ func TestSchemaRejects(t *testing.T) {
 func TestSchemaAccepts(t *testing.T) {
 	vals := map[string]any{
 		"replicaCount":      3,
-		"allowedRequesters": []any{"system:serviceaccount:kubestash:kubestash-kubestash-operator", "group:ops"},
+		"allowedRequesters": []any{"system:serviceaccount:kubestash:kubestash-kubestash-operator", "group:ops", "user:ci-*.example"},
+		"admissionPolicy":   map[string]any{"enabled": false},
 		"aws": map[string]any{
 			"seedRoles":       []any{"arn:aws:iam::123456789012:role/kubestash-*", "*"},
 			"roleArn":         "arn:aws:iam::123456789012:role/path/credential-webhook",

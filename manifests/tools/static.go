@@ -24,8 +24,12 @@ const iamPolicyTemplate = "iam-policy.yaml"
 const kustomizationHeader = `# Kustomize base for credential-webhook: ` + "`kubectl kustomize manifests/`" + `. Every file here is the
 # chart manifests/chart rendered as release credential-webhook in namespace credential-webhook with
 # its default values and manifests/tools/static-values.yaml. Needs cert-manager. Configure the
-# server with an overlay that patches the Deployment's CREDENTIAL_WEBHOOK_* environment; another
-# namespace or name, your own issuer or a ServiceMonitor are what the chart's values are for.
+# server with an overlay that patches the Deployment's CREDENTIAL_WEBHOOK_* environment, except
+# the allowed requesters: they are allowedRequesters in the ConfigMap
+# credential-webhook-admission-policy (admissionpolicy.yaml), which the server and the
+# ValidatingAdmissionPolicy both read (empty: nobody; after a change, rollout restart the
+# Deployment). Another namespace or name, your own issuer or a ServiceMonitor are what the
+# chart's values are for.
 `
 
 // StaticFiles turns a render into the kustomize base: one YAML file per template (its documents

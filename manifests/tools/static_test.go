@@ -73,7 +73,7 @@ func TestStaticFiles(t *testing.T) {
 	if k.Resources[0] != "namespace.yaml" {
 		t.Errorf("the Namespace must come first, resources are %v", k.Resources)
 	}
-	for _, want := range []string{"namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "certificates.yaml", "deployment.yaml", "service.yaml", "poddisruptionbudget.yaml", "mutatingwebhookconfiguration.yaml"} {
+	for _, want := range []string{"namespace.yaml", "serviceaccount.yaml", "rbac.yaml", "certificates.yaml", "deployment.yaml", "service.yaml", "poddisruptionbudget.yaml", "mutatingwebhookconfiguration.yaml", "admissionpolicy.yaml"} {
 		if _, ok := files[want]; !ok {
 			t.Errorf("static manifests lack %s", want)
 		}
@@ -100,6 +100,26 @@ func TestStaticFiles(t *testing.T) {
 	}
 	if !bytes.Contains(files["mutatingwebhookconfiguration.yaml"], []byte("pods.credential-webhook.klusters.dev")) {
 		t.Error("static webhook configuration lacks the Pod webhook")
+	}
+	// The admission policy's parameters, the one place a kustomize user names the allowed
+	// requesters (for the server and the policy): empty, nobody, as the server's default.
+	var params struct {
+		Kind     string
+		Metadata struct{ Name, Namespace string }
+		Data     map[string]string
+	}
+	docs := bytes.Split(files["admissionpolicy.yaml"], []byte("\n---\n"))
+	if err := yaml.Unmarshal(docs[0], &params); err != nil {
+		t.Fatal(err)
+	}
+	if params.Kind != "ConfigMap" || params.Metadata.Name != "credential-webhook-admission-policy" || params.Metadata.Namespace != "credential-webhook" ||
+		params.Data["allowedRequesters"] != "" || params.Data["selfUsername"] != "system:serviceaccount:credential-webhook:credential-webhook" {
+		t.Errorf("static admission policy parameters %+v", params)
+	}
+	for _, kind := range []string{"kind: ValidatingAdmissionPolicy\n", "kind: ValidatingAdmissionPolicyBinding\n"} {
+		if !bytes.Contains(files["admissionpolicy.yaml"], []byte(kind)) {
+			t.Errorf("static admissionpolicy.yaml lacks %s", strings.TrimSpace(kind))
+		}
 	}
 	if !bytes.Contains(files["namespace.yaml"], []byte("pod-security.kubernetes.io/enforce: restricted")) {
 		t.Error("static Namespace is not Pod Security restricted")

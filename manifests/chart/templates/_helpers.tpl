@@ -45,6 +45,27 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- end }}
 {{- end }}
 
+{{/* The server's ServiceAccount (the Pods run as it): the fullname. */}}
+{{- define "credential-webhook.serviceAccountName" -}}
+{{- include "credential-webhook.fullname" . }}
+{{- end }}
+
+{{/*
+The server's own username, as the apiserver authenticates its requests: the only requester the
+ValidatingAdmissionPolicy lets write our annotations on an existing Job.
+*/}}
+{{- define "credential-webhook.selfUsername" -}}
+system:serviceaccount:{{ .Release.Namespace }}:{{ include "credential-webhook.serviceAccountName" . }}
+{{- end }}
+
+{{/*
+The ConfigMap holding allowedRequesters and selfUsername: the parameters of the
+ValidatingAdmissionPolicy, and the source of the server's CREDENTIAL_WEBHOOK_ALLOWED_REQUESTERS.
+*/}}
+{{- define "credential-webhook.admissionPolicyParams" -}}
+{{- include "credential-webhook.fullname" . }}-admission-policy
+{{- end }}
+
 {{/* The serving Certificate (and its Secret): also the CA source of the webhook configuration. */}}
 {{- define "credential-webhook.tlsName" -}}
 {{- include "credential-webhook.fullname" . }}-tls
