@@ -15,6 +15,8 @@ import (
 	"time"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -219,8 +221,21 @@ func moduleDir(ctx context.Context, modAtVersion string) (string, error) {
 	return info.Dir, nil
 }
 
+// OperatorUser is the KubeStash operator's username. The e2e tests make the operator's requests
+// as it, and applyManifests names it the one allowed requester in the admission policy's
+// parameters (the static manifests allow nobody), as an installation would.
+const OperatorUser = "system:serviceaccount:kubestash:kubestash-kubestash-operator"
+
+// AdmissionPolicyParams is the ConfigMap in WebhookNamespace, from manifests/, holding the
+// ValidatingAdmissionPolicy's parameters (allowedRequesters, selfUsername).
+const AdmissionPolicyParams = "credential-webhook-admission-policy"
+
+var vapGVR = schema.GroupVersionResource{Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicies"}
+
 // applyManifests renders manifests/ and applies all of it, the MutatingWebhookConfiguration
-// last and rewritten to point at the frontend with the dev CA.
+// last and rewritten to point at the frontend with the dev CA, and the admission policy's
+// parameters allowing OperatorUser. It returns once the apiserver has type-checked the
+// ValidatingAdmissionPolicy without a warning and enforces it.
 func (c *Cluster) applyManifests(ctx context.Context) error {
 	objs, err := c.RenderManifests(ctx)
 	if err != nil {
@@ -231,6 +246,7 @@ func (c *Cluster) applyManifests(ctx context.Context) error {
 		return fmt.Errorf("harness: %w", err)
 	}
 	var first, middle, last []*unstructured.Unstructured
+	var params, policies []string
 	for _, o := range objs {
 		switch o.GetKind() {
 		case "Namespace":
@@ -241,11 +257,24 @@ func (c *Cluster) applyManifests(ctx context.Context) error {
 			}
 			last = append(last, o)
 		default:
+			if o.GetKind() == "ConfigMap" && o.GetNamespace() == WebhookNamespace && o.GetName() == AdmissionPolicyParams {
+				if err := setPolicyParams(o); err != nil {
+					return err
+				}
+				params = append(params, o.GetName())
+			}
+			if o.GetKind() == "ValidatingAdmissionPolicy" {
+				policies = append(policies, o.GetName())
+			}
 			middle = append(middle, o)
 		}
 	}
 	if len(last) != 1 {
 		return fmt.Errorf("harness: manifests/ renders %d MutatingWebhookConfigurations, want 1", len(last))
+	}
+	if len(params) != 1 || len(policies) != 1 {
+		return fmt.Errorf("harness: manifests/ renders %d ConfigMaps %s/%s and %d ValidatingAdmissionPolicies, want 1 of each",
+			len(params), WebhookNamespace, AdmissionPolicyParams, len(policies))
 	}
 	c.logf("applying manifests/ (%d objects)", len(objs))
 	all := append(append(first, middle...), last...)
@@ -263,6 +292,78 @@ func (c *Cluster) applyManifests(ctx context.Context) error {
 	}
 	if w := warnings.All(); len(w) > 0 {
 		return fmt.Errorf("harness: the apiserver warned about manifests/: %s", strings.Join(w, "; "))
+	}
+	if err := c.waitPolicyTypeChecked(ctx, policies[0]); err != nil {
+		return err
+	}
+	return c.waitPolicyEnforced(ctx)
+}
+
+// setPolicyParams makes OperatorUser the one allowed requester of the admission policy, and
+// checks that the policy's self is the identity the harness runs the webhook replicas as.
+func setPolicyParams(cm *unstructured.Unstructured) error {
+	self := "system:serviceaccount:" + WebhookNamespace + ":" + WebhookServiceAccount
+	if got, _, _ := unstructured.NestedString(cm.Object, "data", "selfUsername"); got != self {
+		return fmt.Errorf("harness: %s/%s: selfUsername %q, but the harness runs the webhook as %s (WebhookNamespace, WebhookServiceAccount)",
+			WebhookNamespace, AdmissionPolicyParams, got, self)
+	}
+	if err := unstructured.SetNestedField(cm.Object, "user:"+OperatorUser, "data", "allowedRequesters"); err != nil {
+		return fmt.Errorf("harness: %s/%s: %w", WebhookNamespace, AdmissionPolicyParams, err)
+	}
+	return nil
+}
+
+// waitPolicyTypeChecked waits for the kube-controller-manager to type-check the policy's current
+// generation against the real schemas, and fails when any expression drew a warning (an
+// expression that does not type-check is an error at admission time, failing closed).
+func (c *Cluster) waitPolicyTypeChecked(ctx context.Context, name string) error {
+	var warnings []string
+	if err := c.waitFor(ctx, 60*time.Second, c.kcm, "ValidatingAdmissionPolicy "+name+" to be type-checked (status.typeChecking)", func(ctx context.Context) (bool, error) {
+		vap, err := c.Dynamic.Resource(vapGVR).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		observed, _, _ := unstructured.NestedInt64(vap.Object, "status", "observedGeneration")
+		tc, found, _ := unstructured.NestedMap(vap.Object, "status", "typeChecking")
+		if !found || observed < vap.GetGeneration() {
+			return false, nil
+		}
+		ws, _, _ := unstructured.NestedSlice(tc, "expressionWarnings")
+		warnings = warnings[:0]
+		for _, w := range ws {
+			m, _ := w.(map[string]any)
+			warnings = append(warnings, fmt.Sprintf("%v: %v", m["fieldRef"], strings.TrimSpace(fmt.Sprint(m["warning"]))))
+		}
+		return true, nil
+	}); err != nil {
+		return err
+	}
+	if len(warnings) > 0 {
+		return fmt.Errorf("harness: ValidatingAdmissionPolicy %s does not type-check (status.typeChecking.expressionWarnings): %s", name, strings.Join(warnings, "; "))
+	}
+	return nil
+}
+
+// waitPolicyEnforced waits until the apiserver enforces the admission policy (its informers have
+// the policy, the binding and the parameters): a dry-run ServiceAccount carrying one of our
+// annotations, created as cluster admin (neither the webhook nor an allowed requester), is
+// refused. It is created in WebhookNamespace, which the mutating webhooks never see.
+func (c *Cluster) waitPolicyEnforced(ctx context.Context) error {
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+		GenerateName: "harness-policy-probe-",
+		Annotations:  map[string]string{"credential-webhook.klusters.dev/pending": "probe"},
+	}}
+	var last error
+	err := c.waitFor(ctx, 30*time.Second, c.apiserver, "the admission policy to be enforced", func(ctx context.Context) (bool, error) {
+		_, err := c.Client.CoreV1().ServiceAccounts(WebhookNamespace).Create(ctx, sa, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		last = err
+		if apierrors.IsForbidden(err) || apierrors.IsInvalid(err) {
+			return strings.Contains(err.Error(), "credential-webhook.klusters.dev/"), nil
+		}
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w (last dry run: %v)", err, last)
 	}
 	return nil
 }

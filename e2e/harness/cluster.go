@@ -530,7 +530,9 @@ func (c *Cluster) startControlPlane(ctx context.Context, opts Options) error {
 
 // controllers are the kube-controller-manager controllers the tests rely on: Jobs create Pods,
 // namespaces get their default ServiceAccount and are emptied on deletion, owners' dependants
-// are collected, and the aggregated ClusterRoles (admin, edit, view) get their rules.
+// are collected, the aggregated ClusterRoles (admin, edit, view) get their rules, and
+// ValidatingAdmissionPolicies are type-checked (status.typeChecking, which applyManifests waits
+// for).
 var controllers = []string{
 	"job-controller",
 	"clusterrole-aggregation-controller",
@@ -538,6 +540,7 @@ var controllers = []string{
 	"serviceaccount-token-controller",
 	"garbage-collector-controller",
 	"namespace-controller",
+	"validatingadmissionpolicy-status-controller",
 }
 
 const auditPolicyYAML = `apiVersion: audit.k8s.io/v1
