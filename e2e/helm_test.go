@@ -105,7 +105,8 @@ metrics:
 		kinds[o.GetKind()]++
 	}
 	for kind, n := range map[string]int{"ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1, "Role": 1, "RoleBinding": 1,
-		"Service": 1, "Deployment": 1, "PodDisruptionBudget": 1, "Certificate": 1, "ConfigMap": 1, "MutatingWebhookConfiguration": 1} {
+		"Service": 1, "Deployment": 1, "PodDisruptionBudget": 1, "Certificate": 1, "ConfigMap": 2, "MutatingWebhookConfiguration": 1,
+		"ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1} {
 		if kinds[kind] != n {
 			t.Errorf("rendered %d %s, want %d (all: %v)", kinds[kind], kind, n, kinds)
 		}
@@ -141,6 +142,20 @@ metrics:
 	helmConvert(t, storedMWC[0], &hooks)
 	if err := cluster.Dynamic.Resource(admissionv1.SchemeGroupVersion.WithResource("mutatingwebhookconfigurations")).Delete(ctx, fullname, metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("delete the chart's webhook configuration: %v", err)
+	}
+	// The release's admission policy names the release's own ServiceAccount as "self"; the
+	// harness runs the replica as the harness's, whose policy is already installed. Keep the
+	// release's out of the way once the apiserver accepted it (as the webhook configuration).
+	for _, o := range stored {
+		if k := o.GetKind(); k == "ValidatingAdmissionPolicyBinding" || k == "ValidatingAdmissionPolicy" {
+			res := "validatingadmissionpolicies"
+			if k == "ValidatingAdmissionPolicyBinding" {
+				res = "validatingadmissionpolicybindings"
+			}
+			if err := cluster.Dynamic.Resource(admissionv1.SchemeGroupVersion.WithResource(res)).Delete(ctx, o.GetName(), metav1.DeleteOptions{}); err != nil {
+				t.Fatalf("delete the chart's %s: %v", k, err)
+			}
+		}
 	}
 	got := map[string]string{}
 	for _, h := range hooks.Webhooks {
@@ -224,13 +239,32 @@ metrics:
 			helmConvert(t, o, &dep)
 		}
 	}
+	configMaps := map[string]map[string]string{}
+	for _, o := range stored {
+		if o.GetKind() == "ConfigMap" {
+			data, _, _ := unstructured.NestedStringMap(o.Object, "data")
+			configMaps[o.GetName()] = data
+		}
+	}
 	var env []string
 	for _, e := range dep.Spec.Template.Spec.Containers[0].Env {
 		// The rest (AWS_ROLE_ARN, the token file, POD_*) describe a Pod; the harness gives the
 		// replica its own AWS endpoint, credentials and identity.
-		if strings.HasPrefix(e.Name, "CREDENTIAL_WEBHOOK_") {
-			env = append(env, e.Name+"="+e.Value)
+		if !strings.HasPrefix(e.Name, "CREDENTIAL_WEBHOOK_") {
+			continue
 		}
+		v := e.Value
+		if e.ValueFrom != nil && e.ValueFrom.ConfigMapKeyRef != nil {
+			// What the kubelet would resolve: the allowed requesters live in the admission
+			// policy's ConfigMap, one list for the server and the policy.
+			ref := e.ValueFrom.ConfigMapKeyRef
+			cm, ok := configMaps[ref.Name]
+			if !ok {
+				t.Fatalf("%s refers to ConfigMap %s, which the chart does not render", e.Name, ref.Name)
+			}
+			v = cm[ref.Key]
+		}
+		env = append(env, e.Name+"="+v)
 	}
 	if len(env) < 20 {
 		t.Fatalf("only %d CREDENTIAL_WEBHOOK_* variables rendered: %v", len(env), env)

@@ -128,17 +128,17 @@ func createHeldJob(t *testing.T, ns, serviceAccount string, heldSince time.Time)
 	ctx := context.Background()
 	job := backupJob(ns, serviceAccount)
 	delete(job.Labels, annotations.ManagedByLabel)
-	job.Annotations = map[string]string{
-		annotations.HeldSince:  heldSince.UTC().Format(time.RFC3339),
-		annotations.HoldReason: "IdentityPending",
-	}
 	job.Spec.Suspend = ptr.To(true)
 	created, err := cluster.Client.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("create held Job: %v", err)
 	}
-	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q}}}`, annotations.ManagedByLabel, annotations.ManagedByValue)
-	labelled, err := cluster.Client.BatchV1().Jobs(ns).Patch(ctx, created.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+	// The hold as admission would have written it, written as the webhook's own identity: the
+	// admission policy and the guard let nobody else add our annotations to a Job.
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q},"annotations":{%q:%q,%q:%q}}}`,
+		annotations.ManagedByLabel, annotations.ManagedByValue,
+		annotations.HeldSince, heldSince.UTC().Format(time.RFC3339), annotations.HoldReason, "IdentityPending")
+	labelled, err := webhookClient(t, nil).BatchV1().Jobs(ns).Patch(ctx, created.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
 	if err != nil {
 		t.Fatalf("label held Job: %v", err)
 	}
@@ -406,6 +406,9 @@ func TestSweeperLeavesOtherSuspendedJobsAlone(t *testing.T) {
 // stops cleanly releases the Lease on the way out.
 func TestSweeperLeaderHandover(t *testing.T) {
 	ns := cluster.Namespace(t)
+	// The Jobs webhook (failurePolicy Fail) reviews writes of our hold annotations: a replica
+	// must answer them; this test runs its own sweepers.
+	cluster.StartWebhook(t, harness.WebhookOptions{Args: []string{"--sweeper=false"}})
 	lease := "sweeper-" + ns
 	var cut atomic.Bool
 	a := startSweeper(t, fastConfig(lease, "replica-a"), webhookClient(t, &cut), sweeper.Deps{})
