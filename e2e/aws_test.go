@@ -46,7 +46,7 @@ import (
 const packQuota = 2048
 
 // packOperator is the KubeStash operator's ServiceAccount, the one requester the replicas allow.
-const packOperator = "system:serviceaccount:kubestash:kubestash-kubestash-operator"
+const packOperator = harness.OperatorUser
 
 var packOperatorGroups = []string{"system:serviceaccounts", "system:serviceaccounts:kubestash", "system:authenticated"}
 

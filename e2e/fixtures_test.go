@@ -15,6 +15,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/e2e/harness"
 )
 
 // sessionServiceAccount is what the KubeStash operator creates per backup session: a name with
@@ -68,7 +69,7 @@ func plainPod(namespace string) *corev1.Pod {
 
 // operatorUser is the KubeStash operator's ServiceAccount, the requester of every session
 // ServiceAccount and Job in production.
-const operatorUser = "system:serviceaccount:kubestash:kubestash-kubestash-operator"
+const operatorUser = harness.OperatorUser
 
 // operatorClient acts as the KubeStash operator (impersonated), allowed to edit namespace ns.
 func operatorClient(t *testing.T, ns string) kubernetes.Interface {
