@@ -33,7 +33,7 @@ type serveConfig struct {
 	logLevel                                             string
 	certPoll, shutdownTimeout                            time.Duration
 	selfUsernames                                        string
-	clientCAFile                                         string
+	clientCAFile, clientNames                            string
 }
 
 func (c *serveConfig) register(fs *flag.FlagSet) {
@@ -44,6 +44,7 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.metricsListen, "metrics-listen", "", "address for plain-HTTP /metrics; empty: /metrics on the TLS listener")
 	fs.BoolVar(&c.http2, "http2", false, "allow HTTP/2 on the TLS listener (off by default: HTTP/2 rapid-reset advisories)")
 	fs.StringVar(&c.clientCAFile, "client-ca-file", "", "CA bundle for client certificates; when set, /mutate/* requires a client certificate it signed (configure the apiserver's AdmissionConfiguration to present one). Strongly recommended: without it anything that reaches the port can post a forged review")
+	fs.StringVar(&c.clientNames, "allowed-client-names", "", "comma-separated client certificate names (common name or DNS SAN) allowed on /mutate/* with --client-ca-file; a review over such a connection is known to come from the apiserver, so admission writes IAM and RBAC at once instead of when the ServiceAccount is seen persisted. Empty: any certificate the CA signed is accepted, and admission only plans")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.certPoll, "tls-poll-interval", 10*time.Second, "how often to re-read the certificate files besides watching them")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 25*time.Second, "time to finish in-flight reviews after SIGTERM")
@@ -154,25 +155,37 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 		ln.Close()
 		return err
 	}
-	handler := admission.NewHandler(admission.Options{
-		Routes:  wiring.routes,
-		Log:     log,
-		Metrics: metrics,
-		Ready:   ready.check,
-	})
 	var clientCAs *x509.CertPool
-	if c.clientCAFile != "" {
+	names := certs.ParseClientNames(c.clientNames)
+	var authenticated func(*http.Request) bool
+	switch {
+	case c.clientCAFile != "":
 		if clientCAs, err = certs.LoadClientCAs(c.clientCAFile); err != nil {
 			ln.Close()
 			return err
 		}
-	} else {
-		log.Warn("no --client-ca-file: reviews are not authenticated; restrict who can reach this port (NetworkPolicy)")
+		if len(names) > 0 {
+			authenticated = func(r *http.Request) bool { return certs.ClientNamed(r, names) }
+		} else {
+			log.Warn("--client-ca-file without --allowed-client-names: any certificate the CA signed is accepted, so reviews only plan; IAM and RBAC are written once the ServiceAccount is seen persisted")
+		}
+	case len(names) > 0:
+		ln.Close()
+		return fmt.Errorf("--allowed-client-names needs --client-ca-file")
+	default:
+		log.Info("no --client-ca-file: reviews only plan; IAM and RBAC are written once the ServiceAccount is seen persisted")
 	}
+	handler := admission.NewHandler(admission.Options{
+		Routes:        wiring.routes,
+		Log:           log,
+		Metrics:       metrics,
+		Ready:         ready.check,
+		Authenticated: authenticated,
+	})
 	mux := http.NewServeMux()
 	mux.Handle("/", handler)
 	if clientCAs != nil {
-		mux.Handle("/mutate/", certs.RequireClientCert(handler))
+		mux.Handle("/mutate/", certs.RequireClientCert(handler, names))
 	}
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	if c.metricsListen == "" {

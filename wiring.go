@@ -13,7 +13,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -63,6 +62,7 @@ type providerConfig struct {
 	sweeperLease        time.Duration
 	maxHold, gcInterval time.Duration
 	gcGrace             time.Duration
+	handoff             time.Duration
 	checksInARow        int
 
 	azureScopes, azureARMEndpoint, azureARMAudience string
@@ -86,6 +86,7 @@ func (p *providerConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&p.checksInARow, "sweeper-checks-in-a-row", sweeper.DefaultChecksInARow, "successful credential checks in a row before a Job is released")
 	fs.DurationVar(&p.gcInterval, "gc-interval", sweeper.DefaultGCInterval, "how often the sweeper compares every derived role and binding with the ServiceAccounts that exist")
 	fs.DurationVar(&p.gcGrace, "gc-grace", sweeper.DefaultGCGrace, "how long a ServiceAccount must be gone before its cloud subjects are removed (a delete-and-recreate within it keeps them)")
+	fs.DurationVar(&p.handoff, "writer-handoff", sweeper.DefaultHandoff, "how long the sweeper leader leaves a pending ServiceAccount to the replica that planned it before writing it itself")
 	fs.BoolVar(&p.podIdentity, "aws-inject-pod-identity", false, "inject IRSA credentials (env and a projected token) into Pods whose ServiceAccount has eks.amazonaws.com/role-arn, for clusters without the EKS pod-identity webhook")
 	fs.StringVar(&p.pods.Region, "aws-region", "", "AWS_REGION and AWS_DEFAULT_REGION injected into Pods (when absent)")
 	fs.BoolVar(&p.pods.RegionalSTS, "aws-sts-regional-endpoints", true, "inject AWS_STS_REGIONAL_ENDPOINTS=regional into Pods")
@@ -117,8 +118,8 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		return nil, fmt.Errorf("--sweeper-lease-duration %s: must be at least 3s", p.sweeperLease)
 	}
 	if p.sweeper && p.gcGrace < 10*time.Second {
-		// Admission writes IAM before the apiserver stores the ServiceAccount: a shorter grace
-		// could collect the subject of one that is about to exist.
+		// An authenticated review writes IAM before the apiserver stores the ServiceAccount: a
+		// shorter grace could collect the subject of one that is about to exist.
 		return nil, fmt.Errorf("--gc-grace %s: must be at least 10s", p.gcGrace)
 	}
 	policy, err := access.Parse(p.namespaces, p.requesters)
@@ -145,7 +146,9 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 	// What the sweeper needs from each provider; filled as providers are enabled.
 	ready := sweeper.NewReadyCache(sweeper.DefaultReadyTTL)
 	sw := sweeper.Deps{Ready: ready, Registerer: d.reg}
-	var finish finishers
+	var clouds []sweeper.Cloud
+	// The writer is made below (it needs the clouds); admission tells it what it planned.
+	var planned func(namespace, name string)
 
 	if p.awsSeeds != "" {
 		seeds, err := awsp.ParseAllowlist(p.awsSeeds)
@@ -161,7 +164,7 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		iamClient := awsp.NewIAMClient(cfg, awsp.CallMetrics(d.reg))
 		assigner := awsp.NewAssigner(iamClient, p.locker(d), awsp.Config{Seeds: seeds, Quota: p.awsQuota, RoleCreationLimit: p.roleCreationLimit}, d.log)
 		saPlugins = append(saPlugins, &awsp.Plugin{Assigner: assigner, Seeds: seeds, Access: policy, Metrics: awsp.NewMetrics(d.reg)})
-		finish = append(finish, assigner)
+		clouds = append(clouds, awsp.Cloud{Assigner: assigner})
 		if d.kube != nil {
 			sw.AWS = awscheck.New(awscheck.IAMRoleLister{IAM: iamClient}, awscheck.KubeTokens{Client: d.kube}, sts.NewFromConfig(cfg), p.checksInARow)
 			sw.Collectors = append(sw.Collectors, awsp.Collector{Assigner: assigner, Seeds: p.seedsInUse(d, sas)})
@@ -191,7 +194,7 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 			jp.ServiceAccounts = sas
 			sw.Azure = sweeper.AzureChecker{Bindings: azure.BindingLister{CS: d.kube}}
 			sw.Collectors = append(sw.Collectors, azure.Collector{CS: d.kube})
-			finish = append(finish, azure.Finisher{Resolver: resolver, Binder: binder, Scopes: scopes})
+			clouds = append(clouds, azure.Cloud{Resolver: resolver, Binder: binder, Scopes: scopes})
 		}
 		saPlugins = append(saPlugins, plugin)
 		jobPlugins = append(jobPlugins, jp)
@@ -217,25 +220,33 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		podPlugins = append(podPlugins, pods.NewPlugin(sas, p.pods))
 	}
 
-	switch {
-	case !p.sweeper:
-		d.log.Info("sweeper disabled (--sweeper=false)")
-	case d.kube == nil || p.leaseNamespace == "":
-		d.log.Warn("sweeper not started: it needs the Kubernetes API and --lease-namespace")
-	default:
-		if len(finish) > 0 {
-			sw.Assigner = finish
-		}
+	// Admission plans; the writer (every replica) and the sweeper (the leader) write. Without the
+	// Kubernetes API nothing can be seen persisted: only authenticated reviews write then.
+	if d.kube != nil {
+		sw.Clouds = clouds
+		sw.Namespaces = policy.NamespaceAllowed
 		if sas != nil {
 			sw.ServiceAccounts = sas.Informer
 		}
 		s := sweeper.New(d.kube, sweeper.Config{
-			MaxHold: p.maxHold, ChecksInARow: p.checksInARow, GCInterval: p.gcInterval, GCGrace: p.gcGrace,
+			MaxHold: p.maxHold, ChecksInARow: p.checksInARow, GCInterval: p.gcInterval, GCGrace: p.gcGrace, Handoff: p.handoff,
 			Namespace: p.leaseNamespace, Identity: p.identity,
 			LeaseDuration: p.sweeperLease, RenewDeadline: p.sweeperLease * 2 / 3, RetryPeriod: p.sweeperLease * 2 / 15,
 		}, sw, d.log)
-		w.background = append(w.background, s.Run)
+		planned = s.Planned
+		w.background = append(w.background, s.RunWriter)
+		switch {
+		case !p.sweeper:
+			d.log.Info("sweeper disabled (--sweeper=false): pending ServiceAccounts another replica planned are not finished, held Jobs are not released")
+		case p.leaseNamespace == "":
+			d.log.Warn("sweeper not started: it needs --lease-namespace")
+		default:
+			w.background = append(w.background, s.Run)
+		}
+	} else {
+		d.log.Warn("no Kubernetes API: admission only plans; IAM and RBAC are written only for reviews authenticated by a client certificate")
 	}
+	saPlugins = append(saPlugins, admission.PendingMarker{Planned: planned})
 
 	w.routes = []admission.Route{
 		// The apiserver refuses annotations over 256 KiB in all; a ServiceAccount over 512 KiB can
@@ -245,21 +256,6 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		{Path: "/mutate/pods", Name: "pods", Group: "", Kind: "Pod", Plugins: podPlugins},
 	}
 	return w, nil
-}
-
-// finishers runs every provider's Finish on a pending ServiceAccount and merges the annotations.
-type finishers []sweeper.Assigner
-
-func (f finishers) Finish(ctx context.Context, sa *corev1.ServiceAccount) (map[string]string, error) {
-	out := map[string]string{}
-	for _, one := range f {
-		set, err := one.Finish(ctx, sa)
-		if err != nil {
-			return nil, err
-		}
-		maps.Copy(out, set)
-	}
-	return out, nil
 }
 
 // seedsInUse lists the seeds the AWS garbage collector visits: those named by cached

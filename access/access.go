@@ -91,3 +91,7 @@ func (p Policy) Check(namespace, username string, groups []string) error {
 	}
 	return fmt.Errorf("requester %q is not allowed to request cloud identities (--allowed-requesters)", username)
 }
+
+// NamespaceAllowed reports whether namespace may hold ServiceAccounts with cloud identities.
+// The writer checks it again when it finishes a claim: the list may have changed since admission.
+func (p Policy) NamespaceAllowed(namespace string) bool { return match(p.namespaces, namespace) }

@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"go.klusters.dev/credential-webhook/markers"
 	"go.klusters.dev/credential-webhook/patches"
 )
 
@@ -33,6 +34,11 @@ type Request struct {
 	Deadline time.Time
 	// Log carries the request uid and object coordinates.
 	Log *slog.Logger
+	// Authenticated is true when the review came over a TLS connection whose client certificate
+	// the --client-ca-file CA signed for an allowed client name: only then is the review known
+	// to come from the apiserver, and only then may a plugin write to a cloud or RBAC before the
+	// object is persisted. Otherwise a review only plans (see package markers).
+	Authenticated bool
 
 	ann, oldAnn       map[string]string
 	annErr, oldAnnErr error
@@ -62,7 +68,14 @@ func (r *Request) OldAnnotations() (map[string]string, error) {
 type Response struct {
 	Patch    *patches.Builder
 	Warnings []string
+	// Pending lists the claims admission accepted and planned but did not finish: the route's
+	// PendingMarker writes them into our pending annotation once, for every cloud together, so
+	// no plugin can clear a claim another still needs.
+	Pending markers.Claims
 }
+
+// Defer records an accepted claim whose cloud write follows persistence.
+func (r *Response) Defer(c markers.Claim) { r.Pending = r.Pending.With(c) }
 
 // Warn adds an admission warning, shown to the requester by kubectl and client-go.
 func (r *Response) Warn(format string, args ...any) {

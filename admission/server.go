@@ -54,6 +54,9 @@ type Options struct {
 	MaxBodyBytes int64
 	// Ready reports whether the server can serve (certificate loaded, TLS answering).
 	Ready func(context.Context) error
+	// Authenticated says whether a review's HTTP request proves it came from the apiserver (a
+	// verified client certificate with an allowed name); nil: never.
+	Authenticated func(*http.Request) bool
 }
 
 type server struct {
@@ -135,7 +138,8 @@ func (s *server) review(rt Route) http.HandlerFunc {
 		log := s.opts.Log.With("uid", in.UID)
 		var patchOps int
 		if in.Kind.Group == rt.Group && in.Kind.Kind == rt.Kind {
-			c, res, n := s.run(hr.Context(), rt, in, budget(hr.URL.Query()), log)
+			authn := s.opts.Authenticated != nil && s.opts.Authenticated(hr)
+			c, res, n := s.run(hr.Context(), rt, in, budget(hr.URL.Query()), authn, log)
 			code = c
 			out.Response = res
 			out.Response.UID = in.UID
@@ -173,7 +177,7 @@ func (s *server) review(rt Route) http.HandlerFunc {
 
 // run executes the route's plugins under the derived deadline and turns their outcome into a
 // response. A panic becomes a 500 carrying the uid; the server goes on serving.
-func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.Duration, log *slog.Logger) (code int, res responseOut, nOps int) {
+func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.Duration, authenticated bool, log *slog.Logger) (code int, res responseOut, nOps int) {
 	deadline := time.Now().Add(budget)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
@@ -181,6 +185,7 @@ func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.D
 		UID: in.UID, Kind: in.Kind, Namespace: in.Namespace, Name: in.Name, Operation: in.Operation,
 		DryRun: in.DryRun != nil && *in.DryRun, Object: in.Object, OldObject: in.OldObject,
 		Deadline: deadline, Log: log.With("kind", in.Kind.Kind, "namespace", in.Namespace, "name", in.Name),
+		Authenticated: authenticated,
 	}
 	req.UserInfo.Username, req.UserInfo.UID, req.UserInfo.Groups = in.UserInfo.Username, in.UserInfo.UID, in.UserInfo.Groups
 	resp := &Response{Patch: patches.NewBuilder()}

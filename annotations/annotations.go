@@ -38,9 +38,10 @@ const (
 const Prefix = "credential-webhook.klusters.dev/"
 
 const (
-	// Pending marks a ServiceAccount that admission accepted (the requester was allowed) but could
-	// not finish (cloud outage, time budget). The sweeper works only on ServiceAccounts carrying it.
-	// Value: a short reason.
+	// Pending marks a ServiceAccount that admission accepted for an allowed requester: it planned
+	// the identity (role ARN, client ID) but wrote nothing to the cloud. The write follows once the
+	// ServiceAccount is seen persisted, and only for the claims this value records, which the
+	// ServiceAccount must still make. Value: "aws:<digest> azure:<digest>" (package markers).
 	Pending = Prefix + "pending"
 	// HoldReason and HeldSince are set on a Job that admission suspended; the sweeper releases only
 	// Jobs that carry them.
@@ -50,6 +51,10 @@ const (
 	ResticCredentials = Prefix + "restic-credentials"
 	// SeedTag is the IAM tag key on a derived role naming its seed role ARN.
 	SeedTag = "credential-webhook.klusters.dev/seed-role"
+	// Granted records, after the cloud write, which claims were granted to which object (its
+	// UID): "<uid> aws:<digest> azure:<digest>" (package markers). Garbage collection keeps a
+	// subject only while the ServiceAccount with that UID exists and still makes the claim.
+	Granted = Prefix + "granted"
 	// ManagedLabel marks Kubernetes objects this server created (ClusterRoles, bindings, Leases).
 	ManagedLabel = Prefix + "managed"
 )

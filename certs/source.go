@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -226,15 +227,48 @@ func LoadClientCAs(path string) (*x509.CertPool, error) {
 }
 
 // RequireClientCert refuses requests that did not present a client certificate verified
-// against the configured client CAs. Without it, anything that can reach the port can post a
-// forged AdmissionReview claiming to be any user, and the review's userInfo is what the
-// requester allowlist trusts before writing IAM trust policies and RBAC bindings.
-func RequireClientCert(next http.Handler) http.Handler {
+// against the configured client CAs and, when names is not empty, named by one of them (see
+// ClientNamed). Without it, anything that can reach the port can post a forged AdmissionReview
+// claiming to be any user.
+func RequireClientCert(next http.Handler, names map[string]bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
 			http.Error(w, "a client certificate signed by --client-ca-file is required", http.StatusForbidden)
 			return
 		}
+		if len(names) > 0 && !ClientNamed(r, names) {
+			http.Error(w, "the client certificate's name is not in --allowed-client-names", http.StatusForbidden)
+			return
+		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// ParseClientNames reads --allowed-client-names (comma-separated, exact names).
+func ParseClientNames(s string) map[string]bool {
+	out := map[string]bool{}
+	for _, n := range strings.Split(s, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			out[n] = true
+		}
+	}
+	return out
+}
+
+// ClientNamed reports whether r came over TLS with a client certificate that verified against
+// the client CAs and whose leaf names (common name or a DNS SAN) one of names.
+func ClientNamed(r *http.Request, names map[string]bool) bool {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+		return false
+	}
+	leaf := r.TLS.VerifiedChains[0][0]
+	if names[leaf.Subject.CommonName] {
+		return true
+	}
+	for _, n := range leaf.DNSNames {
+		if names[n] {
+			return true
+		}
+	}
+	return false
 }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"go.klusters.dev/credential-webhook/markers"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
@@ -26,18 +28,29 @@ type Checker interface {
 	Check(ctx context.Context, sa *corev1.ServiceAccount) (ready bool, reason string, err error)
 }
 
-// Assigner finishes the assignment of a ServiceAccount that admission accepted (it carries
-// annotations.Pending). It returns the output annotations to set (role ARN, client and tenant
-// IDs); the sweeper writes them and removes the pending marker in one patch.
-type Assigner interface {
+// Cloud is one cloud provider as the writer and the sweeper see it: which claim a
+// ServiceAccount's annotations make on it, and how to write that claim to the cloud.
+type Cloud interface {
+	// Name is the claim's cloud (markers.AWS, markers.Azure).
+	Name() string
+	// Claim is the claim ann makes on this cloud now; ok is false when it makes none.
+	Claim(ann map[string]string) (c markers.Claim, ok bool)
+	// Finish writes sa's claim to the cloud (trust policy, identity binding) and returns the
+	// output annotations to set (role ARN, client and tenant IDs). Errors wrapping
+	// markers.ErrRefused are permanent (seed or scope not allowed): the claim is dropped.
+	// Anything else is retried.
 	Finish(ctx context.Context, sa *corev1.ServiceAccount) (annotations map[string]string, err error)
+	// Outputs are the annotation keys Finish sets; a dropped claim removes them, so no
+	// ServiceAccount keeps pointing at an identity it was not granted.
+	Outputs() []string
 }
 
 // Collector removes what a cloud holds for ServiceAccounts that no longer exist (trust policy
-// subjects, identity binding subjects). existing answers from the sweeper's ServiceAccount cache
-// with a grace period (see Config.GCGrace); removed is how many subjects went away.
+// subjects, identity binding subjects) for ServiceAccounts that are gone or lost their standing
+// (markers.Keeps). lookup answers from the sweeper's ServiceAccount cache with a grace period
+// (see Config.GCGrace); removed is how many subjects went away.
 type Collector interface {
-	Collect(ctx context.Context, existing func(namespace, name string) bool) (removed int, err error)
+	Collect(ctx context.Context, lookup markers.Lookup) (removed int, err error)
 }
 
 // Config tunes the sweeper. Zero fields take the defaults below.
@@ -51,10 +64,13 @@ type Config struct {
 	// GCInterval is the period of the full garbage collection sweep.
 	GCInterval time.Duration
 	// GCGrace: a ServiceAccount must be seen missing for this long before its subjects are
-	// collected. Admission assigns a role while the ServiceAccount is still being created, before
-	// any cache (or even etcd) has it; without a grace period a collection running at that
-	// moment would take the fresh subject away again.
+	// collected. An authenticated review (client certificate) writes at admission, before any
+	// cache (or even etcd) has the ServiceAccount; without a grace period a collection running
+	// at that moment would take the fresh subject away again.
 	GCGrace time.Duration
+	// Handoff is how long the leader leaves a pending ServiceAccount to the replica that planned
+	// it before finishing it itself (that replica may have restarted or failed).
+	Handoff time.Duration
 
 	// Namespace and LeaseName locate the leader election Lease (the webhook's own namespace).
 	Namespace string
@@ -79,6 +95,9 @@ type Config struct {
 	// finishes for one seed share a lock session (the Assigner commits them together), so more
 	// workers mean fewer IAM writes per ServiceAccount, not more.
 	FinishWorkers int
+	// WriterWorkers is the number of planned ServiceAccounts one replica's writer finishes at
+	// once. They mostly wait for a seed's lock session, where they are written together.
+	WriterWorkers int
 }
 
 // Defaults.
@@ -104,6 +123,8 @@ const (
 	// throttling a third of the calls, 2 workers released 300 Jobs in minutes.
 	DefaultWorkers       = 8
 	DefaultFinishWorkers = 4
+	DefaultWriterWorkers = 32
+	DefaultHandoff       = 5 * time.Second
 )
 
 // WithDefaults returns c with zero fields set to the defaults.
@@ -116,6 +137,7 @@ func (c Config) WithDefaults() Config {
 	set(&c.MaxHold, DefaultMaxHold)
 	set(&c.GCInterval, DefaultGCInterval)
 	set(&c.GCGrace, DefaultGCGrace)
+	set(&c.Handoff, DefaultHandoff)
 	set(&c.LeaseDuration, DefaultLeaseDuration)
 	set(&c.RenewDeadline, DefaultRenewDeadline)
 	set(&c.RetryPeriod, DefaultRetryPeriod)
@@ -134,6 +156,9 @@ func (c Config) WithDefaults() Config {
 	if c.Workers <= 0 {
 		c.Workers = DefaultWorkers
 	}
+	if c.WriterWorkers <= 0 {
+		c.WriterWorkers = DefaultWriterWorkers
+	}
 	if c.FinishWorkers <= 0 {
 		c.FinishWorkers = DefaultFinishWorkers
 	}
@@ -145,8 +170,12 @@ type Deps struct {
 	// AWS checks ServiceAccounts carrying a seed role; Azure those naming a managed identity.
 	// A nil checker means that cloud's identities count as working once assigned.
 	AWS, Azure Checker
-	// Assigner finishes pending ServiceAccounts; nil disables the finisher.
-	Assigner Assigner
+	// Clouds finish pending claims (the writer on every replica, the leader as the fallback);
+	// none disables both.
+	Clouds []Cloud
+	// Namespaces says whether a namespace may still hold cloud identities (the allowlist may
+	// have changed since admission); nil allows every namespace.
+	Namespaces func(namespace string) bool
 	// Collectors run on ServiceAccount deletions and every GCInterval.
 	Collectors []Collector
 	// Ready is filled with proven ServiceAccounts; admission reads it. nil: New makes one.

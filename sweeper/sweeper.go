@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
 
 	"go.klusters.dev/credential-webhook/annotations"
 )
@@ -33,6 +34,12 @@ type Sweeper struct {
 	// term's lifetime).
 	work func(ctx context.Context)
 
+	// clouds by name (Deps.Clouds); writer finishes what this replica planned.
+	clouds map[string]Cloud
+	writer *writer
+
+	eventsOnce sync.Once
+
 	// leadMu is held for a whole leadership term, so a new term (or the Lease release on
 	// shutdown) starts only after the previous term's workers stopped.
 	leadMu sync.Mutex
@@ -46,6 +53,12 @@ func New(cs kubernetes.Interface, cfg Config, deps Deps, log *slog.Logger) *Swee
 	}
 	s := &Sweeper{cs: cs, cfg: cfg, deps: deps, log: log.With("component", "sweeper"), m: newMetrics(deps.Registerer), now: time.Now}
 	s.work = func(ctx context.Context) { newTerm(s).run(ctx) }
+	s.clouds = map[string]Cloud{}
+	for _, c := range deps.Clouds {
+		s.clouds[c.Name()] = c
+	}
+	s.writer = &writer{s: s, planned: map[string]time.Time{},
+		q: workqueue.NewTypedDelayingQueueWithConfig(workqueue.TypedDelayingQueueConfig[string]{Name: "credential-webhook-planned-serviceaccounts"})}
 	s.ready = deps.Ready
 	if s.ready == nil {
 		s.ready = NewReadyCache(cfg.ReadyTTL)
@@ -58,17 +71,37 @@ func New(cs kubernetes.Interface, cfg Config, deps Deps, log *slog.Logger) *Swee
 	return s
 }
 
+// startEvents starts recording Events to the API once, for whichever of Run and RunWriter
+// starts first; the broadcaster lives as long as the process.
+func (s *Sweeper) startEvents() {
+	s.eventsOnce.Do(func() {
+		s.broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.cs.CoreV1().Events("")})
+	})
+}
+
 // Ready is the cache of proven ServiceAccounts, for the Job admission plugin.
 func (s *Sweeper) Ready() *ReadyCache { return s.ready }
 
-// Run campaigns for the leader Lease and, while it holds it, releases held Jobs, finishes
-// pending ServiceAccounts and collects garbage. It blocks until ctx ends. On the way out it
+// RunWriter writes what admission on this replica planned, as soon as the ServiceAccount is
+// seen persisted (every replica runs it; see writer.go). It blocks until ctx ends. Without
+// Deps.ServiceAccounts or clouds it returns at once.
+func (s *Sweeper) RunWriter(ctx context.Context) {
+	if s.deps.ServiceAccounts == nil || len(s.clouds) == 0 {
+		return
+	}
+	if s.broadcaster != nil {
+		s.startEvents()
+	}
+	s.writer.run(ctx, s.deps.ServiceAccounts)
+}
+
+// Run campaigns for the leader Lease and, while it holds it, releases held Jobs, finishes the
+// pending ServiceAccounts the writers left (after Config.Handoff) and collects garbage. It blocks until ctx ends. On the way out it
 // stops its workers first and then releases the Lease (ReleaseOnCancel), so another replica
 // takes over within one retry period instead of waiting for the Lease to expire.
 func (s *Sweeper) Run(ctx context.Context) {
 	if s.broadcaster != nil {
-		s.broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.cs.CoreV1().Events("")})
-		defer s.broadcaster.Shutdown()
+		s.startEvents()
 	}
 	lock := &renewalTracker{Interface: &resourcelock.LeaseLock{
 		LeaseMeta:  metaFor(s.cfg.Namespace, s.cfg.LeaseName),

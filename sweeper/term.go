@@ -178,7 +178,7 @@ func (t *term) run(ctx context.Context) {
 	for range t.cfg.Workers {
 		wg.Go(func() { t.jobWorker(ctx) })
 	}
-	if t.deps.Assigner != nil {
+	if len(t.clouds) > 0 {
 		for range t.cfg.FinishWorkers {
 			wg.Go(func() { t.finishWorker(ctx) })
 		}
@@ -236,8 +236,9 @@ func (t *term) onServiceAccount(oldObj, obj any) {
 	}
 	t.ready.Observe(sa)
 	k := key(sa.Namespace, sa.Name)
-	if _, pending := sa.Annotations[annotations.Pending]; pending && sa.DeletionTimestamp == nil && t.deps.Assigner != nil {
-		t.finishQ.Add(k)
+	if _, pending := sa.Annotations[annotations.Pending]; pending && sa.DeletionTimestamp == nil && len(t.clouds) > 0 {
+		// The replica that planned it writes it within a moment; this is the fallback.
+		t.finishQ.AddAfter(k, t.cfg.Handoff)
 	}
 	if old, ok := oldObj.(*corev1.ServiceAccount); ok && fingerprint(old) == fingerprint(sa) &&
 		old.Annotations[annotations.SeedRole] == sa.Annotations[annotations.SeedRole] &&
@@ -510,15 +511,15 @@ func (t *term) finishWorker(ctx context.Context) {
 func (t *term) processPending(ctx context.Context, k string) {
 	ns, name := splitKey(k)
 	sa, err := t.saLister.ServiceAccounts(ns).Get(name)
-	if err != nil || sa.DeletionTimestamp != nil {
+	if err != nil {
 		t.forgetFinish(k)
 		return
 	}
-	if _, pending := sa.Annotations[annotations.Pending]; !pending {
-		t.forgetFinish(k)
-		return
-	}
-	retry := func(err error) {
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.CheckTimeout)
+	defer cancel()
+	out, err := t.finish(ctx, sa)
+	switch {
+	case err != nil:
 		t.m.finishes.WithLabelValues("error").Inc()
 		t.mu.Lock()
 		attempt := t.finishAttempts[k]
@@ -528,32 +529,10 @@ func (t *term) processPending(ctx context.Context, k string) {
 		t.log.Warn("finishing pending ServiceAccount failed", "serviceaccount", k, "attempt", attempt, "retryIn", after, "error", err)
 		t.recorder.Eventf(sa, corev1.EventTypeWarning, "AssignmentFailed", "credential-webhook could not finish the cloud identity assignment (retrying in %s): %v", after, err)
 		t.finishQ.AddAfter(k, after)
-	}
-	ctx, cancel := context.WithTimeout(ctx, t.cfg.CheckTimeout)
-	defer cancel()
-	set, err := t.deps.Assigner.Finish(ctx, sa)
-	if err != nil {
-		retry(err)
-		return
-	}
-	patch, err := FinishPatch(sa, set)
-	if err != nil {
-		t.forgetFinish(k)
-		return
-	}
-	_, err = t.cs.CoreV1().ServiceAccounts(ns).Patch(ctx, name, types.JSONPatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
-	switch {
-	case apierrors.IsNotFound(err):
-		t.forgetFinish(k)
-	case isStale(err):
+	case out == stale:
 		t.finishQ.AddAfter(k, t.cfg.BackoffInitial)
-	case err != nil:
-		retry(err)
 	default:
-		t.m.finishes.WithLabelValues("finished").Inc()
 		t.forgetFinish(k)
-		t.recorder.Eventf(sa, corev1.EventTypeNormal, "Assigned", "credential-webhook finished the cloud identity assignment")
-		t.log.Info("finished pending ServiceAccount", "serviceaccount", k)
 	}
 }
 
@@ -612,7 +591,7 @@ func (t *term) collect(ctx context.Context) time.Duration {
 	total := 0
 	var errs []error
 	for _, c := range t.deps.Collectors {
-		n, err := c.Collect(ctx, func(ns, name string) bool { return t.existing(ctx, ns, name) })
+		n, err := c.Collect(ctx, func(ns, name string) (*corev1.ServiceAccount, bool) { return t.lookup(ctx, ns, name) })
 		total += n
 		if err != nil {
 			errs = append(errs, err)
@@ -645,13 +624,14 @@ func (t *term) collect(ctx context.Context) time.Duration {
 	return next
 }
 
-// existing answers a Collector: does ServiceAccount namespace/name exist? Only a ServiceAccount
-// missing from the cache for GCGrace, and then confirmed missing by a live read, counts as gone.
-// Every doubt (read errors) answers "exists": collecting a live subject breaks a backup, keeping
-// a dead one costs a few characters of trust policy until the next sweep.
-func (t *term) existing(ctx context.Context, namespace, name string) bool {
+// lookup answers a Collector: the ServiceAccount namespace/name, from the cache. Only a
+// ServiceAccount missing from the cache for GCGrace, and then confirmed missing by a live read,
+// counts as gone. Every doubt (read errors) answers "exists, unknown" (nil, true): collecting a
+// live subject breaks a backup, keeping a dead one costs a few characters of trust policy until
+// the next sweep.
+func (t *term) lookup(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, bool) {
 	k := key(namespace, name)
-	_, err := t.saLister.ServiceAccounts(namespace).Get(name)
+	sa, err := t.saLister.ServiceAccounts(namespace).Get(name)
 	now := t.now()
 	t.mu.Lock()
 	if t.asked != nil {
@@ -660,7 +640,7 @@ func (t *term) existing(ctx context.Context, namespace, name string) bool {
 	if err == nil || !apierrors.IsNotFound(err) {
 		delete(t.missing, k)
 		t.mu.Unlock()
-		return true
+		return sa, true
 	}
 	first, seen := t.missing[k]
 	if !seen {
@@ -668,16 +648,17 @@ func (t *term) existing(ctx context.Context, namespace, name string) bool {
 	}
 	t.mu.Unlock()
 	if !Gone(first, now, t.cfg.GCGrace) {
-		return true
+		return nil, true
 	}
-	_, err = t.cs.CoreV1().ServiceAccounts(namespace).Get(ctx, name, metav1.GetOptions{})
+	live, err := t.cs.CoreV1().ServiceAccounts(namespace).Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return false
+		return nil, false
 	}
-	if err == nil {
-		t.mu.Lock()
-		delete(t.missing, k)
-		t.mu.Unlock()
+	if err != nil {
+		return nil, true
 	}
-	return true
+	t.mu.Lock()
+	delete(t.missing, k)
+	t.mu.Unlock()
+	return live, true
 }

@@ -115,6 +115,9 @@ type seedState struct {
 	gen    int64 // generation the cache matches; -1 when loaded outside a lock
 	roles  []*roleState
 	spec   *roleSpec // the seed's permissions, read on first need
+
+	// plan is what admission plans from (see plan.go); it has its own mutex.
+	plan planner
 }
 
 type roleState struct {
@@ -182,7 +185,7 @@ func (a *Assigner) begin(ctx context.Context, seed RoleARN) (*session, func(), e
 	}
 	s := &session{a: a, seed: seed, st: st, locked: true}
 	s.w = &writer{api: a.api, before: s.bump}
-	done := func() { unlock(); release() }
+	done := func() { st.publish(); unlock(); release() }
 	if !st.loaded || st.gen != gen {
 		if st.loaded {
 			a.log.Debug("derived role cache is stale, reloading", "seed", seed.String(), "cached", st.gen, "current", gen)
@@ -661,7 +664,15 @@ next:
 			out[sub] = assignResult{a: res, err: err}
 			continue
 		}
-		for _, r := range s.st.roles {
+		// The role admission planned comes first, so the ARN it answered with comes true;
+		// first fit otherwise.
+		candidates := s.st.roles
+		if idx, ok := s.st.hint(sub, time.Now()); ok {
+			if i := slices.IndexFunc(s.st.roles, func(r *roleState) bool { return r.index == idx }); i > 0 {
+				candidates = append([]*roleState{s.st.roles[i]}, s.st.roles...)
+			}
+		}
+		for _, r := range candidates {
 			if r.bad != nil || r.owner == ownerOther {
 				continue
 			}
@@ -699,6 +710,9 @@ next:
 			quota = s.a.learnQuota(named, size)
 			again = append(again, members[r]...)
 			continue
+		}
+		if err == nil {
+			s.st.placed(members[r])
 		}
 		for _, sub := range members[r] {
 			if err != nil {
@@ -770,6 +784,7 @@ func (s *session) placeNew(ctx context.Context, subject string, quota int) (res 
 		return res, false, err
 	}
 	s.a.log.Info("created derived role", "seed", s.seed.String(), "subject", subject, "role", arn.String(), "chars", size, "quota", quota)
+	s.st.placed([]string{subject})
 	return Assignment{RoleARN: arn.String(), Created: true}, false, nil
 }
 
@@ -840,56 +855,6 @@ func (s *session) adopt(ctx context.Context, arn RoleARN, idx int) error {
 	}
 	s.insert(r)
 	return nil
-}
-
-// Plan says where Assign would put the subject, without writing anything (dryRun). known is true
-// when the subject is already listed. It takes no distributed lock (which would be a Kubernetes
-// write) and may use a cache another replica has since outdated: the answer is advisory.
-func (a *Assigner) Plan(ctx context.Context, seed RoleARN, namespace, name string) (roleARN string, known bool, err error) {
-	subject, err := Subject(namespace, name)
-	if err != nil {
-		return "", false, err
-	}
-	if err := a.allowed(seed); err != nil {
-		return "", false, err
-	}
-	st := a.state(seed)
-	release, err := st.acquire(ctx)
-	if err != nil {
-		return "", false, fmt.Errorf("waiting for seed %s: %w", seed, err)
-	}
-	defer release()
-	s := &session{a: a, seed: seed, st: st}
-	s.w = &writer{api: a.api, before: s.bump} // bump refuses: no lock held
-	if !st.loaded {
-		if err := s.refresh(ctx); err != nil {
-			return "", false, err
-		}
-		st.gen = -1 // loaded without the lock: the next session reloads
-	}
-	for _, r := range st.roles {
-		if r.bad == nil && r.trust.Has(subject) && s.ensureOwned(ctx, r) == nil {
-			return r.arn.String(), true, nil
-		}
-	}
-	quota := a.quotaFor(ctx)
-	for _, r := range st.roles {
-		if r.bad != nil || r.owner == ownerOther {
-			continue
-		}
-		if _, _, ok, err := Fit(r.trust, subject, quota); err == nil && ok && s.ensureOwned(ctx, r) == nil {
-			return r.arn.String(), false, nil
-		}
-	}
-	idx := s.freeIndex()
-	if idx >= a.cfg.RoleCreationLimit {
-		return "", false, fmt.Errorf("%w: all %d derived roles of %s are full", ErrRoleLimitReached, a.cfg.RoleCreationLimit, seed)
-	}
-	arn, err := Derived(seed, idx)
-	if err != nil {
-		return "", false, err
-	}
-	return arn.String(), false, nil
 }
 
 // Remove takes subjects out of every derived role of seed that lists them (garbage collection of

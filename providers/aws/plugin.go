@@ -14,12 +14,24 @@ import (
 	"go.klusters.dev/credential-webhook/access"
 	"go.klusters.dev/credential-webhook/admission"
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/markers"
 )
 
 // AssignerAPI is what the ServiceAccount plugin needs of an Assigner.
 type AssignerAPI interface {
 	Assign(ctx context.Context, seed RoleARN, namespace, name string) (Assignment, error)
 	Plan(ctx context.Context, seed RoleARN, namespace, name string) (roleARN string, known bool, err error)
+	Reserve(ctx context.Context, seed RoleARN, namespace, name string) (roleARN string, known bool, err error)
+}
+
+// ClaimOf is the claim a ServiceAccount's annotations make on AWS: a digest of its canonical
+// seed role ARN. ok is false when there is no valid seed annotation.
+func ClaimOf(ann map[string]string) (markers.Claim, bool) {
+	seed, err := ParseRoleARN(ann[annotations.SeedRole])
+	if err != nil {
+		return markers.Claim{}, false
+	}
+	return markers.For(markers.AWS, seed.String()), true
 }
 
 // EventSink records a Kubernetes Event about a ServiceAccount (asynchronously; never on the
@@ -28,9 +40,11 @@ type EventSink interface {
 	Warning(namespace, name, reason, message string)
 }
 
-// Plugin assigns ServiceAccounts carrying the seed-role annotation to a derived role and patches
-// in eks.amazonaws.com/role-arn. Cloud failures never deny: the ServiceAccount is admitted with a
-// warning and our pending marker, and the sweeper finishes the assignment later.
+// Plugin plans the derived role of ServiceAccounts carrying the seed-role annotation: it patches
+// in eks.amazonaws.com/role-arn with the planned role and adds the AWS claim to our pending
+// marker. It writes nothing to IAM unless the review is Authenticated (a client certificate):
+// a review body proves nothing, so the write follows once the ServiceAccount is seen persisted
+// (sweeper.Writer). Cloud failures never deny: the ServiceAccount is admitted with a warning.
 type Plugin struct {
 	Assigner AssignerAPI
 	Seeds    Allowlist
@@ -80,10 +94,21 @@ func Decide(op admissionv1.Operation, cur, old map[string]string) Action {
 		return ActionNone
 	}
 	if op == admissionv1.Update && old[annotations.SeedRole] == seed && cur[annotations.Pending] == "" &&
-		IsDerivedFrom(cur[annotations.AWSRoleARN], seed) {
+		IsDerivedFrom(cur[annotations.AWSRoleARN], seed) && granted(cur) {
 		return ActionUnchanged
 	}
 	return ActionAssign
+}
+
+// granted reports whether the granted marker covers the current seed (the UID is the object's
+// own on UPDATE; garbage collection checks it against the live object).
+func granted(cur map[string]string) bool {
+	c, ok := ClaimOf(cur)
+	if !ok {
+		return false
+	}
+	_, g, err := markers.ParseGranted(cur[annotations.Granted])
+	return err == nil && g.Has(c)
 }
 
 var derivedSuffix = regexp.MustCompile(`^-[0-9]{1,4}$`)
@@ -157,8 +182,10 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 		return nil
 	}
 
-	if req.DryRun {
-		// No IAM write; say which role would be used when reads can tell.
+	claim := markers.For(markers.AWS, seed.String())
+	switch {
+	case req.DryRun:
+		// No IAM write and no reservation; say which role would be used when reads can tell.
 		p.count("dry_run")
 		arn, known, err := p.Assigner.Plan(ctx, seed, req.Namespace, name)
 		switch {
@@ -171,40 +198,62 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 			resp.Warn("dry run: no IAM change was made; %s is where the ServiceAccount would be added", arn)
 		}
 		return nil
-	}
-
-	a, err := p.Assigner.Assign(ctx, seed, req.Namespace, name)
-	switch {
-	case err == nil:
-		resp.Patch.SetMapEntry(annotationsPath, cur, annotations.AWSRoleARN, a.RoleARN)
-		resp.Patch.RemoveMapEntry(annotationsPath, cur, annotations.Pending)
-		outcome := "assigned"
-		if a.AlreadyListed {
-			outcome = "already_listed"
-		} else if a.Created {
-			outcome = "created_role"
+	case req.Authenticated:
+		// The apiserver itself sent this review (client certificate): writing now is safe, and
+		// the credentials work a little sooner. The claim stays pending until the persisted
+		// object is bound (its UID recorded).
+		a, err := p.Assigner.Assign(ctx, seed, req.Namespace, name)
+		if err == nil {
+			outcome := "assigned"
+			if a.AlreadyListed {
+				outcome = "already_listed"
+			} else if a.Created {
+				outcome = "created_role"
+			}
+			p.count(outcome)
+			resp.Patch.SetMapEntry(annotationsPath, cur, annotations.AWSRoleARN, a.RoleARN)
+			resp.Defer(claim)
+			req.Log.Info("assigned derived role at admission (authenticated review)", "role", a.RoleARN, "outcome", outcome)
+			return nil
 		}
-		p.count(outcome)
-		req.Log.Info("assigned derived role", "role", a.RoleARN, "outcome", outcome)
+		p.failed(req, resp, cur, seed, claim, err)
+		return nil
+	}
+	arn, _, err := p.Assigner.Reserve(ctx, seed, req.Namespace, name)
+	if err != nil {
+		p.failed(req, resp, cur, seed, claim, err)
+		return nil
+	}
+	p.count("planned")
+	resp.Patch.SetMapEntry(annotationsPath, cur, annotations.AWSRoleARN, arn)
+	resp.Defer(claim)
+	req.Log.Info("planned derived role; IAM is written once the ServiceAccount is persisted", "role", arn)
+	return nil
+}
+
+// failed answers a plan or assignment that did not work out: permanent refusals get a warning
+// and no claim; anything else (role limit, IAM slow or down) keeps the claim pending for the
+// writer and the sweeper.
+func (p *Plugin) failed(req *admission.Request, resp *admission.Response, cur map[string]string, seed RoleARN, claim markers.Claim, err error) {
+	name := req.Name
+	switch {
 	case errors.Is(err, ErrRoleLimitReached):
 		p.count("role_limit")
 		resp.Warn("no IAM role was assigned: seed %s already has its maximum number of derived roles (--role-creation-limit); the sweeper retries when space frees up", seed)
-		resp.Patch.SetMapEntry(annotationsPath, cur, annotations.Pending, "role-limit")
+		resp.Defer(claim)
 		if p.Events != nil {
 			p.Events.Warning(req.Namespace, name, "RoleLimitReached", fmt.Sprintf("seed %s has reached --role-creation-limit derived roles", seed))
 		}
 		req.Log.Warn("role creation limit reached", "seed", seed.String())
-	case errors.Is(err, ErrNotAllowed), errors.Is(err, ErrSeedMismatch), errors.Is(err, ErrSeedNotOIDC),
-		errors.Is(err, ErrInvalidSubject), errors.Is(err, ErrSubjectTooLarge), errors.Is(err, ErrInvalidARN):
-		// Permanent for this object: retrying later cannot help, so no pending marker.
+	case Permanent(err):
+		// Permanent for this object: retrying later cannot help, so no claim.
 		p.count("refused")
 		resp.Warn("no IAM role was assigned: %v", err)
 		req.Log.Warn("assignment refused", "error", err)
 	default:
 		p.count("deferred")
 		resp.Warn("IAM role assignment did not finish in time (%v); the ServiceAccount was admitted and credential-webhook will finish it shortly", err)
-		resp.Patch.SetMapEntry(annotationsPath, cur, annotations.Pending, "aws")
+		resp.Defer(claim)
 		req.Log.Warn("assignment deferred to the sweeper", "error", err)
 	}
-	return nil
 }

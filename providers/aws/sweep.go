@@ -8,29 +8,45 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/markers"
 )
 
-// Finish assigns a ServiceAccount admission accepted but could not finish (it carries our
-// pending marker; the sweeper checks that). It returns the annotations to set. The seed is checked
-// against the allowlist again: the list may have changed since admission.
-func (a *Assigner) Finish(ctx context.Context, sa *corev1.ServiceAccount) (map[string]string, error) {
-	raw := sa.Annotations[annotations.SeedRole]
-	if raw == "" {
-		return nil, nil
-	}
-	seed, err := ParseRoleARN(raw)
+// Cloud is AWS as the writer and the sweeper see it (sweeper.Cloud).
+type Cloud struct{ Assigner *Assigner }
+
+func (Cloud) Name() string { return markers.AWS }
+
+func (Cloud) Claim(ann map[string]string) (markers.Claim, bool) { return ClaimOf(ann) }
+
+func (Cloud) Outputs() []string { return []string{annotations.AWSRoleARN} }
+
+// Finish adds the ServiceAccount, persisted and still claiming its seed (the caller checked), to
+// a derived role of the seed and returns the role ARN to set. The seed is checked against the
+// allowlist again: the list may have changed since admission.
+func (c Cloud) Finish(ctx context.Context, sa *corev1.ServiceAccount) (map[string]string, error) {
+	seed, err := ParseRoleARN(sa.Annotations[annotations.SeedRole])
 	if err != nil {
-		return nil, fmt.Errorf("seed role annotation: %w", err)
+		return nil, fmt.Errorf("%w: seed role annotation: %w", markers.ErrRefused, err)
 	}
-	res, err := a.Assign(ctx, seed, sa.Namespace, sa.Name)
+	res, err := c.Assigner.Assign(ctx, seed, sa.Namespace, sa.Name)
+	if Permanent(err) {
+		return nil, fmt.Errorf("%w: %w", markers.ErrRefused, err)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return map[string]string{annotations.AWSRoleARN: res.RoleARN}, nil
 }
 
+// Permanent reports errors that retrying cannot cure for this ServiceAccount and seed.
+func Permanent(err error) bool {
+	return errors.Is(err, ErrNotAllowed) || errors.Is(err, ErrSeedMismatch) || errors.Is(err, ErrSeedNotOIDC) ||
+		errors.Is(err, ErrInvalidSubject) || errors.Is(err, ErrSubjectTooLarge) || errors.Is(err, ErrInvalidARN)
+}
+
 // Collector removes from every derived role the subjects whose ServiceAccount no longer
-// exists. Seeds says which seeds to look at (those named by live ServiceAccounts and those with a
+// exists or lost its standing for the seed (markers.Keeps: re-created under the same name, or
+// no longer asking for that seed). Seeds says which seeds to look at (those named by live ServiceAccounts and those with a
 // lock Lease: a seed whose last ServiceAccount was deleted still has its Lease).
 type Collector struct {
 	Assigner *Assigner
@@ -39,7 +55,7 @@ type Collector struct {
 
 // Collect costs one ListRoles and one GetRole per derived role per seed (Roles), plus one
 // UpdateAssumeRolePolicy per role that changed.
-func (c Collector) Collect(ctx context.Context, existing func(namespace, name string) bool) (int, error) {
+func (c Collector) Collect(ctx context.Context, lookup markers.Lookup) (int, error) {
 	seeds, err := c.Seeds(ctx)
 	if err != nil {
 		return 0, err
@@ -56,6 +72,7 @@ func (c Collector) Collect(ctx context.Context, existing func(namespace, name st
 			errs = append(errs, fmt.Errorf("listing derived roles of %s: %w", seed, err))
 			continue
 		}
+		want := markers.For(markers.AWS, seed.String())
 		var gone []string
 		for _, r := range roles {
 			if !r.Owned {
@@ -63,7 +80,10 @@ func (c Collector) Collect(ctx context.Context, existing func(namespace, name st
 			}
 			for _, sub := range r.Subjects {
 				ns, name, err := ParseSubject(sub)
-				if err == nil && !existing(ns, name) {
+				if err != nil {
+					continue
+				}
+				if sa, exists := lookup(ns, name); !markers.Keeps(sa, exists, ClaimOf, want) {
 					gone = append(gone, sub)
 				}
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -12,6 +13,7 @@ import (
 	"go.klusters.dev/credential-webhook/access"
 	"go.klusters.dev/credential-webhook/admission"
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/markers"
 )
 
 // Looker resolves a managed identity (the cached Resolver).
@@ -25,8 +27,10 @@ type Binder interface {
 }
 
 // ServiceAccountPlugin gives ServiceAccounts that name a managed identity its client and tenant
-// IDs and adds them to the identity's use-mi-<clientID> binding. Cloud or RBAC failures admit the
-// ServiceAccount with a warning and our pending marker; the sweeper finishes.
+// IDs (an ARM read) and records the claim in our pending marker; the ServiceAccount is added to
+// the identity's use-mi-<clientID> binding once it is seen persisted (sweeper.Writer), or at
+// admission when the review is Authenticated. Cloud failures admit the ServiceAccount with a
+// warning; the claim stays pending and the writer or the sweeper finishes it.
 type ServiceAccountPlugin struct {
 	Resolver Looker
 	Binder   Binder // nil: no Kubernetes API (local runs), IDs only
@@ -39,7 +43,7 @@ func (*ServiceAccountPlugin) Name() string { return "azure-identity" }
 const annotationsPath = "/metadata/annotations"
 
 // Unchanged reports an UPDATE that changes nothing relevant: same identity annotations, IDs
-// already present, nothing pending. It makes no ARM or RBAC call.
+// already present, nothing pending, the claim granted. It makes no ARM or RBAC call.
 func Unchanged(op admissionv1.Operation, cur, old map[string]string) bool {
 	if op != admissionv1.Update || cur[annotations.Pending] != "" ||
 		cur[annotations.AzureClientID] == "" || cur[annotations.AzureTenantID] == "" {
@@ -50,7 +54,13 @@ func Unchanged(op admissionv1.Operation, cur, old map[string]string) bool {
 			return false
 		}
 	}
-	return true
+	// Only a claim granted earlier counts as done (the UID is the object's own on UPDATE).
+	c, ok := ClaimOfAnnotations(cur)
+	if !ok {
+		return false
+	}
+	_, g, err := markers.ParseGranted(cur[annotations.Granted])
+	return err == nil && g.Has(c)
 }
 
 func (p *ServiceAccountPlugin) Admit(ctx context.Context, req *admission.Request, resp *admission.Response) error {
@@ -92,6 +102,7 @@ func (p *ServiceAccountPlugin) Admit(ctx context.Context, req *admission.Request
 		resp.Warn("no Azure identity was assigned: ServiceAccounts with generateName cannot be assigned at admission")
 		return nil
 	}
+	claim := ClaimOf(id)
 	r, err := p.Resolver.Lookup(ctx, id)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
@@ -100,25 +111,44 @@ func (p *ServiceAccountPlugin) Admit(ctx context.Context, req *admission.Request
 		}
 		resp.Warn("Azure identity lookup did not finish (%v); the ServiceAccount was admitted and credential-webhook will finish it shortly", err)
 		if !req.DryRun {
-			resp.Patch.SetMapEntry(annotationsPath, cur, annotations.Pending, "azure")
+			resp.Defer(claim)
 		}
-		req.Log.Warn("azure lookup deferred to the sweeper", "error", err)
+		req.Log.Warn("azure lookup deferred", "error", err)
 		return nil
 	}
 	d := DecideServiceAccount(cur, r)
 	d.Apply(resp.Patch, cur)
 	resp.Warnings = append(resp.Warnings, d.Warnings...)
-	if req.DryRun || p.Binder == nil {
-		return nil // dryRun: no RBAC write
+	if req.DryRun {
+		return nil // no RBAC write, no claim
 	}
-	if err := p.Binder.EnsureBinding(ctx, r.ClientID, req.Namespace, req.Name); err != nil {
-		resp.Warn("adding the ServiceAccount to %s did not finish (%v); credential-webhook will finish it shortly", RBACNamePrefix+r.ClientID, err)
-		resp.Patch.SetMapEntry(annotationsPath, cur, annotations.Pending, "azure")
-		req.Log.Warn("identity binding deferred to the sweeper", "error", err)
-		return nil
+	// The binding is written once the ServiceAccount is seen persisted (a review body proves
+	// nothing about who sent it), unless the apiserver authenticated itself with a client
+	// certificate. Either way the claim stays pending until the persisted object is bound.
+	resp.Defer(claim)
+	if req.Authenticated && p.Binder != nil {
+		if err := p.Binder.EnsureBinding(ctx, r.ClientID, req.Namespace, req.Name); err != nil {
+			resp.Warn("adding the ServiceAccount to %s did not finish (%v); credential-webhook will finish it shortly", RBACNamePrefix+r.ClientID, err)
+			req.Log.Warn("identity binding deferred", "error", err)
+		}
 	}
-	resp.Patch.RemoveMapEntry(annotationsPath, cur, annotations.Pending)
 	return nil
+}
+
+// ClaimOf is the claim a ServiceAccount naming identity id makes on Azure: a digest of the
+// identity's resource ID (lower case: Azure resource IDs compare case-insensitively).
+func ClaimOf(id Identity) markers.Claim {
+	return markers.For(markers.Azure, strings.ToLower(id.ResourceID()))
+}
+
+// ClaimOfAnnotations is ClaimOf for a ServiceAccount's annotations; ok is false when they name
+// no valid identity.
+func ClaimOfAnnotations(ann map[string]string) (markers.Claim, bool) {
+	id, ok, err := ParseIdentity(ann)
+	if !ok || err != nil {
+		return markers.Claim{}, false
+	}
+	return ClaimOf(id), true
 }
 
 // ServiceAccountGetter reads a ServiceAccount (informer cache with a direct-read fallback).

@@ -11,28 +11,37 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/markers"
 )
 
-// Finisher finishes a pending ServiceAccount for the sweeper: resolve the identity, bind the
-// ServiceAccount, return the client and tenant IDs to set.
-type Finisher struct {
+// Cloud is Azure as the writer and the sweeper see it (sweeper.Cloud): resolve the identity,
+// bind the ServiceAccount, return the client and tenant IDs to set.
+type Cloud struct {
 	Resolver Looker
 	Binder   Binder
 	Scopes   Scopes
 }
 
-func (f Finisher) Finish(ctx context.Context, sa *corev1.ServiceAccount) (map[string]string, error) {
+func (Cloud) Name() string { return markers.Azure }
+
+func (Cloud) Claim(ann map[string]string) (markers.Claim, bool) { return ClaimOfAnnotations(ann) }
+
+func (Cloud) Outputs() []string {
+	return []string{annotations.AzureClientID, annotations.AzureTenantID}
+}
+
+func (f Cloud) Finish(ctx context.Context, sa *corev1.ServiceAccount) (map[string]string, error) {
 	id, ok, err := ParseIdentity(sa.Annotations)
-	if !ok {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
+	if !ok || err != nil {
+		return nil, fmt.Errorf("%w: managed identity annotations: %v", markers.ErrRefused, err)
 	}
 	if !f.Scopes.Allows(id) {
-		return nil, fmt.Errorf("managed identity %s is outside the allowed scopes", id.ResourceID())
+		return nil, fmt.Errorf("%w: managed identity %s is outside the allowed scopes", markers.ErrRefused, id.ResourceID())
 	}
 	r, err := f.Resolver.Lookup(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return nil, fmt.Errorf("%w: managed identity %s does not exist", markers.ErrRefused, id.ResourceID())
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -42,10 +51,12 @@ func (f Finisher) Finish(ctx context.Context, sa *corev1.ServiceAccount) (map[st
 	return map[string]string{annotations.AzureClientID: r.ClientID, annotations.AzureTenantID: r.TenantID}, nil
 }
 
-// Collector removes ServiceAccounts that no longer exist from our use-mi-* bindings.
+// Collector removes from our use-mi-* bindings the ServiceAccounts that no longer exist or lost
+// their standing for that identity (markers.Keeps; their client ID annotation must name the
+// binding's identity too).
 type Collector struct{ CS kubernetes.Interface }
 
-func (c Collector) Collect(ctx context.Context, existing func(namespace, name string) bool) (int, error) {
+func (c Collector) Collect(ctx context.Context, lookup markers.Lookup) (int, error) {
 	list, err := c.CS.RbacV1().ClusterRoleBindings().List(ctx, metav1.ListOptions{LabelSelector: annotations.ManagedLabel + "=true"})
 	if err != nil {
 		return 0, fmt.Errorf("listing identity bindings: %w", err)
@@ -57,7 +68,14 @@ func (c Collector) Collect(ctx context.Context, existing func(namespace, name st
 		if !ok || !IsGUID(clientID) {
 			continue
 		}
-		n, err := RemoveSubjects(ctx, c.CS, clientID, existing)
+		n, err := RemoveSubjects(ctx, c.CS, clientID, func(ns, name string) bool {
+			sa, exists := lookup(ns, name)
+			if sa == nil {
+				return exists
+			}
+			want, ok := ClaimOfAnnotations(sa.Annotations)
+			return ok && sa.Annotations[annotations.AzureClientID] == clientID && markers.Keeps(sa, exists, ClaimOfAnnotations, want)
+		})
 		removed += n
 		if err != nil {
 			errs = append(errs, err)

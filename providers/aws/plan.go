@@ -1,0 +1,258 @@
+package aws
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Planning at admission. A review only plans: it answers with the role the ServiceAccount will
+// get and writes nothing (a review body proves nothing about who sent it; the write happens once
+// the ServiceAccount is seen persisted, see package sweeper's Writer). To make the plan come
+// true, the answer reserves room in that role for a short while, so a burst of reviews spreads
+// over roles as the writer will place them, and the writer places a subject in its reserved role
+// whenever it still fits there. A plan that cannot come true (the reservation expired, another
+// replica filled the role) is corrected by the writer, which sets the real role ARN.
+
+// reservationTTL bounds how long a plan holds room: the writer normally acts within a second of
+// the ServiceAccount's creation; a plan whose object never got persisted (refused later in the
+// admission chain, or a forged review) frees its room after this.
+const reservationTTL = 30 * time.Second
+
+// maxReservations bounds reservations per seed, so a flood of forged reviews cannot make plans
+// point ever further out; beyond it, plans ignore the oldest.
+const maxReservations = 4096
+
+// planRole is one derived role as plans see it: an immutable copy taken at the end of a lock
+// session.
+type planRole struct {
+	index  int
+	arn    RoleARN
+	trust  TrustPolicy
+	usable bool // ours (or not yet known not to be) and readable
+}
+
+// planView is what a lock session left behind, for planning without the lock.
+type planView struct {
+	roles []planRole
+	seed  *roleSpec // nil until a session read the seed
+}
+
+type reservation struct {
+	index int
+	until time.Time
+}
+
+// planner holds a seed's published view and its reservations. Its mutex is never held across
+// an IAM or Kubernetes call, so planning never waits for a writer's lock session.
+type planner struct {
+	mu       sync.Mutex
+	view     *planView
+	reserved map[string]reservation // subject -> planned role index
+}
+
+// publish replaces the view; called with the seed's session semaphore held.
+func (st *seedState) publish() {
+	v := &planView{roles: make([]planRole, 0, len(st.roles)), seed: st.spec}
+	for _, r := range st.roles {
+		v.roles = append(v.roles, planRole{index: r.index, arn: r.arn, trust: r.trust, usable: r.bad == nil && r.owner != ownerOther})
+	}
+	st.plan.mu.Lock()
+	st.plan.view = v
+	st.plan.mu.Unlock()
+}
+
+// hint is the role index planned for subject, if a live reservation exists.
+func (st *seedState) hint(subject string, now time.Time) (int, bool) {
+	st.plan.mu.Lock()
+	defer st.plan.mu.Unlock()
+	r, ok := st.plan.reserved[subject]
+	if !ok || now.After(r.until) {
+		return 0, false
+	}
+	return r.index, true
+}
+
+// placed drops the reservations of subjects that were written.
+func (st *seedState) placed(subjects []string) {
+	st.plan.mu.Lock()
+	defer st.plan.mu.Unlock()
+	for _, s := range subjects {
+		delete(st.plan.reserved, s)
+	}
+}
+
+// Plan says where the subject goes, without writing anything or reserving (dryRun). known is
+// true when the subject is already listed. The answer is advisory: another replica may have
+// written since this replica's last lock session.
+func (a *Assigner) Plan(ctx context.Context, seed RoleARN, namespace, name string) (roleARN string, known bool, err error) {
+	return a.plan(ctx, seed, namespace, name, false)
+}
+
+// Reserve plans like Plan and holds room for the subject in the planned role for a short while;
+// Assign then places the subject there when it still fits. It makes IAM reads only when this
+// process has never looked at the seed, and no IAM write.
+func (a *Assigner) Reserve(ctx context.Context, seed RoleARN, namespace, name string) (roleARN string, known bool, err error) {
+	return a.plan(ctx, seed, namespace, name, true)
+}
+
+func (a *Assigner) plan(ctx context.Context, seed RoleARN, namespace, name string, reserve bool) (string, bool, error) {
+	subject, err := Subject(namespace, name)
+	if err != nil {
+		return "", false, err
+	}
+	if err := a.allowed(seed); err != nil {
+		return "", false, err
+	}
+	st := a.state(seed)
+	view, err := a.viewOf(ctx, seed, st)
+	if err != nil {
+		return "", false, err
+	}
+	quota := a.quotaFor(ctx)
+	now := time.Now()
+	st.plan.mu.Lock()
+	defer st.plan.mu.Unlock()
+	if r, ok := st.plan.reserved[subject]; ok && now.Before(r.until) {
+		arn, err := Derived(seed, r.index)
+		if err != nil {
+			return "", false, err
+		}
+		if reserve {
+			r.until = now.Add(reservationTTL)
+			st.plan.reserved[subject] = r
+		}
+		return arn.String(), false, nil
+	}
+	live := liveReservations(st.plan.reserved, now)
+	idx, known, err := PlanPlacement(view, live, subject, quota, a.cfg.RoleCreationLimit)
+	if err != nil {
+		return "", false, fmt.Errorf("planning %s in a derived role of %s: %w", subject, seed, err)
+	}
+	arn, err := Derived(seed, idx)
+	if err != nil {
+		return "", false, err
+	}
+	if reserve && !known {
+		if st.plan.reserved == nil {
+			st.plan.reserved = map[string]reservation{}
+		}
+		if len(live) >= maxReservations {
+			dropOldest(st.plan.reserved)
+		}
+		st.plan.reserved[subject] = reservation{index: idx, until: now.Add(reservationTTL)}
+	}
+	return arn.String(), known, nil
+}
+
+// viewOf returns the seed's published view, loading it (under the seed's semaphore, without the
+// distributed lock: reads only) the first time.
+func (a *Assigner) viewOf(ctx context.Context, seed RoleARN, st *seedState) (*planView, error) {
+	st.plan.mu.Lock()
+	v := st.plan.view
+	st.plan.mu.Unlock()
+	if v != nil {
+		return v, nil
+	}
+	release, err := st.acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("waiting for seed %s: %w", seed, err)
+	}
+	defer release()
+	s := &session{a: a, seed: seed, st: st}
+	s.w = &writer{api: a.api, before: s.bump} // bump refuses: no lock held
+	if !st.loaded {
+		if err := s.refresh(ctx); err != nil {
+			return nil, err
+		}
+		st.gen = -1 // loaded without the lock: the next session reloads
+	}
+	if _, err := s.seedSpec(ctx); err != nil {
+		return nil, err
+	}
+	st.publish()
+	st.plan.mu.Lock()
+	defer st.plan.mu.Unlock()
+	return st.plan.view, nil
+}
+
+// liveReservations drops expired reservations from m and returns the live ones by role index.
+func liveReservations(m map[string]reservation, now time.Time) map[int][]string {
+	out := map[int][]string{}
+	for sub, r := range m {
+		if now.After(r.until) {
+			delete(m, sub)
+			continue
+		}
+		out[r.index] = append(out[r.index], sub)
+	}
+	return out
+}
+
+func dropOldest(m map[string]reservation) {
+	var oldest string
+	var at time.Time
+	for sub, r := range m {
+		if oldest == "" || r.until.Before(at) {
+			oldest, at = sub, r.until
+		}
+	}
+	delete(m, oldest)
+}
+
+// PlanPlacement is first fit as a pure function: the lowest-index usable role that lists the
+// subject (known) or can take it together with the subjects reserved in it, else the lowest
+// index that is neither a role nor reserved for a new one, under limit. A new role's size is
+// measured from the seed's trust policy when the view has it.
+func PlanPlacement(v *planView, reserved map[int][]string, subject string, quota, limit int) (index int, known bool, err error) {
+	for _, r := range v.roles {
+		if r.usable && r.trust.Has(subject) {
+			return r.index, true, nil
+		}
+	}
+	taken := map[int]bool{}
+	for _, r := range v.roles {
+		taken[r.index] = true
+		if !r.usable {
+			continue
+		}
+		p := r.trust
+		for _, s := range reserved[r.index] {
+			p, _ = p.WithSubject(s)
+		}
+		if _, _, ok, err := Fit(p, subject, quota); err == nil && ok {
+			return r.index, false, nil
+		}
+	}
+	// Roles planned but not created yet, lowest first.
+	planned := make([]int, 0, len(reserved))
+	for idx := range reserved {
+		if !taken[idx] {
+			planned = append(planned, idx)
+		}
+	}
+	slices.Sort(planned)
+	for _, idx := range planned {
+		taken[idx] = true
+		if v.seed == nil {
+			continue
+		}
+		p, err := DeriveTrustPolicy(v.seed.trust, append(slices.Clone(reserved[idx]), subject))
+		if err != nil {
+			return 0, false, err
+		}
+		if size, err := p.Size(); err == nil && size <= quota {
+			return idx, false, nil
+		}
+	}
+	idx := 0
+	for taken[idx] {
+		idx++
+	}
+	if idx >= limit {
+		return 0, false, fmt.Errorf("%w: all %d derived roles are full or planned", ErrRoleLimitReached, limit)
+	}
+	return idx, false, nil
+}
