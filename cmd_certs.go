@@ -15,6 +15,7 @@ func runCerts(_ context.Context, args []string, stdout, stderr io.Writer) error 
 	dir := fs.String("dir", "", "folder to write into (required)")
 	hosts := fs.String("hosts", "127.0.0.1,localhost", "comma-separated DNS names and IPs for the serving certificate")
 	validity := fs.Duration("validity", 365*24*time.Hour, "validity of the certificates")
+	client := fs.String("client-name", "", "also write a client pair (client.crt, client.key) with this common name, for --client-ca-file and --allowed-client-names")
 	reuse := fs.Bool("reuse-ca", false, "sign a new serving pair with the existing ca.crt/ca.key in --dir (rotation)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -22,10 +23,14 @@ func runCerts(_ context.Context, args []string, stdout, stderr io.Writer) error 
 	if *dir == "" {
 		return fmt.Errorf("--dir is required")
 	}
-	if err := certs.WriteDev(certs.DevOptions{Dir: *dir, Hosts: certs.ParseHosts(*hosts), Validity: *validity, ReuseCA: *reuse}); err != nil {
+	if err := certs.WriteDev(certs.DevOptions{Dir: *dir, Hosts: certs.ParseHosts(*hosts), Validity: *validity, ReuseCA: *reuse, ClientName: *client}); err != nil {
 		return err
 	}
-	for _, f := range []string{"ca.crt", "tls.crt", "tls.key"} {
+	files := []string{"ca.crt", "tls.crt", "tls.key"}
+	if *client != "" {
+		files = append(files, "client.crt", "client.key")
+	}
+	for _, f := range files {
 		fmt.Fprintln(stdout, filepath.Join(*dir, f))
 	}
 	return nil

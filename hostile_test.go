@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,6 +73,10 @@ type hostileEnv struct {
 	h       http.Handler
 	logs    *lockedBuffer
 	key     *rsa.PrivateKey // signs ServiceAccount tokens the proxy accepts
+	// authenticated says whether reviews count as sent by the apiserver (as over a client
+	// certificate with an allowed name): only then may admission write to a cloud at all, so
+	// the hostile cases run authenticated, the worst case.
+	authenticated atomic.Bool
 }
 
 // newHostileEnv starts moto, the counting proxy and the ARM server, creates the seed role (and
@@ -135,8 +140,11 @@ func newHostileEnv(t *testing.T, creds *aws.Credentials) *hostileEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &hostileEnv{motoSrv: m, proxy: proxy, arm: az, logs: logs, key: key,
-		h: admission.NewHandler(admission.Options{Routes: w.routes, Log: log})}
+	e := &hostileEnv{motoSrv: m, proxy: proxy, arm: az, logs: logs, key: key}
+	e.authenticated.Store(true)
+	e.h = admission.NewHandler(admission.Options{Routes: w.routes, Log: log,
+		Authenticated: func(*http.Request) bool { return e.authenticated.Load() }})
+	return e
 }
 
 // hostileReview is one AdmissionReview to send.
@@ -308,6 +316,19 @@ func TestHostileAnnotations(t *testing.T) {
 	// objects are refused before any plugin runs (admission TestMaxObjectBytesRefusesBeforePlugins).
 	const mib = 400 << 10
 
+	// A review nobody authenticated only plans, even the operator's: the role ARN and the
+	// claim come back, IAM is not written (the write follows persistence, in the sweeper).
+	e.authenticated.Store(false)
+	plan := e.send(t, hostileReview{name: "sample-backup-daemon-demo-session-1778072138", ann: seedAnn(hostileSeed)}, "10s")
+	pendingPlan, _ := plan.patched(annotations.Pending)
+	if v, _ := plan.patched(annotations.AWSRoleARN); plan.code != 200 || !plan.allowed || v != derived0 || !strings.HasPrefix(pendingPlan, "aws:") {
+		t.Fatalf("unauthenticated plan: HTTP %d, patch %v, warnings %q", plan.code, plan.patch, plan.warnings)
+	}
+	if w := e.iamWritesSince(); len(w) != 0 {
+		t.Fatalf("an unauthenticated review wrote to IAM: %v", w)
+	}
+	e.authenticated.Store(true)
+
 	// Control: the operator's ServiceAccount is assigned, which writes IAM.
 	ctl := e.send(t, hostileReview{name: "sample-backup-daemon-demo-session-1778072138", ann: seedAnn(hostileSeed)}, "10s")
 	if v, _ := ctl.patched(annotations.AWSRoleARN); ctl.code != 200 || !ctl.allowed || v != derived0 {
@@ -326,7 +347,7 @@ func TestHostileAnnotations(t *testing.T) {
 	az := e.send(t, hostileReview{name: "app-restore-restore", ann: azureAnn(arm.DemoSubscriptionID, arm.DemoResourceGroup, arm.DemoIdentityName)}, "3s")
 	clientID, _ := az.patched(annotations.AzureClientID)
 	pending, _ := az.patched(annotations.Pending)
-	if !az.allowed || (clientID != arm.DemoClientID && pending != "azure") {
+	if !az.allowed || (clientID != arm.DemoClientID && !strings.HasPrefix(pending, "azure:")) {
 		t.Fatalf("control: in-scope identity was not looked up: patch %v, warnings %q", az.patch, az.warnings)
 	}
 	if after := e.arm.Calls(); after.Gets > before.Gets && clientID != arm.DemoClientID {
@@ -368,7 +389,7 @@ func TestHostileAnnotations(t *testing.T) {
 		{"borrow a derived role via eks.amazonaws.com/role-arn", hostileReview{user: "mallory", groups: []string{"system:authenticated"}, name: "borrower",
 			ann: map[string]string{annotations.AWSRoleARN: derived0}}, noCloud, "", 0},
 		{"borrow with the seed too, on UPDATE", hostileReview{user: "mallory", groups: []string{"system:authenticated"}, name: "borrower", op: "UPDATE",
-			ann: map[string]string{annotations.AWSRoleARN: derived0, annotations.SeedRole: hostileSeed}, oldAnn: seedAnn(hostileSeed)}, noCloud, "", 0},
+			ann: map[string]string{annotations.AWSRoleARN: derived0, annotations.SeedRole: hostileSeed}, oldAnn: seedAnn(hostileSeed)}, noCloud, `requester "mallory" is not allowed`, 0},
 		{"user switches the operator's ServiceAccount to admin", hostileReview{user: "mallory", groups: []string{"system:authenticated"}, name: "sample-backup-daemon-demo-session-1778072138", op: "UPDATE",
 			ann: map[string]string{annotations.SeedRole: "arn:aws:iam::123456789012:role/admin", annotations.AWSRoleARN: derived0}, oldAnn: map[string]string{annotations.SeedRole: hostileSeed, annotations.AWSRoleARN: derived0}}, noCloud, "is not allowed on this cluster", 0},
 		{"forged pending marker on CREATE", hostileReview{user: "mallory", groups: []string{"system:authenticated"}, name: "mallory", ann: map[string]string{annotations.Pending: "aws", annotations.SeedRole: hostileSeed}}, noCloud, "annotation credential-webhook.klusters.dev/pending is managed by credential-webhook; it was removed", 0},

@@ -49,7 +49,7 @@ func TestRequireClientCert(t *testing.T) {
 	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {})
 	mux := http.NewServeMux()
 	mux.Handle("/healthz", ok)
-	mux.Handle("/mutate/", RequireClientCert(ok))
+	mux.Handle("/mutate/", RequireClientCert(ok, nil))
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", ServerConfig(src, false, cas))
 	if err != nil {
 		t.Fatal(err)

@@ -26,6 +26,10 @@ type DevOptions struct {
 	// CA, when set, signs the serving pair with an existing CA (ca.crt/ca.key in Dir) instead
 	// of creating a new one, so a rotated serving certificate is still trusted.
 	ReuseCA bool
+	// ClientName, when set, also writes a client pair (client.crt, client.key) with that common
+	// name, for --client-ca-file and --allowed-client-names (what the apiserver presents when its
+	// AdmissionConfiguration gives it a client certificate).
+	ClientName string
 }
 
 // WriteDev writes Dir/ca.crt, Dir/ca.key, Dir/tls.crt and Dir/tls.key. Keys are ECDSA P-256 and
@@ -106,7 +110,32 @@ func WriteDev(o DevOptions) error {
 	if err := writeKey(filepath.Join(o.Dir, "tls.key"), key); err != nil {
 		return err
 	}
-	return writePEM(filepath.Join(o.Dir, "tls.crt"), "CERTIFICATE", der, 0o644)
+	if err := writePEM(filepath.Join(o.Dir, "tls.crt"), "CERTIFICATE", der, 0o644); err != nil {
+		return err
+	}
+	if o.ClientName == "" {
+		return nil
+	}
+	ckey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("generating client key: %w", err)
+	}
+	ctmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: o.ClientName},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(o.Validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	cder, err := x509.CreateCertificate(rand.Reader, ctmpl, caCert, &ckey.PublicKey, caKey)
+	if err != nil {
+		return fmt.Errorf("signing client certificate: %w", err)
+	}
+	if err := writeKey(filepath.Join(o.Dir, "client.key"), ckey); err != nil {
+		return err
+	}
+	return writePEM(filepath.Join(o.Dir, "client.crt"), "CERTIFICATE", cder, 0o644)
 }
 
 // ParseHosts splits a comma-separated host list.

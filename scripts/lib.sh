@@ -22,7 +22,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 build_and_certs() {
   (cd "$ROOT" && go build -o "$BIN" .)
-  "$BIN" certs --dir "$WORK/certs" --hosts 127.0.0.1,localhost >/dev/null
+  "$BIN" certs --dir "$WORK/certs" --hosts 127.0.0.1,localhost --client-name kube-apiserver >/dev/null
   CACERT="$WORK/certs/ca.crt"
 }
 

@@ -200,42 +200,6 @@ func TestReleasePatch(t *testing.T) {
 	}
 }
 
-func TestFinishPatch(t *testing.T) {
-	sa := &corev1.ServiceAccount{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "ServiceAccount"},
-		ObjectMeta: metav1.ObjectMeta{Name: "sample-backup-daemon-demo-session-1778072138", Namespace: "demo", Annotations: map[string]string{
-			annotations.SeedRole:   "arn:aws:iam::748392615204:role/kubestash-selfhost",
-			annotations.AWSRoleARN: "arn:aws:iam::748392615204:role/stale",
-			annotations.Pending:    "iam: throttled",
-		}}}
-	patch, err := FinishPatch(sa, map[string]string{
-		annotations.AWSRoleARN: "arn:aws:iam::748392615204:role/kubestash-selfhost-2",
-		annotations.Pending:    "must not be written back",
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := applyJSON(t, sa, patch)
-	if err != nil {
-		t.Fatalf("apply: %v", err)
-	}
-	ann := m["metadata"].(map[string]any)["annotations"].(map[string]any)
-	want := map[string]any{
-		annotations.SeedRole:   "arn:aws:iam::748392615204:role/kubestash-selfhost",
-		annotations.AWSRoleARN: "arn:aws:iam::748392615204:role/kubestash-selfhost-2",
-	}
-	if len(ann) != len(want) || ann[annotations.SeedRole] != want[annotations.SeedRole] || ann[annotations.AWSRoleARN] != want[annotations.AWSRoleARN] {
-		t.Errorf("annotations after finish = %v, want %v", ann, want)
-	}
-	changed := sa.DeepCopy()
-	changed.Annotations[annotations.Pending] = "admission retried"
-	if _, err := applyJSON(t, changed, patch); err == nil {
-		t.Error("finish patch applied over a changed pending marker")
-	}
-	if _, err := FinishPatch(&corev1.ServiceAccount{}, nil); err == nil {
-		t.Error("FinishPatch of a ServiceAccount without the pending marker did not fail")
-	}
-}
-
 func TestReadyCache(t *testing.T) {
 	now := time.Date(2026, 5, 6, 12, 0, 0, 0, time.UTC)
 	c := NewReadyCache(10 * time.Minute)

@@ -415,6 +415,10 @@ func (s *spyAssigner) Plan(_ context.Context, seed RoleARN, ns, name string) (st
 	return d.String(), false, s.err
 }
 
+func (s *spyAssigner) Reserve(ctx context.Context, seed RoleARN, ns, name string) (string, bool, error) {
+	return s.Plan(ctx, seed, ns, name)
+}
+
 const (
 	fuzzOperator = "system:serviceaccount:kubestash:kubestash-kubestash-operator"
 	fuzzSeedGlob = "arn:aws:iam::123456789012:role/kubestash-*"
