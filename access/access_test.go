@@ -39,3 +39,36 @@ func TestPolicy(t *testing.T) {
 		t.Error("empty group accepted")
 	}
 }
+
+// NamespaceAllowed is the namespace half of Check alone: the writer asks it again when it
+// finishes a claim (no requester then), so it must agree with Check on every namespace.
+func TestNamespaceAllowed(t *testing.T) {
+	cases := []struct {
+		name, namespaces, ns string
+		ok                   bool
+	}{
+		{"empty allows nothing", "", "demo", false},
+		{"any", "*", "demo", true},
+		{"exact", "demo", "demo", true},
+		{"exact, other namespace", "demo", "prod", false},
+		{"glob", "demo,backup-*", "backup-eu", true},
+		{"glob prefix only", "demo,backup-*", "xbackup-eu", false},
+		{"look-alike", "demo", "demo ", false},
+		{"empty namespace (cluster-scoped)", "demo", "", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			// Requesters allow anyone, so Check fails only on the namespace.
+			p, err := Parse(tc.namespaces, "*")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := p.NamespaceAllowed(tc.ns); got != tc.ok {
+				t.Fatalf("NamespaceAllowed(%q) = %v, want %v", tc.ns, got, tc.ok)
+			}
+			if check := p.Check(tc.ns, "anyone", nil) == nil; check != tc.ok {
+				t.Fatalf("Check disagrees: ok = %v", check)
+			}
+		})
+	}
+}

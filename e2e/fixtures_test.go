@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -102,4 +103,34 @@ func operatorClient(t *testing.T, ns string) kubernetes.Interface {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// waitGranted waits until the writer (or the sweeper) has finished every named ServiceAccount in
+// ns: no pending marker and a granted marker naming its own UID. Admission only plans, so a
+// ServiceAccount is trusted in IAM or RBAC only from then on. It returns the objects as stored.
+func waitGranted(t testing.TB, ns string, names []string, timeout time.Duration) map[string]corev1.ServiceAccount {
+	t.Helper()
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	out := map[string]corev1.ServiceAccount{}
+	flowPoll(t, timeout, fmt.Sprintf("%d ServiceAccounts granted", len(names)), func() (bool, error) {
+		list, err := cluster.Client.CoreV1().ServiceAccounts(ns).List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, sa := range list.Items {
+			if !want[sa.Name] {
+				continue
+			}
+			_, pending := sa.Annotations[annotations.Pending]
+			if pending || !strings.HasPrefix(sa.Annotations[annotations.Granted], string(sa.UID)+" ") {
+				continue
+			}
+			out[sa.Name] = sa
+		}
+		return len(out) == len(want), nil
+	})
+	return out
 }

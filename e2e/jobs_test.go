@@ -29,6 +29,8 @@ import (
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/e2e/harness"
+	"go.klusters.dev/credential-webhook/markers"
+	awsp "go.klusters.dev/credential-webhook/providers/aws"
 	"go.klusters.dev/credential-webhook/sweeper"
 	"go.klusters.dev/credential-webhook/sweeper/awscheck"
 	"go.klusters.dev/credential-webhook/testenv/moto"
@@ -506,7 +508,7 @@ type askingCollector struct {
 	gone  map[string]bool
 }
 
-func (c *askingCollector) Collect(_ context.Context, existing func(namespace, name string) bool) (int, error) {
+func (c *askingCollector) Collect(_ context.Context, lookup markers.Lookup) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gone == nil {
@@ -518,7 +520,7 @@ func (c *askingCollector) Collect(_ context.Context, existing func(namespace, na
 		if c.gone[n] {
 			continue
 		}
-		run[n] = existing(c.ns, n)
+		_, run[n] = lookup(c.ns, n)
 		if !run[n] {
 			c.gone[n] = true
 			removed++
@@ -536,66 +538,97 @@ func (c *askingCollector) runs() []map[string]bool {
 	return out
 }
 
-// The finisher completes only ServiceAccounts carrying our pending marker (set by admission,
-// which checked the requester): it writes what the Assigner returns and removes the marker in
-// one patch, after which the Job held for that ServiceAccount is released. A ServiceAccount
-// with the same seed but no marker is never assigned.
+// The sweeper leader finishes only ServiceAccounts carrying our pending marker (set by admission,
+// which checked the requester) whose claim they still make: it writes what the cloud returns,
+// records the grant with the object's UID and removes the marker in one patch, after which the
+// Job held for that ServiceAccount is released. A ServiceAccount with the same seed but no marker
+// is never assigned; one whose marker claims another seed than it asks for is dropped with a
+// Warning Event and never reaches the cloud.
 func TestSweeperFinishesOnlyPendingServiceAccounts(t *testing.T) {
 	ns := cluster.Namespace(t)
-	cluster.StartWebhook(t, harness.WebhookOptions{Args: []string{"--sweeper=false"}}) // this test runs its own sweeper
+	// This webhook has no AWS seeds (admission plans nothing) and no sweeper: the test runs its own.
+	cluster.StartWebhook(t, harness.WebhookOptions{Args: []string{"--sweeper=false"}})
 	ctx := context.Background()
 	seed := seedRole(t, "kubestash-fin-"+shortName(ns))
+	other := seedRole(t, "kubestash-fin2-"+shortName(ns))
 	op := operatorClient(t, ns)
-	unmarked, err := op.CoreV1().ServiceAccounts(ns).Create(ctx, sessionServiceAccount(ns, seed), metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
+	create := func() *corev1.ServiceAccount {
+		sa, err := op.CoreV1().ServiceAccounts(ns).Create(ctx, sessionServiceAccount(ns, seed), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sa
 	}
-	pending, err := op.CoreV1().ServiceAccounts(ns).Create(ctx, sessionServiceAccount(ns, seed), metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Admission's marker, written as the webhook itself (the own-annotations guard lets only
-	// the webhook's own identity set it).
+	unmarked, pending, changed := create(), create(), create()
+	// Admission's marker, written as the webhook itself (the admission policy and the guard let
+	// only the webhook's own identity, or an allowed requester, set it).
 	wh := webhookClient(t, nil)
-	mark := fmt.Sprintf(`{"metadata":{"annotations":{%q:"iam: throttled"}}}`, annotations.Pending)
-	if _, err := wh.CoreV1().ServiceAccounts(ns).Patch(ctx, pending.Name, types.MergePatchType, []byte(mark), metav1.PatchOptions{}); err != nil {
-		t.Fatal(err)
+	mark := func(name, seedARN string) {
+		claim, _ := awsp.ClaimOf(map[string]string{annotations.SeedRole: seedARN})
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, annotations.Pending, claim.String())
+		if _, err := wh.CoreV1().ServiceAccounts(ns).Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
 	}
+	mark(pending.Name, seed)
+	mark(changed.Name, other) // accepted for another seed than the one it asks for now
 	asg := &roleAssigner{seed: seed}
-	startSweeper(t, fastConfig("sweeper-"+ns, "replica-a"), wh, sweeper.Deps{Assigner: asg})
+	startSweeper(t, fastConfig("sweeper-"+ns, "replica-a"), wh, sweeper.Deps{Clouds: []sweeper.Cloud{asg}})
 	job := createHeldJob(t, ns, pending.Name, time.Now())
 
+	var finished *corev1.ServiceAccount
 	flowPoll(t, 60*time.Second, "the pending ServiceAccount finished", func() (bool, error) {
 		sa, err := cluster.Client.CoreV1().ServiceAccounts(ns).Get(ctx, pending.Name, metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}
+		finished = sa
 		_, still := sa.Annotations[annotations.Pending]
 		return !still && sa.Annotations[annotations.AWSRoleARN] != "", nil
 	})
+	if g := finished.Annotations[annotations.Granted]; !strings.HasPrefix(g, string(finished.UID)+" aws:") {
+		t.Errorf("granted marker %q does not name the object's UID %s", g, finished.UID)
+	}
 	flowPoll(t, 60*time.Second, "its Job released", func() (bool, error) { return released(flowGetJob(t, ns, job.Name)), nil })
 	if ev := waitForEvent(t, ns, job.Name, "Normal/Released"); !strings.Contains(ev, "in a row") {
 		t.Errorf("Released event = %q; want the STS proof", ev)
 	}
+	if ev := flowWaitEvent(t, ns, "ServiceAccount", changed.Name, "Warning/ClaimDropped"); !strings.Contains(ev, "no longer asks") {
+		t.Errorf("ClaimDropped event = %q", ev)
+	}
+	flowPoll(t, 30*time.Second, "the changed claim's marker removed", func() (bool, error) {
+		sa, err := cluster.Client.CoreV1().ServiceAccounts(ns).Get(ctx, changed.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		_, still := sa.Annotations[annotations.Pending]
+		return !still && sa.Annotations[annotations.Granted] == "" && sa.Annotations[annotations.AWSRoleARN] == "", nil
+	})
 	sa, err := cluster.Client.CoreV1().ServiceAccounts(ns).Get(ctx, unmarked.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := asg.calls(); len(got) != 1 || got[0] != pending.Name {
-		t.Errorf("Assigner called for %v; want only %s", got, pending.Name)
+		t.Errorf("cloud called for %v; want only %s", got, pending.Name)
 	}
 	if sa.Annotations[annotations.AWSRoleARN] != "" {
 		t.Errorf("unmarked ServiceAccount got a role: %v", sa.Annotations)
 	}
 }
 
-// roleAssigner stands in for the AWS provider's Finish: it creates a derived role listing the
-// ServiceAccount and returns its ARN.
+// roleAssigner stands in for the AWS provider (sweeper.Cloud): it creates a derived role listing
+// the ServiceAccount in moto and returns its ARN.
 type roleAssigner struct {
 	seed string
 	mu   sync.Mutex
 	seen []string
 }
+
+func (*roleAssigner) Name() string { return markers.AWS }
+
+func (*roleAssigner) Claim(ann map[string]string) (markers.Claim, bool) { return awsp.ClaimOf(ann) }
+
+func (*roleAssigner) Outputs() []string { return []string{annotations.AWSRoleARN} }
 
 func (a *roleAssigner) Finish(_ context.Context, sa *corev1.ServiceAccount) (map[string]string, error) {
 	a.mu.Lock()

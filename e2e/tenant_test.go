@@ -1,12 +1,19 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
+	"encoding/base64"
 	"encoding/json"
+	"io"
+	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/iam"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -19,6 +26,8 @@ import (
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/e2e/harness"
+	"go.klusters.dev/credential-webhook/providers/azure"
+	"go.klusters.dev/credential-webhook/testenv/arm"
 )
 
 // tenantClient is a user bound to the built-in edit ClusterRole in ns only: it can create and
@@ -78,6 +87,19 @@ func TestTenantCannotRewriteCredentialAnnotations(t *testing.T) {
 	if err != nil {
 		t.Fatalf("operator: create ServiceAccount: %v", err)
 	}
+	granted := waitGranted(t, ns, []string{sa.Name}, 30*time.Second)[sa.Name]
+	role := granted.Annotations[annotations.AWSRoleARN]
+	subject := flowSubject(ns, sa.Name)
+	trusted := func() bool {
+		subs, err := flowTrustedSubjects(ctx, iam.NewFromConfig(cluster.AWSConfig()), role)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.Contains(subs, subject)
+	}
+	if !trusted() {
+		t.Fatalf("%s does not list the operator's granted ServiceAccount %s", role, subject)
+	}
 
 	forbidden := func(what string, err error, wantInMessage string) {
 		t.Helper()
@@ -102,6 +124,13 @@ func TestTenantCannotRewriteCredentialAnnotations(t *testing.T) {
 	again.Name = sa.Name
 	_, err = tenant.CoreV1().ServiceAccounts(ns).Create(ctx, again, metav1.CreateOptions{})
 	forbidden("tenant re-creates a deleted name with the seed", err, annotations.SeedRole)
+	// Without the seed the policy lets the name be re-created, right away (within --gc-grace):
+	// the subject is bound to the deleted object's UID and claim, so garbage collection takes it
+	// away although a ServiceAccount of that name exists.
+	if _, err := tenant.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa.Name}}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("tenant re-creates the deleted name without annotations: %v", err)
+	}
+	flowPoll(t, time.Minute, "the re-created name's subject collected from "+role, func() (bool, error) { return !trusted(), nil })
 
 	// A ServiceAccount of the tenant's own, then our markers forged onto it: the guard strips
 	// them or the policy refuses; either way none is stored.
@@ -151,4 +180,142 @@ func TestTenantCannotRewriteCredentialAnnotations(t *testing.T) {
 	if got.Spec.Suspend == nil || !*got.Spec.Suspend {
 		t.Errorf("the Job suspended by someone else was resumed")
 	}
+}
+
+// Someone on the pod network posts AdmissionReviews straight to the webhook's port, claiming to
+// be the KubeStash operator, for a ServiceAccount that does not exist, asking for an allowed seed
+// and an allowed managed identity. The webhook answers with its plan (a review proves nothing,
+// and planning costs nothing) but writes neither IAM nor RBAC: after the writer's handoff and a
+// garbage collection interval, no derived role exists and no binding lists the name, also once
+// the attacker creates a ServiceAccount of that name itself. The operator's own ServiceAccount,
+// created through the apiserver alongside, gets both: the machinery works in this very setup.
+func TestForgedReviewWritesNothing(t *testing.T) {
+	ns := cluster.Namespace(t)
+	seed := seedRole(t, "kubestash-forged-"+shortName(ns))
+	s := arm.Start(t)
+	id := arm.Identity{SubscriptionID: arm.DemoSubscriptionID, ResourceGroup: arm.DemoResourceGroup, Name: "kubestash-mi-" + shortID()}
+	id.ClientID, id.TenantID = s.AddIdentity(id.SubscriptionID, id.ResourceGroup, id.Name)
+	rbacName := azure.RBACNamePrefix + id.ClientID
+	t.Cleanup(func() {
+		ctx := context.Background()
+		_ = cluster.Client.RbacV1().ClusterRoleBindings().Delete(ctx, rbacName, metav1.DeleteOptions{})
+		_ = cluster.Client.RbacV1().ClusterRoles().Delete(ctx, rbacName, metav1.DeleteOptions{})
+	})
+	cluster.StartWebhook(t, harness.WebhookOptions{
+		Args: []string{
+			"--aws-seed-roles=" + seed, "--allowed-requesters=user:" + operatorUser, "--allowed-namespaces=*",
+			"--azure-allowed-scopes=/subscriptions/" + arm.DemoSubscriptionID, "--azure-arm-endpoint=" + s.URL,
+			"--lease-namespace=" + harness.WebhookNamespace, "--writer-handoff=1s", "--gc-interval=3s", "--gc-grace=10s",
+		},
+		Env: s.Env(),
+	})
+	ctx := context.Background()
+	wantAnn := map[string]string{
+		annotations.SeedRole:            seed,
+		annotations.AzureSubscriptionID: id.SubscriptionID, annotations.AzureRGName: id.ResourceGroup, annotations.AzureMIName: id.Name,
+	}
+
+	// The forged reviews: CREATE and UPDATE, as the operator, for a name nobody created.
+	pool, err := cluster.WebhookCAPool()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
+	const forged = "sample-backup-daemon-demo-session-forged"
+	post := func(uid, op string) {
+		t.Helper()
+		obj := map[string]any{"apiVersion": "v1", "kind": "ServiceAccount",
+			"metadata": map[string]any{"name": forged, "namespace": ns, "annotations": wantAnn}}
+		req := map[string]any{"uid": uid, "kind": map[string]string{"group": "", "version": "v1", "kind": "ServiceAccount"},
+			"resource":  map[string]string{"group": "", "version": "v1", "resource": "serviceaccounts"},
+			"namespace": ns, "name": forged, "operation": op, "object": obj,
+			"userInfo": map[string]any{"username": operatorUser, "groups": flowOperatorGroups}}
+		if op == "UPDATE" {
+			req["oldObject"] = obj
+		}
+		body, _ := json.Marshal(map[string]any{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": req})
+		resp, err := client.Post(cluster.WebhookURL+"/mutate/serviceaccounts?timeout=10s", "application/json", bytes.NewReader(body))
+		if err != nil {
+			t.Fatalf("forged %s review: %v", op, err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		var out struct {
+			Response struct {
+				Allowed bool
+				Patch   string
+			}
+		}
+		if resp.StatusCode != http.StatusOK || json.Unmarshal(raw, &out) != nil || !out.Response.Allowed {
+			t.Fatalf("forged %s review: HTTP %d %s", op, resp.StatusCode, raw)
+		}
+		patch, _ := base64.StdEncoding.DecodeString(out.Response.Patch)
+		// The answer is a plan: the role and IDs it would get, and the claim.
+		if !strings.Contains(string(patch), "eks.amazonaws.com~1role-arn") || !strings.Contains(string(patch), "pending") {
+			t.Errorf("forged %s review answered with patch %s; want the plan", op, patch)
+		}
+	}
+	before := cluster.IAM.Calls()
+	post("f0000000-0000-4000-8000-000000000001", "CREATE")
+	post("f0000000-0000-4000-8000-000000000002", "UPDATE")
+
+	// The control: the operator's own ServiceAccount through the apiserver.
+	op := operatorClient(t, ns)
+	real := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "sample-backup-daemon-demo-session-real", Annotations: wantAnn}}
+	if _, err := op.CoreV1().ServiceAccounts(ns).Create(ctx, real, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("operator: create ServiceAccount: %v", err)
+	}
+	granted := waitGranted(t, ns, []string{real.Name}, time.Minute)[real.Name]
+	role := granted.Annotations[annotations.AWSRoleARN]
+
+	check := func(when string) {
+		t.Helper()
+		subs, err := flowTrustedSubjects(ctx, iam.NewFromConfig(cluster.AWSConfig()), role)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(subs, flowSubject(ns, real.Name)) {
+			t.Errorf("%s: the operator's ServiceAccount is not trusted by %s: %v", when, role, subs)
+		}
+		if slices.Contains(subs, flowSubject(ns, forged)) {
+			t.Errorf("%s: %s trusts the forged name: %v", when, role, subs)
+		}
+		b, err := cluster.Client.RbacV1().ClusterRoleBindings().Get(ctx, rbacName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("%s: binding %s: %v", when, rbacName, err)
+		}
+		var names []string
+		for _, s := range b.Subjects {
+			names = append(names, s.Namespace+"/"+s.Name)
+		}
+		if !slices.Contains(names, ns+"/"+real.Name) || slices.Contains(names, ns+"/"+forged) {
+			t.Errorf("%s: binding %s lists %v; want %s/%s and not the forged name", when, rbacName, names, ns, real.Name)
+		}
+	}
+	// Past the handoff (1 s) and more than one garbage collection interval (3 s).
+	time.Sleep(8 * time.Second)
+	check("after the writer's handoff and a GC interval")
+	for action, n := range flowCallsSince(before) {
+		if strings.HasPrefix(action, "iam:CreateRole") && n != 1 {
+			t.Errorf("%s called %d times; want once, for the operator's ServiceAccount", action, n)
+		}
+	}
+
+	// The attacker now creates the name for real (a tenant may create plain ServiceAccounts).
+	tenant := tenantClient(t, ns)
+	if _, err := tenant.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: forged}}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("tenant: create %s: %v", forged, err)
+	}
+	time.Sleep(5 * time.Second)
+	check("after the attacker created the name")
+	sa, err := cluster.Client.CoreV1().ServiceAccounts(ns).Get(ctx, forged, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{annotations.Pending, annotations.Granted, annotations.AWSRoleARN, annotations.AzureClientID} {
+		if v, ok := sa.Annotations[k]; ok {
+			t.Errorf("the attacker's ServiceAccount carries %s=%q", k, v)
+		}
+	}
+	t.Logf("forged CREATE and UPDATE answered with a plan; IAM calls meanwhile: %s", flowFormatCalls(flowCallsSince(before)))
 }

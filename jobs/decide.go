@@ -32,7 +32,25 @@ const (
 	ReasonSuspendedByOther = "SuspendedByOther"
 	ReasonNoCloudIdentity  = "NoCloudIdentity"
 	ReasonCredentialsReady = "CredentialsReady"
+	// ReasonManagedElsewhere: another controller decides when the Job runs (spec.managedBy, or
+	// a Kueue queue): suspending or resuming it is that controller's job, never ours.
+	ReasonManagedElsewhere = "ManagedElsewhere"
 )
+
+// KueueQueueLabel is the label that puts a Job in a Kueue queue; Kueue then owns spec.suspend.
+const KueueQueueLabel = "kueue.x-k8s.io/queue-name"
+
+// defaultManager is the spec.managedBy value of Jobs the built-in Job controller runs.
+const defaultManager = "kubernetes.io/job-controller"
+
+// ManagedElsewhere reports whether another controller owns job's spec.suspend: spec.managedBy
+// names anything but the built-in Job controller, or the Job is in a Kueue queue.
+func ManagedElsewhere(job *batchv1.Job) bool {
+	if m := job.Spec.ManagedBy; m != nil && *m != "" && *m != defaultManager {
+		return true
+	}
+	return job.Labels[KueueQueueLabel] != ""
+}
 
 // Decision is what admission does with one Job.
 type Decision struct {
@@ -56,6 +74,9 @@ type Decision struct {
 func Screen(job *batchv1.Job) (ok bool, reason string) {
 	if job.Labels[annotations.ManagedByLabel] != annotations.ManagedByValue {
 		return false, ReasonNotKubeStash
+	}
+	if ManagedElsewhere(job) {
+		return false, ReasonManagedElsewhere
 	}
 	if job.Spec.Suspend != nil && *job.Spec.Suspend {
 		return false, ReasonSuspendedByOther

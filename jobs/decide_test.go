@@ -73,6 +73,10 @@ func TestDecide(t *testing.T) {
 		{"not kubestash", kubestashJob(func(j *batchv1.Job) { j.Labels[annotations.ManagedByLabel] = "helm" }), serviceAccount(awsSeed), false, false, ReasonNotKubeStash},
 		{"no labels", kubestashJob(func(j *batchv1.Job) { j.Labels = nil }), serviceAccount(awsSeed), false, false, ReasonNotKubeStash},
 		{"suspended by kueue", kubestashJob(func(j *batchv1.Job) { j.Spec.Suspend = ptr.To(true) }), serviceAccount(awsSeed), false, false, ReasonSuspendedByOther},
+		// Another controller owns spec.suspend, even while the Job is not suspended yet.
+		{"in a Kueue queue, not suspended", kubestashJob(func(j *batchv1.Job) { j.Labels[KueueQueueLabel] = "team-a" }), serviceAccount(awsSeed), false, false, ReasonManagedElsewhere},
+		{"spec.managedBy another controller", kubestashJob(func(j *batchv1.Job) { j.Spec.ManagedBy = ptr.To("example.com/batch") }), serviceAccount(awsSeed), false, false, ReasonManagedElsewhere},
+		{"spec.managedBy the built-in controller", kubestashJob(func(j *batchv1.Job) { j.Spec.ManagedBy = ptr.To("kubernetes.io/job-controller") }), serviceAccount(awsSeed), false, true, ReasonIdentityPending},
 		{"suspended with copied hold annotations", kubestashJob(func(j *batchv1.Job) {
 			j.Spec.Suspend = ptr.To(true)
 			j.Annotations = map[string]string{annotations.HeldSince: "2026-01-01T00:00:00Z", annotations.HoldReason: ReasonIdentityPending}

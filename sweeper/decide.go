@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/jobs"
 	"go.klusters.dev/credential-webhook/markers"
 	"go.klusters.dev/credential-webhook/patches"
 )
@@ -123,7 +124,8 @@ func Gone(firstMissing, now time.Time, grace time.Duration) bool {
 // ReleasePatch is the JSON patch that releases job: a test that our held-since annotation still
 // has the value we read (so a concurrent change, or a second release from a stale cache, fails
 // instead of clobbering), spec.suspend false when the Job is suspended, and the removal of our
-// annotations. A Job someone else already resumed only loses our annotations.
+// annotations. A Job someone else already resumed, or whose spec.suspend another controller owns
+// (jobs.ManagedElsewhere: Kueue, spec.managedBy), only loses our annotations.
 func ReleasePatch(job *batchv1.Job) ([]byte, error) {
 	ann := job.Annotations
 	heldSince, ok := ann[annotations.HeldSince]
@@ -131,7 +133,7 @@ func ReleasePatch(job *batchv1.Job) ([]byte, error) {
 		return nil, fmt.Errorf("job %s/%s carries no %s annotation", job.Namespace, job.Name, annotations.HeldSince)
 	}
 	ops := []jsonpatch.Operation{{Operation: "test", Path: patches.Pointer("metadata", "annotations", annotations.HeldSince), Value: heldSince}}
-	if job.Spec.Suspend != nil && *job.Spec.Suspend {
+	if job.Spec.Suspend != nil && *job.Spec.Suspend && !jobs.ManagedElsewhere(job) {
 		ops = append(ops, jsonpatch.Operation{Operation: "replace", Path: "/spec/suspend", Value: false})
 	}
 	b := patches.NewBuilder()

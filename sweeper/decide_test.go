@@ -152,6 +152,10 @@ func TestReleasePatch(t *testing.T) {
 		{"held and suspended", newHeldJob(), false},
 		{"resumed by someone else: only annotations go", newHeldJob(func(j *batchv1.Job) { j.Spec.Suspend = ptr.To(false) }), false},
 		{"no hold reason", newHeldJob(func(j *batchv1.Job) { delete(j.Annotations, annotations.HoldReason) }), false},
+		// Another controller owns spec.suspend: it stays suspended, only our annotations go.
+		{"spec.managedBy another controller", newHeldJob(func(j *batchv1.Job) { j.Spec.ManagedBy = ptr.To("kueue.x-k8s.io/multikueue") }), true},
+		{"in a Kueue queue", newHeldJob(func(j *batchv1.Job) { j.Labels["kueue.x-k8s.io/queue-name"] = "team-a" }), true},
+		{"managedBy the built-in controller", newHeldJob(func(j *batchv1.Job) { j.Spec.ManagedBy = ptr.To("kubernetes.io/job-controller") }), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			patch, err := ReleasePatch(tc.job)

@@ -103,6 +103,7 @@ func stripJob(obj any) (any, error) {
 	out := &batchv1.Job{TypeMeta: job.TypeMeta, ObjectMeta: *job.ObjectMeta.DeepCopy()}
 	out.ManagedFields = nil
 	out.Spec.Suspend = job.Spec.Suspend
+	out.Spec.ManagedBy = job.Spec.ManagedBy // jobs.ManagedElsewhere reads it
 	out.Spec.Template.Spec.ServiceAccountName = job.Spec.Template.Spec.ServiceAccountName
 	out.Spec.Template.Spec.DeprecatedServiceAccount = job.Spec.Template.Spec.DeprecatedServiceAccount
 	return out, nil
@@ -341,8 +342,9 @@ func (t *term) processJob(ctx context.Context, k string) {
 			heldSince.UTC().Format(time.RFC3339), job.Annotations[annotations.HoldReason], saName)
 	}
 
-	if job.Spec.Suspend == nil || !*job.Spec.Suspend {
-		// Someone else resumed it: only our annotations are left to remove.
+	if job.Spec.Suspend == nil || !*job.Spec.Suspend || jobs.ManagedElsewhere(job) {
+		// Someone else resumed it, or another controller (Kueue, spec.managedBy) owns its
+		// suspend: only our annotations are left to remove.
 		t.release(ctx, job, ReleaseResumedElse, heldSince, "")
 		return
 	}

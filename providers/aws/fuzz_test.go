@@ -19,6 +19,7 @@ import (
 	"go.klusters.dev/credential-webhook/access"
 	"go.klusters.dev/credential-webhook/admission"
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/markers"
 	"go.klusters.dev/credential-webhook/patches"
 )
 
@@ -390,12 +391,13 @@ func checkFit(t *testing.T, p TrustPolicy, subject string, quota int) {
 }
 
 // spyAssigner records what the plugin asked for. It stands in for the Assigner only to check a
-// pure property (which inputs may reach IAM at all); the IAM behaviour itself is tested against
-// moto (integration_test.go, hostile_test.go at the root).
+// pure property (which inputs may reach IAM at all, and which may write to it); the IAM
+// behaviour itself is tested against moto (integration_test.go, hostile_test.go at the root).
+// Assign is the only method that writes to IAM; Plan and Reserve only read.
 type spyAssigner struct {
-	assigns, plans int
-	seed           RoleARN
-	err            error
+	assigns, plans, reserves int
+	seed                     RoleARN
+	err                      error
 }
 
 func (s *spyAssigner) Assign(_ context.Context, seed RoleARN, ns, name string) (Assignment, error) {
@@ -415,8 +417,11 @@ func (s *spyAssigner) Plan(_ context.Context, seed RoleARN, ns, name string) (st
 	return d.String(), false, s.err
 }
 
-func (s *spyAssigner) Reserve(ctx context.Context, seed RoleARN, ns, name string) (string, bool, error) {
-	return s.Plan(ctx, seed, ns, name)
+func (s *spyAssigner) Reserve(_ context.Context, seed RoleARN, ns, name string) (string, bool, error) {
+	s.reserves++
+	s.seed = seed
+	d, _ := Derived(seed, 0)
+	return d.String(), false, s.err
 }
 
 const (
@@ -425,32 +430,43 @@ const (
 )
 
 // FuzzPluginReachesIAM drives the ServiceAccount plugin with arbitrary annotations, requesters,
-// namespaces and operations. Whatever the input, the plugin never fails the review (it warns),
-// and it asks the Assigner for anything only when all of these hold, each checked by an oracle
-// independent of the code under test: the annotation is exactly a canonical role ARN in account
-// 123456789012 starting "role/kubestash-", the requester is the operator or in group
+// namespaces, operations and transports. Whatever the input, the plugin never fails the review
+// (it warns), and it asks the Assigner for anything only when all of these hold, each checked by
+// an oracle independent of the code under test: the annotation is exactly a canonical role ARN in
+// account 123456789012 starting "role/kubestash-", the requester is the operator or in group
 // backup-admins, the namespace is "demo" or "backup-*", the object has a name, and the
-// operation is CREATE or UPDATE. Dry runs only Plan. Warnings stay short whatever the input.
+// operation is CREATE or UPDATE. Which method it calls depends on the review alone: a dry run
+// only Plans; otherwise a review that is not Authenticated only Reserves, and only an
+// Authenticated one Assigns — the key security property of planning at admission: no review
+// body, however well it imitates the operator, writes to IAM unless it came over a client
+// certificate. A claim is recorded (Pending) exactly for the non-dry-run reviews that reached
+// the Assigner without a permanent refusal, and it is the claim on the seed the annotation names.
+// Warnings stay short whatever the input.
 func FuzzPluginReachesIAM(f *testing.F) {
 	ok := "arn:aws:iam::123456789012:role/kubestash-selfhost"
 	for _, c := range []struct {
 		seed, oldSeed, roleARN, user, group, ns, name, op string
-		dry                                               bool
+		dry, authenticated                                bool
 		failure                                           uint8
 	}{
-		{ok, "", "", fuzzOperator, "", "demo", "sa-1", "CREATE", false, 0},
-		{ok, ok, ok + "-0", fuzzOperator, "", "demo", "sa-1", "UPDATE", false, 0},
-		{ok, ok, ok + "-0", "mallory", "", "demo", "sa-1", "UPDATE", false, 0},
-		{ok, "", "", "mallory", "backup-admins", "backup-x", "sa-1", "CREATE", true, 1},
-		{ok, "", "", fuzzOperator, "", "kube-system", "sa-1", "CREATE", false, 2},
-		{"arn:аws:iam::123456789012:role/kubestash-selfhost", "", "", fuzzOperator, "", "demo", "sa", "CREATE", false, 0},
-		{"arn:aws-cn:iam::123456789012:role/kubestash-selfhost", "", "", fuzzOperator, "", "demo", "sa", "CREATE", false, 0},
-		{"arn:aws:iam::123456789012:role/kubestash-x/../admin", "", "", fuzzOperator, "", "demo", "sa", "CREATE", false, 3},
-		{ok + strings.Repeat("x", 5000), "", "", fuzzOperator, "", "demo", "sa", "CREATE", false, 0},
-		{ok, "", "", fuzzOperator, "", "demo", "", "CREATE", false, 0},
-		{ok, "", "", fuzzOperator, "", "demo", "sa", "DELETE", false, 0},
+		{ok, "", "", fuzzOperator, "", "demo", "sa-1", "CREATE", false, false, 0},
+		{ok, "", "", fuzzOperator, "", "demo", "sa-1", "CREATE", false, true, 0},
+		{ok, ok, ok + "-0", fuzzOperator, "", "demo", "sa-1", "UPDATE", false, false, 0},
+		{ok, ok, ok + "-0", "mallory", "", "demo", "sa-1", "UPDATE", false, true, 0},
+		{ok, "", "", "mallory", "backup-admins", "backup-x", "sa-1", "CREATE", true, false, 1},
+		{ok, "", "", "mallory", "backup-admins", "backup-x", "sa-1", "CREATE", true, true, 0},
+		{ok, "", "", fuzzOperator, "", "kube-system", "sa-1", "CREATE", false, true, 2},
+		{ok, "", "", fuzzOperator, "", "demo", "sa-1", "CREATE", false, true, 1},
+		{ok, "", "", fuzzOperator, "", "demo", "sa-1", "CREATE", false, true, 2},
+		{ok, "", "", fuzzOperator, "", "demo", "sa-1", "UPDATE", false, false, 2},
+		{"arn:аws:iam::123456789012:role/kubestash-selfhost", "", "", fuzzOperator, "", "demo", "sa", "CREATE", false, true, 0},
+		{"arn:aws-cn:iam::123456789012:role/kubestash-selfhost", "", "", fuzzOperator, "", "demo", "sa", "CREATE", false, false, 0},
+		{"arn:aws:iam::123456789012:role/kubestash-x/../admin", "", "", fuzzOperator, "", "demo", "sa", "CREATE", false, true, 3},
+		{ok + strings.Repeat("x", 5000), "", "", fuzzOperator, "", "demo", "sa", "CREATE", false, false, 0},
+		{ok, "", "", fuzzOperator, "", "demo", "", "CREATE", false, true, 0},
+		{ok, "", "", fuzzOperator, "", "demo", "sa", "DELETE", false, true, 0},
 	} {
-		f.Add(c.seed, c.oldSeed, c.roleARN, c.user, c.group, c.ns, c.name, c.op, c.dry, c.failure)
+		f.Add(c.seed, c.oldSeed, c.roleARN, c.user, c.group, c.ns, c.name, c.op, c.dry, c.authenticated, c.failure)
 	}
 	seeds, err := ParseAllowlist(fuzzSeedGlob)
 	if err != nil {
@@ -462,11 +478,12 @@ func FuzzPluginReachesIAM(f *testing.F) {
 	}
 	failures := []error{nil, ErrRoleLimitReached, fmt.Errorf("wrapped: %w", ErrInvalidSubject), errors.New("iam:GetRole admin: NoSuchEntity")}
 	log := slog.New(slog.DiscardHandler)
-	f.Fuzz(func(t *testing.T, seed, oldSeed, roleARN, user, group, ns, name, op string, dry bool, failure uint8) {
+	f.Fuzz(func(t *testing.T, seed, oldSeed, roleARN, user, group, ns, name, op string, dry, authenticated bool, failure uint8) {
 		if len(seed)+len(oldSeed)+len(roleARN)+len(user)+len(group)+len(ns)+len(name)+len(op) > 16<<10 {
 			return
 		}
-		spy := &spyAssigner{err: failures[int(failure)%len(failures)]}
+		failed := failures[int(failure)%len(failures)]
+		spy := &spyAssigner{err: failed}
 		p := &Plugin{Assigner: spy, Seeds: seeds, Access: pol}
 		cur := map[string]string{annotations.SeedRole: seed}
 		if roleARN != "" {
@@ -474,7 +491,8 @@ func FuzzPluginReachesIAM(f *testing.F) {
 		}
 		obj, _ := json.Marshal(map[string]any{"metadata": map[string]any{"name": name, "namespace": ns, "annotations": cur}})
 		old, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{annotations.SeedRole: oldSeed, annotations.AWSRoleARN: roleARN}}})
-		req := &admission.Request{Namespace: ns, Name: name, Operation: admissionv1.Operation(op), DryRun: dry, Object: obj, OldObject: old, Log: log}
+		req := &admission.Request{Namespace: ns, Name: name, Operation: admissionv1.Operation(op), DryRun: dry,
+			Authenticated: authenticated, Object: obj, OldObject: old, Log: log}
 		req.UserInfo.Username = user
 		if group != "" {
 			req.UserInfo.Groups = []string{group}
@@ -495,12 +513,34 @@ func FuzzPluginReachesIAM(f *testing.F) {
 		if limit := 2048 + 4*(len(ns)+len(user)); size > limit {
 			t.Fatalf("warnings are %d bytes (limit %d): %.300q", size, limit, resp.Warnings)
 		}
-		if spy.assigns+spy.plans == 0 {
+		// The key property first, before anything may return early: IAM writes need a client
+		// certificate and a review that is not a dry run.
+		if spy.assigns > 0 && (!authenticated || dry) {
+			t.Fatalf("Assign called %d times for a review with authenticated=%v dryRun=%v", spy.assigns, authenticated, dry)
+		}
+		reached := spy.assigns + spy.plans + spy.reserves
+		if reached == 0 {
+			if len(resp.Pending) != 0 {
+				t.Fatalf("claims %v recorded without asking the Assigner", resp.Pending)
+			}
 			return
 		}
+		wantClaims := !dry && !Permanent(failed)
 		switch {
-		case spy.assigns > 0 && dry, spy.plans > 0 && !dry:
-			t.Fatalf("dryRun=%v but Assign %d, Plan %d", dry, spy.assigns, spy.plans)
+		case reached != 1:
+			t.Fatalf("Assigner asked %d times (Assign %d, Plan %d, Reserve %d), want once", reached, spy.assigns, spy.plans, spy.reserves)
+		case dry && spy.plans != 1:
+			t.Fatalf("dry run but Assign %d, Reserve %d", spy.assigns, spy.reserves)
+		case !dry && authenticated && spy.assigns != 1:
+			t.Fatalf("authenticated review but Plan %d, Reserve %d", spy.plans, spy.reserves)
+		case !dry && !authenticated && spy.reserves != 1:
+			t.Fatalf("unauthenticated review but Assign %d, Plan %d", spy.assigns, spy.plans)
+		case wantClaims != (len(resp.Pending) == 1):
+			t.Fatalf("dryRun=%v, failure %v: claims %v", dry, failed, resp.Pending)
+		case len(resp.Pending) > 1:
+			t.Fatalf("claims %v, want at most the AWS one", resp.Pending)
+		case wantClaims && resp.Pending[0] != markers.For(markers.AWS, seen[annotations.SeedRole]):
+			t.Fatalf("claim %v is not the one on seed %q", resp.Pending[0], seen[annotations.SeedRole])
 		case op != "CREATE" && op != "UPDATE":
 			t.Fatalf("operation %q reached the Assigner", op)
 		case spy.seed.String() != seen[annotations.SeedRole]:

@@ -1,0 +1,241 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/iam"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/e2e/harness"
+	"go.klusters.dev/credential-webhook/testenv/iamproxy"
+	"go.klusters.dev/credential-webhook/testenv/moto"
+)
+
+// BenchmarkFlowCreationToTrust measures what "plan at admission, write on persistence" costs a
+// backup: per-session ServiceAccounts created through the apiserver at a steady rate (the
+// operator's identity, 2 replicas of the real binary, their sweepers on), every tenth followed by
+// its KubeStash Job. It reports, from each creation call's start:
+//
+//   - trust written: when the subject first shows in a derived role's trust policy, read from moto
+//     directly every 50 ms (so the figure is up to 50 ms late), and
+//   - Job release: when the held Job first shows spec.suspend false, read every 100 ms (the sweeper
+//     proves the credentials with sts:AssumeRoleWithWebIdentity first; no propagation delay here),
+//
+// as p50 and p99, and IAM writes per ServiceAccount. The same benchmark runs against any binary
+// (CREDENTIAL_WEBHOOK_BINARY), so an older version that wrote at admission is measured the same
+// way. Run with:
+//
+//	go test -run '^$' -bench FlowCreationToTrust -benchtime 1x -timeout 30m
+func BenchmarkFlowCreationToTrust(b *testing.B) {
+	for _, lat := range []time.Duration{0, 100 * time.Millisecond} {
+		b.Run("iam-latency="+lat.String(), func(b *testing.B) {
+			for b.Loop() {
+				creationToTrust(b, 300, 100, lat)
+			}
+		})
+	}
+}
+
+func creationToTrust(b *testing.B, n, perSecond int, iamLatency time.Duration) {
+	ctx := context.Background()
+	ns := cluster.Namespace(b)
+	cfg := rest.CopyConfig(cluster.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: operatorUser, Groups: flowOperatorGroups}
+	cfg.QPS, cfg.Burst = 1000, 1000
+	op, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	flowBindOperator(b, ns, op)
+	seedName := fmt.Sprintf("kubestash-lat-%x", time.Now().UnixNano()&0xffffff)
+	seed, err := moto.CreateSeedRole(ctx, cluster.AWSConfig(), seedName, "/", cluster.Issuer)
+	if err != nil {
+		b.Fatal(err)
+	}
+	suffix := ns[strings.LastIndexByte(ns, '-')+1:]
+	var names []string
+	for _, l := range []string{"a", "b"} {
+		name := "lat-" + suffix + "-" + l
+		names = append(names, name)
+		cluster.StartWebhook(b, harness.WebhookOptions{Name: name, Args: []string{
+			"--aws-seed-roles=" + seed, "--allowed-requesters=user:" + operatorUser, "--allowed-namespaces=*",
+			"--lease-namespace=" + harness.WebhookNamespace, "--identity=" + name,
+		}})
+	}
+	flowPoll(b, 60*time.Second, "a sweeper leader", func() (bool, error) { return slices.Contains(names, flowLeaseHolder()), nil })
+	if iamLatency > 0 {
+		cluster.IAM.SetFaults(iamproxy.Faults{Latency: iamLatency, Actions: []string{"iam:*"}})
+		b.Cleanup(func() { cluster.IAM.SetFaults(iamproxy.Faults{}) })
+	}
+
+	var mu sync.Mutex
+	started := map[string]time.Time{} // ServiceAccount name -> creation call start
+	trusted := map[string]time.Time{} // subject -> first seen in a trust policy
+	released := map[string]time.Time{}
+	var jobNames []string
+	stop := make(chan struct{})
+	var watchers sync.WaitGroup
+	direct := iam.NewFromConfig(cluster.AWSConfig()) // moto itself: neither counted nor delayed
+	watchers.Go(func() {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			for i := 0; ; i++ {
+				subs, err := flowTrustedSubjects(ctx, direct, fmt.Sprintf("%s-%d", seed, i))
+				if err != nil || len(subs) == 0 {
+					break
+				}
+				now := time.Now()
+				mu.Lock()
+				for _, s := range subs {
+					if _, seen := trusted[s]; !seen {
+						trusted[s] = now
+					}
+				}
+				mu.Unlock()
+			}
+		}
+	})
+	watchers.Go(func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			list, err := cluster.Client.BatchV1().Jobs(ns).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				continue
+			}
+			now := time.Now()
+			mu.Lock()
+			for _, j := range list.Items {
+				if _, seen := released[j.Name]; !seen && (j.Spec.Suspend == nil || !*j.Spec.Suspend) {
+					released[j.Name] = now
+				}
+			}
+			mu.Unlock()
+		}
+	})
+	defer func() {
+		close(stop)
+		watchers.Wait()
+	}()
+
+	iamBefore := cluster.IAM.Calls()
+	base := time.Now().Unix()
+	errs := make(chan error, n)
+	var creators sync.WaitGroup
+	tick := time.NewTicker(time.Second / time.Duration(perSecond))
+	for i := range n {
+		<-tick.C
+		name := fmt.Sprintf("sample-backup-daemon-demo-session-%d", base+int64(i))
+		withJob := i%10 == 0
+		creators.Go(func() {
+			sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name,
+				Annotations: map[string]string{annotations.SeedRole: seed, annotations.BucketNames: "b1,b2"}}}
+			t0 := time.Now()
+			mu.Lock()
+			started[name] = t0
+			mu.Unlock()
+			got, err := op.CoreV1().ServiceAccounts(ns).Create(ctx, sa, metav1.CreateOptions{})
+			if err == nil && got.Annotations[annotations.AWSRoleARN] == "" {
+				err = fmt.Errorf("%s admitted without a role ARN: %v", name, got.Annotations)
+			}
+			if err == nil && withJob {
+				_, err = op.BatchV1().Jobs(ns).Create(ctx, flowJob(ns, name, name), metav1.CreateOptions{})
+				mu.Lock()
+				jobNames = append(jobNames, name)
+				mu.Unlock()
+			}
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	tick.Stop()
+	creators.Wait()
+	lastCreated := time.Now()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	flowPoll(b, 3*time.Minute, "every subject trusted", func() (bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		for name := range started {
+			if _, ok := trusted[flowSubject(ns, name)]; !ok {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	flowPoll(b, 5*time.Minute, "every Job released", func() (bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, j := range jobNames {
+			if _, ok := released[j]; !ok {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	calls := flowCallsSince(iamBefore)
+
+	mu.Lock()
+	defer mu.Unlock()
+	var toTrust, toRelease []time.Duration
+	var lastTrusted time.Time
+	for name, t0 := range started {
+		at := trusted[flowSubject(ns, name)]
+		toTrust = append(toTrust, at.Sub(t0))
+		if at.After(lastTrusted) {
+			lastTrusted = at
+		}
+	}
+	for _, j := range jobNames {
+		toRelease = append(toRelease, released[j].Sub(started[j]))
+	}
+	writes := 0
+	for action, c := range calls {
+		if strings.HasPrefix(action, "iam:") && !strings.HasPrefix(action, "iam:Get") && !strings.HasPrefix(action, "iam:List") {
+			writes += c
+		}
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	b.ReportMetric(ms(percentile(toTrust, 50)), "p50-trust-ms")
+	b.ReportMetric(ms(percentile(toTrust, 99)), "p99-trust-ms")
+	b.ReportMetric(ms(percentile(toRelease, 50)), "p50-release-ms")
+	b.ReportMetric(ms(percentile(toRelease, 99)), "p99-release-ms")
+	b.ReportMetric(float64(writes)/float64(n), "iam-writes/sa")
+	b.Logf("%d ServiceAccounts at %d/s (%d Jobs), IAM latency %s: last trusted %s after the last creation; IAM %s",
+		n, perSecond, len(jobNames), iamLatency, lastTrusted.Sub(lastCreated).Round(time.Millisecond), flowFormatCalls(calls))
+}
+
+// percentile is the p-th percentile (nearest rank) of ds.
+func percentile(ds []time.Duration, p int) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := (len(s)*p + 99) / 100
+	return s[max(i-1, 0)]
+}
