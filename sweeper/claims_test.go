@@ -240,9 +240,9 @@ func TestTriage(t *testing.T) {
 	}
 
 	for _, v := range []string{
-		"iam: throttled",             // an older version's reason
-		"aws:0123",                   // short digest
-		"gcp:0123456789abcdef",       // unknown cloud
+		"iam: throttled",       // an older version's reason
+		"aws:0123",             // short digest
+		"gcp:0123456789abcdef", // unknown cloud
 		"aws:0123456789abcdef aws:0123456789abcdee", // two claims on one cloud
 	} {
 		t.Run("malformed "+v, func(t *testing.T) {

@@ -24,7 +24,7 @@ import (
 var update = flag.Bool("update", false, "rewrite testdata/golden from the current chart")
 
 // valueSets are the files in testdata/values; each has a golden render in testdata/golden.
-var valueSets = []string{"defaults", "aws-only", "azure-only", "user-issuer", "servicemonitor", "failurepolicy"}
+var valueSets = []string{"defaults", "aws-only", "azure-only", "user-issuer", "servicemonitor", "failurepolicy", "clientauth"}
 
 // Every value set renders exactly its golden file (manifest, then NOTES). A change to the chart
 // shows up as a reviewable diff of these files; `go test -run TestGolden -update` rewrites them.
@@ -134,6 +134,18 @@ func TestDefaults(t *testing.T) {
 	}
 	if !slices.Contains(c.Args, "--metrics-listen=:9090") {
 		t.Errorf("args %v lack the metrics listener", c.Args)
+	}
+	// No client authentication by default (EKS and AKS cannot present a certificate): no flag,
+	// no CA volume.
+	for _, a := range c.Args {
+		if strings.HasPrefix(a, "--client-ca-file") || strings.HasPrefix(a, "--allowed-client-names") {
+			t.Errorf("default args carry %s", a)
+		}
+	}
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Name == "client-ca" {
+			t.Errorf("default pod has the client CA volume %+v", v)
+		}
 	}
 	if *d.Spec.Replicas != 2 || d.Spec.Template.Spec.ServiceAccountName != "credential-webhook" {
 		t.Errorf("replicas %d, serviceAccountName %s", *d.Spec.Replicas, d.Spec.Template.Spec.ServiceAccountName)
@@ -488,6 +500,78 @@ func TestFailurePolicyOverrides(t *testing.T) {
 	}
 }
 
+// clientAuth mounts only ca.crt of the named Secret, read-only, and passes the server the CA file
+// and the names joined with commas (before extraArgs, which may still override them).
+func TestClientAuth(t *testing.T) {
+	objs := objects(t, renderFile(t, DefaultRelease, "clientauth"))
+	var d appsv1.Deployment
+	into(t, find(t, objs, "Deployment", "credential-webhook"), &d)
+	c := d.Spec.Template.Spec.Containers[0]
+	const mount = "/etc/credential-webhook/client-ca"
+	for _, want := range []string{
+		"--client-ca-file=" + mount + "/ca.crt",
+		"--allowed-client-names=kube-apiserver,kube-apiserver-webhook-client.example.internal",
+	} {
+		if n := countOf(c.Args, want); n != 1 {
+			t.Errorf("args %v carry %q %d times, want once", c.Args, want, n)
+		}
+	}
+	var vol *corev1.Volume
+	for i, v := range d.Spec.Template.Spec.Volumes {
+		if v.Name == "client-ca" {
+			vol = &d.Spec.Template.Spec.Volumes[i]
+		}
+	}
+	if vol == nil || vol.Secret == nil || vol.Secret.SecretName != "apiserver-webhook-client-ca" {
+		t.Fatalf("client CA volume %+v, want Secret apiserver-webhook-client-ca", vol)
+	}
+	// Only the certificate: a CA Secret (cert-manager's, say) also holds the CA's private key.
+	if items := vol.Secret.Items; len(items) != 1 || items[0].Key != "ca.crt" || items[0].Path != "ca.crt" {
+		t.Errorf("client CA volume projects %+v, want ca.crt only", items)
+	}
+	var vm *corev1.VolumeMount
+	for i, m := range c.VolumeMounts {
+		if m.Name == "client-ca" {
+			vm = &c.VolumeMounts[i]
+		}
+	}
+	if vm == nil || vm.MountPath != mount || !vm.ReadOnly {
+		t.Errorf("client CA mount %+v, want %s read-only", vm, mount)
+	}
+	// Nothing else moves: the TLS volume and the serving flags stay.
+	if !slices.Contains(c.Args, "--tls-cert-file=/etc/credential-webhook/tls/tls.crt") {
+		t.Errorf("args %v lost the serving certificate", c.Args)
+	}
+
+	// One name, another release: the flag has no trailing comma and NOTES names the kubeconfig
+	// user the apiserver must have (with the port when it is not 443).
+	vals := map[string]any{
+		"clientAuth": map[string]any{"caSecretName": "ca", "allowedNames": []any{"kube-apiserver"}},
+		"service":    map[string]any{"port": 8443},
+	}
+	r, err := Render(context.Background(), testChart(t), Release{Name: "backup", Namespace: "backup-system"}, vals)
+	if err != nil {
+		t.Fatal(err)
+	}
+	into(t, find(t, objects(t, r), "Deployment", ""), &d)
+	if args := d.Spec.Template.Spec.Containers[0].Args; countOf(args, "--allowed-client-names=kube-apiserver") != 1 {
+		t.Errorf("args %v", args)
+	}
+	if user := "backup-credential-webhook.backup-system.svc:8443"; !strings.Contains(r.Notes, user) {
+		t.Errorf("NOTES do not name the kubeconfig user %s:\n%s", user, r.Notes)
+	}
+}
+
+func countOf(list []string, s string) int {
+	n := 0
+	for _, e := range list {
+		if e == s {
+			n++
+		}
+	}
+	return n
+}
+
 // Values that contradict each other fail the render with a message naming the fix.
 func TestContradictionsFail(t *testing.T) {
 	tests := []struct {
@@ -499,6 +583,11 @@ func TestContradictionsFail(t *testing.T) {
 		{"sidecar without injection", map[string]any{"aws": map[string]any{"resticSidecar": map[string]any{"enabled": true}}}, "aws.resticSidecar.enabled needs aws.injectPodIdentity"},
 		{"Azure without its RBAC", map[string]any{"azure": map[string]any{"allowedScopes": []any{"/subscriptions/x"}}, "rbac": map[string]any{"azureIdentityBinding": false}}, "rbac.azureIdentityBinding is false"},
 		{"ServiceMonitor without the metrics port", map[string]any{"metrics": map[string]any{"enabled": false, "serviceMonitor": map[string]any{"enabled": true}}}, "metrics.serviceMonitor.enabled needs metrics.enabled"},
+		// A CA without names would accept any certificate it signed and only plan; names without a
+		// CA stop the server at start.
+		{"client CA without names", map[string]any{"clientAuth": map[string]any{"caSecretName": "ca"}}, "clientAuth.caSecretName needs clientAuth.allowedNames"},
+		{"client CA with an empty name list", map[string]any{"clientAuth": map[string]any{"caSecretName": "ca", "allowedNames": []any{}}}, "clientAuth.caSecretName needs clientAuth.allowedNames"},
+		{"client names without a CA", map[string]any{"clientAuth": map[string]any{"allowedNames": []any{"kube-apiserver"}}}, "clientAuth.allowedNames needs clientAuth.caSecretName"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -37,6 +37,12 @@ func TestSchemaRejects(t *testing.T) {
 		{"autoBool as yes", map[string]any{"rbac": map[string]any{"azureIdentityBinding": "yes"}}, []string{"azureIdentityBinding"}},
 		{"issuer kind without a name", map[string]any{"certManager": map[string]any{"issuerRef": map[string]any{"kind": "ClusterIssuer"}}}, []string{"issuerRef"}},
 		{"token lifetime under IRSA's minimum", map[string]any{"aws": map[string]any{"tokenExpiration": 60}}, []string{"tokenExpiration"}},
+		{"comma inside a client name", map[string]any{"clientAuth": map[string]any{"caSecretName": "ca", "allowedNames": []any{"kube-apiserver,evil"}}}, []string{"allowedNames"}},
+		{"client name with surrounding blanks", map[string]any{"clientAuth": map[string]any{"caSecretName": "ca", "allowedNames": []any{" kube-apiserver"}}}, []string{"allowedNames"}},
+		{"empty client name", map[string]any{"clientAuth": map[string]any{"caSecretName": "ca", "allowedNames": []any{""}}}, []string{"allowedNames"}},
+		{"client names as a string", map[string]any{"clientAuth": map[string]any{"caSecretName": "ca", "allowedNames": "kube-apiserver"}}, []string{"allowedNames"}},
+		{"client CA Secret name invalid", map[string]any{"clientAuth": map[string]any{"caSecretName": "Client_CA", "allowedNames": []any{"kube-apiserver"}}}, []string{"caSecretName"}},
+		{"clientAuth typo", map[string]any{"clientAuth": map[string]any{"caSecret": "ca"}}, []string{"caSecret"}},
 		{"role ARN of the webhook malformed", map[string]any{"aws": map[string]any{"roleArn": "credential-webhook"}}, []string{"roleArn"}},
 	}
 	for _, tc := range tests {
@@ -74,6 +80,7 @@ func TestSchemaAccepts(t *testing.T) {
 		"certManager": map[string]any{"issuerRef": map[string]any{"name": "ca", "kind": "ClusterIssuer"}},
 		"rbac":        map[string]any{"azureIdentityBinding": true},
 		"resources":   map[string]any{"limits": map[string]any{"memory": "512Mi"}},
+		"clientAuth":  map[string]any{"caSecretName": "apiserver-webhook-client-ca", "allowedNames": []any{"kube-apiserver", "webhook-client.example.internal"}},
 		"extraEnv":    []any{map[string]any{"name": "AWS_STS_REGIONAL_ENDPOINTS", "value": "regional"}},
 	}
 	if _, err := Render(context.Background(), testChart(t), DefaultRelease, vals); err != nil {

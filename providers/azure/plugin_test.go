@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"go.klusters.dev/credential-webhook/access"
 	"go.klusters.dev/credential-webhook/admission"
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/markers"
 	"go.klusters.dev/credential-webhook/patches"
 	"go.klusters.dev/credential-webhook/testenv/arm"
 )
@@ -76,14 +78,17 @@ func newSAEnv(t *testing.T) *saEnv {
 
 // review is one ServiceAccount review; zero fields take the defaults of a KubeStash CREATE.
 type review struct {
-	op        admissionv1.Operation
-	ns, name  string
-	user      string
-	groups    []string
-	dryRun    bool
-	ann, old  map[string]string
-	rawObject string // overrides ann: the object exactly as sent
-	budget    time.Duration
+	op       admissionv1.Operation
+	ns, name string
+	user     string
+	groups   []string
+	dryRun   bool
+	// authenticated: the review came over a client certificate with an allowed name (the
+	// apiserver itself); only then may the plugin write RBAC at admission.
+	authenticated bool
+	ann, old      map[string]string
+	rawObject     string // overrides ann: the object exactly as sent
+	budget        time.Duration
 }
 
 func saObject(name, ns string, ann map[string]string) []byte {
@@ -121,7 +126,7 @@ func admit(t *testing.T, p admission.Plugin, rv review) result {
 		obj = saObject(rv.name, rv.ns, rv.ann)
 	}
 	req := &admission.Request{Operation: rv.op, Namespace: rv.ns, Name: rv.name, DryRun: rv.dryRun, Object: obj,
-		Log: slog.New(slog.DiscardHandler)}
+		Authenticated: rv.authenticated, Log: slog.New(slog.DiscardHandler)}
 	if rv.op == admissionv1.Update {
 		req.OldObject = saObject(rv.name, rv.ns, rv.old)
 	}
@@ -195,6 +200,12 @@ func oneWarning(t *testing.T, res result, has ...string) {
 	}
 }
 
+// claimed reports whether the review recorded exactly the claim on testIdentity (the route's
+// PendingMarker, not in these tests, turns it into our pending annotation).
+func claimed(res result) bool {
+	return len(res.resp.Pending) == 1 && res.resp.Pending.Has(ClaimOf(testIdentity))
+}
+
 func (e *saEnv) bound(t *testing.T, ns, name string) bool {
 	t.Helper()
 	ok, err := BindingLists(context.Background(), e.cluster, testClientID, ns, name)
@@ -206,6 +217,9 @@ func (e *saEnv) bound(t *testing.T, ns, name string) bool {
 
 func TestServiceAccountPluginAssigns(t *testing.T) {
 	e := newSAEnv(t)
+	// Not authenticated: a review body proves nothing about who sent it, so admission resolves
+	// the identity (a read) and claims it, and the binding waits until the ServiceAccount is
+	// seen persisted.
 	res := admit(t, e.plugin, review{name: saName, ann: azAnn(testSub, testRG, testMI)})
 	if res.err != nil || len(res.resp.Warnings) != 0 {
 		t.Fatalf("err %v, warnings %q", res.err, res.resp.Warnings)
@@ -213,23 +227,39 @@ func TestServiceAccountPluginAssigns(t *testing.T) {
 	if res.ann[annotations.AzureClientID] != testClientID || res.ann[annotations.AzureTenantID] != testTenant {
 		t.Fatalf("annotations after patch: %v", res.ann)
 	}
+	if !claimed(res) {
+		t.Errorf("pending claims %v, want %v", res.resp.Pending, ClaimOf(testIdentity))
+	}
 	if _, ok := res.ann[annotations.Pending]; ok {
-		t.Error("pending marker on a finished assignment")
+		t.Error("the plugin wrote the pending annotation itself (PendingMarker's job)")
 	}
 	for k, v := range azAnn(testSub, testRG, testMI) {
 		if res.ann[k] != v {
 			t.Errorf("input annotation %s changed to %q", k, res.ann[k])
 		}
 	}
+	if e.bound(t, saNS, saName) || e.binder.calls.Load() != 0 || e.cluster.writes() != 0 {
+		t.Fatalf("an unauthenticated review wrote RBAC: binder calls %d, writes %d", e.binder.calls.Load(), e.cluster.writes())
+	}
+	if e.arm.gets.Load() != 1 {
+		t.Fatalf("ARM gets %d", e.arm.gets.Load())
+	}
+
+	// Authenticated (the apiserver's client certificate): the binding is written at admission,
+	// and the claim still recorded (the writer binds it to the persisted object's UID).
+	res = admit(t, e.plugin, review{name: saName, ann: azAnn(testSub, testRG, testMI), authenticated: true})
+	if res.err != nil || len(res.resp.Warnings) != 0 || res.ann[annotations.AzureClientID] != testClientID || !claimed(res) {
+		t.Fatalf("authenticated: err %v, warnings %q, annotations %v, claims %v", res.err, res.resp.Warnings, res.ann, res.resp.Pending)
+	}
 	if !e.bound(t, saNS, saName) {
 		t.Error("ServiceAccount not in use-mi binding")
 	}
 	if e.arm.gets.Load() != 1 || e.binder.calls.Load() != 1 {
-		t.Fatalf("ARM gets %d, binder calls %d", e.arm.gets.Load(), e.binder.calls.Load())
+		t.Fatalf("ARM gets %d (want the cached answer), binder calls %d", e.arm.gets.Load(), e.binder.calls.Load())
 	}
 
 	// The next ServiceAccount on the same identity: from the cache, one more subject.
-	res = admit(t, e.plugin, review{name: saName + "-2", ann: azAnn(testSub, testRG, testMI)})
+	res = admit(t, e.plugin, review{name: saName + "-2", ann: azAnn(testSub, testRG, testMI), authenticated: true})
 	if res.ann[annotations.AzureClientID] != testClientID || !e.bound(t, saNS, saName+"-2") || !e.bound(t, saNS, saName) {
 		t.Fatalf("second ServiceAccount: %v", res.ann)
 	}
@@ -239,6 +269,13 @@ func TestServiceAccountPluginAssigns(t *testing.T) {
 	if n := len(e.cluster.binding(t).Subjects); n != 2 {
 		t.Fatalf("binding has %d subjects", n)
 	}
+
+	// Without a Kubernetes API (local runs) an authenticated review still only sets the IDs.
+	e.plugin.Binder = nil
+	res = admit(t, e.plugin, review{name: saName + "-3", ann: azAnn(testSub, testRG, testMI), authenticated: true})
+	if res.err != nil || res.ann[annotations.AzureClientID] != testClientID || !claimed(res) || e.bound(t, saNS, saName+"-3") {
+		t.Fatalf("no binder: err %v, annotations %v, claims %v", res.err, res.ann, res.resp.Pending)
+	}
 }
 
 func TestServiceAccountPluginDryRun(t *testing.T) {
@@ -247,16 +284,21 @@ func TestServiceAccountPluginDryRun(t *testing.T) {
 	if res.err != nil || res.ann[annotations.AzureClientID] != testClientID || res.ann[annotations.AzureTenantID] != testTenant {
 		t.Fatalf("dry run: err %v, annotations %v (the answer should look like the real one)", res.err, res.ann)
 	}
-	if e.binder.calls.Load() != 0 || e.cluster.writes() != 0 {
-		t.Fatalf("dry run wrote RBAC: binder calls %d, writes %d", e.binder.calls.Load(), e.cluster.writes())
+	if e.binder.calls.Load() != 0 || e.cluster.writes() != 0 || len(res.resp.Pending) != 0 {
+		t.Fatalf("dry run wrote RBAC or claimed: binder calls %d, writes %d, claims %v", e.binder.calls.Load(), e.cluster.writes(), res.resp.Pending)
+	}
+	// Even from the apiserver itself, a dry run writes nothing.
+	res = admit(t, e.plugin, review{name: saName, ann: azAnn(testSub, testRG, testMI), dryRun: true, authenticated: true})
+	if res.ann[annotations.AzureClientID] != testClientID || e.binder.calls.Load() != 0 || len(res.resp.Pending) != 0 {
+		t.Fatalf("authenticated dry run: annotations %v, binder calls %d, claims %v", res.ann, e.binder.calls.Load(), res.resp.Pending)
 	}
 
-	// A dry run that cannot reach ARM warns but leaves no marker (nothing for the sweeper).
+	// A dry run that cannot reach ARM warns but claims nothing (nothing for the writer).
 	e.arm.failNext(http.StatusTooManyRequests)
 	e.r.Forget(testIdentity)
 	res = admit(t, e.plugin, review{name: saName, ann: azAnn(testSub, testRG, testMI), dryRun: true})
-	if _, ok := res.ann[annotations.Pending]; ok || len(res.resp.Warnings) != 1 {
-		t.Fatalf("throttled dry run: annotations %v, warnings %q", res.ann, res.resp.Warnings)
+	if _, ok := res.ann[annotations.Pending]; ok || len(res.resp.Pending) != 0 || len(res.resp.Warnings) != 1 {
+		t.Fatalf("throttled dry run: annotations %v, claims %v, warnings %q", res.ann, res.resp.Pending, res.resp.Warnings)
 	}
 }
 
@@ -285,21 +327,27 @@ func TestServiceAccountPluginRefusesWithoutCalls(t *testing.T) {
 			[]string{annotations.AzureSubscriptionID, "invalid"}},
 		{"generateName", review{name: "", ann: full}, []string{"generateName"}},
 	}
+	// An authenticated review proves only who sent it (the apiserver): the requester and the
+	// identity must still be allowed.
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			e := newSAEnv(t)
-			res := admit(t, e.plugin, tc.rv)
-			if res.err != nil {
-				t.Fatalf("err %v (a warning, not a denial, is expected)", res.err)
-			}
-			oneWarning(t, res, tc.has...)
-			if res.resp.Patch.Len() != 0 {
-				t.Errorf("patch %+v", res.resp.Patch.Ops())
-			}
-			if e.arm.gets.Load() != 0 || e.binder.calls.Load() != 0 {
-				t.Errorf("ARM gets %d, binder calls %d; want none", e.arm.gets.Load(), e.binder.calls.Load())
-			}
-		})
+		for _, auth := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/authenticated=%v", tc.name, auth), func(t *testing.T) {
+				e := newSAEnv(t)
+				rv := tc.rv
+				rv.authenticated = auth
+				res := admit(t, e.plugin, rv)
+				if res.err != nil {
+					t.Fatalf("err %v (a warning, not a denial, is expected)", res.err)
+				}
+				oneWarning(t, res, tc.has...)
+				if res.resp.Patch.Len() != 0 || len(res.resp.Pending) != 0 {
+					t.Errorf("patch %+v, claims %v", res.resp.Patch.Ops(), res.resp.Pending)
+				}
+				if e.arm.gets.Load() != 0 || e.binder.calls.Load() != 0 {
+					t.Errorf("ARM gets %d, binder calls %d; want none", e.arm.gets.Load(), e.binder.calls.Load())
+				}
+			})
+		}
 	}
 	// An allowed group is enough for a requester whose name is not listed.
 	e := newSAEnv(t)
@@ -331,12 +379,12 @@ func TestServiceAccountPluginIgnoresOthers(t *testing.T) {
 func TestServiceAccountPluginARMFailures(t *testing.T) {
 	full := azAnn(testSub, testRG, testMI)
 
-	t.Run("throttled: admitted, pending, warned, no RBAC", func(t *testing.T) {
+	t.Run("throttled: admitted, claimed, warned, no RBAC", func(t *testing.T) {
 		e := newSAEnv(t)
 		e.arm.failNext(http.StatusTooManyRequests)
-		res := admit(t, e.plugin, review{name: saName, ann: full})
-		if res.err != nil || res.ann[annotations.Pending] != "azure" {
-			t.Fatalf("err %v, annotations %v", res.err, res.ann)
+		res := admit(t, e.plugin, review{name: saName, ann: full, authenticated: true})
+		if res.err != nil || !claimed(res) {
+			t.Fatalf("err %v, claims %v", res.err, res.resp.Pending)
 		}
 		if res.ann[annotations.AzureClientID] != "" || res.ann[annotations.AzureTenantID] != "" {
 			t.Errorf("IDs set without an ARM answer: %v", res.ann)
@@ -345,53 +393,57 @@ func TestServiceAccountPluginARMFailures(t *testing.T) {
 		if e.binder.calls.Load() != 0 {
 			t.Error("RBAC written without a client ID")
 		}
-		// The next review of the same ServiceAccount (an UPDATE with the marker) retries ARM,
-		// completes, and takes the marker away.
+		// The next review of the same ServiceAccount (an UPDATE, IDs still missing) retries ARM
+		// and completes; not authenticated, it leaves the binding to the writer.
 		old := res.ann
 		res = admit(t, e.plugin, review{op: admissionv1.Update, name: saName, ann: old, old: old})
-		if res.ann[annotations.AzureClientID] != testClientID || res.ann[annotations.Pending] != "" || len(res.resp.Warnings) != 0 {
-			t.Fatalf("retry: annotations %v, warnings %q", res.ann, res.resp.Warnings)
+		if res.ann[annotations.AzureClientID] != testClientID || !claimed(res) || len(res.resp.Warnings) != 0 {
+			t.Fatalf("retry: annotations %v, claims %v, warnings %q", res.ann, res.resp.Pending, res.resp.Warnings)
 		}
-		if _, ok := res.ann[annotations.Pending]; ok {
-			t.Error("pending marker kept after completion")
+		if e.bound(t, saNS, saName) || e.binder.calls.Load() != 0 {
+			t.Error("an unauthenticated retry wrote RBAC")
 		}
-		if !e.bound(t, saNS, saName) {
-			t.Error("not bound after the retry")
+		res = admit(t, e.plugin, review{op: admissionv1.Update, name: saName, ann: old, old: old, authenticated: true})
+		if res.ann[annotations.AzureClientID] != testClientID || !claimed(res) || !e.bound(t, saNS, saName) {
+			t.Fatalf("authenticated retry: annotations %v, claims %v, bound %v", res.ann, res.resp.Pending, e.bound(t, saNS, saName))
 		}
 	})
 
-	t.Run("5xx: pending", func(t *testing.T) {
+	t.Run("5xx: claimed", func(t *testing.T) {
 		e := newSAEnv(t)
 		e.arm.failNext(http.StatusServiceUnavailable)
 		res := admit(t, e.plugin, review{name: saName, ann: full})
-		if res.ann[annotations.Pending] != "azure" {
-			t.Fatalf("annotations %v", res.ann)
+		if !claimed(res) || res.ann[annotations.AzureClientID] != "" {
+			t.Fatalf("annotations %v, claims %v", res.ann, res.resp.Pending)
 		}
 		oneWarning(t, res, "503")
 	})
 
-	t.Run("slower than the admission budget: pending", func(t *testing.T) {
+	t.Run("slower than the admission budget: claimed", func(t *testing.T) {
 		e := newSAEnv(t)
 		e.arm.block = make(chan struct{})
 		defer close(e.arm.block)
 		res := admit(t, e.plugin, review{name: saName, ann: full, budget: 100 * time.Millisecond})
-		if res.err != nil || res.ann[annotations.Pending] != "azure" || res.ann[annotations.AzureClientID] != "" {
-			t.Fatalf("err %v, annotations %v", res.err, res.ann)
+		if res.err != nil || !claimed(res) || res.ann[annotations.AzureClientID] != "" {
+			t.Fatalf("err %v, annotations %v, claims %v", res.err, res.ann, res.resp.Pending)
 		}
 		oneWarning(t, res, "did not finish")
 	})
 
-	t.Run("identity does not exist: warning, no marker", func(t *testing.T) {
+	t.Run("identity does not exist: warning, no claim", func(t *testing.T) {
 		e := newSAEnv(t)
-		res := admit(t, e.plugin, review{name: saName, ann: azAnn(testSub, testRG, "missing-mi")})
-		if res.resp.Patch.Len() != 0 {
-			t.Fatalf("patch %+v", res.resp.Patch.Ops())
+		res := admit(t, e.plugin, review{name: saName, ann: azAnn(testSub, testRG, "missing-mi"), authenticated: true})
+		if res.resp.Patch.Len() != 0 || len(res.resp.Pending) != 0 {
+			t.Fatalf("patch %+v, claims %v", res.resp.Patch.Ops(), res.resp.Pending)
 		}
 		oneWarning(t, res, "does not exist", "missing-mi")
+		if e.binder.calls.Load() != 0 {
+			t.Error("RBAC written for an identity that does not exist")
+		}
 	})
 
 	// Over HTTPS through testenv/arm, with the SDK's own retries: sustained throttling outlasts
-	// them, and the review still ends admitted with the marker.
+	// them, and the review still ends admitted with the claim.
 	t.Run("sustained throttling over the wire", func(t *testing.T) {
 		s := arm.Start(t)
 		s.PutIdentity(arm.Identity{SubscriptionID: testSub, ResourceGroup: testRG, Name: testMI, ClientID: testClientID, TenantID: testTenant})
@@ -405,18 +457,18 @@ func TestServiceAccountPluginARMFailures(t *testing.T) {
 		}
 		e := newSAEnv(t)
 		e.plugin.Resolver = r
-		res := admit(t, e.plugin, review{name: saName, ann: full})
-		if res.ann[annotations.Pending] != "azure" || e.binder.calls.Load() != 0 {
-			t.Fatalf("annotations %v, binder calls %d", res.ann, e.binder.calls.Load())
+		res := admit(t, e.plugin, review{name: saName, ann: full, authenticated: true})
+		if !claimed(res) || e.binder.calls.Load() != 0 {
+			t.Fatalf("claims %v, binder calls %d", res.resp.Pending, e.binder.calls.Load())
 		}
 		oneWarning(t, res, "429")
 		if st, c := r.Stats(), s.Calls(); st.Throttled != 3 || c.Faults != 3 {
 			t.Fatalf("resolver %+v, server %+v: want one try and two retries, all throttled", st, c)
 		}
 		s.FailAll(0)
-		res = admit(t, e.plugin, review{name: saName, ann: full})
-		if res.ann[annotations.AzureClientID] != testClientID || res.ann[annotations.Pending] != "" {
-			t.Fatalf("after the throttling: %v", res.ann)
+		res = admit(t, e.plugin, review{name: saName, ann: full, authenticated: true})
+		if res.ann[annotations.AzureClientID] != testClientID || !claimed(res) || !e.bound(t, saNS, saName) {
+			t.Fatalf("after the throttling: %v, claims %v", res.ann, res.resp.Pending)
 		}
 	})
 }
@@ -424,27 +476,55 @@ func TestServiceAccountPluginARMFailures(t *testing.T) {
 func TestServiceAccountPluginBinderFailure(t *testing.T) {
 	e := newSAEnv(t)
 	e.binder.err = apierrors.NewForbidden(schema.GroupResource{Group: "rbac.authorization.k8s.io", Resource: "clusterrolebindings"}, RBACNamePrefix+testClientID, errors.New("no RBAC"))
+
+	// Not authenticated: the binder is not asked, so its failure cannot show.
 	res := admit(t, e.plugin, review{name: saName, ann: azAnn(testSub, testRG, testMI)})
+	if res.err != nil || len(res.resp.Warnings) != 0 || e.binder.calls.Load() != 0 || !claimed(res) {
+		t.Fatalf("err %v, warnings %q, binder calls %d, claims %v", res.err, res.resp.Warnings, e.binder.calls.Load(), res.resp.Pending)
+	}
+
+	res = admit(t, e.plugin, review{name: saName, ann: azAnn(testSub, testRG, testMI), authenticated: true})
 	if res.err != nil {
 		t.Fatal(res.err)
 	}
-	// The IDs are known and set; the binding is the sweeper's to finish.
-	if res.ann[annotations.AzureClientID] != testClientID || res.ann[annotations.Pending] != "azure" {
-		t.Fatalf("annotations %v", res.ann)
+	if e.binder.calls.Load() != 1 {
+		t.Fatalf("binder calls %d", e.binder.calls.Load())
+	}
+	// The IDs are known and set; the binding is the writer's to finish.
+	if res.ann[annotations.AzureClientID] != testClientID || !claimed(res) {
+		t.Fatalf("annotations %v, claims %v", res.ann, res.resp.Pending)
 	}
 	oneWarning(t, res, RBACNamePrefix+testClientID, "did not finish")
 }
 
 func TestServiceAccountPluginUpdate(t *testing.T) {
+	const secondClient = "0d9c8b7a-6f5e-4d3c-2b1a-0f9e8d7c6b5a"
+	claim := ClaimOf(testIdentity)
 	full := azAnn(testSub, testRG, testMI)
+	// done: the writer finished the claim (the granted marker records it for this object).
 	done := azAnn(testSub, testRG, testMI)
 	done[annotations.AzureClientID], done[annotations.AzureTenantID] = testClientID, testTenant
-	other := azAnn(testSub, testRG, "second-mi")
-	other[annotations.AzureClientID], other[annotations.AzureTenantID] = testClientID, testTenant
-	withLabel := map[string]string{"team": "backup"}
-	for k, v := range done {
-		withLabel[k] = v
+	done[annotations.Granted] = markers.FormatGranted("uid-1", markers.Claims{claim})
+	copyWith := func(m map[string]string, kv ...string) map[string]string {
+		out := map[string]string{}
+		for k, v := range m {
+			out[k] = v
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			if kv[i+1] == "" {
+				delete(out, kv[i])
+			} else {
+				out[kv[i]] = kv[i+1]
+			}
+		}
+		return out
 	}
+	other := copyWith(done, annotations.AzureMIName, "second-mi")
+	withLabel := copyWith(done, "team", "backup")
+	// IDs present but never granted: a requester can write the client ID themselves.
+	ungranted := copyWith(done, annotations.Granted, "")
+	grantedOther := copyWith(done, annotations.Granted, markers.FormatGranted("uid-1", markers.Claims{ClaimOf(Identity{SubscriptionID: testSub, ResourceGroup: testRG, Name: "second-mi"})}))
+	stillPending := copyWith(done, annotations.Pending, claim.String())
 
 	tests := []struct {
 		name       string
@@ -454,18 +534,18 @@ func TestServiceAccountPluginUpdate(t *testing.T) {
 	}{
 		{"unchanged", done, done, false, testClientID},
 		{"unrelated annotation added", withLabel, done, false, testClientID},
-		{"identity changed", other, done, true, "0d9c8b7a-6f5e-4d3c-2b1a-0f9e8d7c6b5a"},
+		{"unchanged but never granted", ungranted, ungranted, true, testClientID},
+		{"granted for another identity", grantedOther, grantedOther, true, testClientID},
+		{"still pending", stillPending, stillPending, true, testClientID},
+		{"identity changed", other, done, true, secondClient},
 		{"client id removed by the user", full, done, true, testClientID},
-		{"client id tampered with", map[string]string{
-			annotations.AzureSubscriptionID: testSub, annotations.AzureRGName: testRG, annotations.AzureMIName: testMI,
-			annotations.AzureClientID: "99999999-8888-4777-8666-555555555555", annotations.AzureTenantID: testTenant,
-		}, done, true, testClientID},
+		{"client id tampered with", copyWith(done, annotations.AzureClientID, "99999999-8888-4777-8666-555555555555"), done, true, testClientID},
 		{"annotations added on update", full, nil, true, testClientID},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newSAEnv(t)
-			e.arm.set(testRG, "second-mi", "0d9c8b7a-6f5e-4d3c-2b1a-0f9e8d7c6b5a")
+			e.arm.set(testRG, "second-mi", secondClient)
 			res := admit(t, e.plugin, review{op: admissionv1.Update, name: saName, ann: tc.cur, old: tc.old})
 			if res.err != nil {
 				t.Fatal(res.err)
@@ -473,8 +553,17 @@ func TestServiceAccountPluginUpdate(t *testing.T) {
 			if got := e.arm.gets.Load() > 0; got != tc.wantARM {
 				t.Fatalf("ARM called = %v, want %v", got, tc.wantARM)
 			}
-			if !tc.wantARM && (res.resp.Patch.Len() != 0 || e.binder.calls.Load() != 0) {
-				t.Fatalf("unchanged update patched %+v or bound (%d)", res.resp.Patch.Ops(), e.binder.calls.Load())
+			if !tc.wantARM && (res.resp.Patch.Len() != 0 || e.binder.calls.Load() != 0 || len(res.resp.Pending) != 0) {
+				t.Fatalf("unchanged update patched %+v, bound (%d) or claimed %v", res.resp.Patch.Ops(), e.binder.calls.Load(), res.resp.Pending)
+			}
+			if tc.wantARM {
+				want, _ := ClaimOfAnnotations(tc.cur)
+				if len(res.resp.Pending) != 1 || !res.resp.Pending.Has(want) {
+					t.Fatalf("claims %v, want %v", res.resp.Pending, want)
+				}
+				if e.binder.calls.Load() != 0 {
+					t.Fatal("an unauthenticated update wrote RBAC")
+				}
 			}
 			if res.ann[annotations.AzureClientID] != tc.wantClient {
 				t.Fatalf("client id %q, want %q", res.ann[annotations.AzureClientID], tc.wantClient)

@@ -32,7 +32,11 @@ func (Cloud) Outputs() []string {
 
 func (f Cloud) Finish(ctx context.Context, sa *corev1.ServiceAccount) (map[string]string, error) {
 	id, ok, err := ParseIdentity(sa.Annotations)
-	if !ok || err != nil {
+	if !ok {
+		// err is nil here: without this case the Event would read "...annotations: <nil>".
+		return nil, fmt.Errorf("%w: the ServiceAccount no longer names a managed identity", markers.ErrRefused)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("%w: managed identity annotations: %v", markers.ErrRefused, err)
 	}
 	if !f.Scopes.Allows(id) {

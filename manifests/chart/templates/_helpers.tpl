@@ -120,6 +120,12 @@ ValidatingAdmissionPolicy, and the source of the server's CREDENTIAL_WEBHOOK_ALL
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.enabled (the plain-HTTP metrics port)" }}
 {{- end }}
+{{- if and .Values.clientAuth.caSecretName (not .Values.clientAuth.allowedNames) }}
+{{- fail "clientAuth.caSecretName needs clientAuth.allowedNames: the client certificate names of the apiserver (common name or DNS SAN) that may call /mutate/*" }}
+{{- end }}
+{{- if and .Values.clientAuth.allowedNames (not .Values.clientAuth.caSecretName) }}
+{{- fail "clientAuth.allowedNames needs clientAuth.caSecretName: the Secret holding ca.crt, the CA that signed those client certificates" }}
+{{- end }}
 {{- end }}
 
 {{/* namespaceSelector of every webhook: never the release namespace, nor excludeNamespaces. */}}
