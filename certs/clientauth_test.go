@@ -40,30 +40,7 @@ func namedClientPair(t *testing.T, dir, cn string, dns ...string) tls.Certificat
 }
 
 func TestRequireClientCert(t *testing.T) {
-	dir := t.TempDir()
-	if err := WriteDev(DevOptions{Dir: dir, Hosts: []string{"127.0.0.1"}}); err != nil {
-		t.Fatal(err)
-	}
-	src, err := NewFileSource(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), time.Hour, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cas, err := LoadClientCAs(filepath.Join(dir, "ca.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ok := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {})
-	mux := http.NewServeMux()
-	mux.Handle("/healthz", ok)
-	mux.Handle("/mutate/", RequireClientCert(ok, nil))
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", ServerConfig(src, false, cas))
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: time.Second, ErrorLog: log.New(io.Discard, "", 0)}
-	go func() { _ = hs.Serve(ln) }()
-	defer hs.Close()
-	url := "https://" + ln.Addr().String()
+	url, dir := testServer(t, nil)
 
 	// A client certificate from another CA must not pass.
 	other := t.TempDir()

@@ -37,16 +37,7 @@ var azOperatorGroups = []string{"system:serviceaccounts", "system:serviceaccount
 // azSetup starts the ARM server with one identity and a webhook replica serving Azure for it.
 func azSetup(t *testing.T) (s *arm.Server, wh *harness.Webhook, id arm.Identity) {
 	t.Helper()
-	s = arm.Start(t)
-	id = arm.Identity{SubscriptionID: arm.DemoSubscriptionID, ResourceGroup: arm.DemoResourceGroup, Name: "kubestash-mi-" + shortID()}
-	id.ClientID, id.TenantID = s.AddIdentity(id.SubscriptionID, id.ResourceGroup, id.Name)
-	// The use-mi objects are cluster-scoped: remove them so the shared cluster stays clean.
-	t.Cleanup(func() {
-		ctx := context.Background()
-		name := azure.RBACNamePrefix + id.ClientID
-		_ = cluster.Client.RbacV1().ClusterRoleBindings().Delete(ctx, name, metav1.DeleteOptions{})
-		_ = cluster.Client.RbacV1().ClusterRoles().Delete(ctx, name, metav1.DeleteOptions{})
-	})
+	s, id = azIdentity(t)
 	wh = cluster.StartWebhook(t, harness.WebhookOptions{
 		Args: []string{
 			"--allowed-requesters=user:" + operatorUser,
@@ -57,6 +48,22 @@ func azSetup(t *testing.T) (s *arm.Server, wh *harness.Webhook, id arm.Identity)
 		Env: s.Env(),
 	})
 	return s, wh, id
+}
+
+// azIdentity starts the ARM server with one fresh managed identity in the demo resource group,
+// and removes its use-mi objects (cluster-scoped) when the test ends.
+func azIdentity(t *testing.T) (*arm.Server, arm.Identity) {
+	t.Helper()
+	s := arm.Start(t)
+	id := arm.Identity{SubscriptionID: arm.DemoSubscriptionID, ResourceGroup: arm.DemoResourceGroup, Name: "kubestash-mi-" + shortID()}
+	id.ClientID, id.TenantID = s.AddIdentity(id.SubscriptionID, id.ResourceGroup, id.Name)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		name := azure.RBACNamePrefix + id.ClientID
+		_ = cluster.Client.RbacV1().ClusterRoleBindings().Delete(ctx, name, metav1.DeleteOptions{})
+		_ = cluster.Client.RbacV1().ClusterRoles().Delete(ctx, name, metav1.DeleteOptions{})
+	})
+	return s, id
 }
 
 func shortID() string { return arm.NewGUID()[:8] }

@@ -143,20 +143,6 @@ metrics:
 	if err := cluster.Dynamic.Resource(admissionv1.SchemeGroupVersion.WithResource("mutatingwebhookconfigurations")).Delete(ctx, fullname, metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("delete the chart's webhook configuration: %v", err)
 	}
-	// The release's admission policy names the release's own ServiceAccount as "self"; the
-	// harness runs the replica as the harness's, whose policy is already installed. Keep the
-	// release's out of the way once the apiserver accepted it (as the webhook configuration).
-	for _, o := range stored {
-		if k := o.GetKind(); k == "ValidatingAdmissionPolicyBinding" || k == "ValidatingAdmissionPolicy" {
-			res := "validatingadmissionpolicies"
-			if k == "ValidatingAdmissionPolicyBinding" {
-				res = "validatingadmissionpolicybindings"
-			}
-			if err := cluster.Dynamic.Resource(admissionv1.SchemeGroupVersion.WithResource(res)).Delete(ctx, o.GetName(), metav1.DeleteOptions{}); err != nil {
-				t.Fatalf("delete the chart's %s: %v", k, err)
-			}
-		}
-	}
 	got := map[string]string{}
 	for _, h := range hooks.Webhooks {
 		got[h.Name] = fmt.Sprintf("%s/%d", *h.FailurePolicy, *h.TimeoutSeconds)
@@ -384,6 +370,14 @@ func helmApply(t *testing.T, objs ...*unstructured.Unstructured) ([]*unstructure
 			t.Fatal(err)
 		}
 		opts := metav1.PatchOptions{FieldManager: "helm", Force: ptr.To(true)}
+		if k := gvk.Kind; k == "ValidatingAdmissionPolicy" || k == "ValidatingAdmissionPolicyBinding" {
+			// The release's policy names the release's own ServiceAccount as "self", but the
+			// harness runs the replica as its own, whose policy is installed already. A dry run
+			// has the apiserver validate and default it without ever enforcing it: a deleted
+			// policy stays enforced until the apiserver's policy cache catches up, which made
+			// the next test's writes fail.
+			opts.DryRun = []string{metav1.DryRunAll}
+		}
 		var res *unstructured.Unstructured
 		if m.Scope.Name() == meta.RESTScopeNameNamespace {
 			res, err = dyn.Resource(m.Resource).Namespace(o.GetNamespace()).Patch(ctx, o.GetName(), types.ApplyPatchType, data, opts)

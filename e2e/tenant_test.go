@@ -192,15 +192,8 @@ func TestTenantCannotRewriteCredentialAnnotations(t *testing.T) {
 func TestForgedReviewWritesNothing(t *testing.T) {
 	ns := cluster.Namespace(t)
 	seed := seedRole(t, "kubestash-forged-"+shortName(ns))
-	s := arm.Start(t)
-	id := arm.Identity{SubscriptionID: arm.DemoSubscriptionID, ResourceGroup: arm.DemoResourceGroup, Name: "kubestash-mi-" + shortID()}
-	id.ClientID, id.TenantID = s.AddIdentity(id.SubscriptionID, id.ResourceGroup, id.Name)
+	s, id := azIdentity(t)
 	rbacName := azure.RBACNamePrefix + id.ClientID
-	t.Cleanup(func() {
-		ctx := context.Background()
-		_ = cluster.Client.RbacV1().ClusterRoleBindings().Delete(ctx, rbacName, metav1.DeleteOptions{})
-		_ = cluster.Client.RbacV1().ClusterRoles().Delete(ctx, rbacName, metav1.DeleteOptions{})
-	})
 	cluster.StartWebhook(t, harness.WebhookOptions{
 		Args: []string{
 			"--aws-seed-roles=" + seed, "--allowed-requesters=user:" + operatorUser, "--allowed-namespaces=*",

@@ -165,6 +165,13 @@ func Standing(uid types.UID, pendingValue, grantedValue string, want Claim) bool
 	return err == nil && gu == uid && uid != "" && g.Has(want)
 }
 
+// IsGranted reports whether the granted annotation value covers claim c. It does not compare
+// the UID: on an UPDATE review the object is the one granted; garbage collection uses Keeps.
+func IsGranted(grantedValue string, c Claim) bool {
+	_, g, err := ParseGranted(grantedValue)
+	return err == nil && g.Has(c)
+}
+
 // Lookup answers garbage collection about the ServiceAccount namespace/name. exists is false
 // only when it is surely gone; sa is nil when it may exist but is not known yet (a grace period,
 // a failed read): then everything it holds stays.

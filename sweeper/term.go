@@ -177,11 +177,11 @@ func (t *term) run(ctx context.Context) {
 
 	var wg sync.WaitGroup
 	for range t.cfg.Workers {
-		wg.Go(func() { t.jobWorker(ctx) })
+		wg.Go(func() { drain(t.jobQ, func(k string) { t.processJob(ctx, k) }) })
 	}
 	if len(t.clouds) > 0 {
 		for range t.cfg.FinishWorkers {
-			wg.Go(func() { t.finishWorker(ctx) })
+			wg.Go(func() { drain(t.finishQ, func(k string) { t.processPending(ctx, k) }) })
 		}
 	}
 	wg.Go(func() { t.gcLoop(ctx) })
@@ -192,6 +192,19 @@ func (t *term) run(ctx context.Context) {
 }
 
 func key(namespace, name string) string { return namespace + "/" + name }
+
+// drain hands q's keys to process one at a time until q shuts down: the loop of every worker
+// here (held Jobs, pending ServiceAccounts, the writer's planned ones).
+func drain(q workqueue.TypedInterface[string], process func(k string)) {
+	for {
+		k, shutdown := q.Get()
+		if shutdown {
+			return
+		}
+		process(k)
+		q.Done(k)
+	}
+}
 
 func splitKey(k string) (namespace, name string) {
 	namespace, name, _ = strings.Cut(k, "/")
@@ -300,17 +313,6 @@ func (t *term) untrack(k string) {
 	delete(t.held, k)
 	t.m.heldJobs.Set(float64(len(t.held)))
 	t.mu.Unlock()
-}
-
-func (t *term) jobWorker(ctx context.Context) {
-	for {
-		k, shutdown := t.jobQ.Get()
-		if shutdown {
-			return
-		}
-		t.processJob(ctx, k)
-		t.jobQ.Done(k)
-	}
 }
 
 func (t *term) processJob(ctx context.Context, k string) {
@@ -498,17 +500,6 @@ func isStale(err error) bool {
 
 // ---------------------------------------------------------------------------------------------
 // Pending ServiceAccounts.
-
-func (t *term) finishWorker(ctx context.Context) {
-	for {
-		k, shutdown := t.finishQ.Get()
-		if shutdown {
-			return
-		}
-		t.processPending(ctx, k)
-		t.finishQ.Done(k)
-	}
-}
 
 func (t *term) processPending(ctx context.Context, k string) {
 	ns, name := splitKey(k)

@@ -99,16 +99,7 @@ func (w *writer) run(ctx context.Context, informer cache.SharedIndexInformer) {
 	w.lister = corelisters.NewServiceAccountLister(informer.GetIndexer())
 	var wg sync.WaitGroup
 	for range w.s.cfg.WriterWorkers {
-		wg.Go(func() {
-			for {
-				k, shutdown := w.q.Get()
-				if shutdown {
-					return
-				}
-				w.process(ctx, k)
-				w.q.Done(k)
-			}
-		})
+		wg.Go(func() { drain(w.q, func(k string) { w.process(ctx, k) }) })
 	}
 	<-ctx.Done()
 	w.q.ShutDown()

@@ -31,8 +31,11 @@ func ClaimOf(ann map[string]string) (markers.Claim, bool) {
 	if err != nil {
 		return markers.Claim{}, false
 	}
-	return markers.For(markers.AWS, seed.String()), true
+	return SeedClaim(seed), true
 }
+
+// SeedClaim is the claim on seed: a digest of its canonical ARN.
+func SeedClaim(seed RoleARN) markers.Claim { return markers.For(markers.AWS, seed.String()) }
 
 // EventSink records a Kubernetes Event about a ServiceAccount (asynchronously; never on the
 // critical path of a review).
@@ -104,11 +107,7 @@ func Decide(op admissionv1.Operation, cur, old map[string]string) Action {
 // own on UPDATE; garbage collection checks it against the live object).
 func granted(cur map[string]string) bool {
 	c, ok := ClaimOf(cur)
-	if !ok {
-		return false
-	}
-	_, g, err := markers.ParseGranted(cur[annotations.Granted])
-	return err == nil && g.Has(c)
+	return ok && markers.IsGranted(cur[annotations.Granted], c)
 }
 
 var derivedSuffix = regexp.MustCompile(`^-[0-9]{1,4}$`)
@@ -182,7 +181,7 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 		return nil
 	}
 
-	claim := markers.For(markers.AWS, seed.String())
+	claim := SeedClaim(seed)
 	switch {
 	case req.DryRun:
 		// No IAM write and no reservation; say which role would be used when reads can tell.

@@ -72,7 +72,7 @@ func (c Collector) Collect(ctx context.Context, lookup markers.Lookup) (int, err
 			errs = append(errs, fmt.Errorf("listing derived roles of %s: %w", seed, err))
 			continue
 		}
-		want := markers.For(markers.AWS, seed.String())
+		want := SeedClaim(seed)
 		var gone []string
 		for _, r := range roles {
 			if !r.Owned {

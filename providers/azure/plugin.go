@@ -56,11 +56,7 @@ func Unchanged(op admissionv1.Operation, cur, old map[string]string) bool {
 	}
 	// Only a claim granted earlier counts as done (the UID is the object's own on UPDATE).
 	c, ok := ClaimOfAnnotations(cur)
-	if !ok {
-		return false
-	}
-	_, g, err := markers.ParseGranted(cur[annotations.Granted])
-	return err == nil && g.Has(c)
+	return ok && markers.IsGranted(cur[annotations.Granted], c)
 }
 
 func (p *ServiceAccountPlugin) Admit(ctx context.Context, req *admission.Request, resp *admission.Response) error {
