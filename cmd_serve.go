@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -34,6 +34,29 @@ type serveConfig struct {
 	certPoll, shutdownTimeout                            time.Duration
 	selfUsernames                                        string
 	clientCAFile, clientNames                            string
+	maxInFlight                                          int
+	maxInFlightBytes                                     byteSize
+}
+
+// byteSize is a flag holding a byte count written as a Kubernetes quantity ("32Mi", "1G",
+// "33554432"), like the chart's memory values; negative means no limit.
+type byteSize int64
+
+func (b *byteSize) String() string {
+	return resource.NewQuantity(int64(*b), resource.BinarySI).String()
+}
+
+func (b *byteSize) Set(v string) error {
+	q, err := resource.ParseQuantity(v)
+	if err != nil {
+		return fmt.Errorf("%q is not a byte size such as 32Mi: %w", v, err)
+	}
+	n, ok := q.AsInt64()
+	if !ok || n == 0 {
+		return fmt.Errorf("%q: want a whole number of bytes, negative for no limit (0 is not a limit)", v)
+	}
+	*b = byteSize(n)
+	return nil
 }
 
 func (c *serveConfig) register(fs *flag.FlagSet) {
@@ -48,6 +71,9 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.DurationVar(&c.certPoll, "tls-poll-interval", 10*time.Second, "how often to re-read the certificate files besides watching them")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 25*time.Second, "time to finish in-flight reviews after SIGTERM")
+	fs.IntVar(&c.maxInFlight, "max-inflight-reviews", admission.DefaultMaxInFlight, "admission reviews read or answered at once, whatever their size; beyond it a review is answered 429 before its body is read (the apiserver applies the webhook's failurePolicy); negative: no limit")
+	c.maxInFlightBytes = admission.DefaultMaxInFlightBytes
+	fs.Var(&c.maxInFlightBytes, "max-inflight-review-bytes", "byte budget shared by the bodies of the reviews read or answered at once (a quantity: 32Mi); a review whose Content-Length does not fit is answered 429 before its body is read. A body costs about 3.5 times its size at peak: the default fits the chart's 256Mi memory limit with the caches; negative: no limit")
 	fs.StringVar(&c.selfUsernames, "self-usernames", "", "comma-separated usernames this server acts as (its ServiceAccount, system:serviceaccount:NS:NAME); empty: derived from POD_NAMESPACE and SERVICE_ACCOUNT_NAME")
 }
 
@@ -155,15 +181,17 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 		ln.Close()
 		return err
 	}
-	var clientCAs *x509.CertPool
+	var clientCAs *certs.CAFile
 	names := certs.ParseClientNames(c.clientNames)
 	var authenticated func(*http.Request) bool
 	switch {
 	case c.clientCAFile != "":
-		if clientCAs, err = certs.LoadClientCAs(c.clientCAFile); err != nil {
+		if clientCAs, err = certs.LoadClientCAs(c.clientCAFile, c.certPoll, log); err != nil {
 			ln.Close()
 			return err
 		}
+		reg.MustRegister(clientCAs)
+		go clientCAs.Run(ctx)
 		if len(names) > 0 {
 			authenticated = func(r *http.Request) bool { return certs.ClientNamed(r, names) }
 		} else {
@@ -176,11 +204,13 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 		log.Info("no --client-ca-file: reviews only plan; IAM and RBAC are written once the ServiceAccount is seen persisted")
 	}
 	handler := admission.NewHandler(admission.Options{
-		Routes:        wiring.routes,
-		Log:           log,
-		Metrics:       metrics,
-		Ready:         ready.check,
-		Authenticated: authenticated,
+		Routes:           wiring.routes,
+		Log:              log,
+		Metrics:          metrics,
+		Ready:            ready.check,
+		Authenticated:    authenticated,
+		MaxInFlight:      c.maxInFlight,
+		MaxInFlightBytes: int64(c.maxInFlightBytes),
 	})
 	mux := http.NewServeMux()
 	mux.Handle("/", handler)
@@ -211,7 +241,18 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 	errc := make(chan error, 2)
 	var msrv *http.Server
 	if c.metricsListen != "" {
-		msrv = &http.Server{Addr: c.metricsListen, Handler: metricsHandler, ReadHeaderTimeout: 5 * time.Second}
+		// Plain HTTP reachable from the pod network: the same timeouts as the TLS listener, so
+		// idle or trickling connections cannot pile up (issue 16).
+		msrv = &http.Server{
+			Addr:              c.metricsListen,
+			Handler:           metricsHandler,
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       90 * time.Second,
+			MaxHeaderBytes:    64 << 10,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -5,9 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"maps"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/config"
@@ -18,7 +16,6 @@ import (
 
 	"go.klusters.dev/credential-webhook/access"
 	"go.klusters.dev/credential-webhook/admission"
-	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/jobs"
 	"go.klusters.dev/credential-webhook/kube"
 	"go.klusters.dev/credential-webhook/pods"
@@ -53,6 +50,8 @@ type providerConfig struct {
 	awsSeeds          string
 	awsQuota          int
 	roleCreationLimit int
+	awsBoundary       string
+	awsOIDCIssuer     string
 
 	podIdentity bool
 	pods        pods.Config
@@ -79,6 +78,8 @@ func (p *providerConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&p.awsSeeds, "aws-seed-roles", "", "comma-separated seed role ARN globs that may be cloned (e.g. arn:aws:iam::123456789012:role/kubestash-*); empty disables AWS")
 	fs.IntVar(&p.awsQuota, "aws-trust-policy-quota", 0, "trust policy size quota in characters; 0 reads AssumeRolePolicySizeQuota from iam:GetAccountSummary once (else 2048)")
 	fs.IntVar(&p.roleCreationLimit, "role-creation-limit", awsp.DefaultRoleCreationLimit, "maximum derived roles per seed")
+	fs.StringVar(&p.awsBoundary, "aws-permissions-boundary", "", "managed policy ARN every derived role carries as its permissions boundary; empty: the seed's own (a seed without one is refused)")
+	fs.StringVar(&p.awsOIDCIssuer, "aws-oidc-issuer", "", "this cluster's OIDC issuer URL (e.g. https://oidc.eks.eu-west-1.amazonaws.com/id/ABC): only seed trust statements for its OIDC provider receive subjects; empty: every OIDC statement of the seed does")
 
 	fs.BoolVar(&p.sweeper, "sweeper", true, "run the sweeper (one active replica by Lease): releases held Jobs, finishes pending ServiceAccounts, collects garbage")
 	fs.DurationVar(&p.sweeperLease, "sweeper-lease-duration", sweeper.DefaultLeaseDuration, "how long the sweeper's leader Lease outlives a crashed leader (renewal deadline 2/3 of it, retries every 2/15); shorter fails over faster at the cost of more Lease writes")
@@ -136,6 +137,7 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 	var sas *kube.ServiceAccounts
 	if d.kube != nil {
 		sas = kube.NewServiceAccounts(d.kube, 0, d.log)
+		_ = sas.Informer.SetTransform(sweeper.StripServiceAccount) // cache only what is read (issue 16)
 		w.background = append(w.background, func(ctx context.Context) {
 			sas.Start(ctx)
 			if !sas.WaitForSync(ctx) {
@@ -155,6 +157,18 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--aws-seed-roles: %w", err)
 		}
+		if p.awsBoundary != "" {
+			if _, err := awsp.ParsePolicyARN(p.awsBoundary); err != nil {
+				return nil, fmt.Errorf("--aws-permissions-boundary: %w", err)
+			}
+		}
+		issuer, err := awsp.NormalizeIssuer(p.awsOIDCIssuer)
+		if err != nil {
+			return nil, fmt.Errorf("--aws-oidc-issuer: %w", err)
+		}
+		if issuer == "" {
+			d.log.Warn("--aws-oidc-issuer is not set: every OIDC trust statement of a seed receives every ServiceAccount subject, so derived roles trust them in every cluster the seed names; set it to this cluster's issuer URL")
+		}
 		// The SDK's standard configuration: AWS_REGION, AWS_ENDPOINT_URL, the default credential
 		// chain (in a cluster, the webhook's own IRSA or Pod Identity).
 		cfg, err := config.LoadDefaultConfig(ctx)
@@ -162,12 +176,13 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 			return nil, fmt.Errorf("AWS configuration: %w", err)
 		}
 		iamClient := awsp.NewIAMClient(cfg, awsp.CallMetrics(d.reg))
-		assigner := awsp.NewAssigner(iamClient, p.locker(d), awsp.Config{Seeds: seeds, Quota: p.awsQuota, RoleCreationLimit: p.roleCreationLimit}, d.log)
+		assigner := awsp.NewAssigner(iamClient, awsp.NewSeedGuard(p.locker(d), seeds.Allows, iamClient, sweeper.SeedLeaseExists(d.kube, p.leaseNamespace)), awsp.Config{Seeds: seeds, Quota: p.awsQuota, RoleCreationLimit: p.roleCreationLimit, PermissionsBoundary: p.awsBoundary, OIDCIssuer: issuer}, d.log)
 		saPlugins = append(saPlugins, &awsp.Plugin{Assigner: assigner, Seeds: seeds, Access: policy, Metrics: awsp.NewMetrics(d.reg)})
 		clouds = append(clouds, awsp.Cloud{Assigner: assigner})
 		if d.kube != nil {
 			sw.AWS = awscheck.New(awscheck.IAMRoleLister{IAM: iamClient}, awscheck.KubeTokens{Client: d.kube}, sts.NewFromConfig(cfg), p.checksInARow)
 			sw.Collectors = append(sw.Collectors, awsp.Collector{Assigner: assigner, Seeds: p.seedsInUse(d, sas)})
+			sw.SeedLeaseAllowed = seeds.Allows
 		}
 	}
 
@@ -252,36 +267,25 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		// The apiserver refuses annotations over 256 KiB in all; a ServiceAccount over 512 KiB can
 		// only be an attack on the decoders.
 		{Path: "/mutate/serviceaccounts", Name: "serviceaccounts", Group: "", Kind: "ServiceAccount", Plugins: saPlugins, MaxObjectBytes: 512 << 10},
-		{Path: "/mutate/jobs", Name: "jobs", Group: "batch", Kind: "Job", Plugins: jobPlugins},
-		{Path: "/mutate/pods", Name: "pods", Group: "", Kind: "Pod", Plugins: podPlugins},
+		// A Job's review is small too (KubeStash's are a few KiB). A Pod's may be large, but no
+		// bigger than the apiserver's 3 MiB request limit; its body limit bounds memory with
+		// --max-inflight-reviews.
+		{Path: "/mutate/jobs", Name: "jobs", Group: "batch", Kind: "Job", Plugins: jobPlugins, MaxObjectBytes: 512 << 10},
+		{Path: "/mutate/pods", Name: "pods", Group: "", Kind: "Pod", Plugins: podPlugins, MaxObjectBytes: 3 << 20, MaxBodyBytes: 4 << 20},
 	}
 	return w, nil
 }
 
-// seedsInUse lists the seeds the AWS garbage collector visits: those named by cached
-// ServiceAccounts and those with a lock Lease (a seed whose last ServiceAccount is gone).
-func (p *providerConfig) seedsInUse(d deps, sas *kube.ServiceAccounts) func(context.Context) ([]string, error) {
+// seedsInUse lists the seeds the AWS garbage collector visits: those this server holds a lock
+// Lease for, that is wrote for (the collector keeps those still configured). Never a seed read
+// from a ServiceAccount's annotation: anyone who may annotate one could make every collection
+// read the roles of any seed the allowlist matches (issue 16).
+func (p *providerConfig) seedsInUse(d deps, _ *kube.ServiceAccounts) func(context.Context) ([]string, error) {
 	return func(ctx context.Context) ([]string, error) {
-		seen := map[string]bool{}
-		list, err := sas.List()
-		if err != nil {
-			return nil, err
+		if p.leaseNamespace == "" {
+			return nil, nil
 		}
-		for _, sa := range list {
-			if s := sa.Annotations[annotations.SeedRole]; s != "" {
-				seen[s] = true
-			}
-		}
-		if p.leaseNamespace != "" {
-			keys, err := kube.LeaseKeys(ctx, d.kube, p.leaseNamespace)
-			if err != nil {
-				return nil, err
-			}
-			for _, k := range keys {
-				seen[k] = true
-			}
-		}
-		return slices.Sorted(maps.Keys(seen)), nil
+		return kube.LeaseKeys(ctx, d.kube, p.leaseNamespace)
 	}
 }
 

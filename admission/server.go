@@ -5,6 +5,17 @@
 // apiVersion, kind and uid; the body is size-limited; content type and JSON are validated with a
 // message naming the problem; kinds a route does not serve are allowed untouched; a panicking
 // plugin answers 500 (still carrying the uid) and the process keeps serving.
+//
+// Memory is bounded whatever is posted (issue 16): each route reads at most its own body limit
+// (Route.MaxBodyBytes: a ServiceAccount or Job review is small, a Pod's may be large), refusing a
+// larger body with 413 as soon as its Content-Length or its bytes say so; and the bodies of the
+// reviews read or answered at once share a byte budget (Options.MaxInFlightBytes), each taking
+// its Content-Length (its route's limit when unknown, at least minReviewWeight) before a byte
+// is read, so a review that does not fit is answered 429 at once. The budget is in bytes, not
+// reviews, because a review waiting on the API or IAM (a lock, an outage) holds a few KiB while a
+// maximum-size Pod review holds megabytes: counting reviews would either refuse ordinary
+// traffic during an outage or let large bodies exhaust memory. Peak memory is about the budget
+// times a small factor (the body, the raw object copied out of it, the plugins' decode).
 package admission
 
 import (
@@ -18,19 +29,46 @@ import (
 	"mime"
 	"net/http"
 	"runtime/debug"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"golang.org/x/sync/semaphore"
 	"gomodules.xyz/jsonpatch/v2"
 
 	"go.klusters.dev/credential-webhook/patches"
 )
 
-// DefaultMaxBodyBytes limits a review's size. etcd stores objects up to 1.5 MiB and a review
-// carries the object twice plus metadata; 7 MiB leaves room and still bounds memory per request.
+// DefaultMaxBodyBytes limits a review's size on a route without a limit of its own. etcd stores
+// objects up to 1.5 MiB and a review carries the object twice plus metadata; 7 MiB leaves room
+// and still bounds memory per request.
 const DefaultMaxBodyBytes = 7 << 20
+
+// DefaultMaxInFlightBytes is the byte budget of the review bodies read or answered at once
+// (--max-inflight-review-bytes). The chart's memory limit is 256 MiB (GOMEMLIMIT follows it) and
+// the largest route body limit is the Pods' 4 MiB. Measured on the binary
+// (BenchmarkServeRSSUnderMaxBodies: 200 clients posting maximum-size reviews at once,
+// GOMEMLIMIT=256MiB), a body costs about 3.5 times its size at peak (the body, the raw object
+// copied out of it, garbage collector headroom): 32 MiB of bodies (eight 4 MiB Pod reviews)
+// peak at about 150 MiB, leaving the rest of the limit to the informer caches (about 64 MiB
+// with 10,000 ServiceAccounts). Ordinary reviews are a few KiB, so the budget admits
+// thousands of them; the apiserver applies failurePolicy to a 429.
+const DefaultMaxInFlightBytes = 32 << 20
+
+// DefaultMaxInFlight bounds the number of reviews in flight whatever their size
+// (--max-inflight-reviews): goroutines and API or IAM work in progress, not memory.
+const DefaultMaxInFlight = 512
+
+// minReviewWeight is the least a review takes of the byte budget: its decoded request, the
+// plugins' state and the response cost something even for a tiny body.
+const minReviewWeight = 16 << 10
+
+// envelopeBytes is what a review carries besides its objects (uid, kinds, userInfo, options).
+const envelopeBytes = 64 << 10
+
+// bodyReadTimeout bounds reading one review's body once it holds an in-flight slot, so a client
+// trickling its body cannot keep a slot for the server's whole ReadTimeout.
+const bodyReadTimeout = 10 * time.Second
 
 // Route binds a URL path to the kind it serves and the plugins that mutate it.
 type Route struct {
@@ -44,6 +82,22 @@ type Route struct {
 	// its own size limits, so without this a ServiceAccount stuffed with a hundred thousand tiny
 	// annotations costs every plugin a large decode.
 	MaxObjectBytes int
+	// MaxBodyBytes is the largest review body this route reads (413 beyond it). 0: twice
+	// MaxObjectBytes (object and oldObject of an UPDATE) plus 64 KiB of envelope when
+	// MaxObjectBytes is set, else Options.MaxBodyBytes. Never more than Options.MaxBodyBytes.
+	MaxBodyBytes int64
+}
+
+// bodyLimit is the route's effective body limit under the server-wide one.
+func (rt Route) bodyLimit(serverMax int64) int64 {
+	limit := rt.MaxBodyBytes
+	if limit <= 0 && rt.MaxObjectBytes > 0 {
+		limit = 2*int64(rt.MaxObjectBytes) + envelopeBytes
+	}
+	if limit <= 0 || limit > serverMax {
+		limit = serverMax
+	}
+	return limit
 }
 
 // Options configure the handler.
@@ -52,6 +106,13 @@ type Options struct {
 	Log          *slog.Logger
 	Metrics      *Metrics
 	MaxBodyBytes int64
+	// MaxInFlight bounds the reviews read or answered at once; beyond it a review is answered
+	// 429 before its body is read. 0: DefaultMaxInFlight; negative: no limit.
+	MaxInFlight int
+	// MaxInFlightBytes is the byte budget the bodies of the reviews in flight share; a review
+	// that does not fit is answered 429 before its body is read. 0: DefaultMaxInFlightBytes;
+	// negative: no limit.
+	MaxInFlightBytes int64
 	// Ready reports whether the server can serve (certificate loaded, TLS answering).
 	Ready func(context.Context) error
 	// Authenticated says whether a review's HTTP request proves it came from the apiserver (a
@@ -62,7 +123,15 @@ type Options struct {
 type server struct {
 	opts Options
 	pool sync.Pool
+	// slots holds one token per review in flight; nil: no limit.
+	slots chan struct{}
+	// bytes is the body budget (Options.MaxInFlightBytes); nil: no limit.
+	bytes *semaphore.Weighted
 }
+
+// maxPooledBuffer: larger buffers are left to the garbage collector rather than kept in the pool,
+// so a burst of large reviews does not pin their memory.
+const maxPooledBuffer = 256 << 10
 
 // NewHandler returns the router with one POST endpoint per route plus /healthz and /readyz.
 func NewHandler(opts Options) http.Handler {
@@ -72,7 +141,19 @@ func NewHandler(opts Options) http.Handler {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
+	if opts.MaxInFlight == 0 {
+		opts.MaxInFlight = DefaultMaxInFlight
+	}
+	if opts.MaxInFlightBytes == 0 {
+		opts.MaxInFlightBytes = DefaultMaxInFlightBytes
+	}
 	s := &server{opts: opts, pool: sync.Pool{New: func() any { return new(bytes.Buffer) }}}
+	if opts.MaxInFlight > 0 {
+		s.slots = make(chan struct{}, opts.MaxInFlight)
+	}
+	if opts.MaxInFlightBytes > 0 {
+		s.bytes = semaphore.NewWeighted(opts.MaxInFlightBytes)
+	}
 	r := chi.NewRouter()
 	for _, rt := range opts.Routes {
 		r.Post(rt.Path, s.review(rt))
@@ -91,12 +172,13 @@ func NewHandler(opts Options) http.Handler {
 }
 
 func (s *server) review(rt Route) http.HandlerFunc {
+	limit := rt.bodyLimit(s.opts.MaxBodyBytes)
 	return func(w http.ResponseWriter, hr *http.Request) {
 		start := time.Now()
 		code, decision, kind, op := http.StatusOK, "allowed", "", ""
 		defer func() {
 			if m := s.opts.Metrics; m != nil {
-				m.Requests.WithLabelValues(rt.Name, kind, op, decision, strconv.Itoa(code)).Inc()
+				m.Requests.WithLabelValues(rt.Name, kindLabel(kind), operationLabel(op), decisionLabel(decision), codeLabel(code)).Inc()
 				m.Duration.WithLabelValues(rt.Name).Observe(time.Since(start).Seconds())
 			}
 		}()
@@ -104,6 +186,55 @@ func (s *server) review(rt Route) http.HandlerFunc {
 			code, decision = c, "error"
 			s.opts.Log.Warn("bad review", "route", rt.Name, "code", c, "error", msg)
 			http.Error(w, msg, c)
+		}
+		reject := func(c int, reason, msg string) {
+			if m := s.opts.Metrics; m != nil {
+				m.Rejected.WithLabelValues(rt.Name, reason).Inc()
+			}
+			if c == http.StatusTooManyRequests {
+				w.Header().Set("Retry-After", "1")
+			}
+			// Whatever is left of the body is not read: close the connection rather than let
+			// net/http drain it.
+			w.Header().Set("Connection", "close")
+			fail(c, msg)
+		}
+
+		// The in-flight limits come first, before anything is read: a flood of large bodies
+		// costs a 429 each, not their size in memory.
+		if s.slots != nil {
+			select {
+			case s.slots <- struct{}{}:
+				defer func() { <-s.slots }()
+			default:
+				reject(http.StatusTooManyRequests, RejectInFlight, fmt.Sprintf(
+					"credential-webhook: too many admission reviews in flight (limit %d, --max-inflight-reviews); retry later", cap(s.slots)))
+				return
+			}
+		}
+		if hr.ContentLength > limit {
+			reject(http.StatusRequestEntityTooLarge, RejectTooLarge, fmt.Sprintf(
+				"credential-webhook: %s review of %d bytes is larger than the %d bytes this route accepts", rt.Name, hr.ContentLength, limit))
+			return
+		}
+		if s.bytes != nil {
+			// net/http never reads past a declared Content-Length, so that is all this body
+			// can cost; without one, the route's limit.
+			weight := limit
+			if hr.ContentLength >= 0 {
+				weight = max(hr.ContentLength, minReviewWeight)
+			}
+			if !s.bytes.TryAcquire(weight) {
+				reject(http.StatusTooManyRequests, RejectInFlight, fmt.Sprintf(
+					"credential-webhook: review bodies in flight would exceed %d bytes with this one of %d (--max-inflight-review-bytes); retry later",
+					s.opts.MaxInFlightBytes, weight))
+				return
+			}
+			defer s.bytes.Release(weight)
+		}
+		if m := s.opts.Metrics; m != nil {
+			m.InFlight.Inc()
+			defer m.InFlight.Dec()
 		}
 
 		if ct := hr.Header.Get("Content-Type"); ct != "" {
@@ -117,11 +248,21 @@ func (s *server) review(rt Route) http.HandlerFunc {
 		}
 		buf := s.pool.Get().(*bytes.Buffer)
 		buf.Reset()
-		defer s.pool.Put(buf)
-		if _, err := buf.ReadFrom(http.MaxBytesReader(w, hr.Body, s.opts.MaxBodyBytes)); err != nil {
+		defer func() {
+			if buf.Cap() <= maxPooledBuffer {
+				s.pool.Put(buf)
+			}
+		}()
+		if hr.ContentLength > 0 {
+			// Room for the whole body and the read that sees EOF: no doubling on the way.
+			buf.Grow(int(hr.ContentLength) + bytes.MinRead)
+		}
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyReadTimeout)) // unsupported in tests: fine
+		if _, err := buf.ReadFrom(http.MaxBytesReader(w, hr.Body, limit)); err != nil {
 			var tooBig *http.MaxBytesError
 			if errors.As(err, &tooBig) {
-				fail(http.StatusRequestEntityTooLarge, fmt.Sprintf("review larger than %d bytes", tooBig.Limit))
+				reject(http.StatusRequestEntityTooLarge, RejectTooLarge, fmt.Sprintf(
+					"credential-webhook: %s review larger than %d bytes, the limit of this route", rt.Name, tooBig.Limit))
 				return
 			}
 			fail(http.StatusBadRequest, "reading body: "+err.Error())

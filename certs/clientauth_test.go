@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -10,6 +11,7 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -80,7 +82,7 @@ func TestRequireClientCert(t *testing.T) {
 			}
 		})
 	}
-	if _, err := LoadClientCAs(filepath.Join(dir, "tls.key")); err == nil {
+	if _, err := LoadClientCAs(filepath.Join(dir, "tls.key"), time.Hour, nil); err == nil {
 		t.Error("a key file was accepted as a CA bundle")
 	}
 }
@@ -100,7 +102,7 @@ func testServer(t *testing.T, names map[string]bool) (url, dir string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cas, err := LoadClientCAs(filepath.Join(dir, "ca.crt"))
+	cas, err := LoadClientCAs(filepath.Join(dir, "ca.crt"), time.Hour, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,5 +230,111 @@ func TestClientNamed(t *testing.T) {
 				t.Fatalf("ClientNamed = %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// The client CA bundle is reloaded like the serving pair: after the CA that signs the
+// apiserver's client certificate rotates, the new CA's certificates pass and the withdrawn
+// CA's are refused, without a restart; a bundle that fails to parse keeps the previous one.
+func TestClientCAReload(t *testing.T) {
+	dir := t.TempDir()
+	if err := WriteDev(DevOptions{Dir: dir, Hosts: []string{"127.0.0.1"}}); err != nil {
+		t.Fatal(err)
+	}
+	next := t.TempDir()
+	if err := WriteDev(DevOptions{Dir: next, Hosts: []string{"x"}}); err != nil {
+		t.Fatal(err)
+	}
+	src, err := NewFileSource(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caDir := t.TempDir()
+	caPath := filepath.Join(caDir, "ca.crt")
+	copyFile(t, filepath.Join(dir, "ca.crt"), caPath)
+	cas, err := LoadClientCAs(caPath, 20*time.Millisecond, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go cas.Run(ctx)
+
+	ok := http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", ServerConfig(src, false, cas))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: RequireClientCert(ok, nil), ReadHeaderTimeout: time.Second, ErrorLog: log.New(io.Discard, "", 0)}
+	go func() { _ = hs.Serve(ln) }()
+	t.Cleanup(func() { _ = hs.Close() })
+	url := "https://" + ln.Addr().String() + "/mutate/pods"
+
+	oldCert, newCert := clientPair(t, dir), clientPair(t, next)
+	if got := tryPost(t, dir, url, &oldCert); got != 200 {
+		t.Fatalf("certificate of the loaded CA: %d, want 200", got)
+	}
+	if got := tryPost(t, dir, url, &newCert); got != 0 {
+		t.Fatalf("certificate of a CA not yet loaded: %d, want a refused handshake", got)
+	}
+
+	// A broken bundle (a half-written rotation) keeps the old CA in service.
+	if err := os.WriteFile(caPath, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		cas.mu.RLock()
+		defer cas.mu.RUnlock()
+		return cas.fails > 0
+	})
+	if got := tryPost(t, dir, url, &oldCert); got != 200 {
+		t.Fatalf("after a broken bundle, the previous CA: %d, want 200", got)
+	}
+
+	copyFile(t, filepath.Join(next, "ca.crt"), caPath)
+	waitFor(t, func() bool { return tryPost(t, dir, url, &newCert) == 200 })
+	if got := tryPost(t, dir, url, &oldCert); got != 0 {
+		t.Fatalf("certificate of the withdrawn CA: %d, want a refused handshake", got)
+	}
+}
+
+// tryPost is post without failing the test on a refused handshake: 0 means refused.
+func tryPost(t *testing.T, dir, url string, cert *tls.Certificate) int {
+	t.Helper()
+	cfg := &tls.Config{RootCAs: pool(t, dir), ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*cert}}
+	tr := &http.Transport{TLSClientConfig: cfg}
+	defer tr.CloseIdleConnections()
+	res, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Post(url, "application/json", nil)
+	if err != nil {
+		return 0
+	}
+	res.Body.Close()
+	return res.StatusCode
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Write beside and rename, as a Secret volume swaps its files.
+	tmp := to + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, to); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -149,17 +149,23 @@ func (s *FileSource) Collect(ch chan<- prometheus.Metric) {
 
 // Run watches and polls until ctx ends.
 func (s *FileSource) Run(ctx context.Context) {
+	watchFiles(ctx, s.poll, s.log, func() { _, _ = s.reload() }, s.certFile, s.keyFile)
+}
+
+// watchFiles calls reload when a folder holding one of files changes, and every poll, until ctx
+// ends.
+func watchFiles(ctx context.Context, poll time.Duration, log *slog.Logger, reload func(), files ...string) {
 	var events <-chan fsnotify.Event
 	if w, err := fsnotify.NewWatcher(); err == nil {
 		defer w.Close()
-		for _, dir := range uniqueDirs(s.certFile, s.keyFile) {
-			if err := w.Add(dir); err != nil && s.log != nil {
-				s.log.Warn("cannot watch certificate folder; relying on polling", "dir", dir, "error", err)
+		for _, dir := range uniqueDirs(files...) {
+			if err := w.Add(dir); err != nil && log != nil {
+				log.Warn("cannot watch certificate folder; relying on polling", "dir", dir, "error", err)
 			}
 		}
 		events = w.Events
 	}
-	t := time.NewTicker(s.poll)
+	t := time.NewTicker(poll)
 	defer t.Stop()
 	for {
 		select {
@@ -168,9 +174,9 @@ func (s *FileSource) Run(ctx context.Context) {
 		case <-events:
 			// Let a multi-file update (key, then certificate, then symlink swap) settle.
 			time.Sleep(100 * time.Millisecond)
-			_, _ = s.reload()
+			reload()
 		case <-t.C:
-			_, _ = s.reload()
+			reload()
 		}
 	}
 }
@@ -192,11 +198,12 @@ func uniqueDirs(paths ...string) []string {
 // and HTTP/1.1 only unless http2 is set (HTTP/2 rapid-reset and stream-exhaustion advisories made
 // the Kubernetes webhooks turn it off by default).
 //
-// clientCAs, when not nil, makes the server verify client certificates signed by them when a
-// client presents one (the apiserver does, when its AdmissionConfiguration gives it a client
-// certificate for this webhook); whether one is required is decided per route (RequireClientCert),
-// so kubelet probes of /healthz and /readyz keep working without one.
-func ServerConfig(src *FileSource, http2 bool, clientCAs *x509.CertPool) *tls.Config {
+// clientCAs, when not nil, makes the server verify client certificates signed by the bundle it
+// currently holds, when a client presents one (the apiserver does, when its
+// AdmissionConfiguration gives it a client certificate for this webhook); whether one is required
+// is decided per route (RequireClientCert), so kubelet probes of /healthz and /readyz keep working
+// without one. The bundle is read per handshake, so a rotated CA applies to the next connection.
+func ServerConfig(src *FileSource, http2 bool, clientCAs *CAFile) *tls.Config {
 	protos := []string{"http/1.1"}
 	if http2 {
 		protos = []string{"h2", "http/1.1"}
@@ -207,23 +214,11 @@ func ServerConfig(src *FileSource, http2 bool, clientCAs *x509.CertPool) *tls.Co
 		NextProtos:     protos,
 	}
 	if clientCAs != nil {
-		cfg.ClientCAs = clientCAs
-		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+		base := cfg.Clone()
+		base.ClientAuth = tls.VerifyClientCertIfGiven
+		cfg.GetConfigForClient = clientCAs.configFor(base)
 	}
 	return cfg
-}
-
-// LoadClientCAs reads a PEM bundle of CAs trusted to sign client certificates.
-func LoadClientCAs(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading client CA file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("client CA file %s holds no PEM certificate", path)
-	}
-	return pool, nil
 }
 
 // RequireClientCert refuses requests that did not present a client certificate verified

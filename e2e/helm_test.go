@@ -65,6 +65,8 @@ allowedNamespaces: [%q]
 logLevel: debug
 aws:
   seedRoles: [%q]
+  permissionsBoundaryArn: %q
+  oidcIssuer: %q
   trustPolicyQuota: 2048
   roleCreationLimit: 5
   roleArn: arn:aws:iam::123456789012:role/credential-webhook-e2e
@@ -97,7 +99,7 @@ certManager:
     kind: ClusterIssuer
 metrics:
   port: 9191
-`, operatorUser, sessions, seed, allowedIdentity)
+`, operatorUser, sessions, seed, moto.SeedBoundaryARN(seed), cluster.Issuer, allowedIdentity)
 	objs := helmRender(t, name, release, values)
 
 	kinds := map[string]int{}
@@ -106,7 +108,7 @@ metrics:
 	}
 	for kind, n := range map[string]int{"ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1, "Role": 1, "RoleBinding": 1,
 		"Service": 1, "Deployment": 1, "PodDisruptionBudget": 1, "Certificate": 1, "ConfigMap": 2, "MutatingWebhookConfiguration": 1,
-		"ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1} {
+		"ValidatingAdmissionPolicy": 2, "ValidatingAdmissionPolicyBinding": 2} {
 		if kinds[kind] != n {
 			t.Errorf("rendered %d %s, want %d (all: %v)", kinds[kind], kind, n, kinds)
 		}

@@ -124,27 +124,37 @@ func (w *testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// createHeldJob creates a KubeStash backup Job in the state admission leaves a held one.
-func createHeldJob(t *testing.T, ns, serviceAccount string, heldSince time.Time) *batchv1.Job {
+// createHeldJob creates a KubeStash backup Job as cluster admin and returns it as admission
+// left it: held (suspended, our hold annotations). Only admission may write a hold: the guard
+// strips forged ones on CREATE, and on UPDATE the admission policy refuses them from anyone
+// but the server, whose own token the self policy lets only remove them. So the Job must be
+// one admission holds: its ServiceAccount is missing, pending, or not yet proven to work.
+func createHeldJob(t *testing.T, ns, serviceAccount string) *batchv1.Job {
 	t.Helper()
-	ctx := context.Background()
 	job := backupJob(ns, serviceAccount)
-	delete(job.Labels, annotations.ManagedByLabel)
-	job.Spec.Suspend = ptr.To(true)
-	created, err := cluster.Client.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{})
+	created, err := cluster.Client.BatchV1().Jobs(ns).Create(context.Background(), job, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatalf("create held Job: %v", err)
 	}
-	// The hold as admission would have written it, written as the webhook's own identity: the
-	// admission policy and the guard let nobody else add our annotations to a Job.
-	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%q},"annotations":{%q:%q,%q:%q}}}`,
-		annotations.ManagedByLabel, annotations.ManagedByValue,
-		annotations.HeldSince, heldSince.UTC().Format(time.RFC3339), annotations.HoldReason, "IdentityPending")
-	labelled, err := webhookClient(t, nil).BatchV1().Jobs(ns).Patch(ctx, created.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
-	if err != nil {
-		t.Fatalf("label held Job: %v", err)
+	if created.Spec.Suspend == nil || !*created.Spec.Suspend || created.Annotations[annotations.HeldSince] == "" {
+		t.Fatalf("admission did not hold Job %s (ServiceAccount %s): suspend %v, annotations %v",
+			created.Name, serviceAccount, created.Spec.Suspend, created.Annotations)
 	}
-	return labelled
+	return created
+}
+
+// createHeldJobWithoutIdentity creates a held Job whose ServiceAccount did not exist at
+// admission and is then created asking for no cloud identity: nothing to wait for, so the
+// sweeper releases it at once.
+func createHeldJobWithoutIdentity(t *testing.T, ns string) *batchv1.Job {
+	t.Helper()
+	name := fmt.Sprintf("no-identity-%x", time.Now().UnixNano()&0xffffffff)
+	job := createHeldJob(t, ns, name)
+	if _, err := cluster.Client.CoreV1().ServiceAccounts(ns).Create(context.Background(),
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return job
 }
 
 func released(j *batchv1.Job) bool {
@@ -278,7 +288,7 @@ func TestSweeperReleasesHeldJobOnceCredentialsWork(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := startSweeper(t, fastConfig("sweeper-"+ns, "replica-a"), webhookClient(t, nil), sweeper.Deps{})
-	job := createHeldJob(t, ns, sa.Name, time.Now())
+	job := createHeldJob(t, ns, sa.Name)
 
 	// First sight: a Held event, and the Job stays suspended while the role is missing.
 	if ev := waitForEvent(t, ns, job.Name, "Normal/Held"); !strings.Contains(ev, sa.Name) {
@@ -346,7 +356,7 @@ func TestSweeperReleasesAfterMaxHold(t *testing.T) {
 	cfg := fastConfig("sweeper-"+ns, "replica-a")
 	cfg.MaxHold = 5 * time.Second
 	r := startSweeper(t, cfg, webhookClient(t, nil), sweeper.Deps{})
-	job := createHeldJob(t, ns, sa.Name, time.Now())
+	job := createHeldJob(t, ns, sa.Name)
 
 	flowPoll(t, 60*time.Second, "the Job released", func() (bool, error) { return released(flowGetJob(t, ns, job.Name)), nil })
 	ev := waitForEvent(t, ns, job.Name, "Warning/ReleasedWithoutCredentials")
@@ -384,7 +394,7 @@ func TestSweeperLeavesOtherSuspendedJobsAlone(t *testing.T) {
 	startSweeper(t, fastConfig("sweeper-"+ns, "replica-a"), webhookClient(t, nil), sweeper.Deps{})
 	// Control: a held Job of a ServiceAccount without cloud identity is released at once, so
 	// by then the sweeper has seen the others.
-	control := createHeldJob(t, ns, "default", time.Now())
+	control := createHeldJobWithoutIdentity(t, ns)
 	flowPoll(t, 30*time.Second, "the control Job released", func() (bool, error) { return released(flowGetJob(t, ns, control.Name)), nil })
 
 	for _, j := range []*batchv1.Job{kueue, foreign} {
@@ -427,14 +437,14 @@ func TestSweeperLeaderHandover(t *testing.T) {
 	})
 	b := startSweeper(t, fastConfig(lease, "replica-b"), webhookClient(t, nil), sweeper.Deps{})
 
-	first := createHeldJob(t, ns, "default", time.Now())
+	first := createHeldJobWithoutIdentity(t, ns)
 	flowPoll(t, 30*time.Second, "the leader releasing a Job", func() (bool, error) { return released(flowGetJob(t, ns, first.Name)), nil })
 	if got := metric(t, b.reg, "credential_webhook_releases_total", map[string]string{"reason": "ready"}); got != 0 {
 		t.Errorf("the follower released %v Jobs", got)
 	}
 
 	cut.Store(true) // replica-a "dies"
-	second := createHeldJob(t, ns, "default", time.Now())
+	second := createHeldJobWithoutIdentity(t, ns)
 	flowPoll(t, 60*time.Second, "replica-b taking over", func() (bool, error) { return holder() == "replica-b", nil })
 	flowPoll(t, 30*time.Second, "the new leader releasing the Job", func() (bool, error) { return released(flowGetJob(t, ns, second.Name)), nil })
 	if got := metric(t, b.reg, "credential_webhook_releases_total", map[string]string{"reason": "ready"}); got != 1 {
@@ -574,7 +584,7 @@ func TestSweeperFinishesOnlyPendingServiceAccounts(t *testing.T) {
 	mark(changed.Name, other) // accepted for another seed than the one it asks for now
 	asg := &roleAssigner{seed: seed}
 	startSweeper(t, fastConfig("sweeper-"+ns, "replica-a"), wh, sweeper.Deps{Clouds: []sweeper.Cloud{asg}})
-	job := createHeldJob(t, ns, pending.Name, time.Now())
+	job := createHeldJob(t, ns, pending.Name)
 
 	var finished *corev1.ServiceAccount
 	flowPoll(t, 60*time.Second, "the pending ServiceAccount finished", func() (bool, error) {

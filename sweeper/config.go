@@ -53,6 +53,37 @@ type Collector interface {
 	Collect(ctx context.Context, lookup markers.Lookup) (removed int, err error)
 }
 
+// Scope is one unit of garbage collection of a ScopedCollector: what one seed role's derived
+// roles hold (AWS), or every identity binding (Azure).
+type Scope struct {
+	// Key names the scope (AWS: the seed role ARN). Collections are rate-limited per key.
+	Key string
+	// Claim is the claim a ServiceAccount's markers (pending, granted) carry for what the scope
+	// holds for it: the deletion of a ServiceAccount carrying this claim makes the scope due. An
+	// empty Digest stands for every claim on Claim.Cloud.
+	Claim markers.Claim
+}
+
+// matches reports whether the scope holds what claim c stands for.
+func (s Scope) matches(c markers.Claim) bool {
+	return s.Claim.Cloud == c.Cloud && (s.Claim.Digest == "" || c.Digest == "" || s.Claim.Digest == c.Digest)
+}
+
+// ScopedCollector is a Collector whose work divides into scopes. Only such collectors are
+// driven by events precisely (issue 16): the deletion (or change) of a ServiceAccount that
+// carried our markers makes due only the scopes its claims name, each collected at most at the
+// rate of its token bucket (Config.GCScopeInterval, GCScopeBurst); the deletion of any other
+// ServiceAccount makes nothing due. A plain Collector is run on every deletion (rate-limited
+// too) and every GCInterval.
+type ScopedCollector interface {
+	Collector
+	// Scopes lists the scopes to collect, from the server's own configuration and state (AWS:
+	// the configured seeds it holds a lock Lease for), never from annotations of objects.
+	Scopes(ctx context.Context) ([]Scope, error)
+	// CollectScope collects one scope that Scopes returned.
+	CollectScope(ctx context.Context, scope Scope, lookup markers.Lookup) (removed int, err error)
+}
+
 // Config tunes the sweeper. Zero fields take the defaults below.
 type Config struct {
 	// MaxHold is how long a Job stays held at most; after it the Job is released anyway, with a
@@ -71,6 +102,12 @@ type Config struct {
 	// Handoff is how long the leader leaves a pending ServiceAccount to the replica that planned
 	// it before finishing it itself (that replica may have restarted or failed).
 	Handoff time.Duration
+	// GCScopeInterval and GCScopeBurst are the token bucket of event-driven collections per
+	// scope (per seed role): at most GCScopeBurst at once, then one per GCScopeInterval. The
+	// periodic full collection (GCInterval) is not counted. A burst of deletions therefore costs
+	// IAM a bounded number of reads of one seed's roles, whoever deletes.
+	GCScopeInterval time.Duration
+	GCScopeBurst    int
 
 	// Namespace and LeaseName locate the leader election Lease (the webhook's own namespace).
 	Namespace string
@@ -125,6 +162,11 @@ const (
 	DefaultFinishWorkers = 4
 	DefaultWriterWorkers = 32
 	DefaultHandoff       = 5 * time.Second
+	// A deletion is collected after GCGrace (1 min): two passes (the one that sees it missing,
+	// the one after the grace) fit the burst; a steady stream of deletions costs one read of the
+	// seed's roles per 30 s.
+	DefaultGCScopeInterval = 30 * time.Second
+	DefaultGCScopeBurst    = 3
 )
 
 // WithDefaults returns c with zero fields set to the defaults.
@@ -138,6 +180,10 @@ func (c Config) WithDefaults() Config {
 	set(&c.GCInterval, DefaultGCInterval)
 	set(&c.GCGrace, DefaultGCGrace)
 	set(&c.Handoff, DefaultHandoff)
+	set(&c.GCScopeInterval, DefaultGCScopeInterval)
+	if c.GCScopeBurst <= 0 {
+		c.GCScopeBurst = DefaultGCScopeBurst
+	}
 	set(&c.LeaseDuration, DefaultLeaseDuration)
 	set(&c.RenewDeadline, DefaultRenewDeadline)
 	set(&c.RetryPeriod, DefaultRetryPeriod)
@@ -188,4 +234,9 @@ type Deps struct {
 	// admission cache's, stripped to metadata). The sweeper subscribes to it instead of watching
 	// and caching every ServiceAccount a second time; it neither starts nor stops it.
 	ServiceAccounts cache.SharedIndexInformer
+	// SeedLeaseAllowed says whether the key of a per-seed lock Lease (a seed role ARN) is still
+	// a configured seed. The leader deletes, on every full collection, the lock Leases this
+	// server created (managed label, name derived from the key) whose key it does not allow and
+	// that nobody holds. nil: lock Leases are left alone.
+	SeedLeaseAllowed func(key string) bool
 }

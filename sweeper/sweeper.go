@@ -37,6 +37,8 @@ type Sweeper struct {
 	// clouds by name (Deps.Clouds); writer finishes what this replica planned.
 	clouds map[string]Cloud
 	writer *writer
+	// gcBuckets rate-limit event-driven collections per scope, across leadership terms.
+	gcBuckets *buckets
 
 	eventsOnce sync.Once
 
@@ -53,6 +55,7 @@ func New(cs kubernetes.Interface, cfg Config, deps Deps, log *slog.Logger) *Swee
 	}
 	s := &Sweeper{cs: cs, cfg: cfg, deps: deps, log: log.With("component", "sweeper"), m: newMetrics(deps.Registerer), now: time.Now}
 	s.work = func(ctx context.Context) { newTerm(s).run(ctx) }
+	s.gcBuckets = newBuckets(cfg.GCScopeInterval, cfg.GCScopeBurst)
 	s.clouds = map[string]Cloud{}
 	for _, c := range deps.Clouds {
 		s.clouds[c.Name()] = c

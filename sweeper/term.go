@@ -22,6 +22,7 @@ import (
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/jobs"
+	"go.klusters.dev/credential-webhook/markers"
 )
 
 const (
@@ -59,10 +60,14 @@ type term struct {
 	released       map[string]string
 	finishAttempts map[string]int
 	// missing maps "namespace/name" to when garbage collection first found that
-	// ServiceAccount missing (see Config.GCGrace); asked records what the running collection
-	// asked about, to prune the rest.
+	// ServiceAccount missing (see Config.GCGrace).
 	missing map[string]time.Time
-	asked   map[string]bool
+	// dirty are the claims whose scopes an event made due (see ScopedCollector); dirtyPlain
+	// makes the plain Collectors due.
+	dirty      map[markers.Claim]bool
+	dirtyPlain bool
+	// leasesForbidden: deleting a lock Lease was refused (RBAC without delete); said once.
+	leasesForbidden bool
 }
 
 type heldJob struct {
@@ -82,31 +87,8 @@ func newTerm(s *Sweeper) *term {
 		released:       map[string]string{},
 		finishAttempts: map[string]int{},
 		missing:        map[string]time.Time{},
+		dirty:          map[markers.Claim]bool{},
 	}
-}
-
-// stripManagedFields keeps the caches small: managedFields are most of a stored object's size.
-func stripManagedFields(obj any) (any, error) {
-	if a, ok := obj.(metav1.ObjectMetaAccessor); ok {
-		a.GetObjectMeta().SetManagedFields(nil)
-	}
-	return obj, nil
-}
-
-// stripJob keeps what the sweeper reads of a Job (metadata without managedFields, suspend, the
-// pod template's ServiceAccount): a cached KubeStash Job is otherwise mostly its pod template.
-func stripJob(obj any) (any, error) {
-	job, ok := obj.(*batchv1.Job)
-	if !ok {
-		return stripManagedFields(obj)
-	}
-	out := &batchv1.Job{TypeMeta: job.TypeMeta, ObjectMeta: *job.ObjectMeta.DeepCopy()}
-	out.ManagedFields = nil
-	out.Spec.Suspend = job.Spec.Suspend
-	out.Spec.ManagedBy = job.Spec.ManagedBy // jobs.ManagedElsewhere reads it
-	out.Spec.Template.Spec.ServiceAccountName = job.Spec.Template.Spec.ServiceAccountName
-	out.Spec.Template.Spec.DeprecatedServiceAccount = job.Spec.Template.Spec.DeprecatedServiceAccount
-	return out, nil
 }
 
 func (t *term) run(ctx context.Context) {
@@ -115,14 +97,14 @@ func (t *term) run(ctx context.Context) {
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 			o.LabelSelector = labels.Set{annotations.ManagedByLabel: annotations.ManagedByValue}.String()
 		}),
-		informers.WithTransform(stripJob))
+		informers.WithTransform(StripJob))
 	ji := jobFactory.Batch().V1().Jobs()
 	t.jobInformer, t.jobLister = ji.Informer(), ji.Lister()
 	var saFactory informers.SharedInformerFactory // nil when the admission cache's informer is shared
 	if shared := t.deps.ServiceAccounts; shared != nil {
 		t.saInformer, t.saLister = shared, corelisters.NewServiceAccountLister(shared.GetIndexer())
 	} else {
-		saFactory = informers.NewSharedInformerFactoryWithOptions(t.cs, 0, informers.WithTransform(stripManagedFields))
+		saFactory = informers.NewSharedInformerFactoryWithOptions(t.cs, 0, informers.WithTransform(StripServiceAccount))
 		si := saFactory.Core().V1().ServiceAccounts()
 		t.saInformer, t.saLister = si.Informer(), si.Lister()
 	}
@@ -249,6 +231,9 @@ func (t *term) onServiceAccount(oldObj, obj any) {
 		return
 	}
 	t.ready.Observe(sa)
+	if old, ok := oldObj.(*corev1.ServiceAccount); ok {
+		t.claimsChanged(old, sa)
+	}
 	k := key(sa.Namespace, sa.Name)
 	if _, pending := sa.Annotations[annotations.Pending]; pending && sa.DeletionTimestamp == nil && len(t.clouds) > 0 {
 		// The replica that planned it writes it within a moment; this is the fallback.
@@ -287,6 +272,56 @@ func (t *term) onServiceAccountDelete(obj any) {
 		return
 	}
 	t.ready.Forget(sa.Namespace, sa.Name)
+	// Only a ServiceAccount our markers say we gave something makes a scope due; any deletion
+	// makes the plain Collectors due (they cannot say what concerns them).
+	t.makeDue(markerClaims(sa), t.hasPlainCollectors())
+}
+
+// claimsChanged makes due the scopes of the claims old's markers recorded that sa no longer
+// keeps: its markers dropped the claim, or its annotations now ask for something else. A
+// ServiceAccount without our markers changes nothing.
+func (t *term) claimsChanged(old, sa *corev1.ServiceAccount) {
+	before := markerClaims(old)
+	if len(before) == 0 {
+		return
+	}
+	now := markerClaims(sa)
+	var due markers.Claims
+	for _, c := range before {
+		cloud, known := t.clouds[c.Cloud]
+		switch {
+		case !now.Has(c):
+			due = append(due, c)
+		case known:
+			if cur, ok := cloud.Claim(sa.Annotations); !ok || cur != c {
+				due = append(due, c)
+			}
+		}
+	}
+	t.makeDue(due, false)
+}
+
+func (t *term) hasPlainCollectors() bool {
+	for _, c := range t.deps.Collectors {
+		if _, ok := c.(ScopedCollector); !ok {
+			return true
+		}
+	}
+	return false
+}
+
+// makeDue records claims whose scopes are due (and plain: the plain Collectors) and wakes the
+// collection loop, which waits a moment for more (gcDebounce).
+func (t *term) makeDue(claims markers.Claims, plain bool) {
+	if len(claims) == 0 && !plain {
+		return
+	}
+	t.mu.Lock()
+	for _, c := range claims {
+		t.dirty[c] = true
+	}
+	t.dirtyPlain = t.dirtyPlain || plain
+	t.mu.Unlock()
 	select {
 	case t.gcTrigger <- struct{}{}:
 	default: // a collection is already due
@@ -544,11 +579,12 @@ func (t *term) gcLoop(ctx context.Context) {
 	}
 	ticker := time.NewTicker(t.cfg.GCInterval)
 	defer ticker.Stop()
-	// A new leader collects at once: deletions may have happened while nobody led.
+	// A new leader collects everything at once: deletions may have happened while nobody led.
 	due := time.NewTimer(0)
 	defer due.Stop()
 	dueAt := t.now()
-	// schedule moves the next collection earlier, never later, so a steady stream of
+	full := true
+	// schedule moves the next (due-only) collection earlier, never later, so a steady stream of
 	// deletions cannot postpone it forever.
 	schedule := func(d time.Duration) {
 		if at := t.now().Add(d); dueAt.IsZero() || at.Before(dueAt) {
@@ -561,34 +597,125 @@ func (t *term) gcLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-ticker.C:
+			full = true
 		case <-t.gcTrigger:
 			schedule(gcDebounce)
 			continue
 		case <-due.C:
 			dueAt = time.Time{}
 		}
-		if waitFor := t.collect(ctx); waitFor > 0 {
-			// Some ServiceAccounts were seen missing for the first time: come back when their
-			// grace period is over to collect them.
+		if full {
+			t.pruneSeedLeases(ctx)
+		}
+		if waitFor := t.collect(ctx, full); waitFor > 0 {
+			// Some ServiceAccounts are still within their grace period, or a due scope is out
+			// of tokens: come back then.
 			schedule(waitFor)
 		}
+		full = false
 	}
 }
 
-// collect runs every Collector once and returns, when some ServiceAccounts were seen missing
-// but are still within their grace period, how long until the first of them may be collected.
-func (t *term) collect(ctx context.Context) time.Duration {
-	t.mu.Lock()
-	t.asked = map[string]bool{}
-	t.mu.Unlock()
-	total := 0
+// collect runs the Collectors: all of every one when full (the periodic sweep), else only the
+// due scopes of the ScopedCollectors and, when due, the plain Collectors, each within its token
+// bucket. It returns how long until a scope left due (a ServiceAccount still within its grace
+// period, a bucket out of tokens) can be collected; 0 when none is left.
+func (t *term) collect(ctx context.Context, full bool) time.Duration {
+	var next time.Duration
+	later := func(d time.Duration) {
+		if d > 0 && (next == 0 || d < next) {
+			next = d
+		}
+	}
+	asked := map[string]bool{} // every ServiceAccount asked about by this collection
+	total, ran := 0, 0
 	var errs []error
-	for _, c := range t.deps.Collectors {
-		n, err := c.Collect(ctx, func(ns, name string) (*corev1.ServiceAccount, bool) { return t.lookup(ctx, ns, name) })
+	t.mu.Lock()
+	plainDue := t.dirtyPlain || full
+	t.dirtyPlain = false
+	due := make([]markers.Claim, 0, len(t.dirty)) // what was due when this collection started
+	for c := range t.dirty {
+		due = append(due, c)
+	}
+	t.mu.Unlock()
+	matched := map[markers.Claim]bool{}
+	live := map[string]bool{}
+
+	// run collects one scope (or a plain Collector) and keeps it due while some of what it
+	// asked about is within its grace period.
+	run := func(bucketKey string, keepDue func(), collect func(markers.Lookup) (int, error)) {
+		if !full {
+			if wait := t.gcBuckets.take(bucketKey, t.now()); wait > 0 {
+				keepDue()
+				later(wait)
+				return
+			}
+		}
+		mine := map[string]bool{}
+		n, err := collect(func(ns, name string) (*corev1.ServiceAccount, bool) { return t.lookup(ctx, ns, name, mine) })
+		ran++
 		total += n
 		if err != nil {
 			errs = append(errs, err)
 		}
+		if wait := t.graceLeft(mine); wait > 0 {
+			keepDue()
+			later(wait)
+		}
+		for k := range mine {
+			asked[k] = true
+		}
+	}
+
+	for i, c := range t.deps.Collectors {
+		sc, scoped := c.(ScopedCollector)
+		if !scoped {
+			if plainDue {
+				run(fmt.Sprintf("collector/%d", i), func() { t.makeDuePlain() }, func(l markers.Lookup) (int, error) { return c.Collect(ctx, l) })
+			}
+			continue
+		}
+		scopes, err := sc.Scopes(ctx)
+		if err != nil {
+			errs = append(errs, err)
+			for _, c := range due { // keep what was due for the next try
+				matched[c] = true
+			}
+			continue
+		}
+		for _, s := range scopes {
+			live[s.Key] = true
+			if !full && !t.takeDue(s, matched) {
+				continue
+			}
+			if full {
+				t.takeDue(s, matched)
+			}
+			run("scope/"+s.Key, func() { t.keepDue(s.Claim, matched) }, func(l markers.Lookup) (int, error) { return sc.CollectScope(ctx, s, l) })
+		}
+	}
+	t.gcBuckets.keep(prefixed(live, "scope/"), t.now())
+
+	t.mu.Lock()
+	// Claims no scope holds (a seed that is not configured, or for which this server never
+	// wrote) are dropped: there is nothing of ours to collect for them, and no cloud call.
+	for _, c := range due {
+		if !matched[c] {
+			delete(t.dirty, c)
+		}
+	}
+	if full {
+		// Forget ServiceAccounts no Collector asks about any more (their subjects are gone).
+		for k := range t.missing {
+			if !asked[k] {
+				delete(t.missing, k)
+			}
+		}
+	}
+	t.mu.Unlock()
+
+	if ran == 0 && len(errs) == 0 {
+		return next
 	}
 	t.m.subjectsCollected.Add(float64(total))
 	if err := errors.Join(errs...); err != nil {
@@ -597,23 +724,66 @@ func (t *term) collect(ctx context.Context) time.Duration {
 	} else {
 		t.m.gcRuns.WithLabelValues("ok").Inc()
 		if total > 0 {
-			t.log.Info("garbage collection", "removed", total)
+			t.log.Info("garbage collection", "removed", total, "full", full)
 		}
 	}
+	return next
+}
+
+func prefixed(keys map[string]bool, prefix string) map[string]bool {
+	out := make(map[string]bool, len(keys))
+	for k := range keys {
+		out[prefix+k] = true
+	}
+	return out
+}
+
+// takeDue reports whether scope s is due and, if so, clears the claims that made it due
+// (recording them in matched). An event during the collection makes it due again.
+func (t *term) takeDue(s Scope, matched map[markers.Claim]bool) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	found := false
+	for c := range t.dirty {
+		if s.matches(c) {
+			found = true
+			matched[c] = true
+			delete(t.dirty, c)
+		}
+	}
+	return found
+}
+
+// keepDue makes scope s (its claim) due again after this collection.
+func (t *term) keepDue(c markers.Claim, matched map[markers.Claim]bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.dirty[c] = true
+	matched[c] = true
+}
+
+func (t *term) makeDuePlain() {
+	t.mu.Lock()
+	t.dirtyPlain = true
+	t.mu.Unlock()
+}
+
+// graceLeft is how long until the first of the ServiceAccounts in asked that are missing but
+// within their grace period may be collected; 0 when none is.
+func (t *term) graceLeft(asked map[string]bool) time.Duration {
 	now := t.now()
 	var next time.Duration
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for k, first := range t.missing {
-		if !t.asked[k] {
-			delete(t.missing, k) // no collector holds it any more
+	for k := range asked {
+		first, ok := t.missing[k]
+		if !ok {
 			continue
 		}
 		if left := first.Add(t.cfg.GCGrace).Sub(now); left > 0 && (next == 0 || left < next) {
 			next = left
 		}
 	}
-	t.asked = nil
 	return next
 }
 
@@ -622,14 +792,12 @@ func (t *term) collect(ctx context.Context) time.Duration {
 // counts as gone. Every doubt (read errors) answers "exists, unknown" (nil, true): collecting a
 // live subject breaks a backup, keeping a dead one costs a few characters of trust policy until
 // the next sweep.
-func (t *term) lookup(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, bool) {
+func (t *term) lookup(ctx context.Context, namespace, name string, asked map[string]bool) (*corev1.ServiceAccount, bool) {
 	k := key(namespace, name)
 	sa, err := t.saLister.ServiceAccounts(namespace).Get(name)
 	now := t.now()
 	t.mu.Lock()
-	if t.asked != nil {
-		t.asked[k] = true
-	}
+	asked[k] = true
 	if err == nil || !apierrors.IsNotFound(err) {
 		delete(t.missing, k)
 		t.mu.Unlock()

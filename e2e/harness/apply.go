@@ -235,7 +235,7 @@ var vapGVR = schema.GroupVersionResource{Group: "admissionregistration.k8s.io", 
 // applyManifests renders manifests/ and applies all of it, the MutatingWebhookConfiguration
 // last and rewritten to point at the frontend with the dev CA, and the admission policy's
 // parameters allowing OperatorUser. It returns once the apiserver has type-checked the
-// ValidatingAdmissionPolicy without a warning and enforces it.
+// ValidatingAdmissionPolicies without a warning and enforces the admission policy.
 func (c *Cluster) applyManifests(ctx context.Context) error {
 	objs, err := c.RenderManifests(ctx)
 	if err != nil {
@@ -272,8 +272,10 @@ func (c *Cluster) applyManifests(ctx context.Context) error {
 	if len(last) != 1 {
 		return fmt.Errorf("harness: manifests/ renders %d MutatingWebhookConfigurations, want 1", len(last))
 	}
-	if len(params) != 1 || len(policies) != 1 {
-		return fmt.Errorf("harness: manifests/ renders %d ConfigMaps %s/%s and %d ValidatingAdmissionPolicies, want 1 of each",
+	// Two policies: the admission policy (who may set our annotations) and the self policy (what
+	// the server's own identity may do), both enforced in every test.
+	if len(params) != 1 || len(policies) != 2 {
+		return fmt.Errorf("harness: manifests/ renders %d ConfigMaps %s/%s and %d ValidatingAdmissionPolicies, want 1 and 2",
 			len(params), WebhookNamespace, AdmissionPolicyParams, len(policies))
 	}
 	c.logf("applying manifests/ (%d objects)", len(objs))
@@ -293,8 +295,10 @@ func (c *Cluster) applyManifests(ctx context.Context) error {
 	if w := warnings.All(); len(w) > 0 {
 		return fmt.Errorf("harness: the apiserver warned about manifests/: %s", strings.Join(w, "; "))
 	}
-	if err := c.waitPolicyTypeChecked(ctx, policies[0]); err != nil {
-		return err
+	for _, p := range policies {
+		if err := c.waitPolicyTypeChecked(ctx, p); err != nil {
+			return err
+		}
 	}
 	return c.waitPolicyEnforced(ctx)
 }

@@ -96,9 +96,10 @@ func TestLint(t *testing.T) {
 // namespace ownership, and everything else as the kustomize base had it.
 func TestDefaults(t *testing.T) {
 	objs := objects(t, renderFile(t, DefaultRelease, "defaults"))
-	// One ConfigMap: the admission policy's parameters (no IAM policy without AWS).
+	// One ConfigMap: the admission policy's parameters (no IAM policy without AWS). Two
+	// policies: the admission policy and the self policy.
 	for kind, want := range map[string]int{"Namespace": 0, "ConfigMap": 1, "ServiceMonitor": 0, "Issuer": 2, "Certificate": 2, "PodDisruptionBudget": 1,
-		"ValidatingAdmissionPolicy": 1, "ValidatingAdmissionPolicyBinding": 1} {
+		"ValidatingAdmissionPolicy": 2, "ValidatingAdmissionPolicyBinding": 2} {
 		if got := count(objs, kind); got != want {
 			t.Errorf("%d %s objects, want %d", got, kind, want)
 		}
@@ -250,6 +251,8 @@ func TestAWSOnly(t *testing.T) {
 		"CREDENTIAL_WEBHOOK_AWS_SEED_ROLES":             "arn:aws:iam::123456789012:role/kubestash-selfhost,arn:aws:iam::123456789012:role/backup/team-*",
 		"CREDENTIAL_WEBHOOK_AWS_TRUST_POLICY_QUOTA":     "4096",
 		"CREDENTIAL_WEBHOOK_ROLE_CREATION_LIMIT":        "20",
+		"CREDENTIAL_WEBHOOK_AWS_PERMISSIONS_BOUNDARY":   "arn:aws:iam::123456789012:policy/boundaries/kubestash",
+		"CREDENTIAL_WEBHOOK_AWS_OIDC_ISSUER":            "https://oidc.eks.eu-central-1.amazonaws.com/id/0123456789ABCDEF",
 		"CREDENTIAL_WEBHOOK_AWS_INJECT_POD_IDENTITY":    "true",
 		"CREDENTIAL_WEBHOOK_AWS_REGION":                 "eu-central-1",
 		"CREDENTIAL_WEBHOOK_AWS_TOKEN_EXPIRATION":       "3600",
@@ -318,8 +321,8 @@ func TestAWSOnly(t *testing.T) {
 	for i, s := range policy.Statement {
 		sids[s.Sid] = i
 	}
-	if len(policy.Statement) != 1+2*6 || len(sids) != len(policy.Statement) {
-		t.Fatalf("%d statements (%d distinct Sids), want 13: %v", len(policy.Statement), len(sids), sids)
+	if len(policy.Statement) != 1+2*7 || len(sids) != len(policy.Statement) {
+		t.Fatalf("%d statements (%d distinct Sids), want 15: %v", len(policy.Statement), len(sids), sids)
 	}
 	exact := policy.Statement[sids["CreateDerivedRolesTaggedWithTheirSeedSeed0"]]
 	if exact.Resource != "arn:aws:iam::123456789012:role/kubestash-selfhost-*" ||
@@ -334,6 +337,12 @@ func TestAWSOnly(t *testing.T) {
 	attach := policy.Statement[sids["AttachOnlyTheSeedsManagedPoliciesSeed1"]]
 	if got := attach.Condition["ArnEquals"]["iam:PolicyARN"]; !slices.Equal(anyStrings(got), []string{"arn:aws:iam::123456789012:policy/kubestash-s3"}) {
 		t.Errorf("AttachRolePolicy limited to %v", got)
+	}
+	// Every call that grants permissions demands aws.permissionsBoundaryArn.
+	for _, sid := range []string{"CreateDerivedRolesTaggedWithTheirSeedSeed0", "WidenOwnDerivedRolesOnlyWithinTheBoundarySeed1", "AttachOnlyTheSeedsManagedPoliciesSeed1"} {
+		if got := policy.Statement[sids[sid]].Condition["StringEquals"]["iam:PermissionsBoundary"]; got != "arn:aws:iam::123456789012:policy/boundaries/kubestash" {
+			t.Errorf("%s: iam:PermissionsBoundary %v", sid, got)
+		}
 	}
 }
 

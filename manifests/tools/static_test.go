@@ -85,13 +85,13 @@ func TestStaticFiles(t *testing.T) {
 	if err := json.Unmarshal(files["iam-policy.json"], &policy); err != nil {
 		t.Fatalf("iam-policy.json: %v", err)
 	}
-	for _, ph := range []string{"ACCOUNT_ID", "SEED_PATH/SEED_NAME", "SEED_MANAGED_POLICY"} {
+	for _, ph := range []string{"ACCOUNT_ID", "SEED_PATH/SEED_NAME", "SEED_MANAGED_POLICY", "SEED_TAG_KEY", "PERMISSIONS_BOUNDARY"} {
 		if !bytes.Contains(files["iam-policy.json"], []byte(ph)) {
 			t.Errorf("iam-policy.json lacks the placeholder %s", ph)
 		}
 	}
-	if len(policy.Statement) != 7 {
-		t.Errorf("iam-policy.json has %d statements, want 7", len(policy.Statement))
+	if len(policy.Statement) != 8 {
+		t.Errorf("iam-policy.json has %d statements, want 8", len(policy.Statement))
 	}
 	for _, want := range []string{"use-managed-identity", "clusterrolebindings"} {
 		if !bytes.Contains(files["rbac.yaml"], []byte(want)) {

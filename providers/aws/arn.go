@@ -24,6 +24,7 @@ var (
 	// keeps paths safe to place in ListRoles prefixes, tags, globs and log lines.
 	pathSegmentRE = regexp.MustCompile(`^[A-Za-z0-9_+=,.@-]+$`)
 	accountRE     = regexp.MustCompile(`^[0-9]{12}$`)
+	policyNameRE  = regexp.MustCompile(`^[A-Za-z0-9_+=,.@-]{1,128}$`)
 )
 
 // Partitions whose IAM we know. Anything else (aws-iso, typos) is refused rather than guessed.
@@ -87,6 +88,39 @@ func ParseRoleARN(s string) (RoleARN, error) {
 	return RoleARN{Partition: partition, Account: account, Path: path, Name: name}, nil
 }
 
+// ParsePolicyARN checks a managed policy ARN, as a permissions boundary is named:
+// arn:<partition>:iam::<12 digits or "aws">:policy<path><name>.
+func ParsePolicyARN(s string) (string, error) {
+	fail := func(format string, args ...any) (string, error) {
+		return "", fmt.Errorf("invalid IAM policy ARN %s: %s", quoteShort(s), fmt.Sprintf(format, args...))
+	}
+	if len(s) > maxARNLen+128 {
+		return fail("too long")
+	}
+	parts := strings.SplitN(s, ":", 6)
+	if len(parts) != 6 || parts[0] != "arn" || !partitions[parts[1]] || parts[2] != "iam" || parts[3] != "" {
+		return fail("want arn:<partition>:iam::<account>:policy/<name>")
+	}
+	if parts[4] != "aws" && !accountRE.MatchString(parts[4]) {
+		return fail("account %q is neither 12 digits nor aws", parts[4])
+	}
+	rest, ok := strings.CutPrefix(parts[5], "policy/")
+	if !ok {
+		return fail("resource %q is not a policy", parts[5])
+	}
+	path, name := "/", rest
+	if i := strings.LastIndexByte(rest, '/'); i >= 0 {
+		path, name = "/"+rest[:i+1], rest[i+1:]
+	}
+	if !policyNameRE.MatchString(name) {
+		return fail("policy name %q must be 1-128 characters of A-Z a-z 0-9 _+=,.@-", name)
+	}
+	if err := checkPath(path); err != nil {
+		return fail("%v", err)
+	}
+	return s, nil
+}
+
 func checkPath(path string) error {
 	if len(path) > maxRolePathLen {
 		return fmt.Errorf("path longer than %d characters", maxRolePathLen)
@@ -129,8 +163,48 @@ func Derived(seed RoleARN, i int) (RoleARN, error) {
 	return d, nil
 }
 
-// derivedIndex reports whether roleName is "<seed>-<i>" in canonical decimal form (no sign, no
-// leading zero), so "seed-01" or "seed-1a" are never mistaken for ours.
+// DerivedIndex is THE rule for "role is a derived role of seed", used everywhere (discovery,
+// admission's Decide, refusing derived roles as seeds): same partition, account and path, and
+// name "<seed name>-<i>" with i in canonical decimal form (no sign, no leading zero, at most six
+// digits), so "seed-01" or "seed-1a" are never mistaken for ours. It returns i.
+func DerivedIndex(role, seed RoleARN) (int, bool) {
+	if role.Partition != seed.Partition || role.Account != seed.Account || role.Path != seed.Path {
+		return 0, false
+	}
+	return derivedIndex(seed, role.Name)
+}
+
+// IsDerivedFrom reports whether roleARN names a derived role of seedARN (DerivedIndex); invalid
+// or empty ARNs are not.
+func IsDerivedFrom(roleARN, seedARN string) bool {
+	r, err := ParseRoleARN(roleARN)
+	if err != nil {
+		return false
+	}
+	s, err := ParseRoleARN(seedARN)
+	if err != nil {
+		return false
+	}
+	_, ok := DerivedIndex(r, s)
+	return ok
+}
+
+// derivedParent returns the seed role would be a derived role of, by name alone: role without
+// its "-<i>" suffix (DerivedIndex holds between them).
+func derivedParent(role RoleARN) (RoleARN, bool) {
+	i := strings.LastIndexByte(role.Name, '-')
+	if i <= 0 {
+		return RoleARN{}, false
+	}
+	parent := role
+	parent.Name = role.Name[:i]
+	if _, ok := DerivedIndex(role, parent); !ok {
+		return RoleARN{}, false
+	}
+	return parent, true
+}
+
+// derivedIndex is the name part of DerivedIndex: roleName is "<seed>-<i>", i canonical.
 func derivedIndex(seed RoleARN, roleName string) (int, bool) {
 	digits, ok := strings.CutPrefix(roleName, seed.Name+"-")
 	if !ok || digits == "" || len(digits) > 6 || (len(digits) > 1 && digits[0] == '0') {
@@ -189,6 +263,18 @@ func (l Allowlist) Allows(arn string) bool {
 		}
 	}
 	return false
+}
+
+// DerivedSeed reports whether seed is named like a derived role of another seed this allowlist
+// allows ("<allowed seed>-<i>" on the same path, DerivedIndex), and returns that seed. Such a
+// role is never usable as a seed: cloning a derived role would bypass --role-creation-limit
+// ("kubestash-x-0" into "kubestash-x-0-0", ...) and re-clone trust the webhook wrote itself.
+func (l Allowlist) DerivedSeed(seed RoleARN) (RoleARN, bool) {
+	parent, ok := derivedParent(seed)
+	if !ok || !l.Allows(parent.String()) {
+		return RoleARN{}, false
+	}
+	return parent, true
 }
 
 // String returns the globs joined by commas.

@@ -209,3 +209,66 @@ func TestSubject(t *testing.T) {
 		}
 	}
 }
+
+// One rule for "is a derived role": DerivedIndex, and everything built on it.
+func TestDerivedRule(t *testing.T) {
+	seed, _ := ParseRoleARN("arn:aws:iam::123456789012:role/kubestash/seed")
+	for arn, want := range map[string]bool{
+		"arn:aws:iam::123456789012:role/kubestash/seed-0":    true,
+		"arn:aws:iam::123456789012:role/kubestash/seed-42":   true,
+		"arn:aws:iam::123456789012:role/kubestash/seed-01":   false,
+		"arn:aws:iam::123456789012:role/kubestash/seed-1-2":  false,
+		"arn:aws:iam::123456789012:role/other/seed-0":        false,
+		"arn:aws:iam::123456789012:role/kubestash/x/seed-0":  false,
+		"arn:aws:iam::999999999999:role/kubestash/seed-0":    false,
+		"arn:aws-cn:iam::123456789012:role/kubestash/seed-0": false,
+		"arn:aws:iam::123456789012:role/kubestash/seed":      false,
+	} {
+		role, err := ParseRoleARN(arn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, got := DerivedIndex(role, seed); got != want {
+			t.Errorf("DerivedIndex(%s) = %v, want %v", arn, got, want)
+		}
+		if got := IsDerivedFrom(arn, seed.String()); got != want {
+			t.Errorf("IsDerivedFrom(%s) = %v, want %v", arn, got, want)
+		}
+	}
+
+	list, _ := ParseAllowlist("arn:aws:iam::123456789012:role/kubestash-*,arn:aws:iam::123456789012:role/backup/exact")
+	for arn, wantParent := range map[string]string{
+		"arn:aws:iam::123456789012:role/kubestash-x-0":    "arn:aws:iam::123456789012:role/kubestash-x",
+		"arn:aws:iam::123456789012:role/kubestash-x-0-12": "arn:aws:iam::123456789012:role/kubestash-x-0",
+		"arn:aws:iam::123456789012:role/backup/exact-3":   "arn:aws:iam::123456789012:role/backup/exact",
+		"arn:aws:iam::123456789012:role/kubestash-x":      "",
+		"arn:aws:iam::123456789012:role/kubestash-1":      "", // "kubestash" itself is not allowed
+		"arn:aws:iam::123456789012:role/kubestash-x-01":   "",
+		"arn:aws:iam::123456789012:role/other/exact-3":    "",
+	} {
+		role, _ := ParseRoleARN(arn)
+		parent, ok := list.DerivedSeed(role)
+		if ok != (wantParent != "") || (ok && parent.String() != wantParent) {
+			t.Errorf("DerivedSeed(%s) = %s, %v; want %q", arn, parent, ok, wantParent)
+		}
+	}
+}
+
+func TestParsePolicyARN(t *testing.T) {
+	for arn, ok := range map[string]bool{
+		"arn:aws:iam::123456789012:policy/boundary":             true,
+		"arn:aws:iam::123456789012:policy/boundaries/kubestash": true,
+		"arn:aws:iam::aws:policy/PowerUserAccess":               true,
+		"arn:aws-us-gov:iam::123456789012:policy/b":             true,
+		"arn:aws:iam::123456789012:role/boundary":               false,
+		"arn:aws:iam::12345:policy/b":                           false,
+		"arn:aws:iam::123456789012:policy/":                     false,
+		"arn:aws:iam::123456789012:policy/b*":                   false,
+		"arn:aws:s3:::bucket":                                   false,
+		"":                                                      false,
+	} {
+		if _, err := ParsePolicyARN(arn); (err == nil) != ok {
+			t.Errorf("ParsePolicyARN(%q) = %v, want ok %v", arn, err, ok)
+		}
+	}
+}

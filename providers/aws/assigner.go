@@ -28,11 +28,26 @@ var (
 	// ErrSeedMismatch: the role IAM returns for the seed's name is not the seed ARN (other path
 	// or account: the webhook's credentials are for another account).
 	ErrSeedMismatch = errors.New("seed role not found at its ARN")
+	// ErrSeedRefused: the seed role is in the allowlist but unusable as a seed: it is a derived
+	// role (named "<allowed seed>-<i>", or tagged with annotations.SeedTag), or derived roles
+	// would get no permissions boundary. Permanent, like ErrNotAllowed, which it also matches.
+	ErrSeedRefused = errors.New("seed role refused")
 
 	// errForeign: a role named like a derived role that does not carry our seed tag. It is never
 	// written to, and its index is skipped.
 	errForeign = errors.New("role is not a derived role of this seed")
 )
+
+// seedRefusal is an ErrSeedRefused error; it matches ErrNotAllowed too, so every caller that
+// treats a seed outside the allowlist as permanent treats a refused seed the same way.
+type seedRefusal struct{ msg string }
+
+func (e *seedRefusal) Error() string   { return e.msg }
+func (e *seedRefusal) Unwrap() []error { return []error{ErrSeedRefused, ErrNotAllowed} }
+
+func refuseSeed(seed RoleARN, format string, args ...any) error {
+	return &seedRefusal{msg: fmt.Sprintf("%v: %s: ", ErrSeedRefused, seed) + fmt.Sprintf(format, args...)}
+}
 
 // DefaultRoleCreationLimit is the default maximum number of derived roles per seed.
 const DefaultRoleCreationLimit = 100
@@ -50,6 +65,16 @@ type Config struct {
 	Quota int
 	// RoleCreationLimit caps derived roles per seed; 0 means DefaultRoleCreationLimit.
 	RoleCreationLimit int
+	// PermissionsBoundary is the managed policy ARN every derived role carries as its permissions
+	// boundary (--aws-permissions-boundary). Empty: the seed's own boundary; a seed without one
+	// is refused (ErrSeedRefused). Derived roles never go without a boundary, so the IAM policy can
+	// demand it on every call that grants permissions.
+	PermissionsBoundary string
+	// OIDCIssuer pins trust to this cluster (--aws-oidc-issuer, as NormalizeIssuer returns it):
+	// only the seed's trust statements for the OIDC provider of this issuer receive subjects, the
+	// others are copied unchanged, and a seed with no such statement is refused (ErrSeedNotOIDC).
+	// Empty: every OIDC statement of the seed receives every subject.
+	OIDCIssuer string
 }
 
 // Assignment is the outcome of Assign.
@@ -154,7 +179,18 @@ func (a *Assigner) allowed(seed RoleARN) error {
 	if !a.cfg.Seeds.Allows(seed.String()) {
 		return fmt.Errorf("%w: %s is not in the seed allowlist", ErrNotAllowed, seed)
 	}
+	if parent, ok := a.cfg.Seeds.DerivedSeed(seed); ok {
+		return refuseSeed(seed, "it is named like a derived role of the allowed seed %s, and a derived role is never a seed", parent)
+	}
 	return nil
+}
+
+// provider is the oidc-provider ARN trust is pinned to for seed, "" when not pinned.
+func (a *Assigner) provider(seed RoleARN) string {
+	if a.cfg.OIDCIssuer == "" {
+		return ""
+	}
+	return OIDCProviderARN(seed, a.cfg.OIDCIssuer)
 }
 
 // session is one locked read-modify-write of a seed's derived roles.
@@ -242,7 +278,7 @@ func (s *session) refresh(ctx context.Context) error {
 			}
 			doc = aws.ToString(out.Role.AssumeRolePolicyDocument)
 		}
-		if r.trust, r.bad = ParseTrustPolicy(doc); r.bad != nil {
+		if r.trust, r.bad = ParseTrustPolicyFor(doc, s.a.provider(s.seed)); r.bad != nil {
 			s.a.log.Warn("derived role has an unreadable trust policy; it will not be used", "role", l.arn.String(), "err", r.bad)
 		}
 		roles = append(roles, r)
@@ -265,15 +301,30 @@ func (s *session) seedSpec(ctx context.Context) (*roleSpec, error) {
 	return spec, nil
 }
 
+// readSeed reads the seed and checks it can be one. The spec's boundary is the one derived roles
+// get: Config.PermissionsBoundary, else the seed's own.
 func (s *session) readSeed(ctx context.Context, withDocs bool) (*roleSpec, error) {
-	spec, err := readRole(ctx, s.a.api, s.seed.Name, withDocs)
+	provider := s.a.provider(s.seed)
+	spec, err := readRoleFor(ctx, s.a.api, s.seed.Name, provider, withDocs)
 	if err != nil {
 		return nil, fmt.Errorf("reading seed role: %w", err)
 	}
 	if spec.arn != s.seed {
 		return nil, fmt.Errorf("%w: %s, IAM has %s", ErrSeedMismatch, s.seed, spec.arn)
 	}
+	if tag, ok := spec.tags[annotations.SeedTag]; ok {
+		return nil, refuseSeed(s.seed, "it carries the tag %s=%s, so it is a derived role, and a derived role is never a seed", annotations.SeedTag, tag)
+	}
+	if s.a.cfg.PermissionsBoundary != "" {
+		spec.boundary = s.a.cfg.PermissionsBoundary
+	}
+	if spec.boundary == "" {
+		return nil, refuseSeed(s.seed, "it has no permissions boundary and --aws-permissions-boundary is not set; derived roles always carry one, so give the seed a boundary or set the flag")
+	}
 	if _, err := DeriveTrustPolicy(spec.trust, nil); err != nil {
+		if provider != "" && errors.Is(err, ErrSeedNotOIDC) {
+			return nil, fmt.Errorf("seed role %s: %w: no Allow statement trusts %s (--aws-oidc-issuer), this cluster's OIDC provider", s.seed, err, provider)
+		}
 		return nil, fmt.Errorf("seed role %s: %w", s.seed, err)
 	}
 	return spec, nil
@@ -290,7 +341,7 @@ func (s *session) ensureOwned(ctx context.Context, r *roleState) error {
 		if err != nil {
 			return fmt.Errorf("iam:GetRole %s: %w", r.arn.Name, err)
 		}
-		spec, err := specFromRole(out.Role)
+		spec, err := specFromRole(out.Role, s.a.provider(s.seed))
 		if err != nil {
 			return err
 		}
@@ -322,7 +373,7 @@ func (s *session) ensureComplete(ctx context.Context, r *roleState) error {
 	if r.complete {
 		return nil
 	}
-	target, err := readRole(ctx, s.a.api, r.arn.Name, false)
+	target, err := readRoleFor(ctx, s.a.api, r.arn.Name, s.a.provider(s.seed), false)
 	if err != nil {
 		return err
 	}
@@ -810,9 +861,10 @@ func (s *session) create(ctx context.Context, arn RoleARN, idx int, seed *roleSp
 	if seed.maxSession != 0 {
 		in.MaxSessionDuration = aws.Int32(seed.maxSession)
 	}
-	if seed.boundary != "" {
-		in.PermissionsBoundary = aws.String(seed.boundary)
+	if seed.boundary == "" { // readSeed refuses such a seed; never create a role without one
+		return refuseSeed(s.seed, "no permissions boundary for derived roles")
 	}
+	in.PermissionsBoundary = aws.String(seed.boundary)
 	var out *iam.CreateRoleOutput
 	err = s.w.do(ctx, "iam:CreateRole "+arn.Name, func() error {
 		var err error
@@ -841,7 +893,7 @@ func (s *session) adopt(ctx context.Context, arn RoleARN, idx int) error {
 	if err != nil {
 		return fmt.Errorf("role %s exists but cannot be read: %w", arn.Name, err)
 	}
-	spec, err := specFromRole(out.Role)
+	spec, err := specFromRole(out.Role, s.a.provider(s.seed))
 	if err != nil {
 		return err
 	}
@@ -1018,7 +1070,7 @@ func (a *Assigner) SyncFromSeed(ctx context.Context, seed RoleARN) error {
 		if r.bad != nil || r.owner == ownerOther {
 			continue
 		}
-		target, err := readRole(ctx, a.api, r.arn.Name, true)
+		target, err := readRoleFor(ctx, a.api, r.arn.Name, a.provider(seed), true)
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -6,15 +6,23 @@
 //
 // A seed role (named by the ServiceAccount annotation go.klusters.dev/seed-role-name) is cloned
 // into derived roles "<seed>-<i>" under the seed's path: same OIDC trust statements (provider,
-// action, ":aud" and any other condition), attached managed policies, inline policies,
-// permissions boundary, max session duration, description and tags, plus the tag
-// annotations.SeedTag naming the seed ARN. The seed's own subjects are not copied; each derived
-// role's statements list only assigned subjects, "system:serviceaccount:<ns>:<name>", under
-// StringLike "<issuer>:sub". Decisions:
+// action, ":aud" and any other condition), attached managed policies, inline policies, max
+// session duration, description and tags, plus the tag annotations.SeedTag naming the seed ARN,
+// and always a permissions boundary: Config.PermissionsBoundary (--aws-permissions-boundary),
+// else the seed's own. The seed's own subjects are not copied; each derived role's statements
+// list only assigned subjects, "system:serviceaccount:<ns>:<name>", under StringLike
+// "<issuer>:sub". Decisions:
 //
-//   - Several OIDC statements in the seed (one per cluster): every statement gets the whole
-//     subject list. A ServiceAccount name does not tell which cluster it lives in, and a wrong
-//     guess would break a working identity; capacity shrinks accordingly, and is measured.
+//   - Seeds that are refused (ErrSeedRefused, permanent like ErrNotAllowed): a derived role
+//     (DerivedIndex in arn.go is the one rule: named "<allowed seed>-<i>" on the same path, or
+//     tagged with annotations.SeedTag), since cloning clones would bypass --role-creation-limit;
+//     and a seed whose derived roles would get no boundary.
+//   - Several OIDC statements in the seed (one per cluster): with Config.OIDCIssuer
+//     (--aws-oidc-issuer) only the statements whose Federated principal is this cluster's
+//     oidc-provider ARN get subjects, the others are copied unchanged, and a seed with no such
+//     statement is refused (ErrSeedNotOIDC). Without it every statement gets the whole subject
+//     list (a ServiceAccount name does not tell which cluster it lives in), trusting it in every
+//     cluster the seed names; the server warns at startup. Capacity is measured either way.
 //   - Deny statements are copied verbatim (dropping one would widen trust). Allow statements for
 //     other principals (accounts, services, SAML) are not copied: derived roles exist for
 //     ServiceAccounts only.
@@ -54,28 +62,44 @@
 // # IAM policy (manifests/iam-policy.json)
 //
 // IAM policies cannot carry comments, so the reasoning lives here. Replace ACCOUNT_ID, SEED_PATH
-// (drop "SEED_PATH/" for a seed at path "/"), SEED_NAME and SEED_MANAGED_POLICY, and repeat the
-// seed-specific statements for every seed in the webhook's --seed allowlist.
+// (drop "SEED_PATH/" for a seed at path "/"), SEED_NAME, SEED_MANAGED_POLICY, SEED_TAG_KEY (the
+// tag keys the seed carries, which derived roles copy) and PERMISSIONS_BOUNDARY (the
+// --aws-permissions-boundary policy), and repeat the seed-specific statements for every seed in
+// the webhook's --aws-seed-roles allowlist. The goal: whoever steals the webhook's credentials
+// gets at most the permissions boundary, on roles named "<seed>-*" that we created.
 //
 //   - ReadSeedAndDerivedRoles: GetRole, ListAttachedRolePolicies, ListRolePolicies, GetRolePolicy
 //     on the seed and its derived roles. Read-only; nothing is ever written to the seed.
 //   - ListRolesAndReadQuota: ListRoles and GetAccountSummary on "*": both are read-only and IAM
 //     offers no narrower resource for them. ListRoles is what keeps discovery at one call.
-//   - CreateDerivedRolesTaggedWithTheirSeed, TagDerivedRolesOnlyWithTheirSeed: CreateRole and
-//     TagRole on "<seed>-*" only when the request carries the seed tag with this seed's ARN (the
-//     code always restates it in TagRole), so every role the webhook creates is marked as derived.
-//   - EditOwnDerivedRoles, UntagOwnDerivedRolesButNeverTheSeedTag: every other write
-//     (UpdateAssumeRolePolicy, UpdateRole, Put/DeleteRolePolicy, DetachRolePolicy,
-//     Put/DeleteRolePermissionsBoundary, DeleteRole, UntagRole) only on roles already carrying the
-//     seed tag, and the tag itself can never be removed. A role someone else created under a
-//     derived name is untouchable, in the policy as in the code.
+//   - CreateDerivedRolesTaggedWithTheirSeed: CreateRole on "<seed>-*" only with the seed tag
+//     naming this seed (so every role the webhook creates is marked as derived), with
+//     iam:PermissionsBoundary = the boundary (no derived role is ever born unbounded), and with
+//     aws:TagKeys (ForAllValues:StringEquals) limited to the seed tag and the seed's copied tag
+//     keys (no ABAC tag the seeds do not carry).
+//   - TagDerivedRolesOnlyWithTheirSeed: TagRole only on a role that already carries the seed tag
+//     for this seed (aws:ResourceTag), restating it (aws:RequestTag; the code always does), with
+//     the same tag keys: a foreign role named "<seed>-<i>" can never be adopted by tagging it, nor
+//     an owned role moved to another seed. The code never tags a role it did not create.
+//   - EditOwnDerivedRoles: UpdateAssumeRolePolicy, UpdateRole, DeleteRolePolicy,
+//     DetachRolePolicy and DeleteRole only on roles already carrying the seed tag. These never
+//     add permissions (a trust policy only says who may use the role's bounded permissions); a
+//     role someone else created under a derived name is untouchable, in the policy as in the code.
+//   - WidenOwnDerivedRolesOnlyWithinTheBoundary: PutRolePolicy and PutRolePermissionsBoundary on
+//     owned roles only with iam:PermissionsBoundary = the boundary (for PutRolePolicy the role's
+//     current boundary, for PutRolePermissionsBoundary the one being set): any inline document is
+//     capped by the boundary. syncPolicies sets the boundary before anything else for this reason.
+//   - UntagOwnDerivedRolesButNeverTheSeedTag: UntagRole on owned roles, never of the seed tag, or
+//     a role could be made "not ours" and re-tagged.
 //   - AttachOnlyTheSeedsManagedPolicies: AttachRolePolicy restricted by iam:PolicyARN to the
-//     seed's managed policies, so the webhook cannot attach AdministratorAccess to anything.
-//   - Not granted: iam:PassRole (the webhook never hands a role to a service), any write to the
-//     seed, ListRoleTags (GetRole returns tags), and anything on roles outside "<seed>-*".
+//     seed's managed policies (never AdministratorAccess) and to roles with the boundary.
+//   - Not granted: DeleteRolePermissionsBoundary (the server never removes a boundary; drift sync
+//     sets it), iam:PassRole (the webhook never hands a role to a service), CreatePolicy or any
+//     policy-version call (the boundary itself cannot be widened), any write to the seed,
+//     ListRoleTags (GetRole returns tags), and anything on roles outside "<seed>-*".
 //
-// Residual power: PutRolePolicy cannot be restricted by document content, so the webhook's
-// credentials could write any inline policy into a derived role. Where that matters, give seeds a
-// permissions boundary (it is cloned) and add an iam:PermissionsBoundary condition to the
-// CreateRole statement and a Deny on DeleteRolePermissionsBoundary.
+// Residual power with stolen credentials: rewriting the trust of (or deleting) derived roles,
+// and so using or disrupting them: at most what the boundary allows, nothing more.
+// iampolicy_test.go evaluates the rendered document against every call the code makes and
+// against these attacks.
 package aws

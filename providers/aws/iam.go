@@ -37,7 +37,6 @@ type IAMAPI interface {
 	PutRolePolicy(ctx context.Context, in *iam.PutRolePolicyInput, optFns ...func(*iam.Options)) (*iam.PutRolePolicyOutput, error)
 	DeleteRolePolicy(ctx context.Context, in *iam.DeleteRolePolicyInput, optFns ...func(*iam.Options)) (*iam.DeleteRolePolicyOutput, error)
 	PutRolePermissionsBoundary(ctx context.Context, in *iam.PutRolePermissionsBoundaryInput, optFns ...func(*iam.Options)) (*iam.PutRolePermissionsBoundaryOutput, error)
-	DeleteRolePermissionsBoundary(ctx context.Context, in *iam.DeleteRolePermissionsBoundaryInput, optFns ...func(*iam.Options)) (*iam.DeleteRolePermissionsBoundaryOutput, error)
 	TagRole(ctx context.Context, in *iam.TagRoleInput, optFns ...func(*iam.Options)) (*iam.TagRoleOutput, error)
 	UntagRole(ctx context.Context, in *iam.UntagRoleInput, optFns ...func(*iam.Options)) (*iam.UntagRoleOutput, error)
 	GetAccountSummary(ctx context.Context, in *iam.GetAccountSummaryInput, optFns ...func(*iam.Options)) (*iam.GetAccountSummaryOutput, error)
@@ -119,7 +118,9 @@ type roleSpec struct {
 }
 
 // copiedTags are the seed tags a derived role carries: all but AWS-reserved ones and our own seed
-// tag (a seed may itself be a derived role of another seed).
+// tag (which readSeed never lets through on a seed anyway: a seed carrying it is a derived role).
+// The IAM policy limits the keys (aws:TagKeys) to the seed tag and the chart's
+// aws.iamPolicy.copiedTagKeys.
 func copiedTags(seed *roleSpec) map[string]string {
 	out := make(map[string]string, len(seed.tags)+1)
 	for k, v := range seed.tags {
@@ -139,13 +140,14 @@ func tagList(m map[string]string) []types.Tag {
 	return out
 }
 
-// specFromRole fills the fields GetRole returns.
-func specFromRole(r *types.Role) (*roleSpec, error) {
+// specFromRole fills the fields GetRole returns; provider pins the trust policy's subject
+// statements (ParseTrustPolicyFor; "" for none).
+func specFromRole(r *types.Role, provider string) (*roleSpec, error) {
 	arn, err := ParseRoleARN(aws.ToString(r.Arn))
 	if err != nil {
 		return nil, err
 	}
-	trust, err := ParseTrustPolicy(aws.ToString(r.AssumeRolePolicyDocument))
+	trust, err := ParseTrustPolicyFor(aws.ToString(r.AssumeRolePolicyDocument), provider)
 	if err != nil {
 		return nil, fmt.Errorf("trust policy of %s: %w", arn, err)
 	}
@@ -167,13 +169,18 @@ func specFromRole(r *types.Role) (*roleSpec, error) {
 }
 
 // readRole reads a role's GetRole fields and the names of its attached and inline policies
-// (inline documents only when withDocs).
+// (inline documents only when withDocs), its trust policy unpinned.
 func readRole(ctx context.Context, api IAMAPI, name string, withDocs bool) (*roleSpec, error) {
+	return readRoleFor(ctx, api, name, "", withDocs)
+}
+
+// readRoleFor is readRole with the trust policy pinned to provider (specFromRole).
+func readRoleFor(ctx context.Context, api IAMAPI, name, provider string, withDocs bool) (*roleSpec, error) {
 	out, err := api.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(name)})
 	if err != nil {
 		return nil, fmt.Errorf("iam:GetRole %s: %w", name, err)
 	}
-	spec, err := specFromRole(out.Role)
+	spec, err := specFromRole(out.Role, provider)
 	if err != nil {
 		return nil, err
 	}
@@ -265,15 +272,12 @@ func listDerived(ctx context.Context, api IAMAPI, seed RoleARN) ([]listedRole, e
 			return nil, fmt.Errorf("iam:ListRoles %s: %w", seed.Path, err)
 		}
 		for _, r := range page.Roles {
-			if aws.ToString(r.Path) != seed.Path {
-				continue // a deeper path shares the prefix
-			}
-			i, ok := derivedIndex(seed, aws.ToString(r.RoleName))
-			if !ok {
+			arn, err := ParseRoleARN(aws.ToString(r.Arn))
+			if err != nil {
 				continue
 			}
-			arn, err := ParseRoleARN(aws.ToString(r.Arn))
-			if err != nil || arn.Account != seed.Account {
+			i, ok := DerivedIndex(arn, seed) // a deeper path shares the prefix, and is not ours
+			if !ok {
 				continue
 			}
 			out = append(out, listedRole{index: i, arn: arn, id: aws.ToString(r.RoleId), doc: aws.ToString(r.AssumeRolePolicyDocument)})
@@ -308,6 +312,9 @@ func (w *writer) do(ctx context.Context, what string, call func() error) error {
 // documents when full).
 func syncPolicies(ctx context.Context, w *writer, seed, target *roleSpec, full bool) error {
 	name := aws.String(target.arn.Name)
+	// The boundary first: the IAM policy lets PutRolePolicy and AttachRolePolicy touch only roles
+	// that already carry it. seed.boundary is never empty (readSeed refuses such a seed); nothing
+	// ever removes a boundary.
 	if seed.boundary != "" && target.boundary != seed.boundary {
 		if err := w.do(ctx, "iam:PutRolePermissionsBoundary "+target.arn.Name, func() error {
 			_, err := w.api.PutRolePermissionsBoundary(ctx, &iam.PutRolePermissionsBoundaryInput{RoleName: name, PermissionsBoundary: aws.String(seed.boundary)})
@@ -366,14 +373,6 @@ func syncPolicies(ctx context.Context, w *writer, seed, target *roleSpec, full b
 		}
 		if err := w.do(ctx, "iam:DeleteRolePolicy "+target.arn.Name+" "+p, func() error {
 			_, err := w.api.DeleteRolePolicy(ctx, &iam.DeleteRolePolicyInput{RoleName: name, PolicyName: aws.String(p)})
-			return err
-		}); err != nil {
-			return err
-		}
-	}
-	if seed.boundary == "" && target.boundary != "" {
-		if err := w.do(ctx, "iam:DeleteRolePermissionsBoundary "+target.arn.Name, func() error {
-			_, err := w.api.DeleteRolePermissionsBoundary(ctx, &iam.DeleteRolePermissionsBoundaryInput{RoleName: name})
 			return err
 		}); err != nil {
 			return err

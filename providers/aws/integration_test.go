@@ -2,6 +2,7 @@ package aws
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -738,6 +739,183 @@ func TestAssignerAgainstMoto(t *testing.T) {
 		got, err := a.Assign(ctx, e.seed, "demo", sessionSA(1))
 		if err != nil || !got.Created || !strings.HasSuffix(got.RoleARN, "/sync-seed-0") {
 			t.Errorf("after deletion: %+v, %v", got, err)
+		}
+	})
+}
+
+// The hardening of issue 16 against moto: derived roles always carry a permissions boundary, a
+// derived role is never a seed, and trust can be pinned to this cluster's OIDC provider.
+func TestSeedHardeningAgainstMoto(t *testing.T) {
+	srv := moto.Start(t)
+	srv.SetEnv(t)
+	boundaryOf := func(e *env, name string) string {
+		t.Helper()
+		d, err := readRole(context.Background(), e.direct, name, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.boundary
+	}
+	refused := func(t *testing.T, err error) {
+		t.Helper()
+		if !errors.Is(err, ErrSeedRefused) || !errors.Is(err, ErrNotAllowed) || !Permanent(err) {
+			t.Fatalf("want a permanent ErrSeedRefused, got %v", err)
+		}
+	}
+
+	t.Run("derived roles get the seed's boundary, or the configured one", func(t *testing.T) {
+		e := newEnv(t, srv, "bound-seed", 2048)
+		ctx := ctxT(t)
+		if _, err := e.assigner(NewLocalLocker(), Config{}).Assign(ctx, e.seed, "demo", sessionSA(0)); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := boundaryOf(e, "bound-seed-0"), moto.SeedBoundaryARN(e.seed.String()); got != want {
+			t.Errorf("derived role boundary %q, want the seed's %q", got, want)
+		}
+		// Configured: a different boundary wins, and drift sync moves existing roles to it
+		// (PutRolePermissionsBoundary; nothing ever deletes a boundary).
+		pol, err := e.direct.CreatePolicy(ctx, &iam.CreatePolicyInput{PolicyName: aws.String("central-boundary"), PolicyDocument: aws.String(moto.BoundaryDocument)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		central := aws.ToString(pol.Policy.Arn)
+		a := e.assigner(NewLocalLocker(), Config{PermissionsBoundary: central, RoleCreationLimit: 5})
+		if err := a.SyncFromSeed(ctx, e.seed); err != nil {
+			t.Fatal(err)
+		}
+		if got := boundaryOf(e, "bound-seed-0"); got != central {
+			t.Errorf("after sync the boundary is %q, want %q", got, central)
+		}
+		// A boundary removed by hand comes back when a process next completes the role (once per
+		// process: a fresh one here) or syncs it.
+		if _, err := e.direct.DeleteRolePermissionsBoundary(ctx, &iam.DeleteRolePermissionsBoundaryInput{RoleName: aws.String("bound-seed-0")}); err != nil {
+			t.Fatal(err)
+		}
+		a = e.assigner(NewLocalLocker(), Config{PermissionsBoundary: central, RoleCreationLimit: 5})
+		if _, err := a.Assign(ctx, e.seed, "demo", sessionSA(1)); err != nil {
+			t.Fatal(err)
+		}
+		if got := boundaryOf(e, "bound-seed-0"); got != central {
+			t.Errorf("a half-bounded role was written without its boundary restored: %q", got)
+		}
+	})
+
+	t.Run("a seed without a boundary is refused unless one is configured", func(t *testing.T) {
+		e := newEnv(t, srv, "loose-seed", 2048)
+		ctx := ctxT(t)
+		if _, err := e.direct.DeleteRolePermissionsBoundary(ctx, &iam.DeleteRolePermissionsBoundaryInput{RoleName: aws.String("loose-seed")}); err != nil {
+			t.Fatal(err)
+		}
+		e.proxy.ResetCalls()
+		_, err := e.assigner(NewLocalLocker(), Config{}).Assign(ctx, e.seed, "demo", sessionSA(0))
+		refused(t, err)
+		if !strings.Contains(err.Error(), "permissions boundary") {
+			t.Errorf("error does not say why: %v", err)
+		}
+		if _, _, err := e.assigner(NewLocalLocker(), Config{}).Reserve(ctx, e.seed, "demo", sessionSA(0)); !errors.Is(err, ErrSeedRefused) {
+			t.Errorf("Reserve: %v", err)
+		}
+		for k := range e.calls() {
+			if !strings.HasPrefix(k, "iam:Get") && !strings.HasPrefix(k, "iam:List") {
+				t.Errorf("a refused seed cost a write: %s", k)
+			}
+		}
+		boundary := moto.SeedBoundaryARN(e.seed.String())
+		if _, err := e.assigner(NewLocalLocker(), Config{PermissionsBoundary: boundary}).Assign(ctx, e.seed, "demo", sessionSA(0)); err != nil {
+			t.Fatal(err)
+		}
+		if got := boundaryOf(e, "loose-seed-0"); got != boundary {
+			t.Errorf("boundary %q, want the configured %q", got, boundary)
+		}
+	})
+
+	t.Run("a derived role is never a seed", func(t *testing.T) {
+		e := newEnv(t, srv, "parent-seed", 2048)
+		ctx := ctxT(t)
+		a := e.assigner(NewLocalLocker(), Config{})
+		got, err := a.Assign(ctx, e.seed, "demo", sessionSA(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		derived, _ := ParseRoleARN(got.RoleARN)
+		e.proxy.ResetCalls()
+		_, err = a.Assign(ctx, derived, "demo", sessionSA(1))
+		refused(t, err)
+		if _, _, err := a.Reserve(ctx, derived, "demo", sessionSA(1)); !errors.Is(err, ErrSeedRefused) {
+			t.Errorf("Reserve on a derived role: %v", err)
+		}
+		if c := e.calls(); len(c) != 0 {
+			t.Errorf("refusing a seed named like a derived role cost IAM calls: %v", c)
+		}
+		// Named unlike a derived role, but tagged as one (say, renamed by hand): refused on GetRole.
+		doc := moto.TrustPolicy("arn:aws:iam::"+moto.AccountID+":oidc-provider/"+moto.IssuerHost(testIssuer), testIssuer, moto.SeedSubject)
+		if _, err := e.direct.CreateRole(ctx, &iam.CreateRoleInput{
+			RoleName: aws.String("tagged-seed"), Path: aws.String("/kubestash/"), AssumeRolePolicyDocument: aws.String(doc),
+			PermissionsBoundary: aws.String(moto.SeedBoundaryARN(e.seed.String())),
+			Tags:                []types.Tag{{Key: aws.String(annotations.SeedTag), Value: aws.String(e.seed.String())}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		tagged, _ := ParseRoleARN("arn:aws:iam::" + moto.AccountID + ":role/kubestash/tagged-seed")
+		_, err = a.Assign(ctx, tagged, "demo", sessionSA(1))
+		refused(t, err)
+		if _, err := e.direct.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String("tagged-seed-0")}); !isNoSuchEntity(err) {
+			t.Errorf("a derived role of a derived role was created: %v", err)
+		}
+	})
+
+	t.Run("trust pinned to this cluster's OIDC provider", func(t *testing.T) {
+		e := newEnv(t, srv, "pinned-seed", 2048)
+		ctx := ctxT(t)
+		const otherIssuer = "https://oidc.other-cluster.example/id/OTHER"
+		if _, err := moto.CreateSeedRole(ctx, moto.ConfigFor(srv.Endpoint), "other-cluster-seed", "/elsewhere/", otherIssuer); err != nil {
+			t.Fatal(err) // creates the other cluster's OIDC provider
+		}
+		here := "arn:aws:iam::" + moto.AccountID + ":oidc-provider/" + moto.IssuerHost(testIssuer)
+		there := "arn:aws:iam::" + moto.AccountID + ":oidc-provider/" + moto.IssuerHost(otherIssuer)
+		var a1, a2 map[string]any
+		_ = json.Unmarshal([]byte(moto.TrustPolicy(here, testIssuer, moto.SeedSubject)), &a1)
+		_ = json.Unmarshal([]byte(moto.TrustPolicy(there, otherIssuer, moto.SeedSubject)), &a2)
+		a1["Statement"] = append(a1["Statement"].([]any), a2["Statement"].([]any)...)
+		two, _ := json.Marshal(a1)
+		if _, err := e.direct.UpdateAssumeRolePolicy(ctx, &iam.UpdateAssumeRolePolicyInput{RoleName: aws.String("pinned-seed"), PolicyDocument: aws.String(string(two))}); err != nil {
+			t.Fatal(err)
+		}
+		issuer, err := NormalizeIssuer(testIssuer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := e.assigner(NewLocalLocker(), Config{OIDCIssuer: issuer})
+		got, err := a.Assign(ctx, e.seed, "demo", sessionSA(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Assign(ctx, e.seed, "demo", sessionSA(1)); err != nil {
+			t.Fatal(err)
+		}
+		derived, _ := ParseRoleARN(got.RoleARN)
+		out, err := e.direct.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(derived.Name)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		js, _ := DecodePolicyDocument(aws.ToString(out.Role.AssumeRolePolicyDocument))
+		pinned, err := ParseTrustPolicyFor(js, here)
+		if err != nil || !slices.Equal(pinned.Subjects(), []string{sessionSubject(0), sessionSubject(1)}) {
+			t.Errorf("subjects of this cluster's statement: %v, %v\n%s", pinned.Subjects(), err, js)
+		}
+		if theirs, _ := ParseTrustPolicyFor(js, there); !slices.Equal(theirs.Subjects(), []string{moto.SeedSubject}) {
+			t.Errorf("the other cluster's statement must be the seed's, unchanged; it lists %v\n%s", theirs.Subjects(), js)
+		}
+		roles, err := a.Roles(ctx, e.seed)
+		if err != nil || len(roles) != 1 || !slices.Equal(roles[0].Subjects, []string{sessionSubject(0), sessionSubject(1)}) {
+			t.Errorf("Roles = %+v, %v", roles, err)
+		}
+
+		// A seed with no statement for the pinned issuer is refused, clearly.
+		elsewhere := e.assigner(NewLocalLocker(), Config{OIDCIssuer: "oidc.third.example/id/C"})
+		_, err = elsewhere.Assign(ctx, e.seed, "demo", sessionSA(2))
+		if !errors.Is(err, ErrSeedNotOIDC) || !Permanent(err) || !strings.Contains(err.Error(), "oidc-provider/oidc.third.example/id/C") {
+			t.Errorf("seed without a statement for the pinned issuer: %v", err)
 		}
 	})
 }

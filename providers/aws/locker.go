@@ -2,8 +2,13 @@ package aws
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
 )
 
 // Locker serialises the read-modify-write of one seed's derived roles (IAM has no
@@ -81,4 +86,112 @@ func (l *LocalLocker) Bump(_ context.Context, key string) error {
 	k.gen++
 	l.mu.Unlock()
 	return nil
+}
+
+// ErrSeedMissing: the seed role does not exist in IAM, so no lock (no Lease) is taken for it.
+var ErrSeedMissing = errors.New("seed role does not exist")
+
+// SeedGuard wraps the per-seed Locker so that no lock, and so no Lease, is ever taken for a key
+// that is not a configured seed or names a role that does not exist (issue 16: a Lease was
+// created for every seed string a ServiceAccount named, and never removed). A seed whose role
+// was deleted after this server wrote for it is still locked while its lock already exists
+// (Known), so the garbage collection of its derived roles goes on.
+type SeedGuard struct {
+	Locker Locker
+	// Allowed says whether a key (a seed role ARN) is configured (--aws-seed-roles).
+	Allowed func(key string) bool
+	// IAM reads the seed role (iam:GetRole); the answer is cached (seedExistsTTL,
+	// seedMissingTTL).
+	IAM IAMAPI
+	// Known says whether a lock for key already exists (its Lease); nil: never.
+	Known func(ctx context.Context, key string) (bool, error)
+
+	mu     sync.Mutex
+	exists map[string]seedCheck
+}
+
+type seedCheck struct {
+	exists bool
+	until  time.Time
+}
+
+// Cached answers: a seed that exists stays so for a long while (a deleted seed only stops new
+// Leases later), a missing one is looked up again soon (it may be created any moment).
+const (
+	seedExistsTTL  = 10 * time.Minute
+	seedMissingTTL = 30 * time.Second
+	maxSeedChecks  = 1024
+)
+
+// NewSeedGuard returns the guarded Locker. It keeps the wrapped Locker's hold limit (a Lease
+// expires), which the Assigner bounds its sessions by.
+func NewSeedGuard(l Locker, allowed func(string) bool, api IAMAPI, known func(context.Context, string) (bool, error)) Locker {
+	g := &SeedGuard{Locker: l, Allowed: allowed, IAM: api, Known: known, exists: map[string]seedCheck{}}
+	if h, ok := l.(holdLimiter); ok {
+		return &limitedSeedGuard{SeedGuard: g, limit: h}
+	}
+	return g
+}
+
+type limitedSeedGuard struct {
+	*SeedGuard
+	limit holdLimiter
+}
+
+func (g *limitedSeedGuard) HoldLimit() time.Duration { return g.limit.HoldLimit() }
+
+// Lock implements Locker: it refuses keys that are not configured, existing seeds.
+func (g *SeedGuard) Lock(ctx context.Context, key string) (func(), int64, error) {
+	if err := g.check(ctx, key); err != nil {
+		return nil, 0, err
+	}
+	return g.Locker.Lock(ctx, key)
+}
+
+// Bump implements Locker.
+func (g *SeedGuard) Bump(ctx context.Context, key string) error { return g.Locker.Bump(ctx, key) }
+
+func (g *SeedGuard) check(ctx context.Context, key string) error {
+	if g.Allowed != nil && !g.Allowed(key) {
+		return fmt.Errorf("%w: %s is not in the seed allowlist", ErrNotAllowed, key)
+	}
+	if g.IAM == nil {
+		return nil
+	}
+	now := time.Now()
+	g.mu.Lock()
+	c, cached := g.exists[key]
+	g.mu.Unlock()
+	if !cached || now.After(c.until) {
+		seed, err := ParseRoleARN(key)
+		if err != nil {
+			return err
+		}
+		_, err = g.IAM.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(seed.Name)})
+		switch {
+		case err == nil:
+			c = seedCheck{exists: true, until: now.Add(seedExistsTTL)}
+		case isNoSuchEntity(err):
+			c = seedCheck{exists: false, until: now.Add(seedMissingTTL)}
+		default:
+			return fmt.Errorf("reading seed role %s: %w", key, err)
+		}
+		g.mu.Lock()
+		if len(g.exists) >= maxSeedChecks {
+			clear(g.exists) // configured seeds only: never near this, but bounded
+		}
+		g.exists[key] = c
+		g.mu.Unlock()
+	}
+	if c.exists {
+		return nil
+	}
+	if g.Known != nil {
+		if ok, err := g.Known(ctx, key); err != nil {
+			return err
+		} else if ok {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s", ErrSeedMissing, key)
 }

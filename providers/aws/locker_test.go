@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"go.klusters.dev/credential-webhook/testenv/moto"
 )
 
 func TestLocalLocker(t *testing.T) {
@@ -54,4 +56,69 @@ func TestLocalLocker(t *testing.T) {
 		t.Fatal("a double unlock released the lock held by the next owner")
 	}
 	u()
+}
+
+// countingLocker records the keys it locked.
+type countingLocker struct {
+	*LocalLocker
+	locked []string
+}
+
+func (c *countingLocker) Lock(ctx context.Context, key string) (func(), int64, error) {
+	c.locked = append(c.locked, key)
+	return c.LocalLocker.Lock(ctx, key)
+}
+
+type limitLocker struct{ *countingLocker }
+
+func (limitLocker) HoldLimit() time.Duration { return 7 * time.Second }
+
+// Issue 16: no lock (no Lease) for a seed that is not configured or does not exist; a deleted
+// seed whose lock already exists is still locked (its derived roles are still collected).
+func TestSeedGuardAgainstMoto(t *testing.T) {
+	srv := moto.Start(t)
+	srv.SetEnv(t)
+	e := newEnv(t, srv, "guard-seed", 2048)
+	allow, _ := ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
+	inner := &countingLocker{LocalLocker: NewLocalLocker()}
+	known := map[string]bool{}
+	g := NewSeedGuard(inner, allow.Allows, e.api, func(_ context.Context, k string) (bool, error) { return known[k], nil })
+	if _, ok := g.(holdLimiter); ok {
+		t.Error("a guard over a LocalLocker claims a hold limit")
+	}
+	ctx := ctxT(t)
+
+	outside := "arn:aws:iam::" + moto.AccountID + ":role/other/guard-seed"
+	if _, _, err := g.Lock(ctx, outside); !errors.Is(err, ErrNotAllowed) {
+		t.Fatalf("Lock of a seed outside the allowlist = %v", err)
+	}
+	if c := e.calls(); len(c) != 0 {
+		t.Errorf("refusing a seed outside the allowlist cost IAM calls: %v", c)
+	}
+	missing := "arn:aws:iam::" + moto.AccountID + ":role/kubestash/no-such-seed"
+	for range 3 {
+		if _, _, err := g.Lock(ctx, missing); !errors.Is(err, ErrSeedMissing) {
+			t.Fatalf("Lock of a missing seed = %v", err)
+		}
+	}
+	if n := e.calls()["iam:GetRole"]; n != 1 {
+		t.Errorf("missing seed looked up %d times, want 1 (cached)", n)
+	}
+	unlock, _, err := g.Lock(ctx, e.seed.String())
+	if err != nil {
+		t.Fatalf("Lock of an existing seed: %v", err)
+	}
+	unlock()
+	known[missing] = true
+	unlock, _, err = g.Lock(ctx, missing)
+	if err != nil {
+		t.Fatalf("Lock of a deleted seed whose lock exists: %v", err)
+	}
+	unlock()
+	if len(inner.locked) != 2 || inner.locked[0] != e.seed.String() || inner.locked[1] != missing {
+		t.Errorf("inner locker locked %v", inner.locked)
+	}
+	if h, ok := NewSeedGuard(limitLocker{inner}, allow.Allows, e.api, nil).(holdLimiter); !ok || h.HoldLimit() != 7*time.Second {
+		t.Error("the guard hides the Lease locker's hold limit")
+	}
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
-	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
 
@@ -108,29 +106,6 @@ func Decide(op admissionv1.Operation, cur, old map[string]string) Action {
 func granted(cur map[string]string) bool {
 	c, ok := ClaimOf(cur)
 	return ok && markers.IsGranted(cur[annotations.Granted], c)
-}
-
-var derivedSuffix = regexp.MustCompile(`^-[0-9]{1,4}$`)
-
-// IsDerivedFrom reports whether roleARN names a derived role <seed>-<i> of seedARN (same
-// partition, account and path).
-func IsDerivedFrom(roleARN, seedARN string) bool {
-	if roleARN == "" {
-		return false
-	}
-	r, err := ParseRoleARN(roleARN)
-	if err != nil {
-		return false
-	}
-	s, err := ParseRoleARN(seedARN)
-	if err != nil {
-		return false
-	}
-	if r.Partition != s.Partition || r.Account != s.Account || r.Path != s.Path {
-		return false
-	}
-	rest, ok := strings.CutPrefix(r.Name, s.Name)
-	return ok && derivedSuffix.MatchString(rest)
 }
 
 func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admission.Response) error {

@@ -9,6 +9,7 @@ import (
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/markers"
+	"go.klusters.dev/credential-webhook/sweeper"
 )
 
 // Cloud is AWS as the writer and the sweeper see it (sweeper.Cloud).
@@ -46,56 +47,89 @@ func Permanent(err error) bool {
 
 // Collector removes from every derived role the subjects whose ServiceAccount no longer
 // exists or lost its standing for the seed (markers.Keeps: re-created under the same name, or
-// no longer asking for that seed). Seeds says which seeds to look at (those named by live ServiceAccounts and those with a
-// lock Lease: a seed whose last ServiceAccount was deleted still has its Lease).
+// no longer asking for that seed). Seeds says which seeds to look at: the server's own (those it
+// holds a lock Lease for, that is wrote for), never seeds named by ServiceAccount annotations.
+// Only seeds the allowlist allows are collected. It is a sweeper.ScopedCollector: a scope is
+// one seed.
 type Collector struct {
 	Assigner *Assigner
 	Seeds    func(ctx context.Context) ([]string, error)
 }
 
-// Collect costs one ListRoles and one GetRole per derived role per seed (Roles), plus one
-// UpdateAssumeRolePolicy per role that changed.
-func (c Collector) Collect(ctx context.Context, lookup markers.Lookup) (int, error) {
+// Scopes lists the configured seeds to collect (sweeper.ScopedCollector), each with the claim
+// a ServiceAccount granted that seed carries. Seeds that are no ARN or not allowed cost nothing.
+func (c Collector) Scopes(ctx context.Context) ([]sweeper.Scope, error) {
 	seeds, err := c.Seeds(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []sweeper.Scope
+	seen := map[string]bool{}
+	for _, s := range seeds {
+		seed, err := ParseRoleARN(s)
+		if err != nil || c.Assigner.allowed(seed) != nil || seen[seed.String()] {
+			continue
+		}
+		seen[seed.String()] = true
+		out = append(out, sweeper.Scope{Key: seed.String(), Claim: SeedClaim(seed)})
+	}
+	return out, nil
+}
+
+// Collect collects every scope: one ListRoles and one GetRole per derived role per seed (Roles),
+// plus one UpdateAssumeRolePolicy per role that changed.
+func (c Collector) Collect(ctx context.Context, lookup markers.Lookup) (int, error) {
+	scopes, err := c.Scopes(ctx)
 	if err != nil {
 		return 0, err
 	}
 	removed := 0
 	var errs []error
-	for _, s := range seeds {
-		seed, err := ParseRoleARN(s)
-		if err != nil || c.Assigner.allowed(seed) != nil {
-			continue
-		}
-		roles, err := c.Assigner.Roles(ctx, seed)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("listing derived roles of %s: %w", seed, err))
-			continue
-		}
-		want := SeedClaim(seed)
-		var gone []string
-		for _, r := range roles {
-			if !r.Owned {
-				continue
-			}
-			for _, sub := range r.Subjects {
-				ns, name, err := ParseSubject(sub)
-				if err != nil {
-					continue
-				}
-				if sa, exists := lookup(ns, name); !markers.Keeps(sa, exists, ClaimOf, want) {
-					gone = append(gone, sub)
-				}
-			}
-		}
-		if len(gone) == 0 {
-			continue
-		}
-		n, err := c.Assigner.Remove(ctx, seed, gone)
+	for _, s := range scopes {
+		n, err := c.CollectScope(ctx, s, lookup)
 		removed += n
 		if err != nil {
-			errs = append(errs, fmt.Errorf("removing %d subjects from %s: %w", len(gone), seed, err))
+			errs = append(errs, err)
 		}
 	}
 	return removed, errors.Join(errs...)
+}
+
+// CollectScope collects one seed (sweeper.ScopedCollector).
+func (c Collector) CollectScope(ctx context.Context, scope sweeper.Scope, lookup markers.Lookup) (int, error) {
+	seed, err := ParseRoleARN(scope.Key)
+	if err != nil {
+		return 0, err
+	}
+	if err := c.Assigner.allowed(seed); err != nil {
+		return 0, nil // no longer configured: nothing of ours to look at
+	}
+	roles, err := c.Assigner.Roles(ctx, seed)
+	if err != nil {
+		return 0, fmt.Errorf("listing derived roles of %s: %w", seed, err)
+	}
+	want := SeedClaim(seed)
+	var gone []string
+	for _, r := range roles {
+		if !r.Owned {
+			continue
+		}
+		for _, sub := range r.Subjects {
+			ns, name, err := ParseSubject(sub)
+			if err != nil {
+				continue
+			}
+			if sa, exists := lookup(ns, name); !markers.Keeps(sa, exists, ClaimOf, want) {
+				gone = append(gone, sub)
+			}
+		}
+	}
+	if len(gone) == 0 {
+		return 0, nil
+	}
+	n, err := c.Assigner.Remove(ctx, seed, gone)
+	if err != nil {
+		return n, fmt.Errorf("removing %d subjects from %s: %w", len(gone), seed, err)
+	}
+	return n, nil
 }

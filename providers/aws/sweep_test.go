@@ -3,17 +3,24 @@ package aws
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/tools/record"
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/markers"
+	"go.klusters.dev/credential-webhook/sweeper"
 	"go.klusters.dev/credential-webhook/testenv/iamproxy"
 	"go.klusters.dev/credential-webhook/testenv/moto"
 )
@@ -208,4 +215,130 @@ func mustSubject(ns, name string) string {
 		panic(err)
 	}
 	return s
+}
+
+// Issue 16: the garbage collection the sweeper runs with this Collector is driven only by
+// ServiceAccounts our markers say we gave something, for the server's own configured seeds.
+// Deleting 200 ServiceAccounts that name a seed outside the allowlist (half of them with a
+// claim marker for it forged into their annotations) and 100 without any annotation costs IAM
+// nothing; deleting one granted ServiceAccount of the configured seed collects its subject.
+func TestGCIgnoresDeletionsOfUnrelatedServiceAccounts(t *testing.T) {
+	srv := moto.Start(t)
+	srv.SetEnv(t)
+	e := newEnv(t, srv, "gc-dos-seed", 2048)
+	ctx := ctxT(t)
+	a := e.assigner(NewLocalLocker(), Config{}) // allowlist: role/kubestash/*
+	seed := e.seed.String()
+	notConfigured := "arn:aws:iam::" + moto.AccountID + ":role/other/gc-dos-seed"
+	foreign := markers.For(markers.AWS, notConfigured)
+
+	var objs []runtime.Object
+	for i := range 300 {
+		ann := map[string]string{annotations.SeedRole: notConfigured}
+		switch {
+		case i >= 200:
+			ann = nil
+		case i%2 == 0:
+			ann[annotations.Granted] = markers.FormatGranted(types.UID(fmt.Sprint("uid-", i)), markers.Claims{foreign})
+		}
+		objs = append(objs, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: fmt.Sprint("tenant-", i), UID: types.UID(fmt.Sprint("uid-", i)), Annotations: ann}})
+	}
+	claim := SeedClaim(e.seed)
+	objs = append(objs, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "demo", Name: "granted", UID: "uid-g",
+		Annotations: map[string]string{annotations.SeedRole: seed, annotations.Granted: markers.FormatGranted("uid-g", markers.Claims{claim})}}})
+	if _, err := a.Assign(ctx, e.seed, "demo", "granted"); err != nil {
+		t.Fatal(err)
+	}
+	cs := fake.NewClientset(objs...)
+	reg := prometheus.NewRegistry()
+	// Seeds stands for the lock Lease keys: the configured seed and one left from an older
+	// configuration, which is not collected.
+	col := Collector{Assigner: a, Seeds: func(context.Context) ([]string, error) { return []string{seed, notConfigured}, nil }}
+	s := sweeper.New(cs, sweeper.Config{Namespace: "lease-ns", Identity: "a", GCInterval: time.Hour, GCGrace: 500 * time.Millisecond},
+		sweeper.Deps{Collectors: []sweeper.Collector{col}, Registerer: reg, Recorder: record.NewFakeRecorder(100)}, nil)
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(runCtx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	gcRuns := func() float64 {
+		return testutil.ToFloat64(mustCounterVec(t, reg, "credential_webhook_gc_runs_total"))
+	}
+	waitFor(t, 20*time.Second, "the leader's first collection", func() bool { return gcRuns() >= 1 })
+	e.proxy.ResetCalls()
+	runs := gcRuns()
+	for i := range 300 {
+		if err := cs.CoreV1().ServiceAccounts("demo").Delete(ctx, fmt.Sprint("tenant-", i), metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if i%50 == 49 {
+			time.Sleep(200 * time.Millisecond) // the fake watch buffers 100 events
+		}
+	}
+	time.Sleep(5 * time.Second) // past the 2 s debounce, twice
+	if c := e.calls(); len(c) != 0 {
+		t.Fatalf("deleting ServiceAccounts unrelated to any configured seed cost IAM calls: %v", c)
+	}
+	if got := gcRuns(); got != runs {
+		t.Errorf("gc runs went from %v to %v: deletions of unrelated ServiceAccounts triggered a collection", runs, got)
+	}
+
+	// The control: a ServiceAccount granted the configured seed is collected once deleted.
+	if err := cs.CoreV1().ServiceAccounts("demo").Delete(ctx, "granted", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the granted ServiceAccount's subject collected", func() bool {
+		return !e.trustOf(derivedName(e.seed, 0)).Has(mustSubject("demo", "granted"))
+	})
+	calls := e.calls()
+	if calls["iam:ListRoles"] == 0 || calls["iam:UpdateAssumeRolePolicy"] != 1 {
+		t.Errorf("collecting one deleted ServiceAccount: %v", calls)
+	}
+	t.Logf("IAM calls for the deletion of the granted ServiceAccount: %v", calls)
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// mustCounterVec sums a counter family of reg into one collector for testutil.
+func mustCounterVec(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				total += m.GetCounter().GetValue()
+			}
+		}
+	}
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: name})
+	c.Add(total)
+	return c
+}
+
+// Scopes are the configured seeds only, each with the claim its grants carry.
+func TestCollectorScopes(t *testing.T) {
+	allow, _ := ParseAllowlist("arn:aws:iam::123456789012:role/kubestash-*")
+	a := NewAssigner(nil, NewLocalLocker(), Config{Seeds: allow}, nil)
+	in := []string{"arn:aws:iam::123456789012:role/kubestash-a", "arn:aws:iam::123456789012:role/other", "not-an-arn", "arn:aws:iam::123456789012:role/kubestash-a"}
+	scopes, err := Collector{Assigner: a, Seeds: func(context.Context) ([]string, error) { return in, nil }}.Scopes(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ := ParseRoleARN(in[0])
+	if len(scopes) != 1 || scopes[0].Key != in[0] || scopes[0].Claim != SeedClaim(seed) {
+		t.Fatalf("Scopes = %+v", scopes)
+	}
 }

@@ -16,6 +16,33 @@ import (
 // copy (an Allow for exactly one Federated OIDC provider).
 var ErrSeedNotOIDC = errors.New("seed trust policy trusts no OIDC provider")
 
+// NormalizeIssuer turns an OIDC issuer URL ("https://oidc.eks.eu-west-1.amazonaws.com/id/ABC")
+// into the form IAM names providers and condition keys by: host and path, no scheme, no trailing
+// slash. "" stays "".
+func NormalizeIssuer(issuer string) (string, error) {
+	s := strings.TrimSpace(issuer)
+	if s == "" {
+		return "", nil
+	}
+	if rest, ok := strings.CutPrefix(s, "https://"); ok {
+		s = rest
+	} else if strings.Contains(s, "://") {
+		return "", fmt.Errorf("OIDC issuer %s: IAM trusts https issuers only", quoteShort(issuer))
+	}
+	s = strings.TrimSuffix(s, "/")
+	if s == "" || strings.ContainsAny(s, " \t\n*?\"\\") || strings.HasPrefix(s, "/") {
+		return "", fmt.Errorf("OIDC issuer %s is not a URL like https://oidc.eks.<region>.amazonaws.com/id/<ID>", quoteShort(issuer))
+	}
+	return s, nil
+}
+
+// OIDCProviderARN is the IAM OIDC provider ARN for issuer (as NormalizeIssuer returns it) in the
+// seed's account: the only Federated principal whose trust statements receive subjects when the
+// issuer is pinned (Config.OIDCIssuer).
+func OIDCProviderARN(seed RoleARN, issuer string) string {
+	return "arn:" + seed.Partition + ":iam::" + seed.Account + ":oidc-provider/" + issuer
+}
+
 // noSubject is written as the only subject of a derived role that has none left. An OIDC Allow
 // statement without a ":sub" condition would trust every ServiceAccount of the cluster, and IAM
 // does not reliably accept an empty value list, so an unmatchable value keeps the statement
@@ -37,6 +64,11 @@ const (
 	kindOIDC
 	// kindDeny: kept verbatim, always, including when deriving: dropping a Deny would widen trust.
 	kindDeny
+	// kindPinnedOut: an OIDC Allow statement for another provider than the pinned one (parsed
+	// with a provider, see ParseTrustPolicyFor): kept verbatim, including when deriving, and it
+	// never receives subjects. The seed trusts those principals already, so copying the statement
+	// grants nothing the seed does not.
+	kindPinnedOut
 )
 
 // statement is one parsed trust statement. It is never mutated after parsing, so TrustPolicy
@@ -94,7 +126,12 @@ func DecodePolicyDocument(doc string) (string, error) {
 // ParseTrustPolicy parses a trust policy, URL-encoded or not. Subjects are collected from every
 // "<issuer>:sub" condition of the OIDC statements (StringEquals, StringLike, or any other
 // operator), so the same function reads seeds and derived roles.
-func ParseTrustPolicy(doc string) (TrustPolicy, error) {
+func ParseTrustPolicy(doc string) (TrustPolicy, error) { return ParseTrustPolicyFor(doc, "") }
+
+// ParseTrustPolicyFor parses like ParseTrustPolicy, but when provider (an oidc-provider ARN, see
+// OIDCProviderARN) is set, only the OIDC statements whose Federated principal is exactly provider
+// carry subjects; other OIDC statements are kept verbatim (kindPinnedOut) and contribute none.
+func ParseTrustPolicyFor(doc, provider string) (TrustPolicy, error) {
 	js, err := DecodePolicyDocument(doc)
 	if err != nil {
 		return TrustPolicy{}, err
@@ -118,7 +155,7 @@ func ParseTrustPolicy(doc string) (TrustPolicy, error) {
 	}
 	var subjects []string
 	for i, raw := range list {
-		st, subs, err := parseStatement(raw)
+		st, subs, err := parseStatement(raw, provider)
 		if err != nil {
 			return TrustPolicy{}, fmt.Errorf("trust policy statement %d: %w", i, err)
 		}
@@ -130,7 +167,7 @@ func ParseTrustPolicy(doc string) (TrustPolicy, error) {
 	return p, nil
 }
 
-func parseStatement(raw json.RawMessage) (*statement, []string, error) {
+func parseStatement(raw json.RawMessage, provider string) (*statement, []string, error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &fields); err != nil {
 		return nil, nil, fmt.Errorf("not an object: %w", err)
@@ -149,20 +186,23 @@ func parseStatement(raw json.RawMessage) (*statement, []string, error) {
 	if effect != "Allow" {
 		return st, nil, nil
 	}
-	issuers, onlyFederated, err := oidcIssuers(fields["Principal"])
+	providers, onlyFederated, err := oidcProviders(fields["Principal"])
 	if err != nil {
 		return nil, nil, err
 	}
 	switch {
-	case len(issuers) == 0 || !onlyFederated:
+	case len(providers) == 0 || !onlyFederated:
 		return st, nil, nil
-	case len(issuers) > 1:
+	case provider != "" && !slices.Contains(providers, provider):
+		st.kind = kindPinnedOut
+		return st, nil, nil
+	case len(providers) > 1:
 		// One statement with two providers would need both "<issuer>:sub" keys present in one
 		// token, which never happens; refuse instead of writing a policy that matches nothing.
-		return nil, nil, fmt.Errorf("trusts %d OIDC providers in one statement; split it into one statement per provider", len(issuers))
+		return nil, nil, fmt.Errorf("trusts %d OIDC providers in one statement; split it into one statement per provider", len(providers))
 	}
 	st.kind = kindOIDC
-	st.issuer = issuers[0]
+	st.issuer, _ = oidcIssuer(providers[0])
 	st.fields = make(map[string]json.RawMessage, len(fields))
 	for k, v := range fields {
 		if k != "Condition" {
@@ -197,9 +237,9 @@ func parseStatement(raw json.RawMessage) (*statement, []string, error) {
 	return st, subjects, nil
 }
 
-// oidcIssuers returns the issuers of the oidc-provider ARNs in a Principal, and whether Federated
-// is the Principal's only key (a mixed principal is not something we know how to narrow).
-func oidcIssuers(raw json.RawMessage) (issuers []string, onlyFederated bool, err error) {
+// oidcProviders returns the oidc-provider ARNs in a Principal, and whether Federated is the
+// Principal's only key (a mixed principal is not something we know how to narrow).
+func oidcProviders(raw json.RawMessage) (providers []string, onlyFederated bool, err error) {
 	if len(raw) == 0 || !bytes.HasPrefix(bytes.TrimSpace(raw), []byte("{")) {
 		return nil, false, nil // absent or "*"
 	}
@@ -216,11 +256,11 @@ func oidcIssuers(raw json.RawMessage) (issuers []string, onlyFederated bool, err
 		return nil, false, fmt.Errorf("Principal Federated: %w", err)
 	}
 	for _, v := range vals {
-		if iss, ok := oidcIssuer(v); ok {
-			issuers = append(issuers, iss)
+		if _, ok := oidcIssuer(v); ok {
+			providers = append(providers, v)
 		}
 	}
-	return issuers, len(principal) == 1 && len(issuers) == len(vals), nil
+	return providers, len(principal) == 1 && len(providers) == len(vals), nil
 }
 
 // oidcIssuer extracts "oidc.eks.<region>.amazonaws.com/id/<ID>" from
@@ -263,11 +303,12 @@ func normalizeSubjects(in []string) []string {
 // statements verbatim, its OIDC Allow statements with their non-subject conditions (":aud" and
 // any other) and without the seed's own subjects, then subjects as the only allowed ":sub" values.
 //
-// When the seed has several OIDC statements (one per cluster, say), every one of them gets the
-// whole subject list: a ServiceAccount name says nothing about its cluster, and getting this wrong
-// would break a working identity. The price is capacity: each extra statement repeats the list,
-// which the size measurement accounts for. Allow statements for other principals (AWS accounts,
-// services, SAML) are not copied: derived roles exist for ServiceAccounts only.
+// When the seed was parsed pinned to this cluster's OIDC provider (ParseTrustPolicyFor), only the
+// statements for that provider get the subjects; the seed's statements for other providers are
+// copied verbatim. Unpinned, every OIDC statement gets the whole subject list (a ServiceAccount
+// name says nothing about its cluster); the price is capacity, and trust in every cluster the seed
+// names. Allow statements for other principals (AWS accounts, services, SAML) are not copied:
+// derived roles exist for ServiceAccounts only.
 func DeriveTrustPolicy(seed TrustPolicy, subjects []string) (TrustPolicy, error) {
 	d := TrustPolicy{top: seed.top, subjects: normalizeSubjects(slices.Clone(subjects)), size: &sizeMemo{}}
 	for _, st := range seed.statements {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -214,5 +215,76 @@ func TestCanonicalJSON(t *testing.T) {
 	b, err2 := CanonicalJSON(`{"Statement":[{"Resource":"*","Action":"s3:*","Effect":"Allow"}],"Version":"2012-10-17"}`)
 	if err1 != nil || err2 != nil || a != b {
 		t.Fatalf("CanonicalJSON differs: %q %v / %q %v", a, err1, b, err2)
+	}
+}
+
+func TestNormalizeIssuer(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://oidc.eks.eu-west-1.amazonaws.com/id/ABC":  "oidc.eks.eu-west-1.amazonaws.com/id/ABC",
+		"https://oidc.eks.eu-west-1.amazonaws.com/id/ABC/": "oidc.eks.eu-west-1.amazonaws.com/id/ABC",
+		"oidc.example/id/X":      "oidc.example/id/X",
+		"":                       "",
+		"http://oidc.example":    "error",
+		"https://":               "error",
+		"https://oidc.example/*": "error",
+	} {
+		got, err := NormalizeIssuer(in)
+		if (err != nil) != (want == "error") || (err == nil && got != want) {
+			t.Errorf("NormalizeIssuer(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+}
+
+// Pinned to one provider, only its statements carry subjects; the others are kept verbatim,
+// with their own subjects, and never receive ours.
+func TestTrustPolicyPinnedToOneProvider(t *testing.T) {
+	const (
+		here  = "arn:aws:iam::123456789012:oidc-provider/oidc.here/id/A"
+		there = "arn:aws:iam::123456789012:oidc-provider/oidc.there/id/B"
+	)
+	stmt := func(provider, host, sub string) string {
+		return `{"Effect":"Allow","Principal":{"Federated":"` + provider + `"},"Action":"sts:AssumeRoleWithWebIdentity","Condition":{"StringEquals":{"` + host + `:aud":"sts.amazonaws.com"},"StringLike":{"` + host + `:sub":"` + sub + `"}}}`
+	}
+	seedDoc := `{"Version":"2012-10-17","Statement":[` + stmt(here, "oidc.here/id/A", "system:serviceaccount:kubestash:op") + `,` + stmt(there, "oidc.there/id/B", "system:serviceaccount:kubestash:op") + `]}`
+
+	seed, err := ParseTrustPolicyFor(seedDoc, here)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seed.OIDCStatements() != 1 || !slices.Equal(seed.Subjects(), []string{"system:serviceaccount:kubestash:op"}) {
+		t.Fatalf("pinned seed: %d subject statements, subjects %v", seed.OIDCStatements(), seed.Subjects())
+	}
+	d, err := DeriveTrustPolicy(seed, []string{"system:serviceaccount:demo:a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := d.JSON()
+	if !strings.Contains(js, `"oidc.here/id/A:sub":["system:serviceaccount:demo:a"]`) || !strings.Contains(js, `"oidc.there/id/B:sub":"system:serviceaccount:kubestash:op"`) ||
+		strings.Count(js, "system:serviceaccount:demo:a") != 1 {
+		t.Errorf("derived document: %s", js)
+	}
+	// Read back pinned, the derived role lists only its own subjects.
+	back, err := ParseTrustPolicyFor(js, here)
+	if err != nil || !slices.Equal(back.Subjects(), []string{"system:serviceaccount:demo:a"}) {
+		t.Errorf("read back: %v, %v", back.Subjects(), err)
+	}
+	again, _ := back.JSON()
+	if again != js {
+		t.Errorf("round trip changed the document:\n%s\n%s", js, again)
+	}
+
+	// Unpinned, both statements get the subjects (today's behaviour).
+	loose, _ := ParseTrustPolicy(seedDoc)
+	if loose.OIDCStatements() != 2 {
+		t.Errorf("unpinned: %d subject statements", loose.OIDCStatements())
+	}
+
+	// No statement for the pinned provider: nothing a derived role could carry.
+	other, err := ParseTrustPolicyFor(seedDoc, "arn:aws:iam::123456789012:oidc-provider/oidc.elsewhere/id/C")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DeriveTrustPolicy(other, nil); !errors.Is(err, ErrSeedNotOIDC) {
+		t.Errorf("seed with no statement for the pinned provider: %v", err)
 	}
 }

@@ -73,17 +73,21 @@ func desiredRole(name, clientID string) *rbacv1.ClusterRole {
 	}
 }
 
-// roleGrants reports whether rules allow the verb on the client ID. ResourceNames must be empty:
-// the proxy asks about the resource, not a named instance of it.
-func roleGrants(rules []rbacv1.PolicyRule, clientID string) bool {
-	has := func(list []string, v string) bool { return slices.Contains(list, v) || slices.Contains(list, "*") }
-	for _, r := range rules {
-		if len(r.ResourceNames) == 0 && has(r.APIGroups, IdentityBindingAPIGroup) &&
-			has(r.Resources, clientID) && has(r.Verbs, UseManagedIdentityVerb) {
-			return true
-		}
+// roleExact reports whether role is exactly what desiredRole makes: one rule, the verb on the
+// client ID in the identity-binding group, no resourceNames, no non-resource URLs and no
+// aggregation. Binding a ServiceAccount to a role is handing it everything the role grants, so a
+// pre-existing use-mi-<id> role that grants more (wildcards, other resources, an aggregationRule
+// that pulls in other roles' rules) is refused, not reused: the name is predictable, and whoever
+// could create it first would otherwise choose what our bindings hand out.
+func roleExact(role *rbacv1.ClusterRole, clientID string) bool {
+	if role.AggregationRule != nil || len(role.Rules) != 1 {
+		return false
 	}
-	return false
+	r := role.Rules[0]
+	return slices.Equal(r.APIGroups, []string{IdentityBindingAPIGroup}) &&
+		slices.Equal(r.Resources, []string{clientID}) &&
+		slices.Equal(r.Verbs, []string{UseManagedIdentityVerb}) &&
+		len(r.ResourceNames) == 0 && len(r.NonResourceURLs) == 0
 }
 
 func roleRefOK(b *rbacv1.ClusterRoleBinding, name string) bool {
@@ -108,10 +112,10 @@ func hasSubject(b *rbacv1.ClusterRoleBinding, ns, name string) bool {
 // subject is listed twice.
 //
 // The ClusterRole is never updated: its rules follow from the client ID alone, so an existing
-// role either grants the verb (fine, whoever made it) or is not ours to fix (an error). Not
-// updating roles keeps the webhook's own RBAC narrower (no "update" on clusterroles). An existing
-// binding without our label (an administrator made it) gets the subject added but is not adopted,
-// so RemoveSubjects never prunes it.
+// role is either exactly the desired one (fine, whoever made it) or not ours to fix (an error,
+// and nothing is bound to it). Not updating roles keeps the webhook's own RBAC narrower (no
+// "update" on clusterroles). An existing binding without our label (an administrator made it)
+// gets the subject added but is not adopted, so RemoveSubjects never prunes it.
 func EnsureBinding(ctx context.Context, cs kubernetes.Interface, clientID, saNamespace, saName string) error {
 	name, err := RBACName(clientID)
 	if err != nil {
@@ -191,8 +195,8 @@ func ensureRole(ctx context.Context, cs kubernetes.Interface, name, clientID str
 	if err != nil {
 		return fmt.Errorf("reading ClusterRole %s: %w", name, err)
 	}
-	if !roleGrants(role.Rules, clientID) {
-		return fmt.Errorf("ClusterRole %s exists but does not grant %s on %s/%s; not modifying it", name, UseManagedIdentityVerb, IdentityBindingAPIGroup, clientID)
+	if !roleExact(role, clientID) {
+		return fmt.Errorf("ClusterRole %s exists but is not exactly one rule granting %s on %s/%s (no wildcards, resourceNames or aggregation); refusing to bind to it and not modifying it: an administrator must delete or fix it", name, UseManagedIdentityVerb, IdentityBindingAPIGroup, clientID)
 	}
 	return nil
 }
@@ -287,7 +291,7 @@ func BindingLists(ctx context.Context, cs kubernetes.Interface, clientID, ns, na
 	if err != nil {
 		return false, fmt.Errorf("reading ClusterRole %s: %w", rbacName, err)
 	}
-	return roleGrants(role.Rules, strings.ToLower(clientID)), nil
+	return roleExact(role, strings.ToLower(clientID)), nil
 }
 
 // retryConflicts runs fn until it succeeds or fails with something other than Conflict or

@@ -205,20 +205,52 @@ func TestEnsureBindingExistingObjects(t *testing.T) {
 			Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}},
 		})
 		err := EnsureBinding(ctx, c, testClientID, "demo", "sa")
-		if err == nil || !strings.Contains(err.Error(), "does not grant") {
+		if err == nil || !strings.Contains(err.Error(), "refusing to bind") {
 			t.Fatalf("err = %v", err)
 		}
 		if c.writes() != 0 {
 			t.Fatalf("wrote despite the foreign role: %v", c.Actions())
 		}
 	})
-	t.Run("role with wildcards made by an admin is accepted", func(t *testing.T) {
+	// Binding to a role hands over everything it grants, so only the exact desired role is
+	// reused; anything broader, whoever made it, is refused without a write.
+	broader := map[string]*rbacv1.ClusterRole{
+		"wildcard resources and verbs": {Rules: []rbacv1.PolicyRule{{APIGroups: []string{"cid.wi.aks.azure.com"}, Resources: []string{"*"}, Verbs: []string{"*"}}}},
+		"wildcard group":               {Rules: []rbacv1.PolicyRule{{APIGroups: []string{"*"}, Resources: []string{testClientID}, Verbs: []string{"use-managed-identity"}}}},
+		"extra rule": {Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{"cid.wi.aks.azure.com"}, Resources: []string{testClientID}, Verbs: []string{"use-managed-identity"}},
+			{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get"}},
+		}},
+		"extra verb": {Rules: []rbacv1.PolicyRule{{APIGroups: []string{"cid.wi.aks.azure.com"}, Resources: []string{testClientID}, Verbs: []string{"use-managed-identity", "escalate"}}}},
+		"aggregation": {
+			AggregationRule: &rbacv1.AggregationRule{ClusterRoleSelectors: []metav1.LabelSelector{{MatchLabels: map[string]string{"x": "y"}}}},
+			Rules:           []rbacv1.PolicyRule{{APIGroups: []string{"cid.wi.aks.azure.com"}, Resources: []string{testClientID}, Verbs: []string{"use-managed-identity"}}},
+		},
+		"non-resource URL": {Rules: []rbacv1.PolicyRule{{APIGroups: []string{"cid.wi.aks.azure.com"}, Resources: []string{testClientID}, Verbs: []string{"use-managed-identity"}, NonResourceURLs: []string{"/metrics"}}}},
+	}
+	for name, role := range broader {
+		t.Run("refused: "+name, func(t *testing.T) {
+			role.Name = rbacName
+			c := newFakeCluster(role)
+			err := EnsureBinding(ctx, c, testClientID, "demo", "sa")
+			if err == nil || !strings.Contains(err.Error(), "refusing to bind") {
+				t.Fatalf("err = %v", err)
+			}
+			if c.writes() != 0 {
+				t.Fatalf("wrote despite the broader role: %v", c.Actions())
+			}
+		})
+	}
+	t.Run("exact role made by an admin is reused", func(t *testing.T) {
 		c := newFakeCluster(&rbacv1.ClusterRole{
 			ObjectMeta: metav1.ObjectMeta{Name: rbacName},
-			Rules:      []rbacv1.PolicyRule{{APIGroups: []string{"cid.wi.aks.azure.com"}, Resources: []string{"*"}, Verbs: []string{"*"}}},
+			Rules:      []rbacv1.PolicyRule{{APIGroups: []string{"cid.wi.aks.azure.com"}, Resources: []string{testClientID}, Verbs: []string{"use-managed-identity"}}},
 		})
 		if err := EnsureBinding(ctx, c, testClientID, "demo", "sa"); err != nil {
 			t.Fatal(err)
+		}
+		if ok, err := BindingLists(ctx, c, testClientID, "demo", "sa"); !ok || err != nil {
+			t.Fatalf("BindingLists = %v, %v", ok, err)
 		}
 	})
 	t.Run("role restricted by resourceNames does not count", func(t *testing.T) {

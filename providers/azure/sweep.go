@@ -12,6 +12,7 @@ import (
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/markers"
+	"go.klusters.dev/credential-webhook/sweeper"
 )
 
 // Cloud is Azure as the writer and the sweeper see it (sweeper.Cloud): resolve the identity,
@@ -57,8 +58,22 @@ func (f Cloud) Finish(ctx context.Context, sa *corev1.ServiceAccount) (map[strin
 
 // Collector removes from our use-mi-* bindings the ServiceAccounts that no longer exist or lost
 // their standing for that identity (markers.Keeps; their client ID annotation must name the
-// binding's identity too).
+// binding's identity too). It is a sweeper.ScopedCollector with one scope, every binding: only
+// the deletion or change of a ServiceAccount whose markers carry an Azure claim makes it due.
 type Collector struct{ CS kubernetes.Interface }
+
+// collectorScope is the Collector's one scope.
+var collectorScope = sweeper.Scope{Key: "azure-identity-bindings", Claim: markers.Claim{Cloud: markers.Azure}}
+
+// Scopes implements sweeper.ScopedCollector.
+func (c Collector) Scopes(context.Context) ([]sweeper.Scope, error) {
+	return []sweeper.Scope{collectorScope}, nil
+}
+
+// CollectScope implements sweeper.ScopedCollector.
+func (c Collector) CollectScope(ctx context.Context, _ sweeper.Scope, lookup markers.Lookup) (int, error) {
+	return c.Collect(ctx, lookup)
+}
 
 func (c Collector) Collect(ctx context.Context, lookup markers.Lookup) (int, error) {
 	list, err := c.CS.RbacV1().ClusterRoleBindings().List(ctx, metav1.ListOptions{LabelSelector: annotations.ManagedLabel + "=true"})

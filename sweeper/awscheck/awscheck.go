@@ -25,8 +25,9 @@ import (
 	"go.klusters.dev/credential-webhook/annotations"
 )
 
-// DefaultAudience is the token audience IRSA uses unless the ServiceAccount says otherwise
-// (annotations.AWSAudience, as the EKS pod-identity webhook honours it).
+// DefaultAudience is the STS audience: the token audience IRSA uses unless the ServiceAccount
+// says otherwise (annotations.AWSAudience, as the EKS pod-identity webhook honours it), and the
+// only one the check ever mints a token for.
 const DefaultAudience = "sts.amazonaws.com"
 
 // DefaultTokenTTL is the lifetime of the token minted for a check (TokenRequest's minimum).
@@ -60,13 +61,18 @@ type Checker struct {
 	// ChecksInARow is how many consecutive successful AssumeRoleWithWebIdentity calls prove the
 	// identity (at least 1).
 	ChecksInARow int
-	// TokenTTL is the minted token's lifetime (DefaultTokenTTL when zero).
+	// TokenTTL is the minted token's lifetime (DefaultTokenTTL when zero). The chart's self
+	// policy (selfPolicy.maxTokenExpirationSeconds, 3600 by default) refuses longer ones.
 	TokenTTL time.Duration
+	// Audience is the one audience tokens are minted for (DefaultAudience when empty): never
+	// one the ServiceAccount's owner chose. The chart's self policy (selfPolicy.tokenAudiences)
+	// refuses any other.
+	Audience string
 }
 
 // New returns a Checker.
 func New(roles RoleLister, tokens TokenSource, api STSAPI, checksInARow int) *Checker {
-	return &Checker{Roles: roles, Tokens: tokens, STS: api, ChecksInARow: checksInARow, TokenTTL: DefaultTokenTTL}
+	return &Checker{Roles: roles, Tokens: tokens, STS: api, ChecksInARow: checksInARow, TokenTTL: DefaultTokenTTL, Audience: DefaultAudience}
 }
 
 // Check implements sweeper.Checker.
@@ -78,6 +84,19 @@ func (c *Checker) Check(ctx context.Context, sa *corev1.ServiceAccount) (bool, s
 	if !DerivedFrom(seed, role) {
 		return false, fmt.Sprintf("role %s is not a derived role of seed %s", role, seed), nil
 	}
+	audience := c.Audience
+	if audience == "" {
+		audience = DefaultAudience
+	}
+	// The audience annotation is the ServiceAccount owner's to write: minting a token for it
+	// would hand whoever can edit the ServiceAccount a token of their choosing, signed by the
+	// cluster, through this server's credentials. The check mints only the STS audience, so it
+	// cannot prove an identity whose Pods will present another one: not ready, and no later
+	// check can change that while the annotation stays (the Job is released at --max-hold).
+	if want := sa.Annotations[annotations.AWSAudience]; want != "" && want != audience {
+		return false, fmt.Sprintf("the ServiceAccount asks for token audience %q (%s); the readiness check mints tokens only for %q and cannot prove this identity: remove the annotation or set it to %q",
+			want, annotations.AWSAudience, audience, audience), nil
+	}
 	subject := "system:serviceaccount:" + sa.Namespace + ":" + sa.Name
 	listed, err := c.Roles.Lists(ctx, role, subject)
 	if err != nil {
@@ -85,10 +104,6 @@ func (c *Checker) Check(ctx context.Context, sa *corev1.ServiceAccount) (bool, s
 	}
 	if !listed {
 		return false, fmt.Sprintf("derived role %s does not list %s", role, subject), nil
-	}
-	audience := sa.Annotations[annotations.AWSAudience]
-	if audience == "" {
-		audience = DefaultAudience
 	}
 	ttl := c.TokenTTL
 	if ttl <= 0 {

@@ -34,10 +34,15 @@ type signer struct {
 	key    *rsa.PrivateKey
 	issuer string
 	calls  int
+	// audiences and ttls are what each call asked for.
+	audiences []string
+	ttls      []time.Duration
 }
 
 func (s *signer) Token(_ context.Context, ns, name, audience string, ttl time.Duration) (string, error) {
 	s.calls++
+	s.audiences = append(s.audiences, audience)
+	s.ttls = append(s.ttls, ttl)
 	now := time.Now()
 	enc := func(v any) string {
 		b, _ := json.Marshal(v)
@@ -157,8 +162,13 @@ func TestCheckAgainstSTS(t *testing.T) {
 		{"seed itself is not derived", sessionSA(sa1, ann(e.seedARN)), false, "is not a derived role", 0, false},
 		{"derived role that does not exist", sessionSA(sa1, ann(strings.TrimSuffix(role0, "0")+"7")), false, "does not list", 0, false},
 		{"no role yet", sessionSA(sa1, map[string]string{annotations.SeedRole: e.seedARN}), false, "no eks.amazonaws.com/role-arn", 0, false},
-		// The audience annotation reaches the token, and the trust policy wants sts.amazonaws.com.
-		{"custom audience refused by STS", sessionSA(sa3, ann(role0, annotations.AWSAudience, "vault")), false, "refused (call 1 of 3 in a row): AccessDenied", 1, true},
+		// The audience annotation is the user's: a token for it is never minted, and nothing
+		// is asked of IAM or STS.
+		{"user-chosen audience not minted", sessionSA(sa3, ann(role0, annotations.AWSAudience, "vault")), false,
+			`asks for token audience "vault" (eks.amazonaws.com/audience); the readiness check mints tokens only for "sts.amazonaws.com"`, 0, false},
+		{"API server audience not minted", sessionSA(sa3, ann(role0, annotations.AWSAudience, "https://kubernetes.default.svc")), false, "cannot prove this identity", 0, false},
+		// Naming the STS audience explicitly is what IRSA does anyway.
+		{"STS audience named explicitly", sessionSA(sa3, ann(role0, annotations.AWSAudience, DefaultAudience)), true, "3 times in a row", 3, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e.proxy.ResetCalls()
@@ -175,6 +185,12 @@ func TestCheckAgainstSTS(t *testing.T) {
 			}
 			if used := e.tokens.calls > tokens; used != tc.tokenUsed {
 				t.Errorf("token minted = %v, want %v", used, tc.tokenUsed)
+			}
+			// Whatever the ServiceAccount says, a token is only ever minted for STS, short-lived.
+			for i := tokens; i < e.tokens.calls; i++ {
+				if e.tokens.audiences[i] != DefaultAudience || e.tokens.ttls[i] != DefaultTokenTTL {
+					t.Errorf("token %d minted for audience %q, lifetime %v; want %q, %v", i, e.tokens.audiences[i], e.tokens.ttls[i], DefaultAudience, DefaultTokenTTL)
+				}
 			}
 		})
 	}
@@ -290,5 +306,62 @@ func TestTrustedSubjects(t *testing.T) {
 				t.Errorf("TrustedSubjects = %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+type listsAll struct{}
+
+func (listsAll) Lists(context.Context, string, string) (bool, error) { return true, nil }
+
+type acceptsAll struct{ calls int }
+
+func (a *acceptsAll) AssumeRoleWithWebIdentity(context.Context, *sts.AssumeRoleWithWebIdentityInput, ...func(*sts.Options)) (*sts.AssumeRoleWithWebIdentityOutput, error) {
+	a.calls++
+	return &sts.AssumeRoleWithWebIdentityOutput{}, nil
+}
+
+type audienceRecorder struct{ audiences []string }
+
+func (r *audienceRecorder) Token(_ context.Context, _, _, audience string, _ time.Duration) (string, error) {
+	r.audiences = append(r.audiences, audience)
+	return "token", nil
+}
+
+// The configured audience is the only one minted; a zero Checker mints the STS audience.
+func TestCheckMintsOnlyTheConfiguredAudience(t *testing.T) {
+	const seed, role = "arn:aws-cn:iam::1:role/s", "arn:aws-cn:iam::1:role/s-0"
+	sa := func(audience string) *corev1.ServiceAccount {
+		ann := map[string]string{annotations.SeedRole: seed, annotations.AWSRoleARN: role}
+		if audience != "" {
+			ann[annotations.AWSAudience] = audience
+		}
+		return sessionSA("s", ann)
+	}
+	for _, tc := range []struct {
+		configured, annotated string
+		minted                string // "" when nothing may be minted
+	}{
+		{"", "", DefaultAudience},
+		{"", DefaultAudience, DefaultAudience},
+		{"", "sts.amazonaws.com.cn", ""},
+		{"sts.amazonaws.com.cn", "", "sts.amazonaws.com.cn"},
+		{"sts.amazonaws.com.cn", "sts.amazonaws.com.cn", "sts.amazonaws.com.cn"},
+		{"sts.amazonaws.com.cn", DefaultAudience, ""},
+	} {
+		tokens, api := &audienceRecorder{}, &acceptsAll{}
+		c := &Checker{Roles: listsAll{}, Tokens: tokens, STS: api, ChecksInARow: 1, Audience: tc.configured}
+		ready, reason, err := c.Check(t.Context(), sa(tc.annotated))
+		if err != nil {
+			t.Fatalf("%+v: %v", tc, err)
+		}
+		if tc.minted == "" {
+			if ready || len(tokens.audiences) != 0 || api.calls != 0 || !strings.Contains(reason, "cannot prove this identity") {
+				t.Errorf("%+v: ready %v, reason %q, minted %v, STS calls %d; want not ready, nothing minted or called", tc, ready, reason, tokens.audiences, api.calls)
+			}
+			continue
+		}
+		if !ready || len(tokens.audiences) != 1 || tokens.audiences[0] != tc.minted {
+			t.Errorf("%+v: ready %v (%s), minted %v; want ready, one token for %q", tc, ready, reason, tokens.audiences, tc.minted)
+		}
 	}
 }

@@ -171,6 +171,26 @@ func TestCreateSeedRole(t *testing.T) {
 	if got := aws.ToString(role.Role.Path); got != "/kubestash/" {
 		t.Errorf("Path = %q", got)
 	}
+	// moto 5.2.1 stores the boundary given to CreateRole and returns it from GetRole, and the
+	// boundary is a real managed policy.
+	wantBoundary := "arn:aws:iam::123456789012:policy/kubestash/kubestash-selfhost-boundary"
+	if got := moto.SeedBoundaryARN(arn); got != wantBoundary {
+		t.Errorf("SeedBoundaryARN = %q, want %q", got, wantBoundary)
+	}
+	if role.Role.PermissionsBoundary == nil || aws.ToString(role.Role.PermissionsBoundary.PermissionsBoundaryArn) != wantBoundary ||
+		role.Role.PermissionsBoundary.PermissionsBoundaryType != types.PermissionsBoundaryAttachmentTypePolicy {
+		t.Errorf("PermissionsBoundary = %+v, want %s", role.Role.PermissionsBoundary, wantBoundary)
+	}
+	if _, err := client.GetPolicy(ctx, &iam.GetPolicyInput{PolicyArn: aws.String(wantBoundary)}); err != nil {
+		t.Errorf("boundary policy: %v", err)
+	}
+	second, err := client.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String("second-seed")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.Role.PermissionsBoundary == nil || aws.ToString(second.Role.PermissionsBoundary.PermissionsBoundaryArn) != "arn:aws:iam::123456789012:policy/second-seed-boundary" {
+		t.Errorf("second seed's PermissionsBoundary = %+v", second.Role.PermissionsBoundary)
+	}
 	if !slices.ContainsFunc(role.Role.Tags, func(tag types.Tag) bool {
 		return aws.ToString(tag.Key) == moto.SeedTagKey && aws.ToString(tag.Value) == moto.SeedTagValue
 	}) {

@@ -61,11 +61,31 @@ func TrustPolicy(providerARN, issuer string, subjects ...string) string {
 	return string(b)
 }
 
+// BoundaryDocument is the permissions boundary CreateSeedRole gives seeds: the
+// most a derived role can ever do, whatever its policies say (moto stores it,
+// it does not evaluate it).
+const BoundaryDocument = `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:*"],"Resource":"*"}]}`
+
+// SeedBoundaryARN is the ARN of the permissions boundary policy CreateSeedRole
+// created for the seed role seedARN: "<seed name>-boundary" under the seed's
+// path, in its account.
+func SeedBoundaryARN(seedARN string) string {
+	account := accountOf(seedARN)
+	partition := "aws"
+	if parts := strings.SplitN(seedARN, ":", 6); len(parts) == 6 {
+		partition = parts[1]
+	}
+	_, rest, _ := strings.Cut(seedARN, ":role/")
+	return "arn:" + partition + ":iam::" + account + ":policy/" + rest + "-boundary"
+}
+
 // CreateSeedRole creates (or reuses) the OIDC provider for issuer and creates
 // a role that looks like a real KubeStash IRSA seed: trust policy as in
 // TrustPolicy for SeedSubject, an attached managed policy, an inline policy,
-// the tag SeedTagKey=SeedTagValue and MaxSessionDuration 7200. path "" means
-// "/". It returns the role's ARN.
+// the tag SeedTagKey=SeedTagValue, MaxSessionDuration 7200 and a permissions
+// boundary (a managed policy "<name>-boundary" with BoundaryDocument, see
+// SeedBoundaryARN): the webhook refuses seeds whose derived roles would get no
+// boundary. path "" means "/". It returns the role's ARN.
 func CreateSeedRole(ctx context.Context, cfg aws.Config, name, path, issuer string) (string, error) {
 	if path == "" {
 		path = "/"
@@ -79,12 +99,17 @@ func CreateSeedRole(ctx context.Context, cfg aws.Config, name, path, issuer stri
 	if err != nil {
 		return "", err
 	}
+	boundaryARN, err := ensurePolicy(ctx, client, accountOf(providerARN), name+"-boundary", path, BoundaryDocument)
+	if err != nil {
+		return "", err
+	}
 	role, err := client.CreateRole(ctx, &iam.CreateRoleInput{
 		RoleName:                 aws.String(name),
 		Path:                     aws.String(path),
 		AssumeRolePolicyDocument: aws.String(TrustPolicy(providerARN, issuer, SeedSubject)),
 		Description:              aws.String("KubeStash seed role (test fixture)"),
 		MaxSessionDuration:       aws.Int32(SeedMaxSessionDuration),
+		PermissionsBoundary:      aws.String(boundaryARN),
 		Tags:                     []types.Tag{{Key: aws.String(SeedTagKey), Value: aws.String(SeedTagValue)}},
 	})
 	if err != nil {
@@ -134,10 +159,14 @@ func ensureOIDCProvider(ctx context.Context, client *iam.Client, issuer string) 
 }
 
 func ensureManagedPolicy(ctx context.Context, client *iam.Client, account, name, path string) (string, error) {
+	return ensurePolicy(ctx, client, account, name, path, `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:GetObject","s3:PutObject","s3:DeleteObject","s3:ListBucket"],"Resource":"*"}]}`)
+}
+
+func ensurePolicy(ctx context.Context, client *iam.Client, account, name, path, doc string) (string, error) {
 	out, err := client.CreatePolicy(ctx, &iam.CreatePolicyInput{
 		PolicyName:     aws.String(name),
 		Path:           aws.String(path),
-		PolicyDocument: aws.String(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["s3:GetObject","s3:PutObject","s3:DeleteObject","s3:ListBucket"],"Resource":"*"}]}`),
+		PolicyDocument: aws.String(doc),
 	})
 	if err == nil {
 		return aws.ToString(out.Policy.Arn), nil
