@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -77,6 +78,29 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.selfUsernames, "self-usernames", "", "comma-separated usernames this server acts as (its ServiceAccount, system:serviceaccount:NS:NAME); empty: derived from POD_NAMESPACE and SERVICE_ACCOUNT_NAME")
 }
 
+// validate checks the serving flags before anything starts (pure; table-tested with the
+// providers' validate in wiring_test.go).
+func (c *serveConfig) validate() error {
+	var errs []error
+	if c.certFile == "" || c.keyFile == "" {
+		errs = append(errs, errors.New("--tls-cert-file and --tls-key-file are required (write development ones with: credential-webhook certs --dir DIR)"))
+	}
+	if c.clientNames != "" && c.clientCAFile == "" {
+		errs = append(errs, errors.New("--allowed-client-names needs --client-ca-file"))
+	}
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.logLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("--log-level %q: want debug, info, warn or error", c.logLevel))
+	}
+	if c.certPoll <= 0 {
+		errs = append(errs, fmt.Errorf("--tls-poll-interval %s: must be positive", c.certPoll))
+	}
+	if c.shutdownTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--shutdown-timeout %s: must be positive", c.shutdownTimeout))
+	}
+	return errors.Join(errs...)
+}
+
 func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
@@ -135,8 +159,8 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if c.certFile == "" || c.keyFile == "" {
-		return errors.New("--tls-cert-file and --tls-key-file are required (write development ones with: credential-webhook certs --dir DIR)")
+	if err := errors.Join(c.validate(), p.validateOnly()); err != nil {
+		return err
 	}
 	log, err := newLogger(stderr, c.logLevel)
 	if err != nil {
@@ -197,9 +221,6 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 		} else {
 			log.Warn("--client-ca-file without --allowed-client-names: any certificate the CA signed is accepted, so reviews only plan; IAM and RBAC are written once the ServiceAccount is seen persisted")
 		}
-	case len(names) > 0:
-		ln.Close()
-		return fmt.Errorf("--allowed-client-names needs --client-ca-file")
 	default:
 		log.Info("no --client-ca-file: reviews only plan; IAM and RBAC are written once the ServiceAccount is seen persisted")
 	}
@@ -238,7 +259,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 	}
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, 2+len(wiring.background))
 	var msrv *http.Server
 	if c.metricsListen != "" {
 		// Plain HTTP reachable from the pod network: the same timeouts as the TLS listener, so
@@ -261,9 +282,12 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 			}
 		}()
 	}
-	for _, bg := range wiring.background {
-		wg.Add(1)
-		go func() { defer wg.Done(); bg(ctx) }()
+	for _, r := range wiring.background {
+		wg.Go(func() {
+			if err := r.supervise(ctx); err != nil {
+				errc <- err
+			}
+		})
 	}
 	go func() {
 		log.Info("serving", "listen", ln.Addr().String(), "version", version, "http2", c.http2)
@@ -275,6 +299,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
+		log.Error("stopping: a part of the server failed", "error", err)
 		cancel()
 		if msrv != nil {
 			_ = msrv.Close()
@@ -295,6 +320,27 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	log.Info("stopped")
+	return nil
+}
+
+// supervise runs r until ctx ends and says why it stopped early: its error, or, for a loop
+// that must run until shutdown, that it returned at all. A panic is turned into an error too, so
+// one loop's bug ends the process with its stack in the log instead of a silent dead loop.
+func (r runnable) supervise(ctx context.Context) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("%s panicked: %v\n%s", r.name, v, debug.Stack())
+		}
+	}()
+	err = r.run(ctx)
+	switch {
+	case ctx.Err() != nil:
+		return nil // shutdown: whatever it returned is the way out
+	case err != nil:
+		return fmt.Errorf("%s: %w", r.name, err)
+	case r.untilDone:
+		return fmt.Errorf("%s stopped while the server was running", r.name)
+	}
 	return nil
 }
 

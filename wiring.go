@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -34,10 +35,89 @@ type deps struct {
 	self       map[string]bool
 }
 
-// wiring is what serve runs: the admission routes and background loops (informers, sweeper).
+// wiring is what serve runs: the admission routes and the runnables (informers, writer,
+// sweeper) that run beside the listener.
 type wiring struct {
 	routes     []admission.Route
-	background []func(context.Context)
+	background []runnable
+}
+
+// runnable is a background loop serve runs until shutdown. An error ends the process (serve
+// returns it, the container restarts): a replica whose sweeper or cache died would otherwise
+// keep answering reviews while silently holding every Job until max-hold. untilDone marks a
+// loop that must block until ctx ends, so returning early, even without an error, is a failure.
+type runnable struct {
+	name      string
+	untilDone bool
+	run       func(context.Context) error
+}
+
+// settings is providerConfig validated and parsed: everything build needs that a flag value can
+// get wrong, found before anything starts, all problems reported together.
+type settings struct {
+	access     access.Policy
+	seeds      awsp.Allowlist // AWS on when aws is true
+	aws        bool
+	issuer     string
+	scopes     azure.Scopes // Azure on when azure is true
+	azure      bool
+	podMissing pods.MissingPolicy
+}
+
+// validateOnly is validate for callers that need only the verdict (serve, before starting).
+func (p *providerConfig) validateOnly() error {
+	_, err := p.validate()
+	return err
+}
+
+// validate checks and parses the flag values; it makes no call and starts nothing, so it is
+// table-tested on its own. The error lists every problem, each naming its flag.
+func (p *providerConfig) validate() (settings, error) {
+	var st settings
+	var errs []error
+	if p.sweeper && p.sweeperLease < 3*time.Second {
+		// Under 3 s, renewals every 2/15 of it would hammer the apiserver and a slow renewal
+		// would cost the leadership.
+		errs = append(errs, fmt.Errorf("--sweeper-lease-duration %s: must be at least 3s", p.sweeperLease))
+	}
+	if p.sweeper && p.gcGrace < 10*time.Second {
+		// An authenticated review writes IAM before the apiserver stores the ServiceAccount: a
+		// shorter grace could collect the subject of one that is about to exist.
+		errs = append(errs, fmt.Errorf("--gc-grace %s: must be at least 10s", p.gcGrace))
+	}
+	var err error
+	if st.access, err = access.Parse(p.namespaces, p.requesters); err != nil {
+		errs = append(errs, err)
+	}
+	if p.awsSeeds != "" {
+		st.aws = true
+		if st.seeds, err = awsp.ParseAllowlist(p.awsSeeds); err != nil {
+			errs = append(errs, fmt.Errorf("--aws-seed-roles: %w", err))
+		}
+		if p.awsBoundary != "" {
+			if _, err := awsp.ParsePolicyARN(p.awsBoundary); err != nil {
+				errs = append(errs, fmt.Errorf("--aws-permissions-boundary: %w", err))
+			}
+		}
+		if st.issuer, err = awsp.NormalizeIssuer(p.awsOIDCIssuer); err != nil {
+			errs = append(errs, fmt.Errorf("--aws-oidc-issuer: %w", err))
+		}
+	}
+	if p.azureScopes != "" {
+		st.azure = true
+		if st.scopes, err = azure.ParseScopes(p.azureScopes); err != nil {
+			errs = append(errs, fmt.Errorf("--azure-allowed-scopes: %w", err))
+		}
+	}
+	if p.podIdentity {
+		switch m := pods.MissingPolicy(p.podMissing); m {
+		case pods.MissingAdmit, pods.MissingDeny:
+			st.podMissing = m
+		default:
+			errs = append(errs, fmt.Errorf("--pod-missing-serviceaccount must be admit or deny, not %q", p.podMissing))
+		}
+	}
+	return st, errors.Join(errs...)
 }
 
 // providerConfig holds the flags of the providers (AWS, Azure, Pods, Jobs).
@@ -113,20 +193,11 @@ func defaultIdentity() string {
 }
 
 func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
-	if p.sweeper && p.sweeperLease < 3*time.Second {
-		// Under 3 s, renewals every 2/15 of it would hammer the apiserver and a slow renewal
-		// would cost the leadership.
-		return nil, fmt.Errorf("--sweeper-lease-duration %s: must be at least 3s", p.sweeperLease)
-	}
-	if p.sweeper && p.gcGrace < 10*time.Second {
-		// An authenticated review writes IAM before the apiserver stores the ServiceAccount: a
-		// shorter grace could collect the subject of one that is about to exist.
-		return nil, fmt.Errorf("--gc-grace %s: must be at least 10s", p.gcGrace)
-	}
-	policy, err := access.Parse(p.namespaces, p.requesters)
+	st, err := p.validate()
 	if err != nil {
 		return nil, err
 	}
+	policy := st.access
 	guard := admission.OwnAnnotationsGuard{Self: d.self}
 	saPlugins := []admission.Plugin{guard}
 	jobPlugins := []admission.Plugin{guard}
@@ -138,12 +209,13 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 	if d.kube != nil {
 		sas = kube.NewServiceAccounts(d.kube, 0, d.log)
 		_ = sas.Informer.SetTransform(sweeper.StripServiceAccount) // cache only what is read (issue 16)
-		w.background = append(w.background, func(ctx context.Context) {
+		w.background = append(w.background, runnable{name: "ServiceAccount cache", run: func(ctx context.Context) error {
 			sas.Start(ctx)
 			if !sas.WaitForSync(ctx) {
 				d.log.Warn("ServiceAccount cache did not sync before shutdown")
 			}
-		})
+			return nil
+		}})
 	}
 	// What the sweeper needs from each provider; filled as providers are enabled.
 	ready := sweeper.NewReadyCache(sweeper.DefaultReadyTTL)
@@ -152,20 +224,8 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 	// The writer is made below (it needs the clouds); admission tells it what it planned.
 	var planned func(namespace, name string)
 
-	if p.awsSeeds != "" {
-		seeds, err := awsp.ParseAllowlist(p.awsSeeds)
-		if err != nil {
-			return nil, fmt.Errorf("--aws-seed-roles: %w", err)
-		}
-		if p.awsBoundary != "" {
-			if _, err := awsp.ParsePolicyARN(p.awsBoundary); err != nil {
-				return nil, fmt.Errorf("--aws-permissions-boundary: %w", err)
-			}
-		}
-		issuer, err := awsp.NormalizeIssuer(p.awsOIDCIssuer)
-		if err != nil {
-			return nil, fmt.Errorf("--aws-oidc-issuer: %w", err)
-		}
+	if st.aws {
+		seeds, issuer := st.seeds, st.issuer
 		if issuer == "" {
 			d.log.Warn("--aws-oidc-issuer is not set: every OIDC trust statement of a seed receives every ServiceAccount subject, so derived roles trust them in every cluster the seed names; set it to this cluster's issuer URL")
 		}
@@ -186,11 +246,8 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		}
 	}
 
-	if p.azureScopes != "" {
-		scopes, err := azure.ParseScopes(p.azureScopes)
-		if err != nil {
-			return nil, fmt.Errorf("--azure-allowed-scopes: %w", err)
-		}
+	if st.azure {
+		scopes := st.scopes
 		armOpts := azure.ClientOptions(p.azureARMEndpoint, p.azureARMAudience)
 		cred, kind, err := azure.NewCredential(armOpts.ClientOptions)
 		if err != nil {
@@ -223,12 +280,7 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 	}
 
 	if p.podIdentity {
-		switch pods.MissingPolicy(p.podMissing) {
-		case pods.MissingAdmit, pods.MissingDeny:
-			p.pods.MissingServiceAccount = pods.MissingPolicy(p.podMissing)
-		default:
-			return nil, fmt.Errorf("--pod-missing-serviceaccount must be admit or deny, not %q", p.podMissing)
-		}
+		p.pods.MissingServiceAccount = st.podMissing
 		if sas == nil {
 			return nil, fmt.Errorf("--aws-inject-pod-identity needs the Kubernetes API (--kubeconfig or in-cluster) to read ServiceAccounts")
 		}
@@ -249,14 +301,14 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 			LeaseDuration: p.sweeperLease, RenewDeadline: p.sweeperLease * 2 / 3, RetryPeriod: p.sweeperLease * 2 / 15,
 		}, sw, d.log)
 		planned = s.Planned
-		w.background = append(w.background, s.RunWriter)
+		w.background = append(w.background, runnable{name: "writer", run: s.RunWriter})
 		switch {
 		case !p.sweeper:
 			d.log.Info("sweeper disabled (--sweeper=false): pending ServiceAccounts another replica planned are not finished, held Jobs are not released")
 		case p.leaseNamespace == "":
 			d.log.Warn("sweeper not started: it needs --lease-namespace")
 		default:
-			w.background = append(w.background, s.Run)
+			w.background = append(w.background, runnable{name: "sweeper", untilDone: true, run: s.Run})
 		}
 	} else {
 		d.log.Warn("no Kubernetes API: admission only plans; IAM and RBAC are written only for reviews authenticated by a client certificate")

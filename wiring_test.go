@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -36,6 +37,133 @@ func TestSweeperLeaseDurationValidated(t *testing.T) {
 				t.Fatalf("build: %v", err)
 			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
 				t.Fatalf("build error = %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// validate finds every bad flag value before anything starts, each error naming its flag, all of
+// them at once; good values parse into the settings build uses.
+func TestProviderConfigValidate(t *testing.T) {
+	good := func() providerConfig {
+		return providerConfig{namespaces: "*", requesters: "system:serviceaccount:kubestash:op", sweeper: true,
+			sweeperLease: 15 * time.Second, gcGrace: time.Minute}
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(*providerConfig)
+		want   []string // substrings of the error; none: valid
+	}{
+		{"defaults", func(*providerConfig) {}, nil},
+		{"aws on", func(p *providerConfig) {
+			p.awsSeeds = "arn:aws:iam::123456789012:role/kubestash-*"
+			p.awsOIDCIssuer = "https://oidc.eks.eu-west-1.amazonaws.com/id/ABC"
+		}, nil},
+		{"seed glob of another dialect", func(p *providerConfig) { p.awsSeeds = "arn:aws:iam::123456789012:role/kubestash-?" }, []string{"--aws-seed-roles"}},
+		{"seed not an ARN", func(p *providerConfig) { p.awsSeeds = "kubestash" }, []string{"--aws-seed-roles"}},
+		{"boundary not a policy ARN", func(p *providerConfig) {
+			p.awsSeeds = "arn:aws:iam::123456789012:role/kubestash-*"
+			p.awsBoundary = "arn:aws:iam::123456789012:role/x"
+		}, []string{"--aws-permissions-boundary"}},
+		{"issuer not https", func(p *providerConfig) {
+			p.awsSeeds = "arn:aws:iam::123456789012:role/kubestash-*"
+			p.awsOIDCIssuer = "http://oidc.example"
+		}, []string{"--aws-oidc-issuer"}},
+		{"boundary ignored without AWS", func(p *providerConfig) { p.awsBoundary = "nonsense" }, nil},
+		{"azure scope", func(p *providerConfig) { p.azureScopes = "*" }, []string{"--azure-allowed-scopes"}},
+		{"namespace glob of another dialect", func(p *providerConfig) { p.namespaces = "team-[ab]" }, []string{"--allowed-namespaces"}},
+		{"pod policy", func(p *providerConfig) { p.podIdentity, p.podMissing = true, "maybe" }, []string{"--pod-missing-serviceaccount"}},
+		{"pod policy ignored without injection", func(p *providerConfig) { p.podMissing = "maybe" }, nil},
+		{"everything wrong at once", func(p *providerConfig) {
+			p.sweeperLease, p.gcGrace, p.namespaces, p.azureScopes = time.Second, time.Second, "a?", "*"
+		}, []string{"--sweeper-lease-duration", "--gc-grace", "--allowed-namespaces", "--azure-allowed-scopes"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := good()
+			tc.change(&p)
+			st, err := p.validate()
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatalf("validate: %v", err)
+				}
+				if st.aws != (p.awsSeeds != "") || st.azure != (p.azureScopes != "") {
+					t.Fatalf("settings %+v do not follow the flags", st)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("validate accepted it")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %s", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestServeConfigValidate(t *testing.T) {
+	good := func() serveConfig {
+		return serveConfig{certFile: "tls.crt", keyFile: "tls.key", logLevel: "info", certPoll: time.Second, shutdownTimeout: time.Second}
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(*serveConfig)
+		want   []string
+	}{
+		{"good", func(*serveConfig) {}, nil},
+		{"client names with a CA", func(c *serveConfig) { c.clientCAFile, c.clientNames = "ca.crt", "kube-apiserver" }, nil},
+		{"no key", func(c *serveConfig) { c.keyFile = "" }, []string{"--tls-key-file"}},
+		{"client names without a CA", func(c *serveConfig) { c.clientNames = "kube-apiserver" }, []string{"--allowed-client-names needs --client-ca-file"}},
+		{"everything wrong", func(c *serveConfig) { c.certFile, c.logLevel, c.certPoll, c.shutdownTimeout = "", "loud", 0, -1 },
+			[]string{"--tls-cert-file", "--log-level", "--tls-poll-interval", "--shutdown-timeout"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := good()
+			tc.change(&c)
+			err := c.validate()
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatalf("validate: %v", err)
+				}
+				return
+			}
+			for _, w := range tc.want {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Errorf("error %v does not name %s", err, w)
+				}
+			}
+		})
+	}
+}
+
+// A background loop that dies ends the process with a reason; at shutdown nothing is reported.
+func TestRunnableSupervise(t *testing.T) {
+	live, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done, stop := context.WithCancel(context.Background())
+	stop()
+	boom := errors.New("boom")
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		r    runnable
+		want string // "" for no error
+	}{
+		{"error", live, runnable{name: "sweeper", run: func(context.Context) error { return boom }}, "sweeper: boom"},
+		{"returned early", live, runnable{name: "sweeper", untilDone: true, run: func(context.Context) error { return nil }}, "sweeper stopped while the server was running"},
+		{"finished (not a loop)", live, runnable{name: "cache", run: func(context.Context) error { return nil }}, ""},
+		{"panic", live, runnable{name: "writer", run: func(context.Context) error { panic("bug") }}, "writer panicked: bug"},
+		{"shutdown", done, runnable{name: "sweeper", untilDone: true, run: func(ctx context.Context) error { return ctx.Err() }}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.r.supervise(tc.ctx)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("supervise = %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("supervise = %v, want %q", err, tc.want)
 			}
 		})
 	}

@@ -7,8 +7,11 @@ package access
 
 import (
 	"fmt"
-	"path"
 	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"go.klusters.dev/credential-webhook/glob"
 )
 
 // Policy is an allowlist of namespaces and requesters. Empty lists allow nothing.
@@ -24,8 +27,8 @@ type Policy struct {
 func Parse(namespaces, requesters string) (Policy, error) {
 	var p Policy
 	for _, ns := range split(namespaces) {
-		if _, err := path.Match(ns, ""); err != nil {
-			return Policy{}, fmt.Errorf("namespace pattern %q: %w", ns, err)
+		if err := glob.Validate(ns); err != nil {
+			return Policy{}, fmt.Errorf("--allowed-namespaces: %w", err)
 		}
 		p.namespaces = append(p.namespaces, ns)
 	}
@@ -39,8 +42,8 @@ func Parse(namespaces, requesters string) (Policy, error) {
 		if name == "" {
 			return Policy{}, fmt.Errorf("requester %q has no name", r)
 		}
-		if _, err := path.Match(name, ""); err != nil {
-			return Policy{}, fmt.Errorf("requester pattern %q: %w", r, err)
+		if err := glob.Validate(name); err != nil {
+			return Policy{}, fmt.Errorf("--allowed-requesters %q: %w", r, err)
 		}
 		if r == "*" {
 			p.users, p.groups = append(p.users, "*"), append(p.groups, "*")
@@ -65,19 +68,15 @@ func split(s string) []string {
 	return out
 }
 
-// match uses path.Match, whose "*" does not cross "/"; names here contain none, so "*" is any.
-func match(patterns []string, s string) bool {
-	for _, p := range patterns {
-		if ok, _ := path.Match(p, s); ok {
-			return true
-		}
-	}
-	return false
-}
+// match is the allowlists' one dialect (package glob): '*' is any run, the rest literal.
+func match(patterns []string, s string) bool { return glob.Any(patterns, s) }
 
 // Check returns nil when namespace and the requester are allowed, else an error saying which
 // is not (safe to show to the requester: it names only their own request).
 func (p Policy) Check(namespace, username string, groups []string) error {
+	if !validNamespace(namespace) {
+		return fmt.Errorf("namespace %.80q is not a valid namespace name", namespace)
+	}
 	if !match(p.namespaces, namespace) {
 		return fmt.Errorf("namespace %q is not allowed to request cloud identities (--allowed-namespaces)", namespace)
 	}
@@ -94,4 +93,11 @@ func (p Policy) Check(namespace, username string, groups []string) error {
 
 // NamespaceAllowed reports whether namespace may hold ServiceAccounts with cloud identities.
 // The writer checks it again when it finishes a claim: the list may have changed since admission.
-func (p Policy) NamespaceAllowed(namespace string) bool { return match(p.namespaces, namespace) }
+func (p Policy) NamespaceAllowed(namespace string) bool {
+	return validNamespace(namespace) && match(p.namespaces, namespace)
+}
+
+// validNamespace: a review body may name anything, the apiserver only DNS-1123 labels. Checked
+// before matching so that no glob, however broad, lets a name the apiserver could never hold
+// (with "/" or ":" that would change the meaning of an IAM subject) reach a cloud.
+func validNamespace(ns string) bool { return len(validation.IsDNS1123Label(ns)) == 0 }

@@ -1,7 +1,7 @@
 package access
 
 import (
-	"path"
+	"regexp"
 	"runtime/metrics"
 	"strings"
 	"testing"
@@ -9,8 +9,8 @@ import (
 
 // FuzzPolicy drives Parse and Check with arbitrary flag values and requests (seeds inline plus
 // testdata/fuzz/FuzzPolicy/, run by plain `go test`; longer runs: scripts/fuzz.sh). Parse never
-// panics; Check never allows a request that no pattern matches (checked against path.Match
-// directly, so a change of matcher cannot widen access silently), an empty requester list allows
+// panics; Check never allows a request that no pattern matches (checked against an independent
+// regexp oracle, so a change of matcher cannot widen access silently), an empty requester list allows
 // nobody, and a requester listed without glob characters is allowed only under exactly that name.
 func FuzzPolicy(f *testing.F) {
 	const op = "system:serviceaccount:kubestash:kubestash-kubestash-operator"
@@ -88,9 +88,12 @@ func FuzzPolicy(f *testing.F) {
 	})
 }
 
+// anyMatch is an oracle independent of package glob: each pattern as an anchored regexp where
+// '*' is ".*" and everything else literal.
 func anyMatch(patterns []string, s string) bool {
 	for _, p := range patterns {
-		if ok, _ := path.Match(p, s); ok {
+		re := regexp.MustCompile("^" + strings.ReplaceAll(regexp.QuoteMeta(p), `\*`, "(?s:.*)") + "$")
+		if re.MatchString(s) {
 			return true
 		}
 	}

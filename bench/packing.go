@@ -3,6 +3,7 @@ package bench
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 
 	awsp "go.klusters.dev/credential-webhook/providers/aws"
@@ -99,13 +100,14 @@ func MixedSubjects(n int) []string {
 	return out
 }
 
-// Packing is the outcome of placing subjects, in order, by first fit into derived roles.
+// Packing is the outcome of placing subjects, in order, by first fit into derived roles: Roles[i]
+// is role <seed>-<i>.
 type Packing struct {
 	Roles []awsp.TrustPolicy
 }
 
-// Pack places subjects one by one exactly as the Assigner does: first fit over existing roles by
-// lowest index, a new role only when none fits.
+// Pack places subjects with awsp.Place, the Assigner's own placement: first fit over existing
+// roles by lowest index, a new role only when none fits.
 func Pack(seed awsp.TrustPolicy, subjects []string, quota int) (Packing, error) {
 	var p Packing
 	if err := p.Add(seed, subjects, quota); err != nil {
@@ -114,29 +116,24 @@ func Pack(seed awsp.TrustPolicy, subjects []string, quota int) (Packing, error) 
 	return p, nil
 }
 
-// Add places more subjects into p.
+// Add places more subjects into p, without a role creation limit.
 func (p *Packing) Add(seed awsp.TrustPolicy, subjects []string, quota int) error {
-	for _, s := range subjects {
-		i, next, err := awsp.FirstFit(p.Roles, s, quota)
-		if err != nil {
-			return err
+	views := make([]awsp.RoleView, len(p.Roles))
+	for i, r := range p.Roles {
+		views[i] = awsp.RoleView{Index: i, Trust: r}
+	}
+	pl := awsp.Place(views, subjects, quota, math.MaxInt, awsp.PlaceOptions{Seed: &seed})
+	for _, d := range pl.Decisions {
+		if d.Err != nil {
+			return fmt.Errorf("placing %s: %w", d.Subject, d.Err)
 		}
-		if i >= 0 {
-			p.Roles[i] = next
-			continue
+	}
+	p.Roles = p.Roles[:0]
+	for i, r := range pl.After(views) {
+		if r.Index != i { // new roles take the lowest free index, and Packing has no holes
+			return fmt.Errorf("placement left role %d empty", i)
 		}
-		r, err := awsp.DeriveTrustPolicy(seed, []string{s})
-		if err != nil {
-			return err
-		}
-		size, err := r.Size()
-		if err != nil {
-			return err
-		}
-		if size > quota {
-			return fmt.Errorf("%s does not fit in an empty role (%d > %d)", s, size, quota)
-		}
-		p.Roles = append(p.Roles, r)
+		p.Roles = append(p.Roles, r.Trust)
 	}
 	return nil
 }
@@ -224,7 +221,7 @@ type PackingResult struct {
 	Subjects   int    `json:"subjects"`
 	MinLen     int    `json:"minLen"` // subject lengths in characters
 	MaxLen     int    `json:"maxLen"`
-	Roles      int    `json:"roles"`      // derived roles first fit needed
+	Roles      int    `json:"roles"`      // derived roles Place needed
 	LowerBound int    `json:"lowerBound"` // no placement can use fewer roles
 	// TheoreticalMax is awsp.TheoreticalMax over the subject set (shortest names first): for a
 	// set of equal-length names it is exactly how many one role can hold.

@@ -622,7 +622,7 @@ func (r *Report) renderPacking(p func(string, ...any)) {
 		p("Not measured in this run.\n\n")
 		return
 	}
-	p("Subjects placed in arrival order exactly as the Assigner does (`FirstFit`, new role via `DeriveTrustPolicy`),\n")
+	p("Subjects placed in arrival order by the Assigner's own placement (`Place`: first fit, new role via `DeriveTrustPolicy`),\n")
 	p("sizes measured on the compact JSON IAM receives. Seed: a KubeStash IRSA trust policy (one OIDC statement\n")
 	p("per cluster with the `:aud` condition). *Theoretical max* is `TheoreticalMax` over the set (shortest names\n")
 	p("first): exact for equal-length names. *Lower bound* is the larger of the fluid bound (total subject\n")

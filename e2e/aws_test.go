@@ -335,25 +335,17 @@ func packSeedTrust(t *testing.T, seed awsp.RoleARN) awsp.TrustPolicy {
 	return p
 }
 
-// packFirstFitRoles is how many roles first fit needs for subjects, in the given order, starting
-// from no role, exactly as the assigner places them (a new role starts with its first subject).
+// packFirstFitRoles is how many roles the product's placement (awsp.Place) needs for subjects,
+// one at a time in the given order, starting from no role, as the assigner places them.
 func packFirstFitRoles(t *testing.T, seed awsp.TrustPolicy, subjects []string, quota int) int {
 	t.Helper()
-	var roles []awsp.TrustPolicy
+	var roles []awsp.RoleView
 	for _, s := range subjects {
-		i, next, err := awsp.FirstFit(roles, s, quota)
-		if err != nil {
+		pl := awsp.Place(roles, []string{s}, quota, math.MaxInt, awsp.PlaceOptions{Seed: &seed})
+		if err := pl.Decisions[0].Err; err != nil {
 			t.Fatal(err)
 		}
-		if i >= 0 {
-			roles[i] = next
-			continue
-		}
-		p, err := awsp.DeriveTrustPolicy(seed, []string{s})
-		if err != nil {
-			t.Fatal(err)
-		}
-		roles = append(roles, p)
+		roles = pl.After(roles)
 	}
 	return len(roles)
 }

@@ -19,6 +19,7 @@ import (
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/e2e/harness"
+	"go.klusters.dev/credential-webhook/hold"
 	awsp "go.klusters.dev/credential-webhook/providers/aws"
 	"go.klusters.dev/credential-webhook/sweeper"
 	"go.klusters.dev/credential-webhook/sweeper/awscheck"
@@ -234,7 +235,7 @@ func TestOutageAPIServerUnreachableThenCatchUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range list.Items {
-		if j := &list.Items[i]; sweeper.IsHeld(j) || !flowReleased(j) {
+		if j := &list.Items[i]; hold.IsHeld(j) || !flowReleased(j) {
 			t.Errorf("Job %s left behind: suspend %v annotations %v", j.Name, j.Spec.Suspend, j.Annotations)
 		}
 	}

@@ -295,7 +295,7 @@ selfPolicy:
 	refused("parallelism changed", jobPatch(op("replace", "/spec/parallelism", 5)), "refused changes to: spec.parallelism")
 	refused("Job label added", jobPatch(op("add", "/metadata/labels/team", "x")), "refused changes to: metadata.labels")
 	refused("hold changed", jobPatch(op("replace", "/metadata/annotations/"+strings.ReplaceAll(annotations.HoldReason, "/", "~1"), "other")), "refused: "+annotations.HoldReason)
-	// The sweeper's release patch (sweeper.ReleasePatch).
+	// The sweeper's release patch (hold.ReleasePatch).
 	allowed("the Job released", jobPatch(
 		op("test", "/metadata/annotations/"+strings.ReplaceAll(annotations.HeldSince, "/", "~1"), job.Annotations[annotations.HeldSince]),
 		op("replace", "/spec/suspend", false),

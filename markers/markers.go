@@ -165,6 +165,22 @@ func Standing(uid types.UID, pendingValue, grantedValue string, want Claim) bool
 	return err == nil && gu == uid && uid != "" && g.Has(want)
 }
 
+// PendingOn reports whether the pending annotation value holds a claim on cloud. A malformed
+// value counts as pending on every cloud, so each re-plans rather than trust it. A plugin asks
+// about its own cloud only: a ServiceAccount using both clouds, updated while one is pending,
+// must not make the other re-plan a claim it already finished.
+func PendingOn(pendingValue, cloud string) bool {
+	if pendingValue == "" {
+		return false
+	}
+	p, err := ParsePending(pendingValue)
+	if err != nil {
+		return true
+	}
+	_, ok := p.Get(cloud)
+	return ok
+}
+
 // IsGranted reports whether the granted annotation value covers claim c. It does not compare
 // the UID: on an UPDATE review the object is the one granted; garbage collection uses Keeps.
 func IsGranted(grantedValue string, c Claim) bool {

@@ -249,3 +249,24 @@ func TestKeeps(t *testing.T) {
 		})
 	}
 }
+
+func TestPendingOn(t *testing.T) {
+	aws := Claim{Cloud: AWS, Digest: "ec9daefd2f76d000"}.String()
+	azure := Claim{Cloud: Azure, Digest: "8db8e437f25cb5c4"}.String()
+	for _, tc := range []struct {
+		value, cloud string
+		want         bool
+	}{
+		{"", AWS, false},
+		{aws, AWS, true},
+		{aws, Azure, false},
+		{azure, AWS, false},
+		{aws + " " + azure, Azure, true},
+		{"aws", AWS, true},          // malformed (an old free-text marker): every cloud re-plans
+		{"role-limit", Azure, true}, // likewise
+	} {
+		if got := PendingOn(tc.value, tc.cloud); got != tc.want {
+			t.Errorf("PendingOn(%q, %s) = %v, want %v", tc.value, tc.cloud, got, tc.want)
+		}
+	}
+}

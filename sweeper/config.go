@@ -5,7 +5,29 @@
 //
 // What it may touch follows the design's security model: it releases only Jobs carrying our
 // held-since annotation and KubeStash's managed-by label, and it assigns only ServiceAccounts
-// carrying our pending marker, which only admission sets after checking the requester.
+// carrying our pending marker, which only admission sets after checking the requester. Every
+// decision about a held Job (held or not, release now or later, the release patch) is package
+// hold's.
+//
+// Files:
+//
+//   - config.go: Config, Deps and the interfaces the clouds implement (Checker, Cloud,
+//     Collector, ScopedCollector).
+//   - sweeper.go, lease.go: leader election, one term per Lease held; seed lock Lease pruning.
+//   - term.go: one leadership term: its state, and run, which starts the loops below.
+//   - informers.go: the term's Job and ServiceAccount informers; their handlers only enqueue.
+//   - jobloop.go: held Jobs: events, the worker, hold.Plan, backoff. When the sweeper releases.
+//   - readiness.go: whether a held Job's credentials work (hold.Precheck, the cloud Checkers).
+//   - release.go: the release write (hold.ReleasePatch), its retries, Events and metrics.
+//   - finisher.go: the leader's fallback for pending ServiceAccounts, after Config.Handoff.
+//   - writer.go: every replica writes what its own admission planned.
+//   - finish.go, finishplan.go: finishing a pending ServiceAccount (for the two above), and its
+//     pure decisions (Triage, FinishPatch).
+//   - gc.go, gcscope.go: garbage collection, full and event-driven per scope (token buckets).
+//   - existence.go: whether a ServiceAccount is gone, for garbage collection (grace, live read).
+//   - ready.go: the cache of proven ServiceAccounts that admission reads (hold.ReadyCache).
+//   - azure.go: the Azure readiness Checker (AWS's is package awscheck).
+//   - strip.go: the informer transforms; metrics.go: metrics and the release reasons.
 package sweeper
 
 import (
@@ -14,6 +36,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"go.klusters.dev/credential-webhook/hold"
 	"go.klusters.dev/credential-webhook/markers"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
@@ -209,6 +232,11 @@ func (c Config) WithDefaults() Config {
 		c.FinishWorkers = DefaultFinishWorkers
 	}
 	return c
+}
+
+// holdPolicy is the timing of holds (max hold, check backoff and timeout) for package hold.
+func (c Config) holdPolicy() hold.Policy {
+	return hold.Policy{MaxHold: c.MaxHold, BackoffInitial: c.BackoffInitial, BackoffMax: c.BackoffMax, CheckTimeout: c.CheckTimeout}
 }
 
 // Deps are the sweeper's collaborators. Every one may be nil except where noted.

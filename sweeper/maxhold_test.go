@@ -20,33 +20,6 @@ import (
 	"go.klusters.dev/credential-webhook/annotations"
 )
 
-func TestCheckDeadline(t *testing.T) {
-	cfg := Config{MaxHold: 10 * time.Minute, CheckTimeout: 30 * time.Second}
-	held := time.Date(2026, 5, 6, 12, 0, 0, 0, time.UTC)
-	maxHold := held.Add(10 * time.Minute)
-	for _, tc := range []struct {
-		name         string
-		age          time.Duration
-		wantDeadline time.Time
-		wantCause    error
-		wantOK       bool
-	}{
-		{"fresh hold: the check timeout", time.Minute, held.Add(time.Minute + 30*time.Second), ErrCheckTimeout, true},
-		{"less than a check left: the max-hold deadline", 10*time.Minute - 4*time.Second, maxHold, ErrMaxHoldReached, true},
-		{"exactly a check left", 10*time.Minute - 30*time.Second, maxHold, ErrMaxHoldReached, true},
-		{"at the deadline: no check", 10 * time.Minute, maxHold, ErrMaxHoldReached, false},
-		{"long past (leader was down): no check", 3 * time.Hour, maxHold, ErrMaxHoldReached, false},
-		{"held-since in the future (clock skew): the check timeout", -time.Minute, held.Add(-time.Minute + 30*time.Second), ErrCheckTimeout, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			d, cause, ok := CheckDeadline(held, held.Add(tc.age), cfg)
-			if !d.Equal(tc.wantDeadline) || cause != tc.wantCause || ok != tc.wantOK {
-				t.Errorf("CheckDeadline = %s, %v, %v; want %s, %v, %v", d, cause, ok, tc.wantDeadline, tc.wantCause, tc.wantOK)
-			}
-		})
-	}
-}
-
 // slowChecker is an STS under faults: its check answers "ready" only after `takes`, unless its
 // context ends first. It records the deadline it was given.
 type slowChecker struct {

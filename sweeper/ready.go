@@ -7,11 +7,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"go.klusters.dev/credential-webhook/annotations"
-	"go.klusters.dev/credential-webhook/jobs"
+	"go.klusters.dev/credential-webhook/hold"
 )
 
 // ReadyCache remembers ServiceAccounts whose credentials the sweeper proved to work, so that
-// admission can let their next Jobs start without a hold. It implements jobs.ReadyCache.
+// admission can let their next Jobs start without a hold. It implements hold.ReadyCache.
 //
 // An entry is bound to the identity it proved (role ARN, client and tenant IDs, UID): when the
 // ServiceAccount changes or is deleted and recreated under the same name, Observe or Forget
@@ -44,7 +44,7 @@ func fingerprint(sa *corev1.ServiceAccount) string {
 		a[annotations.AzureTenantID] + "\x00" + a[annotations.Pending]
 }
 
-// Ready implements jobs.ReadyCache.
+// Ready implements hold.ReadyCache.
 func (c *ReadyCache) Ready(namespace, name string) bool {
 	if c == nil {
 		return false
@@ -90,4 +90,4 @@ func (c *ReadyCache) Forget(namespace, name string) {
 }
 
 // The Job admission plugin reads this cache.
-var _ jobs.ReadyCache = (*ReadyCache)(nil)
+var _ hold.ReadyCache = (*ReadyCache)(nil)

@@ -8,7 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"go.klusters.dev/credential-webhook/annotations"
-	"go.klusters.dev/credential-webhook/jobs"
+	"go.klusters.dev/credential-webhook/hold"
 )
 
 // Informer transforms (issue 16). The informer caches hold every ServiceAccount and every
@@ -21,14 +21,14 @@ import (
 //     annotations under our prefix (pending, granted, restic-credentials), the inputs
 //     (seed role, bucket names, Azure identity) and the outputs and EKS settings (role ARN,
 //     audience, token expiration, STS regional endpoints, Azure client and tenant IDs):
-//     jobs.IdentityOf, pods (inject.go, sidecar.go), sweeper (ready.go, decide.go, finish.go,
-//     writer.go, term.go), sweeper/awscheck, providers (Cloud.Claim, Cloud.Finish, Collector),
+//     hold.IdentityOf, pods (inject.go, sidecar.go), sweeper (ready.go, finishplan.go, finish.go,
+//     writer.go, informers.go, jobloop.go, gc.go), sweeper/awscheck, providers (Cloud.Claim, Cloud.Finish, Collector),
 //     markers.Keeps. No ServiceAccount label is read.
 //   - Job: name, namespace, uid, resourceVersion, creation time, deletionTimestamp; labels
-//     app.kubernetes.io/managed-by (IsHeld) and kueue.x-k8s.io/queue-name
-//     (jobs.ManagedElsewhere); annotations held-since and hold-reason (IsHeld, HeldSince,
-//     ReleasePatch, the Held Event); spec.suspend, spec.managedBy; the pod template's
-//     serviceAccountName and deprecated serviceAccount (jobs.ServiceAccountName).
+//     app.kubernetes.io/managed-by (hold.IsHeld) and kueue.x-k8s.io/queue-name
+//     (hold.ManagedElsewhere); annotations held-since and hold-reason (hold.IsHeld,
+//     hold.HeldSince, hold.ReleasePatch, the Held Event); spec.suspend, spec.managedBy; the pod
+//     template's serviceAccountName and deprecated serviceAccount (hold.ServiceAccountName).
 //
 // A map that existed keeps existing (possibly empty): the patch builders add a whole map when
 // it is absent, which on a map that in fact exists would replace it.
@@ -52,7 +52,7 @@ var serviceAccountAnnotations = map[string]bool{
 
 // jobLabels and jobAnnotations are the keys read from cached Jobs.
 var (
-	jobLabels      = map[string]bool{annotations.ManagedByLabel: true, jobs.KueueQueueLabel: true}
+	jobLabels      = map[string]bool{annotations.ManagedByLabel: true, hold.KueueQueueLabel: true}
 	jobAnnotations = map[string]bool{annotations.HeldSince: true, annotations.HoldReason: true}
 )
 
@@ -108,7 +108,7 @@ func StripJob(obj any) (any, error) {
 		},
 	}
 	out.Spec.Suspend = job.Spec.Suspend
-	out.Spec.ManagedBy = job.Spec.ManagedBy // jobs.ManagedElsewhere reads it
+	out.Spec.ManagedBy = job.Spec.ManagedBy // hold.ManagedElsewhere reads it
 	out.Spec.Template.Spec.ServiceAccountName = job.Spec.Template.Spec.ServiceAccountName
 	out.Spec.Template.Spec.DeprecatedServiceAccount = job.Spec.Template.Spec.DeprecatedServiceAccount
 	return out, nil

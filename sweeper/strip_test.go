@@ -17,7 +17,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"go.klusters.dev/credential-webhook/annotations"
-	"go.klusters.dev/credential-webhook/jobs"
+	"go.klusters.dev/credential-webhook/hold"
 	"go.klusters.dev/credential-webhook/markers"
 )
 
@@ -74,7 +74,7 @@ func TestStripServiceAccount(t *testing.T) {
 func TestStripJob(t *testing.T) {
 	job := newHeldJob(func(j *batchv1.Job) {
 		j.Labels = noise(j.Labels)
-		j.Labels[jobs.KueueQueueLabel] = "q"
+		j.Labels[hold.KueueQueueLabel] = "q"
 		j.Annotations = noise(j.Annotations)
 		j.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubestash"}}
 		j.Spec.ManagedBy = ptr.To("kueue.x-k8s.io/multikueue")
@@ -83,7 +83,7 @@ func TestStripJob(t *testing.T) {
 	})
 	out, _ := StripJob(job)
 	got := out.(*batchv1.Job)
-	if len(got.Labels) != 2 || got.Labels[jobs.KueueQueueLabel] != "q" || got.Labels[annotations.ManagedByLabel] != annotations.ManagedByValue {
+	if len(got.Labels) != 2 || got.Labels[hold.KueueQueueLabel] != "q" || got.Labels[annotations.ManagedByLabel] != annotations.ManagedByValue {
 		t.Errorf("labels %v", got.Labels)
 	}
 	if len(got.Annotations) != 2 || got.Annotations[annotations.HeldSince] == "" || got.Annotations[annotations.HoldReason] == "" {
@@ -93,7 +93,7 @@ func TestStripJob(t *testing.T) {
 		t.Errorf("kept what is never read: %+v", got)
 	}
 	if *got.Spec.ManagedBy != *job.Spec.ManagedBy || *got.Spec.Suspend != *job.Spec.Suspend ||
-		jobs.ServiceAccountName(&got.Spec.Template.Spec) != jobs.ServiceAccountName(&job.Spec.Template.Spec) {
+		hold.ServiceAccountName(&got.Spec.Template.Spec) != hold.ServiceAccountName(&job.Spec.Template.Spec) {
 		t.Errorf("spec fields read by the sweeper lost: %+v", got.Spec)
 	}
 }
@@ -172,7 +172,7 @@ func TestTransformedFixturesDecideAlike(t *testing.T) {
 		held.Spec.Suspend = ptr.To(true)
 		held.Annotations = noise(held.Annotations)
 		held.Annotations[annotations.HeldSince] = "2026-05-06T11:59:00Z"
-		held.Annotations[annotations.HoldReason] = jobs.ReasonIdentityPending
+		held.Annotations[annotations.HoldReason] = hold.ReasonIdentityPending
 		allJobs = append(allJobs, j, held)
 	}
 	var allSAs []*corev1.ServiceAccount
@@ -193,12 +193,14 @@ func TestTransformedFixturesDecideAlike(t *testing.T) {
 		SA              string
 		ScreenOK        bool
 		ScreenReason    string
+		Resumed         bool
 		Release         string
 	}
 	viewJob := func(j *batchv1.Job) jobView {
-		ok, reason := jobs.Screen(j)
-		v := jobView{Held: IsHeld(j), Elsewhere: jobs.ManagedElsewhere(j), Since: HeldSince(j), SA: jobs.ServiceAccountName(&j.Spec.Template.Spec), ScreenOK: ok, ScreenReason: reason}
-		if p, err := ReleasePatch(j); err == nil {
+		ok, reason := hold.Screen(j)
+		v := jobView{Held: hold.IsHeld(j), Elsewhere: hold.ManagedElsewhere(j), Since: hold.HeldSince(j), SA: hold.ServiceAccountName(&j.Spec.Template.Spec), ScreenOK: ok, ScreenReason: reason,
+			Resumed: hold.ResumedElsewhere(j)}
+		if p, err := hold.ReleasePatch(j); err == nil {
 			v.Release = string(p)
 		} else {
 			v.Release = "error: " + err.Error()
@@ -206,16 +208,17 @@ func TestTransformedFixturesDecideAlike(t *testing.T) {
 		return v
 	}
 	type saView struct {
-		Identity    jobs.Identity
+		Identity    hold.Identity
 		Fingerprint string
 		Claims      string
 		Work, Drops string
 		Finish      string
 		Keeps       [2]bool
 		Decisions   string
+		Prechecks   [2]hold.Verdict
 	}
 	viewSA := func(sa *corev1.ServiceAccount) saView {
-		v := saView{Identity: jobs.IdentityOf(sa), Fingerprint: fingerprint(sa), Claims: markerClaims(sa).String()}
+		v := saView{Identity: hold.IdentityOf(sa), Fingerprint: fingerprint(sa), Claims: markerClaims(sa).String()}
 		work, drops, err := Triage(sa, clouds, true)
 		v.Work, v.Drops = fmt.Sprint(work, err), fmt.Sprint(drops)
 		if p, err := FinishPatch(sa, Finished{Set: map[string]string{annotations.AWSRoleARN: "arn:aws:iam::123456789012:role/kubestash/seed-0"},
@@ -229,9 +232,12 @@ func TestTransformedFixturesDecideAlike(t *testing.T) {
 				v.Keeps[i] = markers.Keeps(sa, true, c.Claim, want)
 			}
 		}
+		for i, ready := range []bool{false, true} {
+			v.Prechecks[i] = hold.Precheck(sa.Namespace, sa.Name, sa, ready)
+		}
 		for _, j := range allJobs {
 			for _, ready := range []bool{false, true} {
-				v.Decisions += fmt.Sprintf("%+v;", jobs.Decide(j, sa, ready, now))
+				v.Decisions += fmt.Sprintf("%+v;", hold.Decide(j, sa, ready, now))
 			}
 		}
 		return v

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -82,27 +83,35 @@ func (s *Sweeper) startEvents() {
 	})
 }
 
+func metaFor(namespace, name string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Namespace: namespace, Name: name}
+}
+
 // Ready is the cache of proven ServiceAccounts, for the Job admission plugin.
 func (s *Sweeper) Ready() *ReadyCache { return s.ready }
 
 // RunWriter writes what admission on this replica planned, as soon as the ServiceAccount is
 // seen persisted (every replica runs it; see writer.go). It blocks until ctx ends. Without
-// Deps.ServiceAccounts or clouds it returns at once.
-func (s *Sweeper) RunWriter(ctx context.Context) {
+// Deps.ServiceAccounts or clouds it returns at once. The error is for the composition root's
+// runnables; the writer has no failure of its own to report (it retries and logs).
+func (s *Sweeper) RunWriter(ctx context.Context) error {
 	if s.deps.ServiceAccounts == nil || len(s.clouds) == 0 {
-		return
+		return nil
 	}
 	if s.broadcaster != nil {
 		s.startEvents()
 	}
 	s.writer.run(ctx, s.deps.ServiceAccounts)
+	return nil
 }
 
 // Run campaigns for the leader Lease and, while it holds it, releases held Jobs, finishes the
-// pending ServiceAccounts the writers left (after Config.Handoff) and collects garbage. It blocks until ctx ends. On the way out it
+// pending ServiceAccounts the writers left (after Config.Handoff) and collects garbage. It
+// blocks until ctx ends, or returns an error at once when it cannot campaign at all (a sweeper
+// that silently does nothing would leave every held Job held until max-hold). On the way out it
 // stops its workers first and then releases the Lease (ReleaseOnCancel), so another replica
 // takes over within one retry period instead of waiting for the Lease to expire.
-func (s *Sweeper) Run(ctx context.Context) {
+func (s *Sweeper) Run(ctx context.Context) error {
 	if s.broadcaster != nil {
 		s.startEvents()
 	}
@@ -140,8 +149,7 @@ func (s *Sweeper) Run(ctx context.Context) {
 		if err != nil {
 			stop()
 			cancelRun()
-			s.log.Error("sweeper disabled: invalid leader election configuration", "error", err)
-			return
+			return fmt.Errorf("sweeper: invalid leader election configuration: %w", err)
 		}
 		le.Run(runCtx)
 		stop()
@@ -158,6 +166,7 @@ func (s *Sweeper) Run(ctx context.Context) {
 	// A term that started late (its context already cancelled) returns at once; wait for it.
 	s.leadMu.Lock()
 	s.leadMu.Unlock() //nolint:staticcheck // waiting for the current term to end
+	return nil
 }
 
 // lead runs one leadership term until the Lease is lost (lctx), the process stops (outer) or no

@@ -33,6 +33,8 @@ func TestSchemaRejects(t *testing.T) {
 		// "*" or a role name of only "*" would make every derived role a seed too.
 		{"seed role *", map[string]any{"aws": map[string]any{"seedRoles": []any{"*"}}}, []string{"seedRoles"}},
 		{"seed role glob of every role", map[string]any{"aws": map[string]any{"seedRoles": []any{"arn:aws:iam::123456789012:role/*"}}}, []string{"seedRoles"}},
+		{"seed role glob of another dialect", map[string]any{"aws": map[string]any{"seedRoles": []any{"arn:aws:iam::123456789012:role/team-?"}}}, []string{"seedRoles"}},
+		{"namespace glob of another dialect", map[string]any{"allowedNamespaces": []any{"team-?"}}, []string{"allowedNamespaces"}},
 		{"seed role glob of every role under a path", map[string]any{"aws": map[string]any{"seedRoles": []any{"arn:aws:iam::123456789012:role/kubestash/*"}}}, []string{"seedRoles"}},
 		{"permissions boundary that is not a policy ARN", map[string]any{"aws": map[string]any{"permissionsBoundaryArn": "arn:aws:iam::123456789012:role/boundary"}}, []string{"permissionsBoundaryArn"}},
 		{"OIDC issuer without https", map[string]any{"aws": map[string]any{"oidcIssuer": "oidc.eks.eu-west-1.amazonaws.com/id/ABC"}}, []string{"oidcIssuer"}},
@@ -77,7 +79,7 @@ func TestSchemaAccepts(t *testing.T) {
 		"allowedRequesters": []any{"system:serviceaccount:kubestash:kubestash-kubestash-operator", "group:ops", "user:ci-*.example"},
 		"admissionPolicy":   map[string]any{"enabled": false},
 		"aws": map[string]any{
-			"seedRoles":              []any{"arn:aws:iam::123456789012:role/kubestash-*", "arn:aws:iam::123456789012:role/backup/team-?-seed"},
+			"seedRoles":              []any{"arn:aws:iam::123456789012:role/kubestash-*", "arn:aws:iam::123456789012:role/backup/team-*-seed"},
 			"permissionsBoundaryArn": "arn:aws:iam::123456789012:policy/boundaries/kubestash",
 			"oidcIssuer":             "https://oidc.eks.eu-west-1.amazonaws.com/id/ABC",
 			"iamPolicy":              map[string]any{"copiedTagKeys": []any{"team", "cost-center"}},

@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"go.klusters.dev/credential-webhook/glob"
 )
 
 // Limits from the IAM API reference. They bound what we accept before any regular expression runs,
@@ -245,6 +247,9 @@ func ParseAllowlist(s string) (Allowlist, error) {
 		if g != "*" && !strings.HasPrefix(g, "arn:") {
 			return Allowlist{}, fmt.Errorf("allowlist entry %q is neither \"*\" nor an ARN glob starting with arn:", g)
 		}
+		if err := glob.Validate(g); err != nil {
+			return Allowlist{}, fmt.Errorf("allowlist entry: %w", err)
+		}
 		l.globs = append(l.globs, g)
 	}
 	return l, nil
@@ -257,12 +262,7 @@ func (l Allowlist) Allows(arn string) bool {
 		return false
 	}
 	canonical := parsed.String()
-	for _, g := range l.globs {
-		if globMatch(g, canonical) {
-			return true
-		}
-	}
-	return false
+	return glob.Any(l.globs, canonical)
 }
 
 // DerivedSeed reports whether seed is named like a derived role of another seed this allowlist
@@ -279,33 +279,6 @@ func (l Allowlist) DerivedSeed(seed RoleARN) (RoleARN, bool) {
 
 // String returns the globs joined by commas.
 func (l Allowlist) String() string { return strings.Join(l.globs, ",") }
-
-// globMatch is an anchored match where '*' matches any sequence. It backtracks only to the last
-// star, so it runs in O(len(pattern)*len(s)) at worst.
-func globMatch(pattern, s string) bool {
-	p, i := 0, 0
-	star, mark := -1, 0
-	for i < len(s) {
-		switch {
-		case p < len(pattern) && pattern[p] == '*':
-			star, mark = p, i
-			p++
-		case p < len(pattern) && pattern[p] == s[i]:
-			p++
-			i++
-		case star >= 0:
-			p = star + 1
-			mark++
-			i = mark
-		default:
-			return false
-		}
-	}
-	for p < len(pattern) && pattern[p] == '*' {
-		p++
-	}
-	return p == len(pattern)
-}
 
 // quoteShort quotes s for an error message, cut so a huge input does not flood logs.
 func quoteShort(s string) string {

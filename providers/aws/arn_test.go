@@ -153,18 +153,11 @@ func TestAllowlist(t *testing.T) {
 			t.Errorf("Allowlist(%q).Allows(%q) = %v, want %v", tt.list, tt.arn, got, tt.allow)
 		}
 	}
-	for _, bad := range []string{"kubestash-*", "arn:aws:iam::1:role/a b", "arn:aws:iam::1:role/é", "arn:" + strings.Repeat("x", 1000)} {
+	for _, bad := range []string{"kubestash-*", "arn:aws:iam::1:role/a b", "arn:aws:iam::1:role/é", "arn:" + strings.Repeat("x", 1000),
+		"arn:aws:iam::1:role/kubestash-?", "arn:aws:iam::1:role/kubestash-[ab]"} { // one glob dialect: '*' only
 		if _, err := ParseAllowlist(bad); err == nil {
 			t.Errorf("ParseAllowlist(%q) accepted", bad)
 		}
-	}
-}
-
-func TestGlobMatchIsNotExponential(t *testing.T) {
-	// Classic backtracking blow-up: many stars against a long near-miss.
-	pattern := strings.Repeat("a*", 30) + "b"
-	if globMatch(pattern, strings.Repeat("a", 600)) {
-		t.Fatal("matched without the final b")
 	}
 }
 

@@ -32,14 +32,16 @@ func benchSeed(b *testing.B) awsp.TrustPolicy {
 	return seed
 }
 
-// BenchmarkFirstFit100Roles places one more subject among 100 derived roles of 30 subjects each
-// (3,000 ServiceAccounts), with the quota set to exactly the size of a 30-subject role:
+// BenchmarkPlace100Roles places one more subject among 100 derived roles of 30 subjects each
+// (3,000 ServiceAccounts) with Place, as a lock session does, with the quota set to exactly the
+// size of a 30-subject role:
 //   - last-has-room: roles 0-98 are full, role 99 holds 29 and takes the subject (99 rejections
 //     from memoised sizes, then one document rendered and measured);
-//   - all-full: every role is full and FirstFit answers -1 (the Assigner then creates a role);
+//   - all-full: every role is full and Place opens role 100 (its one-subject policy derived
+//     from the seed and measured);
 //   - reload: the same after re-parsing all 100 URL-encoded documents, as after ListRoles when
 //     another replica wrote (the CPU side of a cache refresh).
-func BenchmarkFirstFit100Roles(b *testing.B) {
+func BenchmarkPlace100Roles(b *testing.B) {
 	seed := benchSeed(b)
 	const roles, per = 100, 30
 	build := func(lastLen int) ([]awsp.TrustPolicy, []string) {
@@ -73,23 +75,34 @@ func BenchmarkFirstFit100Roles(b *testing.B) {
 		b.Fatal(err)
 	}
 	newSubject := benchSubject(roles*per + 1)
+	views := func(ps []awsp.TrustPolicy) []awsp.RoleView {
+		out := make([]awsp.RoleView, len(ps))
+		for i, p := range ps {
+			out[i] = awsp.RoleView{Index: i, Trust: p}
+		}
+		return out
+	}
+	place := func(b *testing.B, vs []awsp.RoleView, want int, creates bool) {
+		b.Helper()
+		d := awsp.Place(vs, []string{newSubject}, quota, awsp.DefaultRoleCreationLimit+1, awsp.PlaceOptions{Seed: &seed}).Decisions[0]
+		if d.Err != nil || d.Index != want || d.Creates != creates {
+			b.Fatalf("Place = %+v; want role %d (new: %v)", d, want, creates)
+		}
+	}
 
 	b.Run("last-has-room", func(b *testing.B) {
 		ps, _ := build(per - 1)
+		vs := views(ps)
 		b.ReportAllocs()
 		for b.Loop() {
-			if i, _, err := awsp.FirstFit(ps, newSubject, quota); err != nil || i != roles-1 {
-				b.Fatalf("FirstFit = %d, %v; want %d", i, err, roles-1)
-			}
+			place(b, vs, roles-1, false)
 		}
 	})
 	b.Run("all-full", func(b *testing.B) {
-		ps, _ := build(per)
+		vs := views(full)
 		b.ReportAllocs()
 		for b.Loop() {
-			if i, _, err := awsp.FirstFit(ps, newSubject, quota); err != nil || i != -1 {
-				b.Fatalf("FirstFit = %d, %v; want -1", i, err)
-			}
+			place(b, vs, roles, true)
 		}
 	})
 	b.Run("reload", func(b *testing.B) {
@@ -102,9 +115,7 @@ func BenchmarkFirstFit100Roles(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			if i, _, err := awsp.FirstFit(ps, newSubject, quota); err != nil || i != roles-1 {
-				b.Fatalf("FirstFit = %d, %v; want %d", i, err, roles-1)
-			}
+			place(b, views(ps), roles-1, false)
 		}
 	})
 }

@@ -94,27 +94,26 @@ func kubeStashNames(n int) []string {
 	return out
 }
 
-// TestKubeStashFirstFitEfficiency simulates FirstFit over many derived roles with KubeStash names
-// and compares the subjects per role with the theoretical maximum.
+// TestKubeStashFirstFitEfficiency places many KubeStash names with Place, one at a time as
+// single assignments arrive, and compares the subjects per role with the theoretical maximum.
 func TestKubeStashFirstFitEfficiency(t *testing.T) {
 	seed := mustParse(t, seedDoc(oidcStmt(providerA, issuerA, "system:serviceaccount:kubestash:kubestash-operator")))
 	names := kubeStashNames(1000)
 	for _, quota := range []int{2048, 4096, 8192} {
-		var roles []TrustPolicy
+		var views []RoleView
 		for _, s := range names {
-			i, next, err := FirstFit(roles, s, quota)
-			if err != nil {
+			pl := Place(views, []string{s}, quota, DefaultRoleCreationLimit, PlaceOptions{Seed: &seed})
+			if err := pl.Decisions[0].Err; err != nil {
 				t.Fatal(err)
 			}
-			if i < 0 {
-				p, err := DeriveTrustPolicy(seed, []string{s})
-				if err != nil {
-					t.Fatal(err)
-				}
-				roles = append(roles, p)
-				continue
+			views = pl.After(views)
+		}
+		roles := make([]TrustPolicy, len(views))
+		for i, v := range views {
+			if v.Index != i {
+				t.Fatalf("quota %d: role %d is missing", quota, i)
 			}
-			roles[i] = next
+			roles[i] = v.Trust
 		}
 		// Every role but the last is full; compare their average with the best possible for
 		// these names (the shortest ones packed together).
@@ -182,21 +181,24 @@ func TestFirstFitReusesFreedSpace(t *testing.T) {
 	const quota = 2048
 	full0, n0 := fill(t, seed, 70, quota)
 	full1, _ := fill(t, seed, 70, quota)
-	roles := []TrustPolicy{full0, full1}
+	roles := []RoleView{{Index: 0, Trust: full0}, {Index: 1, Trust: full1}}
 	newcomer := "system:serviceaccount:demo:newcomer-of-a-similar-length-0000000000000000000"
-	if i, _, _ := FirstFit(roles, newcomer, quota); i != -1 {
-		t.Fatalf("full roles took a subject at %d", i)
+	place := func() Placement {
+		return Place(roles, []string{newcomer}, quota, DefaultRoleCreationLimit, PlaceOptions{Seed: &seed})
+	}
+	if d := place().Decisions[0]; !d.Creates {
+		t.Fatalf("full roles took a subject at %d", d.Index)
 	}
 	// Free one entry in the second role: the next subject goes there, not to a new role.
-	roles[1], _ = roles[1].WithoutSubjects(subjectOfLen(70, 3))
-	if i, _, _ := FirstFit(roles, newcomer, quota); i != 1 {
-		t.Fatalf("freed space in role 1 not reused: got %d", i)
+	roles[1].Trust, _ = roles[1].Trust.WithoutSubjects(subjectOfLen(70, 3))
+	if d := place().Decisions[0]; d.Creates || d.Index != 1 {
+		t.Fatalf("freed space in role 1 not reused: got %+v", d)
 	}
 	// Free space in both: the lowest index wins.
-	roles[0], _ = roles[0].WithoutSubjects(subjectOfLen(70, n0-1))
-	i, next, _ := FirstFit(roles, newcomer, quota)
-	if i != 0 || !next.Has(newcomer) {
-		t.Fatalf("lowest index not preferred: got %d", i)
+	roles[0].Trust, _ = roles[0].Trust.WithoutSubjects(subjectOfLen(70, n0-1))
+	pl := place()
+	if d := pl.Decisions[0]; d.Creates || d.Index != 0 || len(pl.Writes) != 1 || !pl.Writes[0].Trust.Has(newcomer) {
+		t.Fatalf("lowest index not preferred: got %+v", d)
 	}
 }
 

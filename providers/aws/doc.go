@@ -33,11 +33,30 @@
 // # Capacity
 //
 // A subject fits when the compact JSON that would be sent is within the quota (Config.Quota, else
-// iam:GetAccountSummary AssumeRolePolicySizeQuota read once, else 2,048). Placement is first fit
-// over existing roles by lowest index, so space freed by Remove is reused. IAM's LimitExceeded
-// ("Cannot exceed quota for ACLSizePerRole") means "this role is full": the quota is lowered and
-// the next role is tried. With KubeStash session names (about 71 characters as subjects) a role
+// iam:GetAccountSummary AssumeRolePolicySizeQuota read once, else 2,048). Placement (Place) is
+// first fit over existing roles by lowest index, so space freed by Remove is reused. IAM's
+// LimitExceeded ("Cannot exceed quota for ACLSizePerRole") means "this role is full": the quota
+// is lowered and the next role is tried. With KubeStash session names (about 71 characters as subjects) a role
 // holds 21 subjects at 2,048, 49 at 4,096 and about 104 at 8,192 — the theoretical maximum.
+//
+// # Files
+//
+// Decisions are pure functions; I/O stays at the edges:
+//
+//   - placement.go: Place, where a subject goes (pure). The only place a role is chosen: the
+//     writer, admission's plan, the dry run, bench and e2e all call it.
+//   - policydiff.go: policyDiff, which IAM writes make a derived role match its seed, and
+//     deletionWrites (pure).
+//   - apply.go: the typed IAM writes and the applier that sends them (the only IAM writer).
+//   - session.go: one locked read-modify-write of a seed's roles: lock, read IAM, call the pure
+//     functions, apply (placeRound is plan then apply).
+//   - queue.go: Assign calls waiting for a session, placed together (group commit).
+//   - rolecache.go: what a replica knows of a seed's roles between sessions.
+//   - plan.go: admission's plan and its short reservations, on top of Place.
+//   - remove.go (garbage collection, empty roles), seedsync.go (drift repair), report.go (the
+//     roles table); assigner.go: Config, errors, Assign and the quota; capacity.go: Fit and
+//     TheoreticalMax; trust.go: trust policies; iam.go: the IAM client and reads; locker.go:
+//     the per-seed lock protocol.
 //
 // # IAM calls
 //
@@ -88,7 +107,7 @@
 //   - WidenOwnDerivedRolesOnlyWithinTheBoundary: PutRolePolicy and PutRolePermissionsBoundary on
 //     owned roles only with iam:PermissionsBoundary = the boundary (for PutRolePolicy the role's
 //     current boundary, for PutRolePermissionsBoundary the one being set): any inline document is
-//     capped by the boundary. syncPolicies sets the boundary before anything else for this reason.
+//     capped by the boundary. policyDiff puts the boundary before anything else for this reason.
 //   - UntagOwnDerivedRolesButNeverTheSeedTag: UntagRole on owned roles, never of the seed tag, or
 //     a role could be made "not ours" and re-tagged.
 //   - AttachOnlyTheSeedsManagedPolicies: AttachRolePolicy restricted by iam:PolicyARN to the

@@ -129,7 +129,7 @@ func FuzzParseRoleARN(f *testing.F) {
 	})
 }
 
-// globRE is an independent oracle for globMatch: '*' is any run, everything else literal.
+// globRE is an independent oracle for glob.Match: '*' is any run, everything else literal.
 func globRE(glob string) *regexp.Regexp {
 	parts := strings.Split(glob, "*")
 	for i, p := range parts {
@@ -385,8 +385,8 @@ func checkFit(t *testing.T, p TrustPolicy, subject string, quota int) {
 	if actual <= quota {
 		t.Fatalf("Fit said no for %q under quota %d, but the policy with it is only %d characters (Fit's estimate %d)", subject, quota, actual, size)
 	}
-	if idx, _, err := FirstFit([]TrustPolicy{p}, subject, quota); err != nil || idx != -1 {
-		t.Fatalf("FirstFit disagrees with Fit: %d, %v", idx, err)
+	if pl := Place([]RoleView{{Index: 0, Trust: p}}, []string{subject}, quota, 1, PlaceOptions{}); len(pl.Writes) != 0 {
+		t.Fatalf("Place disagrees with Fit: it writes %+v", pl.Writes)
 	}
 }
 

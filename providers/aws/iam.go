@@ -239,17 +239,17 @@ func readInline(ctx context.Context, api IAMAPI, role, policy string) (string, e
 	return doc, nil
 }
 
-// inlineDoc returns the seed's inline policy document, reading it on first use.
-func (s *roleSpec) inlineDoc(ctx context.Context, api IAMAPI, policy string) (string, error) {
-	if doc := s.inline[policy]; doc != "" {
-		return doc, nil
+// readInlineDocs reads the documents of the named inline policies into s.inline (the seed is
+// read without them; policyDiff names the ones it needs with inlineDocsNeeded).
+func (s *roleSpec) readInlineDocs(ctx context.Context, api IAMAPI, names []string) error {
+	for _, p := range names {
+		doc, err := readInline(ctx, api, s.arn.Name, p)
+		if err != nil {
+			return err
+		}
+		s.inline[p] = doc
 	}
-	doc, err := readInline(ctx, api, s.arn.Name, policy)
-	if err != nil {
-		return "", err
-	}
-	s.inline[policy] = doc
-	return doc, nil
+	return nil
 }
 
 // listedRole is one derived role as ListRoles shows it.
@@ -285,145 +285,4 @@ func listDerived(ctx context.Context, api IAMAPI, seed RoleARN) ([]listedRole, e
 	}
 	slices.SortFunc(out, func(a, b listedRole) int { return a.index - b.index })
 	return out, nil
-}
-
-// writer performs IAM writes; before the first one it calls before (the generation bump).
-type writer struct {
-	api    IAMAPI
-	before func(context.Context) error
-	writes int
-}
-
-func (w *writer) do(ctx context.Context, what string, call func() error) error {
-	if err := w.before(ctx); err != nil {
-		return err
-	}
-	w.writes++
-	if err := call(); err != nil {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	return nil
-}
-
-// syncPolicies makes target's permissions match seed's. With full=false it only adds what is
-// missing (completing a half-created role: fewer permissions than the seed, never more). With
-// full=true it also removes extras and fixes changed documents, description, session length and
-// tags: the drift repair of SyncFromSeed. target must have been read with readRole (with inline
-// documents when full).
-func syncPolicies(ctx context.Context, w *writer, seed, target *roleSpec, full bool) error {
-	name := aws.String(target.arn.Name)
-	// The boundary first: the IAM policy lets PutRolePolicy and AttachRolePolicy touch only roles
-	// that already carry it. seed.boundary is never empty (readSeed refuses such a seed); nothing
-	// ever removes a boundary.
-	if seed.boundary != "" && target.boundary != seed.boundary {
-		if err := w.do(ctx, "iam:PutRolePermissionsBoundary "+target.arn.Name, func() error {
-			_, err := w.api.PutRolePermissionsBoundary(ctx, &iam.PutRolePermissionsBoundaryInput{RoleName: name, PermissionsBoundary: aws.String(seed.boundary)})
-			return err
-		}); err != nil {
-			return err
-		}
-	}
-	for _, p := range seed.attached {
-		if _, ok := slices.BinarySearch(target.attached, p); ok {
-			continue
-		}
-		if err := w.do(ctx, "iam:AttachRolePolicy "+target.arn.Name+" "+p, func() error {
-			_, err := w.api.AttachRolePolicy(ctx, &iam.AttachRolePolicyInput{RoleName: name, PolicyArn: aws.String(p)})
-			return err
-		}); err != nil {
-			return err
-		}
-	}
-	for _, p := range slices.Sorted(maps.Keys(seed.inline)) {
-		have, ok := target.inline[p]
-		if ok && !full {
-			continue
-		}
-		want, err := seed.inlineDoc(ctx, w.api, p)
-		if err != nil {
-			return err
-		}
-		if ok && have == want {
-			continue
-		}
-		if err := w.do(ctx, "iam:PutRolePolicy "+target.arn.Name+" "+p, func() error {
-			_, err := w.api.PutRolePolicy(ctx, &iam.PutRolePolicyInput{RoleName: name, PolicyName: aws.String(p), PolicyDocument: aws.String(want)})
-			return err
-		}); err != nil {
-			return err
-		}
-	}
-	if !full {
-		return nil
-	}
-	for _, p := range target.attached {
-		if _, ok := slices.BinarySearch(seed.attached, p); ok {
-			continue
-		}
-		if err := w.do(ctx, "iam:DetachRolePolicy "+target.arn.Name+" "+p, func() error {
-			_, err := w.api.DetachRolePolicy(ctx, &iam.DetachRolePolicyInput{RoleName: name, PolicyArn: aws.String(p)})
-			return err
-		}); err != nil {
-			return err
-		}
-	}
-	for _, p := range slices.Sorted(maps.Keys(target.inline)) {
-		if _, ok := seed.inline[p]; ok {
-			continue
-		}
-		if err := w.do(ctx, "iam:DeleteRolePolicy "+target.arn.Name+" "+p, func() error {
-			_, err := w.api.DeleteRolePolicy(ctx, &iam.DeleteRolePolicyInput{RoleName: name, PolicyName: aws.String(p)})
-			return err
-		}); err != nil {
-			return err
-		}
-	}
-	if seed.description != target.description || (seed.maxSession != 0 && seed.maxSession != target.maxSession) {
-		in := &iam.UpdateRoleInput{RoleName: name, Description: aws.String(seed.description)}
-		if seed.maxSession != 0 {
-			in.MaxSessionDuration = aws.Int32(seed.maxSession)
-		}
-		if err := w.do(ctx, "iam:UpdateRole "+target.arn.Name, func() error {
-			_, err := w.api.UpdateRole(ctx, in)
-			return err
-		}); err != nil {
-			return err
-		}
-	}
-	want := copiedTags(seed)
-	var set []types.Tag
-	var unset []string
-	for k, v := range want {
-		if have, ok := target.tags[k]; !ok || have != v {
-			set = append(set, types.Tag{Key: aws.String(k), Value: aws.String(v)})
-		}
-	}
-	for k := range target.tags {
-		if _, ok := want[k]; !ok && !strings.HasPrefix(strings.ToLower(k), "aws:") {
-			unset = append(unset, k)
-		}
-	}
-	if len(set) > 0 {
-		// Always restate the seed tag: the IAM policy allows TagRole only with it (see doc.go).
-		if _, ok := target.tags[annotations.SeedTag]; ok && target.tags[annotations.SeedTag] == want[annotations.SeedTag] {
-			set = append(set, types.Tag{Key: aws.String(annotations.SeedTag), Value: aws.String(want[annotations.SeedTag])})
-		}
-		slices.SortFunc(set, func(a, b types.Tag) int { return strings.Compare(*a.Key, *b.Key) })
-		if err := w.do(ctx, "iam:TagRole "+target.arn.Name, func() error {
-			_, err := w.api.TagRole(ctx, &iam.TagRoleInput{RoleName: name, Tags: set})
-			return err
-		}); err != nil {
-			return err
-		}
-	}
-	if len(unset) > 0 {
-		slices.Sort(unset)
-		if err := w.do(ctx, "iam:UntagRole "+target.arn.Name, func() error {
-			_, err := w.api.UntagRole(ctx, &iam.UntagRoleInput{RoleName: name, TagKeys: unset})
-			return err
-		}); err != nil {
-			return err
-		}
-	}
-	return nil
 }

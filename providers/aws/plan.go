@@ -3,7 +3,6 @@ package aws
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 )
@@ -25,19 +24,10 @@ const reservationTTL = 30 * time.Second
 // point ever further out; beyond it, plans ignore the oldest.
 const maxReservations = 4096
 
-// planRole is one derived role as plans see it: an immutable copy taken at the end of a lock
-// session.
-type planRole struct {
-	index  int
-	arn    RoleARN
-	trust  TrustPolicy
-	usable bool // ours (or not yet known not to be) and readable
-}
-
 // planView is what a lock session left behind, for planning without the lock.
 type planView struct {
-	roles []planRole
-	seed  *roleSpec // nil until a session read the seed
+	roles []RoleView // an immutable copy taken at the end of a lock session
+	seed  *roleSpec  // nil until a session read the seed
 }
 
 type reservation struct {
@@ -55,24 +45,27 @@ type planner struct {
 
 // publish replaces the view; called with the seed's session semaphore held.
 func (st *seedState) publish() {
-	v := &planView{roles: make([]planRole, 0, len(st.roles)), seed: st.spec}
-	for _, r := range st.roles {
-		v.roles = append(v.roles, planRole{index: r.index, arn: r.arn, trust: r.trust, usable: r.bad == nil && r.owner != ownerOther})
-	}
+	v := &planView{roles: st.views(), seed: st.spec}
 	st.plan.mu.Lock()
 	st.plan.view = v
 	st.plan.mu.Unlock()
 }
 
-// hint is the role index planned for subject, if a live reservation exists.
-func (st *seedState) hint(subject string, now time.Time) (int, bool) {
+// hints are the role indexes planned for subjects that hold a live reservation: the writer tries
+// them first (PlaceOptions.Hints).
+func (st *seedState) hints(subjects []string, now time.Time) map[string]int {
 	st.plan.mu.Lock()
 	defer st.plan.mu.Unlock()
-	r, ok := st.plan.reserved[subject]
-	if !ok || now.After(r.until) {
-		return 0, false
+	var out map[string]int
+	for _, sub := range subjects {
+		if r, ok := st.plan.reserved[sub]; ok && !now.After(r.until) {
+			if out == nil {
+				out = map[string]int{}
+			}
+			out[sub] = r.index
+		}
 	}
-	return r.index, true
+	return out
 }
 
 // placed drops the reservations of subjects that were written.
@@ -127,10 +120,15 @@ func (a *Assigner) plan(ctx context.Context, seed RoleARN, namespace, name strin
 		return arn.String(), false, nil
 	}
 	live := liveReservations(st.plan.reserved, now)
-	idx, known, err := PlanPlacement(view, live, subject, quota, a.cfg.RoleCreationLimit)
-	if err != nil {
-		return "", false, fmt.Errorf("planning %s in a derived role of %s: %w", subject, seed, err)
+	opt := PlaceOptions{Reserved: live}
+	if view.seed != nil {
+		opt.Seed = &view.seed.trust
 	}
+	d := Place(view.roles, []string{subject}, quota, a.cfg.RoleCreationLimit, opt).Decisions[0]
+	if d.Err != nil {
+		return "", false, fmt.Errorf("planning %s in a derived role of %s: %w", subject, seed, d.Err)
+	}
+	idx, known := d.Index, d.Listed
 	arn, err := Derived(seed, idx)
 	if err != nil {
 		return "", false, err
@@ -161,8 +159,7 @@ func (a *Assigner) viewOf(ctx context.Context, seed RoleARN, st *seedState) (*pl
 		return nil, fmt.Errorf("waiting for seed %s: %w", seed, err)
 	}
 	defer release()
-	s := &session{a: a, seed: seed, st: st}
-	s.w = &writer{api: a.api, before: s.bump} // bump refuses: no lock held
+	s := a.newSession(seed, st, false) // reads only: no lock held, so writes are refused
 	if !st.loaded {
 		if err := s.refresh(ctx); err != nil {
 			return nil, err
@@ -200,59 +197,4 @@ func dropOldest(m map[string]reservation) {
 		}
 	}
 	delete(m, oldest)
-}
-
-// PlanPlacement is first fit as a pure function: the lowest-index usable role that lists the
-// subject (known) or can take it together with the subjects reserved in it, else the lowest
-// index that is neither a role nor reserved for a new one, under limit. A new role's size is
-// measured from the seed's trust policy when the view has it.
-func PlanPlacement(v *planView, reserved map[int][]string, subject string, quota, limit int) (index int, known bool, err error) {
-	for _, r := range v.roles {
-		if r.usable && r.trust.Has(subject) {
-			return r.index, true, nil
-		}
-	}
-	taken := map[int]bool{}
-	for _, r := range v.roles {
-		taken[r.index] = true
-		if !r.usable {
-			continue
-		}
-		p := r.trust
-		for _, s := range reserved[r.index] {
-			p, _ = p.WithSubject(s)
-		}
-		if _, _, ok, err := Fit(p, subject, quota); err == nil && ok {
-			return r.index, false, nil
-		}
-	}
-	// Roles planned but not created yet, lowest first.
-	planned := make([]int, 0, len(reserved))
-	for idx := range reserved {
-		if !taken[idx] {
-			planned = append(planned, idx)
-		}
-	}
-	slices.Sort(planned)
-	for _, idx := range planned {
-		taken[idx] = true
-		if v.seed == nil {
-			continue
-		}
-		p, err := DeriveTrustPolicy(v.seed.trust, append(slices.Clone(reserved[idx]), subject))
-		if err != nil {
-			return 0, false, err
-		}
-		if size, err := p.Size(); err == nil && size <= quota {
-			return idx, false, nil
-		}
-	}
-	idx := 0
-	for taken[idx] {
-		idx++
-	}
-	if idx >= limit {
-		return 0, false, fmt.Errorf("%w: all %d derived roles are full or planned", ErrRoleLimitReached, limit)
-	}
-	return idx, false, nil
 }

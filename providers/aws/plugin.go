@@ -45,7 +45,7 @@ type EventSink interface {
 // in eks.amazonaws.com/role-arn with the planned role and adds the AWS claim to our pending
 // marker. It writes nothing to IAM unless the review is Authenticated (a client certificate):
 // a review body proves nothing, so the write follows once the ServiceAccount is seen persisted
-// (sweeper.Writer). Cloud failures never deny: the ServiceAccount is admitted with a warning.
+// (the writer, sweeper/writer.go). Cloud failures never deny: the ServiceAccount is admitted with a warning.
 type Plugin struct {
 	Assigner AssignerAPI
 	Seeds    Allowlist
@@ -94,7 +94,7 @@ func Decide(op admissionv1.Operation, cur, old map[string]string) Action {
 	if seed == "" {
 		return ActionNone
 	}
-	if op == admissionv1.Update && old[annotations.SeedRole] == seed && cur[annotations.Pending] == "" &&
+	if op == admissionv1.Update && old[annotations.SeedRole] == seed && !markers.PendingOn(cur[annotations.Pending], markers.AWS) &&
 		IsDerivedFrom(cur[annotations.AWSRoleARN], seed) && granted(cur) {
 		return ActionUnchanged
 	}

@@ -28,7 +28,7 @@ type Binder interface {
 
 // ServiceAccountPlugin gives ServiceAccounts that name a managed identity its client and tenant
 // IDs (an ARM read) and records the claim in our pending marker; the ServiceAccount is added to
-// the identity's use-mi-<clientID> binding once it is seen persisted (sweeper.Writer), or at
+// the identity's use-mi-<clientID> binding once it is seen persisted (the writer, sweeper/writer.go), or at
 // admission when the review is Authenticated. Cloud failures admit the ServiceAccount with a
 // warning; the claim stays pending and the writer or the sweeper finishes it.
 type ServiceAccountPlugin struct {
@@ -43,9 +43,10 @@ func (*ServiceAccountPlugin) Name() string { return "azure-identity" }
 const annotationsPath = "/metadata/annotations"
 
 // Unchanged reports an UPDATE that changes nothing relevant: same identity annotations, IDs
-// already present, nothing pending, the claim granted. It makes no ARM or RBAC call.
+// already present, no Azure claim pending (an AWS one may be), the claim granted. It makes no
+// ARM or RBAC call.
 func Unchanged(op admissionv1.Operation, cur, old map[string]string) bool {
-	if op != admissionv1.Update || cur[annotations.Pending] != "" ||
+	if op != admissionv1.Update || markers.PendingOn(cur[annotations.Pending], markers.Azure) ||
 		cur[annotations.AzureClientID] == "" || cur[annotations.AzureTenantID] == "" {
 		return false
 	}

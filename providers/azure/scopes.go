@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+
+	"go.klusters.dev/credential-webhook/glob"
 )
 
 // Scopes is the --azure-allowed-scopes allowlist: ARM scopes under which this server may bind
@@ -16,7 +18,8 @@ import (
 //	/subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>
 //
 // compared case-insensitively like ARM. Within a value segment, "*" matches any run of characters
-// but never crosses a "/", so "/subscriptions/*/resourceGroups/backup-*" means "resource groups
+// (package glob, the dialect of every allowlist, applied segment by segment) so it never crosses
+// a "/", so "/subscriptions/*/resourceGroups/backup-*" means "resource groups
 // named backup-... in any subscription". The keywords (subscriptions, resourceGroups, ...) are
 // literal. Allowing everything must be spelled "/subscriptions/*": a bare "*" is refused so
 // that nobody allows every subscription by a typo.
@@ -118,7 +121,7 @@ func (sc scope) matches(idSegs []string) bool {
 		return false
 	}
 	for i, p := range sc.segs {
-		if !globMatch(p, idSegs[i]) {
+		if !glob.Match(p, idSegs[i]) {
 			return false
 		}
 	}
@@ -135,31 +138,4 @@ func (s Scopes) String() string {
 		raw[i] = e.raw
 	}
 	return strings.Join(raw, ",")
-}
-
-// globMatch matches name against pattern where '*' matches any run of characters (possibly
-// empty) and every other byte matches itself. Greedy with a single backtrack point, so it runs in
-// O(len(pattern)*len(name)) at worst, with no recursion for hostile patterns to exploit.
-func globMatch(pattern, name string) bool {
-	p, n := 0, 0
-	starP, starN := -1, 0
-	for n < len(name) {
-		switch {
-		case p < len(pattern) && pattern[p] == '*':
-			starP, starN = p, n
-			p++
-		case p < len(pattern) && pattern[p] == name[n]:
-			p++
-			n++
-		case starP >= 0:
-			starN++
-			p, n = starP+1, starN
-		default:
-			return false
-		}
-	}
-	for p < len(pattern) && pattern[p] == '*' {
-		p++
-	}
-	return p == len(pattern)
 }

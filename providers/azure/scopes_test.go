@@ -85,29 +85,6 @@ func TestScopesAllows(t *testing.T) {
 	}
 }
 
-func TestGlobMatch(t *testing.T) {
-	tests := []struct {
-		p, n string
-		want bool
-	}{
-		{"", "", true},
-		{"", "a", false},
-		{"*", "", true},
-		{"*", "anything", true},
-		{"a*b*c", "aXbYc", true},
-		{"a*b*c", "aXbY", false},
-		{"a*b", "abab", true},
-		{"**a", "a", true},
-		{"abc", "abd", false},
-		{"a*", "b", false},
-	}
-	for _, tc := range tests {
-		if got := globMatch(tc.p, tc.n); got != tc.want {
-			t.Errorf("globMatch(%q, %q) = %v, want %v", tc.p, tc.n, got, tc.want)
-		}
-	}
-}
-
 func TestScopesString(t *testing.T) {
 	in := "/subscriptions/" + testSub + " /subscriptions/*/resourceGroups/KubeStash-*"
 	s, err := ParseScopes(in)

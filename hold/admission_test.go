@@ -1,4 +1,4 @@
-package jobs
+package hold
 
 import (
 	"errors"
@@ -106,47 +106,5 @@ func TestUnreadableHolds(t *testing.T) {
 	d := Unreadable(kubestashJob(), errors.New("connection refused"), time.Unix(0, 0))
 	if !d.Hold || d.Reason != ReasonServiceAccountUnreadable || d.HeldSince != "1970-01-01T00:00:00Z" {
 		t.Errorf("Unreadable = %+v", d)
-	}
-}
-
-func TestServiceAccountName(t *testing.T) {
-	for _, tc := range []struct {
-		spec corev1.PodSpec
-		want string
-	}{
-		{corev1.PodSpec{ServiceAccountName: "a", DeprecatedServiceAccount: "b"}, "a"},
-		{corev1.PodSpec{DeprecatedServiceAccount: "b"}, "b"},
-		{corev1.PodSpec{}, "default"},
-	} {
-		if got := ServiceAccountName(&tc.spec); got != tc.want {
-			t.Errorf("ServiceAccountName(%+v) = %q, want %q", tc.spec, got, tc.want)
-		}
-	}
-}
-
-func TestIdentityOf(t *testing.T) {
-	for _, tc := range []struct {
-		name       string
-		ann        map[string]string
-		aws, azure bool
-		missing    string
-	}{
-		{"nil", nil, false, false, ""},
-		{"aws missing", map[string]string{annotations.SeedRole: seedARN}, true, false, "no eks.amazonaws.com/role-arn yet"},
-		{"aws done", map[string]string{annotations.SeedRole: seedARN, annotations.AWSRoleARN: "r"}, true, false, ""},
-		{"pending and missing", map[string]string{annotations.SeedRole: seedARN, annotations.Pending: "iam throttled"}, true, false,
-			"assignment pending (iam throttled); no eks.amazonaws.com/role-arn yet"},
-		{"azure missing", map[string]string{annotations.AzureMIName: "mi"}, false, true, "no azure.workload.identity/client-id yet"},
-		{"empty seed value requests nothing", map[string]string{annotations.SeedRole: ""}, false, false, ""},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			id := IdentityOf(serviceAccount(tc.ann))
-			if id.AWS != tc.aws || id.Azure != tc.azure || id.Missing != tc.missing {
-				t.Errorf("IdentityOf = %+v, want aws %v azure %v missing %q", id, tc.aws, tc.azure, tc.missing)
-			}
-		})
-	}
-	if IdentityOf(nil).Requested() {
-		t.Error("a nil ServiceAccount requests an identity")
 	}
 }

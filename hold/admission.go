@@ -1,4 +1,4 @@
-package jobs
+package hold
 
 import (
 	"fmt"
@@ -93,16 +93,16 @@ func Decide(job *batchv1.Job, sa *corev1.ServiceAccount, knownReady bool, now ti
 	saName := ServiceAccountName(&job.Spec.Template.Spec)
 	ref := job.Namespace + "/" + saName
 	if sa == nil {
-		return hold(now, ReasonServiceAccountMissing, fmt.Sprintf("ServiceAccount %s does not exist yet", ref))
+		return held(now, ReasonServiceAccountMissing, fmt.Sprintf("ServiceAccount %s does not exist yet", ref))
 	}
 	id := IdentityOf(sa)
 	switch {
 	case !id.Requested():
 		return Decision{Reason: ReasonNoCloudIdentity}
 	case id.Missing != "":
-		return hold(now, ReasonIdentityPending, fmt.Sprintf("ServiceAccount %s: %s", ref, id.Missing))
+		return held(now, ReasonIdentityPending, fmt.Sprintf("ServiceAccount %s: %s", ref, id.Missing))
 	case !knownReady:
-		return hold(now, ReasonCredentialsUnverified,
+		return held(now, ReasonCredentialsUnverified,
 			fmt.Sprintf("ServiceAccount %s has its %s identity, not yet proven to work (trust propagation)", ref, clouds(id)))
 	}
 	return Decision{Reason: ReasonCredentialsReady}
@@ -111,11 +111,11 @@ func Decide(job *batchv1.Job, sa *corev1.ServiceAccount, knownReady bool, now ti
 // Unreadable is the decision when the ServiceAccount could not be read for another reason than
 // NotFound.
 func Unreadable(job *batchv1.Job, err error, now time.Time) Decision {
-	return hold(now, ReasonServiceAccountUnreadable, fmt.Sprintf("ServiceAccount %s/%s could not be read (%v)",
+	return held(now, ReasonServiceAccountUnreadable, fmt.Sprintf("ServiceAccount %s/%s could not be read (%v)",
 		job.Namespace, ServiceAccountName(&job.Spec.Template.Spec), err))
 }
 
-func hold(now time.Time, reason, detail string) Decision {
+func held(now time.Time, reason, detail string) Decision {
 	return Decision{Hold: true, Reason: reason, Detail: detail, HeldSince: now.UTC().Format(time.RFC3339)}
 }
 

@@ -1,9 +1,7 @@
-// Package jobs is the Job CREATE admission plugin: it suspends a KubeStash Job whose
-// ServiceAccount has no working cloud identity yet, so its backup does not start (and fail)
-// before the credentials work. The sweeper (package sweeper) releases it later.
-package jobs
+package hold
 
 import (
+	"fmt"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -63,4 +61,35 @@ func ServiceAccountName(spec *corev1.PodSpec) string {
 		return spec.DeprecatedServiceAccount
 	}
 	return "default"
+}
+
+// Verdict is what the sweeper knows of a held Job's credentials before any cloud call.
+type Verdict struct {
+	// Known: Ready and Why are the answer. Otherwise a cloud check of Identity decides.
+	Known bool
+	Ready bool
+	// Why explains Ready for Events and logs (set when Known).
+	Why string
+	// Identity is what the ServiceAccount asks for: the clouds to check when not Known.
+	Identity Identity
+}
+
+// Precheck answers, without a cloud call, whether the credentials of ServiceAccount
+// namespace/name work: sa is the ServiceAccount (nil when it does not exist) and knownReady says
+// the sweeper proved its current identity earlier (ReadyCache). It mirrors Decide, so a Job held
+// for a reason admission could see is released as soon as that reason is gone.
+func Precheck(namespace, name string, sa *corev1.ServiceAccount, knownReady bool) Verdict {
+	if sa == nil {
+		return Verdict{Known: true, Why: fmt.Sprintf("ServiceAccount %s/%s does not exist", namespace, name)}
+	}
+	id := IdentityOf(sa)
+	switch {
+	case !id.Requested():
+		return Verdict{Known: true, Ready: true, Why: "its ServiceAccount requests no cloud identity", Identity: id}
+	case id.Missing != "":
+		return Verdict{Known: true, Why: id.Missing, Identity: id}
+	case knownReady:
+		return Verdict{Known: true, Ready: true, Why: "credentials proven earlier", Identity: id}
+	}
+	return Verdict{Identity: id}
 }

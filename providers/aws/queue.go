@@ -1,0 +1,159 @@
+package aws
+
+import (
+	"context"
+	"slices"
+	"sync/atomic"
+	"time"
+)
+
+// assignReq is one Assign waiting for its subject to be placed.
+type assignReq struct {
+	ctx     context.Context
+	subject string
+	done    chan assignResult // buffered: the drainer never blocks on a caller that left
+}
+
+type assignResult struct {
+	a   Assignment
+	err error
+}
+
+// maxBatchWait bounds a batch whose callers have no deadline.
+const maxBatchWait = 2 * time.Minute
+
+// drain runs lock sessions for st's queue until it is empty. One drainer runs per seed. The
+// batch is taken once the locks are held, so everyone who queued while the previous session or
+// the wait for the Lease went on is placed in this session.
+func (a *Assigner) drain(seed RoleARN, st *seedState) {
+	for {
+		early := st.take(false)
+		if len(early) == 0 {
+			return
+		}
+		lockCtx, cancelLock := batchContext(early, time.Time{})
+		s, done, err := a.begin(lockCtx, seed)
+		locked := time.Now()
+		if err != nil {
+			cancelLock()
+			st.remove(early)
+			for _, r := range early {
+				r.done <- assignResult{err: err}
+			}
+			continue
+		}
+		batch := st.take(true)
+		if len(batch) > 0 {
+			var until time.Time
+			if l, ok := a.locker.(holdLimiter); ok {
+				until = locked.Add(l.HoldLimit() * 2 / 3)
+			}
+			a.assignBatch(s, batch, until)
+		}
+		done()
+		cancelLock()
+	}
+}
+
+// take returns the requests whose callers still wait, dropping the others; clear also empties
+// the queue. When nobody waits, the drainer's turn ends (under the same lock as enqueueing, so
+// no request is left without a drainer).
+func (st *seedState) take(clear bool) []*assignReq {
+	st.qmu.Lock()
+	defer st.qmu.Unlock()
+	live := st.queue[:0]
+	for _, r := range st.queue {
+		if r.ctx.Err() == nil { // callers that left already returned their ctx error
+			live = append(live, r)
+		}
+	}
+	st.queue = live
+	out := slices.Clone(live)
+	if clear {
+		st.queue = nil
+	}
+	if len(out) == 0 && !clear {
+		st.draining = false
+	}
+	return out
+}
+
+// remove takes answered requests out of the queue.
+func (st *seedState) remove(done []*assignReq) {
+	st.qmu.Lock()
+	defer st.qmu.Unlock()
+	st.queue = slices.DeleteFunc(st.queue, func(r *assignReq) bool { return slices.Contains(done, r) })
+}
+
+// holdLimiter is implemented by lockers whose lock expires (a Kubernetes Lease): a session must
+// end well before that, or another replica may take the lock over while this one still writes.
+type holdLimiter interface{ HoldLimit() time.Duration }
+
+// batchContext lasts while any caller of the batch still waits, no longer than the latest
+// caller's deadline, and not past until (zero: no bound). It keeps the first caller's values
+// (loggers, tracing).
+func batchContext(batch []*assignReq, until time.Time) (context.Context, context.CancelFunc) {
+	deadline := time.Now().Add(maxBatchWait)
+	if !until.IsZero() {
+		deadline = earlier(deadline, until)
+	}
+	latest := time.Time{}
+	for _, r := range batch {
+		d, ok := r.ctx.Deadline()
+		if !ok {
+			latest = deadline
+			break
+		}
+		latest = later(latest, d)
+	}
+	ctx, cancel := context.WithDeadline(context.WithoutCancel(batch[0].ctx), earlier(latest, deadline))
+	var waiting atomic.Int64
+	waiting.Store(int64(len(batch)))
+	stops := make([]func() bool, 0, len(batch))
+	for _, r := range batch {
+		stops = append(stops, context.AfterFunc(r.ctx, func() {
+			if waiting.Add(-1) == 0 {
+				cancel() // nobody waits for this batch any more
+			}
+		}))
+	}
+	return ctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		cancel()
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+func earlier(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// assignBatch places batch in the lock session s and answers every caller.
+func (a *Assigner) assignBatch(s *session, batch []*assignReq, until time.Time) {
+	ctx, cancel := batchContext(batch, until)
+	defer cancel()
+	subjects := make([]string, 0, len(batch))
+	for _, r := range batch {
+		if !slices.Contains(subjects, r.subject) {
+			subjects = append(subjects, r.subject)
+		}
+	}
+	results := s.placeBatch(ctx, subjects)
+	for _, r := range batch {
+		r.done <- results[r.subject]
+	}
+	if len(subjects) > 1 {
+		a.log.Debug("assigned a batch of subjects in one lock session", "seed", s.seed.String(), "subjects", len(subjects))
+	}
+}

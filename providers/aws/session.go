@@ -1,0 +1,519 @@
+package aws
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
+
+	"go.klusters.dev/credential-webhook/annotations"
+)
+
+// session is one locked read-modify-write of a seed's derived roles.
+type session struct {
+	a    *Assigner
+	seed RoleARN
+	st   *seedState
+	w    *applier
+	// locked: the distributed lock is held, so writes are allowed.
+	locked bool
+	bumped bool
+}
+
+// newSession starts a session over st; without locked every write is refused (bump), which is
+// what the read-only callers (admission's first view, the roles report) rely on.
+func (a *Assigner) newSession(seed RoleARN, st *seedState, locked bool) *session {
+	s := &session{a: a, seed: seed, st: st, locked: locked}
+	s.w = &applier{api: a.api, before: s.bump}
+	return s
+}
+
+// begin takes the local then the distributed lock and makes the cache current.
+func (a *Assigner) begin(ctx context.Context, seed RoleARN) (*session, func(), error) {
+	if err := a.allowed(seed); err != nil {
+		return nil, nil, err
+	}
+	st := a.state(seed)
+	release, err := st.acquire(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("waiting for seed %s: %w", seed, err)
+	}
+	unlock, gen, err := a.locker.Lock(ctx, seed.String())
+	if err != nil {
+		release()
+		return nil, nil, fmt.Errorf("locking seed %s: %w", seed, err)
+	}
+	s := a.newSession(seed, st, true)
+	done := func() { st.publish(); unlock(); release() }
+	if !st.loaded || st.gen != gen {
+		if st.loaded {
+			a.log.Debug("derived role cache is stale, reloading", "seed", seed.String(), "cached", st.gen, "current", gen)
+		}
+		if err := s.refresh(ctx); err != nil {
+			done()
+			return nil, nil, err
+		}
+		st.gen = gen
+	}
+	return s, done, nil
+}
+
+// bump runs before the session's first IAM write (see Locker for the protocol).
+func (s *session) bump(ctx context.Context) error {
+	if !s.locked {
+		return errors.New("internal error: IAM write outside a lock session")
+	}
+	if s.bumped {
+		return nil
+	}
+	if err := s.a.locker.Bump(ctx, s.seed.String()); err != nil {
+		return fmt.Errorf("bumping generation of seed %s before writing: %w", s.seed, err)
+	}
+	s.bumped = true
+	s.st.gen++
+	return nil
+}
+
+// refresh reloads the derived roles from IAM, keeping what was verified about roles whose
+// RoleId did not change (a deleted and re-created role gets a new id and is checked again).
+func (s *session) refresh(ctx context.Context) error {
+	listed, err := listDerived(ctx, s.a.api, s.seed)
+	if err != nil {
+		return err
+	}
+	old := map[string]*roleState{}
+	for _, r := range s.st.roles {
+		if r.id != "" {
+			old[r.id] = r
+		}
+	}
+	roles := make([]*roleState, 0, len(listed))
+	for _, l := range listed {
+		r := &roleState{index: l.index, arn: l.arn, id: l.id}
+		if prev, ok := old[l.id]; ok {
+			r.owner, r.complete = prev.owner, prev.complete
+		}
+		doc := l.doc
+		if doc == "" { // not every IAM implementation includes it in ListRoles
+			out, err := s.a.api.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(l.arn.Name)})
+			if err != nil {
+				return fmt.Errorf("iam:GetRole %s: %w", l.arn.Name, err)
+			}
+			doc = aws.ToString(out.Role.AssumeRolePolicyDocument)
+		}
+		if r.trust, r.bad = ParseTrustPolicyFor(doc, s.a.provider(s.seed)); r.bad != nil {
+			s.a.log.Warn("derived role has an unreadable trust policy; it will not be used", "role", l.arn.String(), "err", r.bad)
+		}
+		roles = append(roles, r)
+	}
+	s.st.roles = roles
+	s.st.loaded = true
+	return nil
+}
+
+// seedSpec returns the seed's permissions, reading them on first use.
+func (s *session) seedSpec(ctx context.Context) (*roleSpec, error) {
+	if s.st.spec != nil {
+		return s.st.spec, nil
+	}
+	spec, err := s.readSeed(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	s.st.spec = spec
+	return spec, nil
+}
+
+// readSeed reads the seed and checks it can be one. The spec's boundary is the one derived roles
+// get: Config.PermissionsBoundary, else the seed's own.
+func (s *session) readSeed(ctx context.Context, withDocs bool) (*roleSpec, error) {
+	provider := s.a.provider(s.seed)
+	spec, err := readRoleFor(ctx, s.a.api, s.seed.Name, provider, withDocs)
+	if err != nil {
+		return nil, fmt.Errorf("reading seed role: %w", err)
+	}
+	if spec.arn != s.seed {
+		return nil, fmt.Errorf("%w: %s, IAM has %s", ErrSeedMismatch, s.seed, spec.arn)
+	}
+	if tag, ok := spec.tags[annotations.SeedTag]; ok {
+		return nil, refuseSeed(s.seed, "it carries the tag %s=%s, so it is a derived role, and a derived role is never a seed", annotations.SeedTag, tag)
+	}
+	if s.a.cfg.PermissionsBoundary != "" {
+		spec.boundary = s.a.cfg.PermissionsBoundary
+	}
+	if spec.boundary == "" {
+		return nil, refuseSeed(s.seed, "it has no permissions boundary and --aws-permissions-boundary is not set; derived roles always carry one, so give the seed a boundary or set the flag")
+	}
+	if _, err := DeriveTrustPolicy(spec.trust, nil); err != nil {
+		if provider != "" && errors.Is(err, ErrSeedNotOIDC) {
+			return nil, fmt.Errorf("seed role %s: %w: no Allow statement trusts %s (--aws-oidc-issuer), this cluster's OIDC provider", s.seed, err, provider)
+		}
+		return nil, fmt.Errorf("seed role %s: %w", s.seed, err)
+	}
+	return spec, nil
+}
+
+func (s *session) isOurs(spec *roleSpec) bool {
+	return spec.tags[annotations.SeedTag] == s.seed.String()
+}
+
+// ensureOwned checks the seed tag of r with one GetRole the first time.
+func (s *session) ensureOwned(ctx context.Context, r *roleState) error {
+	if r.owner == ownerUnknown {
+		out, err := s.a.api.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(r.arn.Name)})
+		if err != nil {
+			return fmt.Errorf("iam:GetRole %s: %w", r.arn.Name, err)
+		}
+		spec, err := specFromRole(out.Role, s.a.provider(s.seed))
+		if err != nil {
+			return err
+		}
+		s.setOwner(r, spec)
+	}
+	if r.owner == ownerOther {
+		return fmt.Errorf("%w: %s", errForeign, r.arn)
+	}
+	return nil
+}
+
+func (s *session) setOwner(r *roleState, spec *roleSpec) {
+	if s.isOurs(spec) {
+		r.owner = ownerUs
+		return
+	}
+	r.owner = ownerOther
+	s.a.log.Warn("role is named like a derived role but lacks the seed tag; skipping it",
+		"role", r.arn.String(), "seed", s.seed.String(), "tag", annotations.SeedTag)
+}
+
+// ensureComplete makes sure r is ours and has at least the seed's permissions, once per process:
+// this is where a role half-created by an earlier attempt (created, policies not yet attached) is
+// finished instead of being duplicated.
+func (s *session) ensureComplete(ctx context.Context, r *roleState) error {
+	if r.owner == ownerOther {
+		return fmt.Errorf("%w: %s", errForeign, r.arn)
+	}
+	if r.complete {
+		return nil
+	}
+	target, err := readRoleFor(ctx, s.a.api, r.arn.Name, s.a.provider(s.seed), false)
+	if err != nil {
+		return err
+	}
+	s.setOwner(r, target)
+	if r.owner != ownerUs {
+		return fmt.Errorf("%w: %s", errForeign, r.arn)
+	}
+	seed, err := s.seedSpec(ctx)
+	if err != nil {
+		return err
+	}
+	n, err := s.syncRole(ctx, seed, target, false)
+	if err != nil {
+		return fmt.Errorf("completing derived role %s: %w", r.arn, err)
+	}
+	if n > 0 {
+		s.a.log.Info("completed a half-created derived role", "role", r.arn.String(), "writes", n)
+	}
+	r.complete = true
+	return nil
+}
+
+// writeTrust sends p as r's trust policy and updates the cache on success.
+func (s *session) writeTrust(ctx context.Context, r *roleState, p TrustPolicy) error {
+	js, err := p.JSON()
+	if err != nil {
+		return err
+	}
+	if err := s.w.apply(ctx, updateTrust{role: r.arn.Name, document: js}); err != nil {
+		if !isDefinite(err) {
+			s.st.loaded = false // the write may have happened: reload before trusting the cache
+		}
+		return err
+	}
+	r.trust = p
+	return nil
+}
+
+// syncRole makes target's permissions match seed's (policyDiff) and returns how many writes it
+// sent. It reads the seed's inline documents the diff needs first, so the diff itself stays pure.
+func (s *session) syncRole(ctx context.Context, seed, target *roleSpec, full bool) (int, error) {
+	if err := seed.readInlineDocs(ctx, s.a.api, inlineDocsNeeded(seed, target, full)); err != nil {
+		return 0, err
+	}
+	ws, err := policyDiff(seed, target, full)
+	if err != nil {
+		return 0, err
+	}
+	before := s.w.writes
+	err = s.w.apply(ctx, ws...)
+	return s.w.writes - before, err
+}
+
+// placeBatch places subjects; every subject gets a result.
+func (s *session) placeBatch(ctx context.Context, subjects []string) map[string]assignResult {
+	out := make(map[string]assignResult, len(subjects))
+	todo := subjects
+	for range maxPlacementAttempts {
+		if len(todo) == 0 {
+			return out
+		}
+		if !s.st.loaded {
+			// A write of the previous round has an unknown outcome: read IAM again before
+			// placing anyone else (the lock is still held).
+			if err := s.refresh(ctx); err != nil {
+				for _, sub := range todo {
+					out[sub] = assignResult{err: err}
+				}
+				return out
+			}
+		}
+		todo = s.placeRound(ctx, todo, out)
+	}
+	for _, sub := range todo {
+		out[sub] = assignResult{err: fmt.Errorf("gave up after %d attempts (roles changing underneath)", maxPlacementAttempts)}
+	}
+	return out
+}
+
+// placeRound makes one placement attempt for todo. Plan: decide where every subject goes (Place,
+// with the reads that check the chosen roles). Apply: create the new roles, then write each
+// touched role's trust policy once, in index order. It returns the subjects to place again (IAM
+// refused a role as full, or a role appeared that the cache did not know).
+func (s *session) placeRound(ctx context.Context, todo []string, out map[string]assignResult) (again []string) {
+	quota := s.a.quotaFor(ctx)
+	pl, failed, seedErr := s.decide(ctx, todo, quota)
+	for _, d := range pl.Decisions {
+		switch {
+		case d.Err != nil:
+			out[d.Subject] = assignResult{err: d.Err}
+		case d.Creates && seedErr != nil:
+			out[d.Subject] = assignResult{err: seedErr}
+		case failed[d.Index] != nil:
+			out[d.Subject] = assignResult{err: failed[d.Index]}
+		case d.Listed:
+			out[d.Subject] = assignResult{a: Assignment{RoleARN: s.st.role(d.Index).arn.String(), AlreadyListed: true}}
+		}
+	}
+	joiners := map[int][]string{}
+	for _, w := range pl.Writes {
+		joiners[w.Index] = w.Added
+	}
+	// Roles whose trust write must not happen: their creation did not.
+	skip := map[int]bool{}
+	stop := false
+	for _, c := range pl.Creates {
+		if seedErr != nil {
+			break // answered above; nothing was planned for them
+		}
+		members := append([]string{c.Subject}, joiners[c.Index]...)
+		if stop {
+			// An earlier creation changed what the plan assumed (the quota, or a role it did
+			// not know): the later new roles are planned again.
+			again = append(again, members...)
+			skip[c.Index] = true
+			continue
+		}
+		res, retry, err := s.createFor(ctx, c, quota)
+		switch {
+		case retry:
+			again = append(again, members...)
+			skip[c.Index] = true
+			stop = true
+		case err != nil && s.st.role(c.Index) == nil:
+			for _, sub := range members {
+				out[sub] = assignResult{err: err}
+			}
+			skip[c.Index] = true
+		default:
+			// With an error here the role exists but is incomplete: its joiners' write below
+			// completes it first (ensureComplete), as the next attempt would.
+			out[c.Subject] = assignResult{a: res, err: err}
+		}
+	}
+	log := s.a.log.With("seed", s.seed.String())
+	for _, w := range pl.Writes {
+		if skip[w.Index] || failed[w.Index] != nil {
+			continue
+		}
+		r := s.st.role(w.Index)
+		if r == nil {
+			again = append(again, w.Added...)
+			continue
+		}
+		if err := s.ensureComplete(ctx, r); errors.Is(err, errForeign) {
+			again = append(again, w.Added...)
+			continue
+		} else if err != nil {
+			for _, sub := range w.Added {
+				out[sub] = assignResult{err: err}
+			}
+			continue
+		}
+		size, _ := w.Trust.Size()
+		err := s.writeTrust(ctx, r, w.Trust)
+		if named, full := trustQuotaError(err); full {
+			// IAM's verdict wins over our measurement: this role is full, place them again.
+			quota = s.a.learnQuota(named, size)
+			again = append(again, w.Added...)
+			continue
+		}
+		if err == nil {
+			s.st.placed(w.Added)
+		}
+		for _, sub := range w.Added {
+			if err != nil {
+				out[sub] = assignResult{err: err}
+				continue
+			}
+			out[sub] = assignResult{a: Assignment{RoleARN: r.arn.String()}}
+			log.Info("assigned ServiceAccount to derived role", "subject", sub, "role", r.arn.String(), "chars", size, "quota", quota, "batch", len(w.Added))
+		}
+	}
+	return again
+}
+
+// decide places todo over the cache (Place) and checks, with reads only, that every existing
+// role the placement uses is ours and complete (ensureComplete: a role half-created by an earlier
+// attempt is finished here). A role found foreign is marked so and the subjects are placed again
+// without it. failed holds the roles that could not be checked: their subjects get that error.
+// seedErr is set when a new role was needed and the seed could not be read.
+func (s *session) decide(ctx context.Context, todo []string, quota int) (pl Placement, failed map[int]error, seedErr error) {
+	hints := s.st.hints(todo, time.Now())
+	failed = map[int]error{}
+	for {
+		var seed *TrustPolicy
+		if s.st.spec != nil {
+			seed = &s.st.spec.trust
+		}
+		pl = Place(s.st.views(), todo, quota, s.a.cfg.RoleCreationLimit, PlaceOptions{Seed: seed, Hints: hints})
+		if pl.NeedSeed && seedErr == nil {
+			// The seed is read only when a new role is needed: new roles are derived from it.
+			if _, seedErr = s.seedSpec(ctx); seedErr == nil {
+				continue
+			}
+		}
+		foreign := false
+		for _, d := range pl.Decisions {
+			if d.Err != nil || d.Creates {
+				continue
+			}
+			r := s.st.role(d.Index)
+			if r == nil || failed[d.Index] != nil { // nil: a role this placement creates
+				continue
+			}
+			if err := s.ensureComplete(ctx, r); errors.Is(err, errForeign) {
+				foreign = true
+			} else if err != nil {
+				failed[d.Index] = err
+			}
+		}
+		if !foreign {
+			return pl, failed, seedErr
+		}
+	}
+}
+
+// createFor creates the role c plans; again asks for another placement after the cache was
+// corrected (IAM found the role full at creation, or the role already existed).
+func (s *session) createFor(ctx context.Context, c RoleCreate, quota int) (res Assignment, again bool, err error) {
+	arn, err := Derived(s.seed, c.Index)
+	if err != nil {
+		return res, false, err
+	}
+	seed, err := s.seedSpec(ctx)
+	if err != nil {
+		return res, false, err
+	}
+	size, err := c.Trust.Size()
+	if err != nil {
+		return res, false, err
+	}
+	err = s.create(ctx, arn, c.Index, seed, c.Trust)
+	switch named, full := trustQuotaError(err); {
+	case full:
+		s.a.learnQuota(named, size)
+		return res, true, nil
+	case isAlreadyExists(err):
+		// Our listing missed it (another writer outside the protocol, or IAM's eventual
+		// consistency): look at it and place again.
+		if err := s.adopt(ctx, arn, c.Index); err != nil {
+			return res, false, err
+		}
+		return res, true, nil
+	case err != nil:
+		return res, false, err
+	}
+	s.a.log.Info("created derived role", "seed", s.seed.String(), "subject", c.Subject, "role", arn.String(), "chars", size, "quota", quota)
+	s.st.placed([]string{c.Subject})
+	return Assignment{RoleARN: arn.String(), Created: true}, false, nil
+}
+
+// create makes a full clone of the seed. The seed tag goes in CreateRole itself, so a role that
+// exists is always recognisable as ours; the subject goes in too, which saves a call, and is safe
+// because the role only gains permissions (policies attached after) and never more than the seed.
+// If attaching fails, the role stays in the cache as incomplete and the next attempt finishes it.
+func (s *session) create(ctx context.Context, arn RoleARN, idx int, seed *roleSpec, trust TrustPolicy) error {
+	js, err := trust.JSON()
+	if err != nil {
+		return err
+	}
+	tags := copiedTags(seed)
+	in := &iam.CreateRoleInput{
+		RoleName:                 aws.String(arn.Name),
+		Path:                     aws.String(arn.Path),
+		AssumeRolePolicyDocument: aws.String(js),
+		Tags:                     tagList(tags),
+	}
+	if seed.description != "" {
+		in.Description = aws.String(seed.description)
+	}
+	if seed.maxSession != 0 {
+		in.MaxSessionDuration = aws.Int32(seed.maxSession)
+	}
+	if seed.boundary == "" { // readSeed refuses such a seed; never create a role without one
+		return refuseSeed(s.seed, "no permissions boundary for derived roles")
+	}
+	in.PermissionsBoundary = aws.String(seed.boundary)
+	var id string
+	if err := s.w.apply(ctx, createRole{in: in, id: &id}); err != nil {
+		if !isDefinite(err) {
+			s.st.loaded = false
+		}
+		return err
+	}
+	r := &roleState{index: idx, arn: arn, id: id, trust: trust, owner: ownerUs}
+	s.st.insert(r)
+	// What CreateRole set: policyDiff adds the rest.
+	target := &roleSpec{arn: arn, boundary: seed.boundary, tags: tags, inline: map[string]string{}}
+	if _, err := s.syncRole(ctx, seed, target, false); err != nil {
+		return fmt.Errorf("derived role %s created but not complete (the next attempt completes it): %w", arn, err)
+	}
+	r.complete = true
+	return nil
+}
+
+// adopt loads a role that exists although the listing did not show it.
+func (s *session) adopt(ctx context.Context, arn RoleARN, idx int) error {
+	out, err := s.a.api.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(arn.Name)})
+	if err != nil {
+		return fmt.Errorf("role %s exists but cannot be read: %w", arn.Name, err)
+	}
+	spec, err := specFromRole(out.Role, s.a.provider(s.seed))
+	if err != nil {
+		return err
+	}
+	r := &roleState{index: idx, arn: spec.arn, id: spec.id, trust: spec.trust}
+	if spec.arn != arn {
+		// Role names are unique per account across paths: the name is taken elsewhere.
+		r.owner = ownerOther
+		s.a.log.Warn("derived role name is taken by a role under another path; skipping the index", "want", arn.String(), "have", spec.arn.String())
+	} else {
+		s.setOwner(r, spec)
+	}
+	s.st.insert(r)
+	return nil
+}
