@@ -85,6 +85,9 @@ func (p *providerConfig) validate() (settings, error) {
 		// shorter grace could collect the subject of one that is about to exist.
 		errs = append(errs, fmt.Errorf("--gc-grace %s: must be at least 10s", p.gcGrace))
 	}
+	if p.gcEmptyRoleGrace < 0 {
+		errs = append(errs, fmt.Errorf("--gc-empty-role-grace %s: must be 0 (keep empty roles) or positive", p.gcEmptyRoleGrace))
+	}
 	var err error
 	if st.access, err = access.Parse(p.namespaces, p.requesters); err != nil {
 		errs = append(errs, err)
@@ -141,6 +144,7 @@ type providerConfig struct {
 	sweeperLease        time.Duration
 	maxHold, gcInterval time.Duration
 	gcGrace             time.Duration
+	gcEmptyRoleGrace    time.Duration
 	handoff             time.Duration
 	checksInARow        int
 
@@ -167,11 +171,25 @@ func (p *providerConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&p.checksInARow, "sweeper-checks-in-a-row", sweeper.DefaultChecksInARow, "successful credential checks in a row before a Job is released")
 	fs.DurationVar(&p.gcInterval, "gc-interval", sweeper.DefaultGCInterval, "how often the sweeper compares every derived role and binding with the ServiceAccounts that exist")
 	fs.DurationVar(&p.gcGrace, "gc-grace", sweeper.DefaultGCGrace, "how long a ServiceAccount must be gone before its cloud subjects are removed (a delete-and-recreate within it keeps them)")
+	fs.DurationVar(&p.gcEmptyRoleGrace, "gc-empty-role-grace", awsp.DefaultEmptyRoleGrace, "how long a derived IAM role must have listed no ServiceAccount before garbage collection (every --gc-interval) deletes it; 0 keeps empty roles")
 	fs.DurationVar(&p.handoff, "writer-handoff", sweeper.DefaultHandoff, "how long the sweeper leader leaves a pending ServiceAccount to the replica that planned it before writing it itself")
 	fs.BoolVar(&p.podIdentity, "aws-inject-pod-identity", false, "inject IRSA credentials (env and a projected token) into Pods whose ServiceAccount has eks.amazonaws.com/role-arn, for clusters without the EKS pod-identity webhook")
 	fs.StringVar(&p.pods.Region, "aws-region", "", "AWS_REGION and AWS_DEFAULT_REGION injected into Pods (when absent)")
 	fs.BoolVar(&p.pods.RegionalSTS, "aws-sts-regional-endpoints", true, "inject AWS_STS_REGIONAL_ENDPOINTS=regional into Pods")
 	fs.Int64Var(&p.pods.DefaultTokenExpiration, "aws-token-expiration", pods.DefaultTokenExpiration, "projected token lifetime in seconds (never under 600)")
+	p.pods.ExpirationJitter = pods.DefaultExpirationJitter
+	fs.Func("aws-token-expiration-jitter", fmt.Sprintf("largest fraction (0 to %g) of --aws-token-expiration taken off at random per Pod, so tokens of Pods started together do not all refresh at once; never applied to an eks.amazonaws.com/token-expiration annotation (default %g)", pods.MaxExpirationJitter, pods.DefaultExpirationJitter), func(v string) (err error) {
+		p.pods.ExpirationJitter, err = pods.ParseJitter(v)
+		return err
+	})
+	fs.Func("aws-token-audience", "audience of the projected token injected into Pods whose ServiceAccount has no eks.amazonaws.com/audience (default "+pods.DefaultAudience+")", func(v string) (err error) {
+		p.pods.Audience, err = pods.ParseAudience(v)
+		return err
+	})
+	fs.Func("aws-token-mount-path", "directory of the projected token in Pods' Linux containers; Windows containers get it under C:\\ (default "+pods.TokenMountPath+")", func(v string) (err error) {
+		p.pods.MountPath, err = pods.ParseMountPath(v)
+		return err
+	})
 	fs.StringVar(&p.podMissing, "pod-missing-serviceaccount", "admit", "a Pod whose ServiceAccount cannot be found: admit (unchanged, with a warning) or deny (the controller retries; a Pod admitted without credentials is never fixed later)")
 	fs.StringVar(&p.pods.SidecarImage, "sidecar-image", "", "this binary's image, run as the aws-credentials sidecar for Pods that opt in; empty disables the sidecar")
 	fs.StringVar(&p.azureScopes, "azure-allowed-scopes", "", "comma-separated ARM scopes whose managed identities may be used: /subscriptions/<id> or /subscriptions/<id>/resourceGroups/<rg> (* globs allowed); empty disables Azure")
@@ -241,7 +259,7 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		clouds = append(clouds, awsp.Cloud{Assigner: assigner})
 		if d.kube != nil {
 			sw.AWS = awscheck.New(awscheck.IAMRoleLister{IAM: iamClient}, awscheck.KubeTokens{Client: d.kube}, sts.NewFromConfig(cfg), p.checksInARow)
-			sw.Collectors = append(sw.Collectors, awsp.Collector{Assigner: assigner, Seeds: p.seedsInUse(d, sas)})
+			sw.Collectors = append(sw.Collectors, awsp.Collector{Assigner: assigner, Seeds: p.seedsInUse(d, sas), EmptyRoleGrace: p.gcEmptyRoleGrace, Metrics: awsp.NewGCMetrics(d.reg)})
 			sw.SeedLeaseAllowed = seeds.Allows
 		}
 	}
@@ -274,7 +292,9 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 
 	if sas != nil {
 		// Hold KubeStash Jobs until their credentials are proven (no cloud call on this path).
-		jobPlugins = append(jobPlugins, jobs.NewPlugin(sas, ready))
+		jp := jobs.NewPlugin(sas, ready)
+		jp.Self = d.self // only this server releases a Job it holds (hold.KeepHeld)
+		jobPlugins = append(jobPlugins, jp)
 	} else {
 		d.log.Warn("Job holding needs the Kubernetes API: KubeStash Jobs are not held in local mode")
 	}
@@ -284,7 +304,7 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		if sas == nil {
 			return nil, fmt.Errorf("--aws-inject-pod-identity needs the Kubernetes API (--kubeconfig or in-cluster) to read ServiceAccounts")
 		}
-		podPlugins = append(podPlugins, pods.NewPlugin(sas, p.pods))
+		podPlugins = append(podPlugins, &pods.Plugin{ServiceAccounts: sas, Config: p.pods, Metrics: pods.NewMetrics(d.reg)})
 	}
 
 	// Admission plans; the writer (every replica) and the sweeper (the leader) write. Without the

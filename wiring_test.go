@@ -73,6 +73,7 @@ func TestProviderConfigValidate(t *testing.T) {
 		{"azure scope", func(p *providerConfig) { p.azureScopes = "*" }, []string{"--azure-allowed-scopes"}},
 		{"namespace glob of another dialect", func(p *providerConfig) { p.namespaces = "team-[ab]" }, []string{"--allowed-namespaces"}},
 		{"pod policy", func(p *providerConfig) { p.podIdentity, p.podMissing = true, "maybe" }, []string{"--pod-missing-serviceaccount"}},
+		{"negative empty-role grace", func(p *providerConfig) { p.gcEmptyRoleGrace = -time.Second }, []string{"--gc-empty-role-grace"}},
 		{"pod policy ignored without injection", func(p *providerConfig) { p.podMissing = "maybe" }, nil},
 		{"everything wrong at once", func(p *providerConfig) {
 			p.sweeperLease, p.gcGrace, p.namespaces, p.azureScopes = time.Second, time.Second, "a?", "*"

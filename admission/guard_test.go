@@ -22,6 +22,9 @@ func TestOwnAnnotationsGuard(t *testing.T) {
 		{"user removes our marker is fine", "alice", "UPDATE", `{"metadata":{}}`, `{"metadata":{"annotations":{"credential-webhook.klusters.dev/pending":"x"}}}`, 0, false},
 		{"no annotations", "alice", "CREATE", `{"metadata":{}}`, "", 0, false},
 		{"look-alike prefix is not ours", "alice", "CREATE", `{"metadata":{"annotations":{"credential-webhook.klusters.dev.evil/x":"1"}}}`, "", 0, false},
+		// The restic sidecar opt-in grants nothing and is the user's to set (issue 17).
+		{"user sets the restic opt-in", "alice", "CREATE", `{"metadata":{"annotations":{"go.klusters.dev/restic-credentials":"true"}}}`, "", 0, false},
+		{"the former restic key is ours: stripped", "alice", "CREATE", `{"metadata":{"annotations":{"credential-webhook.klusters.dev/restic-credentials":"true"}}}`, "", 1, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

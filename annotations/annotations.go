@@ -18,6 +18,17 @@ const (
 	ManagedByValue = "kubestash.com"
 )
 
+// Opt-ins anyone may write. Not under Prefix: the own-annotations guard strips keys under it from
+// ServiceAccounts and the admission policy refuses them, so a user could never set one there.
+// They grant nothing: the Pod still gets only what its ServiceAccount's role allows.
+const (
+	// ResticCredentials ("true") on a ServiceAccount or Pod opts into the aws-credentials sidecar.
+	ResticCredentials = "go.klusters.dev/restic-credentials"
+	// LegacyResticCredentials is its former key, under Prefix. Still read on Pods, which no guard
+	// or policy touches (ServiceAccounts lose it to the guard unless this server wrote it).
+	LegacyResticCredentials = Prefix + "restic-credentials"
+)
+
 // Outputs read by other software.
 const (
 	AWSRoleARN = "eks.amazonaws.com/role-arn"
@@ -26,6 +37,9 @@ const (
 	AWSTokenExpiration      = "eks.amazonaws.com/token-expiration"
 	AWSSTSRegionalEndpoints = "eks.amazonaws.com/sts-regional-endpoints"
 	AWSSkipContainers       = "eks.amazonaws.com/skip-containers"
+	// AWSSkipPodIdentityLabel on a Pod (any value, as the EKS webhook's objectSelector
+	// DoesNotExist has it) keeps every Pod identity webhook away from it.
+	AWSSkipPodIdentityLabel = "eks.amazonaws.com/skip-pod-identity-webhook"
 
 	AzureClientID           = "azure.workload.identity/client-id"
 	AzureTenantID           = "azure.workload.identity/tenant-id"
@@ -47,8 +61,6 @@ const (
 	// Jobs that carry them.
 	HoldReason = Prefix + "hold-reason"
 	HeldSince  = Prefix + "held-since"
-	// ResticCredentials ("true") on a ServiceAccount or Pod opts into the aws-credentials sidecar.
-	ResticCredentials = Prefix + "restic-credentials"
 	// SeedTag is the IAM tag key on a derived role naming its seed role ARN.
 	SeedTag = "credential-webhook.klusters.dev/seed-role"
 	// Granted records, after the cloud write, which claims were granted to which object (its

@@ -31,7 +31,7 @@ import (
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/e2e/harness"
-	"go.klusters.dev/credential-webhook/jobs"
+	"go.klusters.dev/credential-webhook/hold"
 	"go.klusters.dev/credential-webhook/sweeper"
 	"go.klusters.dev/credential-webhook/sweeper/awscheck"
 	"go.klusters.dev/credential-webhook/testenv/iamproxy"
@@ -380,6 +380,9 @@ const (
 	flowIRSATokenFile  = flowIRSAMountPath + "/token"
 	flowIRSAAudience   = "sts.amazonaws.com"
 	flowIRSAExpiration = 86400 // the EKS webhook's default token lifetime, seconds
+	// flowIRSAJitter: the default lifetime loses up to 10 % at random per Pod
+	// (--aws-token-expiration-jitter), so Pods started together do not refresh together.
+	flowIRSAJitter = flowIRSAExpiration / 10
 )
 
 // flowCheckIRSA asserts the Pod carries what the EKS pod-identity webhook would have injected
@@ -415,9 +418,9 @@ func flowCheckIRSA(t *testing.T, pod *corev1.Pod, roleARN string) {
 		t.Fatalf("Pod %s: no projected ServiceAccount token volume %s: %+v", pod.Name, flowIRSAVolume, pod.Spec.Volumes)
 	}
 	tok := vol.Projected.Sources[0].ServiceAccountToken
-	if tok.Audience != flowIRSAAudience || tok.Path != "token" || ptr.Deref(tok.ExpirationSeconds, 0) != flowIRSAExpiration {
-		t.Errorf("Pod %s: token projection = audience %q path %q expiration %v; want %q, \"token\", %d",
-			pod.Name, tok.Audience, tok.Path, ptr.Deref(tok.ExpirationSeconds, 0), flowIRSAAudience, flowIRSAExpiration)
+	if exp := ptr.Deref(tok.ExpirationSeconds, 0); tok.Audience != flowIRSAAudience || tok.Path != "token" || exp > flowIRSAExpiration || exp < flowIRSAExpiration-flowIRSAJitter {
+		t.Errorf("Pod %s: token projection = audience %q path %q expiration %v; want %q, \"token\", %d less at most %d",
+			pod.Name, tok.Audience, tok.Path, exp, flowIRSAAudience, flowIRSAExpiration, flowIRSAJitter)
 	}
 }
 
@@ -455,9 +458,9 @@ func TestFlowJobHeldUntilTrustPropagatesThenRuns(t *testing.T) {
 	// Held either way: the trust is not written yet (IdentityPending) or written but not proven
 	// (CredentialsUnverified), depending on how fast the writer was.
 	reason := job.Annotations[annotations.HoldReason]
-	if !flowHeld(job) || (reason != jobs.ReasonCredentialsUnverified && reason != jobs.ReasonIdentityPending) {
+	if !flowHeld(job) || (reason != hold.ReasonCredentialsUnverified && reason != hold.ReasonIdentityPending) {
 		t.Fatalf("Job as stored: suspend %v annotations %v; want held with reason %s or %s", ptr.Deref(job.Spec.Suspend, false), job.Annotations,
-			jobs.ReasonIdentityPending, jobs.ReasonCredentialsUnverified)
+			hold.ReasonIdentityPending, hold.ReasonCredentialsUnverified)
 	}
 	heldSince, err := time.Parse(time.RFC3339, job.Annotations[annotations.HeldSince])
 	if err != nil || heldSince.Before(createStart.Add(-2*time.Second)) || heldSince.After(jobCreatedAt.Add(time.Second)) {
@@ -596,7 +599,7 @@ func TestFlowLeavesOtherJobsAlone(t *testing.T) {
 	forged.Spec.Suspend = ptr.To(true)
 	forged.Annotations = map[string]string{
 		annotations.HeldSince:  time.Now().UTC().Format(time.RFC3339),
-		annotations.HoldReason: jobs.ReasonIdentityPending,
+		annotations.HoldReason: hold.ReasonIdentityPending,
 	}
 	forged, forgedWarn := w.job(t, forged)
 
@@ -849,8 +852,8 @@ func TestFlowPendingServiceAccountFinishedBySweeper(t *testing.T) {
 		t.Errorf("no deferred-assignment warning; warnings %q", warnings)
 	}
 	job, _ := w.job(t, flowJob(w.ns, sa.Name, sa.Name))
-	if !flowHeld(job) || job.Annotations[annotations.HoldReason] != jobs.ReasonIdentityPending {
-		t.Errorf("Job of a pending ServiceAccount: annotations %v; want held with %s", job.Annotations, jobs.ReasonIdentityPending)
+	if !flowHeld(job) || job.Annotations[annotations.HoldReason] != hold.ReasonIdentityPending {
+		t.Errorf("Job of a pending ServiceAccount: annotations %v; want held with %s", job.Annotations, hold.ReasonIdentityPending)
 	}
 
 	cluster.IAM.SetFaults(iamproxy.Faults{})

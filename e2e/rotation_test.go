@@ -365,6 +365,9 @@ func TestRotationLoadZeroFailedReviews(t *testing.T) {
 		"--allowed-namespaces=*",
 		"--aws-inject-pod-identity",
 		"--aws-region=us-east-1",
+		// Every review must get the identical patch (a wrong answer during a rotation shows as a
+		// different one), so no random jitter on the token lifetime.
+		"--aws-token-expiration-jitter=0",
 		"--sweeper=false",
 	}})
 	client := newRotationClient(t, wh.URL, rotationReview(t, ns, sa.Name))

@@ -37,7 +37,9 @@ func TestSelfPolicyNarrowsTheServersOwnCredentials(t *testing.T) {
 	ctx := context.Background()
 	ns := cluster.Namespace(t) // a namespace the server serves (allowedNamespaces "*")
 	release := harness.WebhookNamespace
+	// allowedRequesters: the chart refuses a cloud without one (issue 17).
 	objs := helmRender(t, "credential-webhook", release, `
+allowedRequesters: ["`+operatorUser+`"]
 allowedNamespaces: ["*"]
 azure:
   allowedScopes: [/subscriptions/00000000-0000-0000-0000-000000000000]

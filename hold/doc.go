@@ -5,8 +5,10 @@
 //     Unreadable), and ManagedElsewhere (another controller owns spec.suspend).
 //   - patch.go: the hold as JSON-patch operations (Patch) and its admission warning.
 //   - release.go: which Jobs are held and so may ever be released (IsHeld, HeldSince), the
-//     release patch with its preconditions (ReleasePatch), and which releases only remove our
-//     annotations (ResumedElsewhere).
+//     release patch with its preconditions (ReleasePatch), which releases only remove our
+//     annotations (ResumedElsewhere), and the one who holds releases: a resume of a held Job by
+//     anyone else is turned back at admission (KeepHeld; KubeStash resumes Jobs by itself once
+//     the role ARN is on the ServiceAccount, before the trust policy works).
 //   - plan.go: when the sweeper releases (Plan: ready, or at max hold without credentials),
 //     when it looks again (Backoff), and how long a check may take (CheckDeadline).
 //   - identity.go: the identity a Job's ServiceAccount asks for (IdentityOf), what the sweeper

@@ -35,6 +35,26 @@ func ResumedElsewhere(job *batchv1.Job) bool {
 	return job.Spec.Suspend == nil || !*job.Spec.Suspend || ManagedElsewhere(job)
 }
 
+// KeepHeld reports whether an UPDATE from someone other than this server resumes a Job this
+// server holds: the old Job is held (IsHeld) and suspended, not owned by another controller, and
+// the new one is not suspended. The one who holds releases. KubeStash (v2026.4.27 and later)
+// resumes a suspended backup Job by itself once its ServiceAccount carries
+// eks.amazonaws.com/role-arn or the Azure IDs, and admission writes those when it plans, before
+// IAM's trust policy has reached STS; resuming then would start the backup with credentials that
+// do not work yet. So admission keeps spec.suspend true (with a warning), and the sweeper
+// releases once a real token is accepted, or at --max-hold. The old object decides: whatever the
+// update does to our annotations, the guard reverts it.
+func KeepHeld(old, cur *batchv1.Job) bool {
+	return IsHeld(old) && old.Spec.Suspend != nil && *old.Spec.Suspend && !ManagedElsewhere(old) &&
+		(cur.Spec.Suspend == nil || !*cur.Spec.Suspend)
+}
+
+// KeepHeldWarning is the admission warning when KeepHeld turns a resume back.
+func KeepHeldWarning(job *batchv1.Job) string {
+	return fmt.Sprintf("credential-webhook holds this Job (since %s) until its credentials work and resumes it itself, at the latest after --max-hold; spec.suspend stays true",
+		job.Annotations[annotations.HeldSince])
+}
+
 // ReleasePatch is the JSON patch that releases job: a test that our held-since annotation still
 // has the value we read (so a concurrent change, or a second release from a stale cache, fails
 // instead of clobbering), spec.suspend false unless ResumedElsewhere, and the removal of our

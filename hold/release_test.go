@@ -186,3 +186,33 @@ func TestResumedElsewhere(t *testing.T) {
 		})
 	}
 }
+
+// Only the holder releases: a resume of a Job this server holds, by anyone else, is turned back.
+func TestKeepHeld(t *testing.T) {
+	resumed := func(j *batchv1.Job) { j.Spec.Suspend = ptr.To(false) }
+	for _, tc := range []struct {
+		name     string
+		old, cur *batchv1.Job
+		want     bool
+	}{
+		{"held Job resumed", newHeldJob(), newHeldJob(resumed), true},
+		{"held Job resumed by dropping suspend", newHeldJob(), newHeldJob(func(j *batchv1.Job) { j.Spec.Suspend = nil }), true},
+		{"held Job resumed and our annotations removed in the same update", newHeldJob(),
+			newHeldJob(resumed, func(j *batchv1.Job) { j.Annotations = nil }), true},
+		{"held Job, other change, still suspended", newHeldJob(), newHeldJob(func(j *batchv1.Job) { j.Labels["x"] = "y" }), false},
+		{"not ours: no held-since", newHeldJob(func(j *batchv1.Job) { delete(j.Annotations, annotations.HeldSince) }), newHeldJob(resumed), false},
+		{"not KubeStash's", newHeldJob(func(j *batchv1.Job) { j.Labels = nil }), newHeldJob(resumed), false},
+		{"held but already running", newHeldJob(resumed), newHeldJob(resumed), false},
+		{"in a Kueue queue: Kueue resumes it", newHeldJob(func(j *batchv1.Job) { j.Labels[KueueQueueLabel] = "q" }), newHeldJob(resumed), false},
+		{"spec.managedBy another controller", newHeldJob(func(j *batchv1.Job) { j.Spec.ManagedBy = ptr.To("example.com/batch") }), newHeldJob(resumed), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := KeepHeld(tc.old, tc.cur); got != tc.want {
+				t.Errorf("KeepHeld = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	if w := KeepHeldWarning(newHeldJob()); !strings.Contains(w, "2026-05-06T12:55:38Z") || !strings.Contains(w, "spec.suspend stays true") {
+		t.Errorf("warning %q", w)
+	}
+}

@@ -1,8 +1,9 @@
-// Package jobs is the Job CREATE admission plugin: it suspends a KubeStash Job whose
+// Package jobs is the Job admission plugin: on CREATE it suspends a KubeStash Job whose
 // ServiceAccount has no working cloud identity yet, so its backup does not start (and fail)
 // before the credentials work. What to hold, why, and the patch are package hold's; this package
 // decodes the Job, looks up its ServiceAccount and renders hold's decision into the response.
-// The sweeper (package sweeper) releases the Job later.
+// The sweeper (package sweeper) releases the Job later; on UPDATE, a resume by anyone else is
+// turned back (hold.KeepHeld), so the one who holds releases.
 package jobs
 
 import (
@@ -23,14 +24,6 @@ import (
 	"go.klusters.dev/credential-webhook/hold"
 )
 
-// Hold reasons the plugin writes into the hold-reason annotation. They are package hold's;
-// these two names remain only because e2e/flow_test.go reads them here: delete them once it
-// reads hold's.
-const (
-	ReasonIdentityPending       = hold.ReasonIdentityPending
-	ReasonCredentialsUnverified = hold.ReasonCredentialsUnverified
-)
-
 // ServiceAccounts reads a ServiceAccount (an informer cache with a direct-read fallback in
 // production). A missing one is reported with a Kubernetes NotFound error.
 type ServiceAccounts interface {
@@ -46,6 +39,8 @@ type Plugin struct {
 	Ready hold.ReadyCache
 	// Now defaults to time.Now.
 	Now func() time.Time
+	// Self lists the usernames this server acts as: its own release of a held Job passes.
+	Self map[string]bool
 }
 
 // NewPlugin returns a Plugin reading ServiceAccounts from sas; ready may be nil.
@@ -58,6 +53,9 @@ func (p *Plugin) Name() string { return "job-hold" }
 
 // Admit implements admission.Plugin.
 func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admission.Response) error {
+	if req.Operation == admissionv1.Update {
+		return p.admitUpdate(req, resp)
+	}
 	if req.Operation != "" && req.Operation != admissionv1.Create {
 		return nil
 	}
@@ -97,6 +95,33 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 	return nil
 }
 
+// admitUpdate keeps a held Job held when someone else resumes it (hold.KeepHeld): the KubeStash
+// operator resumes Jobs by itself once the role ARN is on the ServiceAccount, which admission
+// writes before the trust policy works. The webhook sees UPDATEs of Jobs carrying our
+// annotations (matchConditions), so this costs nothing for other Jobs.
+func (p *Plugin) admitUpdate(req *admission.Request, resp *admission.Response) error {
+	if p.Self[req.UserInfo.Username] || len(req.OldObject) == 0 {
+		return nil
+	}
+	old, err := decodeJob(req.OldObject)
+	if err != nil {
+		return admission.Deny(http.StatusBadRequest, "decode old Job: %v", err)
+	}
+	cur, err := decodeJob(req.Object)
+	if err != nil {
+		return admission.Deny(http.StatusBadRequest, "decode Job: %v", err)
+	}
+	if !hold.KeepHeld(old, cur) {
+		return nil
+	}
+	resp.Patch.Set("/spec/suspend", true)
+	resp.Warn("%s", hold.KeepHeldWarning(old))
+	if req.Log != nil {
+		req.Log.Info("kept a held Job suspended: only this server releases what it holds", "user", req.UserInfo.Username)
+	}
+	return nil
+}
+
 // jobView is the part of a Job that hold.Decide reads. Decoding a whole batchv1.Job (with its Pod
 // template's resources, probes and managedFields) costs several times more for nothing.
 type jobView struct {
@@ -106,8 +131,10 @@ type jobView struct {
 		Annotations map[string]string `json:"annotations"`
 	} `json:"metadata"`
 	Spec struct {
-		Suspend  *bool `json:"suspend"`
-		Template struct {
+		Suspend *bool `json:"suspend"`
+		// ManagedBy: hold.ManagedElsewhere reads it (a Job another controller owns is never held).
+		ManagedBy *string `json:"managedBy"`
+		Template  struct {
 			Spec struct {
 				ServiceAccountName       string `json:"serviceAccountName"`
 				DeprecatedServiceAccount string `json:"serviceAccount"`
@@ -128,6 +155,7 @@ func decodeJob(raw []byte) (*batchv1.Job, error) {
 	job.Labels = v.Metadata.Labels
 	job.Annotations = v.Metadata.Annotations
 	job.Spec.Suspend = v.Spec.Suspend
+	job.Spec.ManagedBy = v.Spec.ManagedBy
 	job.Spec.Template.Spec.ServiceAccountName = v.Spec.Template.Spec.ServiceAccountName
 	job.Spec.Template.Spec.DeprecatedServiceAccount = v.Spec.Template.Spec.DeprecatedServiceAccount
 	return job, nil

@@ -316,3 +316,104 @@ func BenchmarkJobHold(b *testing.B) {
 		}
 	}
 }
+
+// On UPDATE the plugin turns back a resume of a Job this server holds, by anyone but the server
+// itself (the KubeStash operator resumes Jobs once the role ARN is on the ServiceAccount, before
+// the trust policy works); everything else passes untouched.
+func TestAdmitUpdateKeepsHeldJobsHeld(t *testing.T) {
+	const self = "system:serviceaccount:credential-webhook:credential-webhook"
+	const operator = "system:serviceaccount:kubestash:kubestash-kubestash-operator"
+	job := func(suspend *bool, ann map[string]string, labels map[string]string) []byte {
+		b, err := json.Marshal(map[string]any{
+			"metadata": map[string]any{"namespace": "demo", "labels": labels, "annotations": ann},
+			"spec":     map[string]any{"suspend": suspend, "template": map[string]any{"spec": map[string]any{"serviceAccountName": "sa"}}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	yes, no := true, false
+	held := map[string]string{annotations.HeldSince: "2026-05-06T12:55:38Z", annotations.HoldReason: "CredentialsUnverified"}
+	kubestash := map[string]string{annotations.ManagedByLabel: annotations.ManagedByValue}
+	kueue := map[string]string{annotations.ManagedByLabel: annotations.ManagedByValue, "kueue.x-k8s.io/queue-name": "q"}
+	for _, tc := range []struct {
+		name      string
+		user      string
+		old, cur  []byte
+		wantPatch bool
+	}{
+		{"operator resumes a held Job", operator, job(&yes, held, kubestash), job(&no, held, kubestash), true},
+		{"the server releases it", self, job(&yes, held, kubestash), job(&no, nil, kubestash), false},
+		{"operator resumes a Job not held by us", operator, job(&yes, nil, kubestash), job(&no, nil, kubestash), false},
+		{"operator resumes a held Job in a Kueue queue", operator, job(&yes, held, kueue), job(&no, held, kueue), false},
+		{"operator changes something else", operator, job(&yes, held, kubestash), job(&yes, held, kubestash), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := NewPlugin(saMap{}, nil)
+			p.Self = map[string]bool{self: true}
+			resp := &admission.Response{Patch: patches.NewBuilder()}
+			req := &admission.Request{Operation: admissionv1.Update, Namespace: "demo", Object: tc.cur, OldObject: tc.old}
+			req.UserInfo.Username = tc.user
+			if err := p.Admit(context.Background(), req, resp); err != nil {
+				t.Fatal(err)
+			}
+			ops := resp.Patch.Ops()
+			if !tc.wantPatch {
+				if len(ops) != 0 || len(resp.Warnings) != 0 {
+					t.Fatalf("ops %v, warnings %v; want none", ops, resp.Warnings)
+				}
+				return
+			}
+			if len(ops) != 1 || ops[0].Path != "/spec/suspend" || ops[0].Value != true || len(resp.Warnings) != 1 {
+				t.Fatalf("ops %v, warnings %v; want spec.suspend kept true with a warning", ops, resp.Warnings)
+			}
+			// The patch applies to the object the operator sent and keeps it suspended.
+			patch, _ := json.Marshal(ops)
+			p2, err := jsonpatchapply.DecodePatch(patch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := p2.Apply(tc.cur)
+			if err != nil || !bytes.Contains(out, []byte(`"suspend":true`)) {
+				t.Fatalf("patched object %s (err %v)", out, err)
+			}
+		})
+	}
+	p := NewPlugin(saMap{}, nil)
+	err := p.Admit(context.Background(), &admission.Request{Operation: admissionv1.Update, Object: job(&no, held, kubestash), OldObject: []byte(`{"spec":`)},
+		&admission.Response{Patch: patches.NewBuilder()})
+	if d, ok := admission.IsDenied(err); !ok || d.Code != 400 {
+		t.Errorf("malformed old Job: err = %v, want a 400 denial", err)
+	}
+}
+
+// A KubeStash Job whose spec.managedBy names another controller is never held: that controller
+// owns spec.suspend (the decoder must read spec.managedBy for hold.Screen to see it).
+func TestAdmitCreateManagedByAnotherController(t *testing.T) {
+	raw, err := os.ReadFile("testdata/backup-aws-role-not-assigned/job.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var obj map[string]any
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		t.Fatal(err)
+	}
+	f := loadFixture(t, "testdata/backup-aws-role-not-assigned")
+	p := newPlugin(f)
+	admit := func(raw []byte) int {
+		resp := &admission.Response{Patch: patches.NewBuilder()}
+		if err := p.Admit(context.Background(), &admission.Request{Operation: admissionv1.Create, Namespace: "demo", Object: raw}, resp); err != nil {
+			t.Fatal(err)
+		}
+		return resp.Patch.Len()
+	}
+	if admit(raw) == 0 {
+		t.Fatal("the fixture is not held to begin with")
+	}
+	obj["spec"].(map[string]any)["managedBy"] = "kueue.x-k8s.io/multikueue"
+	managed, _ := json.Marshal(obj)
+	if n := admit(managed); n != 0 {
+		t.Fatalf("a Job managed by another controller was held (%d ops)", n)
+	}
+}

@@ -9,6 +9,14 @@
 // (reinvocationPolicy: IfNeeded, or the EKS webhook having run first) harmless.
 package pods
 
+import (
+	"fmt"
+	"math/rand/v2"
+	"path"
+	"strconv"
+	"strings"
+)
+
 // MissingPolicy says what to do with a Pod whose ServiceAccount cannot be read.
 type MissingPolicy string
 
@@ -77,7 +85,28 @@ type Config struct {
 	// SidecarBinary is the binary's path inside SidecarImage; empty means DefaultSidecarBinary.
 	// The startup probe execs it, and exec probes bypass the image's entrypoint.
 	SidecarBinary string `json:"sidecarBinary,omitempty"`
+	// Audience of the projected token when the ServiceAccount has no eks.amazonaws.com/audience;
+	// empty means DefaultAudience (the EKS webhook's --token-audience).
+	Audience string `json:"audience,omitempty"`
+	// MountPath is the token directory in Linux containers; empty means TokenMountPath (the EKS
+	// webhook's --token-mount-path). Windows containers get it under C:\ with backslashes.
+	MountPath string `json:"mountPath,omitempty"`
+	// ExpirationJitter is the largest fraction of the default token lifetime taken off at random
+	// per Pod, so the tokens (and STS calls) of Pods created together do not all come due at
+	// once. Never applied to a lifetime a ServiceAccount or Pod annotation sets: that one was
+	// asked for. 0 disables it; values are clamped to [0, MaxExpirationJitter].
+	ExpirationJitter float64 `json:"expirationJitter,omitempty"`
+	// Rand returns a uniform random integer in [0, n) for the jitter; nil means math/rand/v2.
+	// Tests inject a fixed one.
+	Rand func(n int64) int64 `json:"-"`
 }
+
+// MaxExpirationJitter bounds ExpirationJitter: at most half the lifetime is taken off, so a
+// token still lives long enough for the kubelet's refresh at 80 % of it to matter.
+const MaxExpirationJitter = 0.5
+
+// DefaultExpirationJitter is the flag's default: 10 %, 2.4 hours of a 24-hour token.
+const DefaultExpirationJitter = 0.1
 
 func (c Config) defaultExpiration() int64 {
 	switch {
@@ -91,9 +120,79 @@ func (c Config) defaultExpiration() int64 {
 	return c.DefaultTokenExpiration
 }
 
+func (c Config) audience() string {
+	if a := strings.TrimSpace(c.Audience); a != "" {
+		return a
+	}
+	return DefaultAudience
+}
+
+func (c Config) mountPath() string {
+	if c.MountPath == "" {
+		return TokenMountPath
+	}
+	return c.MountPath
+}
+
+// windowsMountPath is the Windows twin of the Linux token directory, as the kubelet on Windows
+// maps a Linux-style mount path: C: and backslashes.
+func (c Config) windowsMountPath() string {
+	if c.MountPath == "" {
+		return WindowsTokenMountPath
+	}
+	return `C:` + strings.ReplaceAll(c.MountPath, "/", `\`)
+}
+
+func (c Config) jitter() float64 {
+	// NaN compares false both ways: it ends up 0.
+	if !(c.ExpirationJitter > 0) {
+		return 0
+	}
+	return min(c.ExpirationJitter, MaxExpirationJitter)
+}
+
+func (c Config) randN(n int64) int64 {
+	if c.Rand != nil {
+		return c.Rand(n)
+	}
+	return rand.Int64N(n)
+}
+
 func (c Config) sidecarBinary() string {
 	if c.SidecarBinary == "" {
 		return DefaultSidecarBinary
 	}
 	return c.SidecarBinary
+}
+
+// ParseMountPath checks a --aws-token-mount-path value: an absolute, clean Linux path, since it
+// becomes a volume mount path and, joined with "token", AWS_WEB_IDENTITY_TOKEN_FILE.
+func ParseMountPath(v string) (string, error) {
+	switch {
+	case v == "":
+		return "", nil
+	case !path.IsAbs(v) || strings.ContainsAny(v, `\:`):
+		return "", fmt.Errorf("%q is not an absolute Linux path", v)
+	case path.Clean(v) != v || v == "/":
+		return "", fmt.Errorf("%q: want a clean directory path such as %s", v, TokenMountPath)
+	}
+	return v, nil
+}
+
+// ParseAudience checks a --aws-token-audience value: one audience, as the projected token takes.
+func ParseAudience(v string) (string, error) {
+	v = strings.TrimSpace(v)
+	if strings.ContainsAny(v, ", \t\n") {
+		return "", fmt.Errorf("%q: want a single audience such as %s", v, DefaultAudience)
+	}
+	return v, nil
+}
+
+// ParseJitter checks a --aws-token-expiration-jitter value: a fraction in [0, MaxExpirationJitter].
+func ParseJitter(v string) (float64, error) {
+	f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+	if err != nil || !(f >= 0 && f <= MaxExpirationJitter) {
+		return 0, fmt.Errorf("%q: want a fraction from 0 to %g", v, MaxExpirationJitter)
+	}
+	return f, nil
 }

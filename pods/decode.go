@@ -39,6 +39,8 @@ func decodePod(raw []byte) (*corev1.Pod, error) {
 					return decodeString(v, &pod.Namespace)
 				case "annotations":
 					return decodeStringMap(v, &pod.Annotations)
+				case "labels":
+					return decodeStringMap(v, &pod.Labels)
 				}
 				return nil
 			})

@@ -15,7 +15,7 @@ import (
 // skeleton copies from a fully decoded Pod exactly the fields decodePod fills.
 func skeleton(full *corev1.Pod) *corev1.Pod {
 	p := &corev1.Pod{}
-	p.Namespace, p.Annotations = full.Namespace, full.Annotations
+	p.Namespace, p.Annotations, p.Labels = full.Namespace, full.Annotations, full.Labels
 	s, f := &p.Spec, &full.Spec
 	s.ServiceAccountName, s.NodeSelector = f.ServiceAccountName, f.NodeSelector
 	if f.OS != nil {

@@ -17,24 +17,33 @@ import (
 // annotations, a sidecar that cannot be added). A ServiceAccount without
 // eks.amazonaws.com/role-arn leaves the Pod alone.
 func Inject(pod *corev1.Pod, sa *corev1.ServiceAccount, cfg Config, b *patches.Builder) (warnings []string) {
+	warnings, _ = inject(pod, sa, cfg, b)
+	return warnings
+}
+
+// inject is Inject that also reports whether it added the sidecar, for the metrics.
+func inject(pod *corev1.Pod, sa *corev1.ServiceAccount, cfg Config, b *patches.Builder) (warnings []string, sidecarAdded bool) {
 	if sa == nil {
-		return nil
+		return nil, false
 	}
 	roleARN := sa.Annotations[annotations.AWSRoleARN]
-	restic := resticRequested(pod.Annotations, sa.Annotations)
+	restic, legacy := resticRequested(pod.Annotations, sa.Annotations)
+	if legacy {
+		warnings = append(warnings, fmt.Sprintf("%s is deprecated: use %s", annotations.LegacyResticCredentials, annotations.ResticCredentials))
+	}
 	if roleARN == "" {
 		if restic {
 			warnings = append(warnings, fmt.Sprintf("%s requested, but ServiceAccount %s has no %s: no AWS credentials injected",
 				annotations.ResticCredentials, sa.Name, annotations.AWSRoleARN))
 		}
-		return warnings
+		return warnings, false
 	}
 	windows := isWindows(&pod.Spec)
-	tokenDir := TokenMountPath
+	tokenDir := cfg.mountPath()
 	if windows {
-		tokenDir = WindowsTokenMountPath
+		tokenDir = cfg.windowsMountPath()
 	}
-	exp, w := tokenExpiration(sa.Annotations, pod.Annotations, cfg.defaultExpiration())
+	exp, asked, w := tokenExpiration(sa.Annotations, pod.Annotations, cfg.defaultExpiration())
 	warnings = appendNonEmpty(warnings, w)
 	regional, w := regionalSTS(cfg.RegionalSTS, sa.Annotations)
 	warnings = appendNonEmpty(warnings, w)
@@ -71,20 +80,23 @@ func Inject(pod *corev1.Pod, sa *corev1.ServiceAccount, cfg Config, b *patches.B
 
 	nVolumes := arrayLen(len(pod.Spec.Volumes), pod.Spec.Volumes == nil)
 	if !hasVolume(pod.Spec.Volumes, TokenVolumeName) {
-		b.Append("/spec/volumes", nVolumes, tokenVolume(serviceAccountAudience(sa.Annotations), exp))
+		if !asked {
+			exp = jitterExpiration(exp, cfg.jitter(), cfg.randN)
+		}
+		b.Append("/spec/volumes", nVolumes, tokenVolume(serviceAccountAudience(sa.Annotations, cfg.audience()), exp))
 	}
 	if !restic {
-		return warnings
+		return warnings, false
 	}
 	if !hasVolume(pod.Spec.Volumes, CredentialsVolumeName) {
 		b.Append("/spec/volumes", nVolumes, credentialsVolume())
 	}
 	if hasContainer(&pod.Spec, SidecarName) {
-		return warnings
+		return warnings, false
 	}
 	uid, w := sidecarUser(&pod.Spec, skip)
 	warnings = appendNonEmpty(warnings, w)
-	sidecar := sidecarContainer(cfg, c.env(TokenMountPath+"/"+TokenFileName), uid)
+	sidecar := sidecarContainer(cfg, c.env(joinPath(cfg.mountPath(), TokenFileName, false)), uid)
 	// The sidecar goes first among the init containers, so it is running (and, through its
 	// startup probe, has written the file) before any other init container starts. Every other
 	// operation above addresses the existing init containers by their original index, so this
@@ -95,7 +107,7 @@ func Inject(pod *corev1.Pod, sa *corev1.ServiceAccount, cfg Config, b *patches.B
 	} else {
 		b.Insert("/spec/initContainers", 0, sidecar)
 	}
-	return warnings
+	return warnings, true
 }
 
 // containerPatch holds what every container gets.
@@ -192,30 +204,45 @@ func joinPath(dir, name string, windows bool) string {
 	return strings.TrimRight(dir, sep) + sep + name
 }
 
-func serviceAccountAudience(saAnn map[string]string) string {
+// serviceAccountAudience: the ServiceAccount's eks.amazonaws.com/audience, else def (the
+// configured default audience).
+func serviceAccountAudience(saAnn map[string]string, def string) string {
 	if a := strings.TrimSpace(saAnn[annotations.AWSAudience]); a != "" {
 		return a
 	}
-	return DefaultAudience
+	return def
 }
 
 // tokenExpiration reads eks.amazonaws.com/token-expiration, the Pod's annotation overriding the
 // ServiceAccount's as with the EKS webhook. Values under MinTokenExpiration are raised to it
 // (the apiserver would reject them); unparsable or too large values fall back to def with a
-// warning rather than failing the Pod.
-func tokenExpiration(saAnn, podAnn map[string]string, def int64) (int64, string) {
+// warning rather than failing the Pod. asked reports whether an annotation's value is used,
+// which the jitter must then leave alone.
+func tokenExpiration(saAnn, podAnn map[string]string, def int64) (exp int64, asked bool, warning string) {
 	v, ok := podAnn[annotations.AWSTokenExpiration]
 	if !ok {
 		v, ok = saAnn[annotations.AWSTokenExpiration]
 	}
 	if !ok {
-		return def, ""
+		return def, false, ""
 	}
 	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 	if err != nil || n > maxTokenExpiration {
-		return def, fmt.Sprintf("invalid %s %q, using %d seconds", annotations.AWSTokenExpiration, v, def)
+		return def, false, fmt.Sprintf("invalid %s %q, using %d seconds", annotations.AWSTokenExpiration, v, def)
 	}
-	return max(n, MinTokenExpiration), ""
+	return max(n, MinTokenExpiration), true, ""
+}
+
+// jitterExpiration takes up to frac of exp off at random (randN(n) is uniform in [0, n)), never
+// going under MinTokenExpiration. The kubelet refreshes a projected token at 80 % of its
+// lifetime, and the SDKs then call STS: without jitter, the hundreds of backup Pods a schedule
+// starts at the same minute would all do so at the same moment, every lifetime.
+func jitterExpiration(exp int64, frac float64, randN func(int64) int64) int64 {
+	span := int64(float64(exp) * frac)
+	if span <= 0 || exp <= MinTokenExpiration {
+		return exp
+	}
+	return max(exp-randN(span+1), MinTokenExpiration)
 }
 
 // regionalSTS: the ServiceAccount annotation, when it parses, overrides the configured default

@@ -1,6 +1,7 @@
 package pods
 
 import (
+	"encoding/json"
 	"reflect"
 	"strings"
 	"testing"
@@ -69,15 +70,190 @@ func TestJoinPath(t *testing.T) {
 func TestServiceAccountAudience(t *testing.T) {
 	tests := []struct {
 		ann  map[string]string
+		def  string
 		want string
 	}{
-		{nil, "sts.amazonaws.com"},
-		{map[string]string{annotations.AWSAudience: ""}, "sts.amazonaws.com"},
-		{map[string]string{annotations.AWSAudience: " sts.amazonaws.com.cn "}, "sts.amazonaws.com.cn"},
+		{nil, "sts.amazonaws.com", "sts.amazonaws.com"},
+		{map[string]string{annotations.AWSAudience: ""}, "sts.amazonaws.com", "sts.amazonaws.com"},
+		{map[string]string{annotations.AWSAudience: " sts.amazonaws.com.cn "}, "sts.amazonaws.com", "sts.amazonaws.com.cn"},
+		{nil, "minio", "minio"},
+		{map[string]string{annotations.AWSAudience: "sts.amazonaws.com"}, "minio", "sts.amazonaws.com"},
 	}
 	for _, tt := range tests {
-		if got := serviceAccountAudience(tt.ann); got != tt.want {
-			t.Errorf("audience(%v) = %q, want %q", tt.ann, got, tt.want)
+		if got := serviceAccountAudience(tt.ann, tt.def); got != tt.want {
+			t.Errorf("audience(%v, %q) = %q, want %q", tt.ann, tt.def, got, tt.want)
+		}
+	}
+}
+
+func TestConfigTokenDefaults(t *testing.T) {
+	tests := []struct {
+		cfg                      Config
+		audience, linux, windows string
+	}{
+		{Config{}, "sts.amazonaws.com", TokenMountPath, WindowsTokenMountPath},
+		{Config{Audience: " minio "}, "minio", TokenMountPath, WindowsTokenMountPath},
+		// The default spelled out gives the same Windows path as the EKS webhook's.
+		{Config{MountPath: TokenMountPath}, "sts.amazonaws.com", TokenMountPath, WindowsTokenMountPath},
+		{Config{MountPath: "/var/run/secrets/irsa"}, "sts.amazonaws.com", "/var/run/secrets/irsa", `C:\var\run\secrets\irsa`},
+	}
+	for _, tt := range tests {
+		if a, l, w := tt.cfg.audience(), tt.cfg.mountPath(), tt.cfg.windowsMountPath(); a != tt.audience || l != tt.linux || w != tt.windows {
+			t.Errorf("%+v: audience %q, mount paths %q and %q; want %q, %q, %q", tt.cfg, a, l, w, tt.audience, tt.linux, tt.windows)
+		}
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	for _, tt := range []struct {
+		in      string
+		want    string
+		wantErr bool
+	}{
+		{"", "", false},
+		{TokenMountPath, TokenMountPath, false},
+		{"/irsa", "/irsa", false},
+		{"relative/path", "", true},
+		{"/", "", true},
+		{"/a/../b", "", true},
+		{"/a/", "", true},
+		{`C:\irsa`, "", true},
+	} {
+		got, err := ParseMountPath(tt.in)
+		if got != tt.want || (err != nil) != tt.wantErr {
+			t.Errorf("ParseMountPath(%q) = %q, %v; want %q, error %v", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+	for _, tt := range []struct {
+		in      string
+		want    string
+		wantErr bool
+	}{
+		{"sts.amazonaws.com", "sts.amazonaws.com", false},
+		{" minio ", "minio", false},
+		{"", "", false},
+		{"a,b", "", true},
+		{"a b", "", true},
+	} {
+		got, err := ParseAudience(tt.in)
+		if got != tt.want || (err != nil) != tt.wantErr {
+			t.Errorf("ParseAudience(%q) = %q, %v; want %q, error %v", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+	for _, tt := range []struct {
+		in      string
+		want    float64
+		wantErr bool
+	}{
+		{"0", 0, false},
+		{"0.1", 0.1, false},
+		{"0.5", 0.5, false},
+		{"0.6", 0, true},
+		{"-0.1", 0, true},
+		{"NaN", 0, true},
+		{"10%", 0, true},
+	} {
+		got, err := ParseJitter(tt.in)
+		if got != tt.want || (err != nil) != tt.wantErr {
+			t.Errorf("ParseJitter(%q) = %v, %v; want %v, error %v", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestJitterExpiration(t *testing.T) {
+	fixed := func(v int64) func(int64) int64 { return func(n int64) int64 { return min(v, n-1) } }
+	tests := []struct {
+		name string
+		exp  int64
+		frac float64
+		rand func(int64) int64
+		want int64
+	}{
+		{"off", 86400, 0, fixed(1000), 86400},
+		{"lowest draw keeps the lifetime", 86400, 0.1, fixed(0), 86400},
+		{"a draw takes it off", 86400, 0.1, fixed(1000), 85400},
+		{"the highest draw is the whole span", 86400, 0.1, fixed(1 << 40), 86400 - 8640},
+		{"never under the minimum", 700, 0.5, fixed(1 << 40), 600},
+		{"the minimum stays", 600, 0.5, fixed(1 << 40), 600},
+		{"a span under a second is none", 600, 0.001, fixed(1 << 40), 600},
+	}
+	for _, tt := range tests {
+		if got := jitterExpiration(tt.exp, tt.frac, tt.rand); got != tt.want {
+			t.Errorf("%s: jitterExpiration(%d, %g) = %d, want %d", tt.name, tt.exp, tt.frac, got, tt.want)
+		}
+	}
+	// The real source stays within the span.
+	cfg := Config{ExpirationJitter: 0.1}
+	for range 1000 {
+		if got := jitterExpiration(86400, cfg.jitter(), cfg.randN); got < 86400-8640 || got > 86400 {
+			t.Fatalf("jittered lifetime %d outside [77760, 86400]", got)
+		}
+	}
+}
+
+// tokenExpirationOf finds the token volume among the operations (one volume, or the whole array
+// when the Pod had none) and returns its expirationSeconds.
+func tokenExpirationOf(t *testing.T, b *patches.Builder) int64 {
+	t.Helper()
+	for _, op := range b.Ops() {
+		if !strings.HasPrefix(op.Path, "/spec/volumes") {
+			continue
+		}
+		raw, err := json.Marshal(op.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var vols []corev1.Volume
+		if json.Unmarshal(raw, &vols) != nil {
+			vols = make([]corev1.Volume, 1)
+			if err := json.Unmarshal(raw, &vols[0]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, v := range vols {
+			if v.Name == TokenVolumeName {
+				return *v.Projected.Sources[0].ServiceAccountToken.ExpirationSeconds
+			}
+		}
+	}
+	return 0
+}
+
+func TestConfigJitter(t *testing.T) {
+	for in, want := range map[float64]float64{0: 0, -1: 0, 0.1: 0.1, 0.5: 0.5, 3: 0.5} {
+		if got := (Config{ExpirationJitter: in}).jitter(); got != want {
+			t.Errorf("jitter(%g) = %g, want %g", in, got, want)
+		}
+	}
+}
+
+// The jitter applies to the default lifetime only: a lifetime an annotation asks for is kept.
+func TestInjectJitter(t *testing.T) {
+	cfg := Config{ExpirationJitter: 0.1, Rand: func(n int64) int64 { return n - 1 }}
+	tests := []struct {
+		name   string
+		saAnn  map[string]string
+		podAnn map[string]string
+		want   int64
+	}{
+		{"default lifetime jittered", nil, nil, 86400 - 8640},
+		{"ServiceAccount annotation kept", map[string]string{annotations.AWSTokenExpiration: "3600"}, nil, 3600},
+		{"Pod annotation kept", nil, map[string]string{annotations.AWSTokenExpiration: "7200"}, 7200},
+		{"invalid annotation: the default, jittered", map[string]string{annotations.AWSTokenExpiration: "1d"}, nil, 86400 - 8640},
+	}
+	for _, tt := range tests {
+		sa := &corev1.ServiceAccount{}
+		sa.Name = "sa"
+		sa.Annotations = map[string]string{annotations.AWSRoleARN: "arn:aws:iam::748392615204:role/r-0"}
+		for k, v := range tt.saAnn {
+			sa.Annotations[k] = v
+		}
+		pod := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c"}}}}
+		pod.Annotations = tt.podAnn
+		b := patches.NewBuilder()
+		Inject(pod, sa, cfg, b)
+		if got := tokenExpirationOf(t, b); got != tt.want {
+			t.Errorf("%s: expirationSeconds %d, want %d", tt.name, got, tt.want)
 		}
 	}
 }
@@ -112,9 +288,13 @@ func TestTokenExpiration(t *testing.T) {
 			if tt.pod != "" {
 				pod[annotations.AWSTokenExpiration] = tt.pod
 			}
-			got, warn := tokenExpiration(sa, pod, def)
+			got, asked, warn := tokenExpiration(sa, pod, def)
 			if got != tt.want || (warn != "") != tt.wantWarn {
 				t.Errorf("tokenExpiration = %d, %q; want %d, warning %v", got, warn, tt.want, tt.wantWarn)
+			}
+			// Only a value read from an annotation counts as asked for (and is not jittered).
+			if wantAsked := (tt.sa != "" || tt.pod != "") && !tt.wantWarn; asked != wantAsked {
+				t.Errorf("asked = %v, want %v", asked, wantAsked)
 			}
 		})
 	}
@@ -183,20 +363,28 @@ func TestArrayLen(t *testing.T) {
 
 func TestResticRequested(t *testing.T) {
 	on := map[string]string{annotations.ResticCredentials: "true"}
+	legacy := map[string]string{annotations.LegacyResticCredentials: "true"}
 	tests := []struct {
-		pod, sa map[string]string
-		want    bool
+		pod, sa    map[string]string
+		want       bool
+		wantLegacy bool
 	}{
-		{nil, nil, false},
-		{on, nil, true},
-		{nil, on, true},
-		{map[string]string{annotations.ResticCredentials: "false"}, nil, false},
-		{map[string]string{annotations.ResticCredentials: "yes"}, nil, false},
-		{map[string]string{"restic-credentials": "true"}, nil, false},
+		{nil, nil, false, false},
+		{on, nil, true, false},
+		{nil, on, true, false},
+		{map[string]string{annotations.ResticCredentials: "false"}, nil, false, false},
+		{map[string]string{annotations.ResticCredentials: "yes"}, nil, false, false},
+		{map[string]string{"restic-credentials": "true"}, nil, false, false},
+		// The former key, under our prefix: still honoured on Pods, which nothing guards...
+		{legacy, nil, true, true},
+		{map[string]string{annotations.LegacyResticCredentials: "false"}, nil, false, false},
+		// ...and ignored on ServiceAccounts, where users never could set it.
+		{nil, legacy, false, false},
+		{legacy, on, true, false},
 	}
 	for _, tt := range tests {
-		if got := resticRequested(tt.pod, tt.sa); got != tt.want {
-			t.Errorf("resticRequested(%v, %v) = %v, want %v", tt.pod, tt.sa, got, tt.want)
+		if got, l := resticRequested(tt.pod, tt.sa); got != tt.want || l != tt.wantLegacy {
+			t.Errorf("resticRequested(%v, %v) = %v, legacy %v; want %v, %v", tt.pod, tt.sa, got, l, tt.want, tt.wantLegacy)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
 	"go.klusters.dev/credential-webhook/admission"
+	"go.klusters.dev/credential-webhook/annotations"
 )
 
 // ServiceAccounts reads a ServiceAccount (an informer's lister in production). A missing one is
@@ -23,6 +24,8 @@ type ServiceAccounts interface {
 type Plugin struct {
 	ServiceAccounts ServiceAccounts
 	Config          Config
+	// Metrics, when set, counts injected Pods and unreadable ServiceAccounts.
+	Metrics *Metrics
 }
 
 // NewPlugin returns a Plugin reading ServiceAccounts from sas.
@@ -42,6 +45,11 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 	if err != nil {
 		return admission.Deny(http.StatusBadRequest, "decode Pod: %v", err)
 	}
+	if skipPod(pod.Labels) {
+		// The webhook's objectSelector keeps such Pods away; this is the second line, for a
+		// configuration without it (static manifests edited by hand, another registration).
+		return nil
+	}
 	name := pod.Spec.ServiceAccountName
 	if name == "" {
 		name = "default"
@@ -54,16 +62,31 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 	if err != nil {
 		return p.missing(req, resp, ns, name, err)
 	}
-	for _, w := range Inject(pod, sa, p.Config, resp.Patch) {
+	before := resp.Patch.Len()
+	warnings, sidecar := inject(pod, sa, p.Config, resp.Patch)
+	for _, w := range warnings {
 		resp.Warn("%s", w)
 	}
+	// A reinvocation, or a Pod the EKS webhook already served, adds nothing and is not counted;
+	// nor is a dry run, which creates no Pod.
+	if resp.Patch.Len() > before && !req.DryRun {
+		p.Metrics.injected(sidecar)
+	}
 	return nil
+}
+
+// skipPod: the EKS pod-identity webhook's opt-out label, with its objectSelector's semantics
+// (operator DoesNotExist): present with any value, even "false", the Pod is left alone.
+func skipPod(labels map[string]string) bool {
+	_, ok := labels[annotations.AWSSkipPodIdentityLabel]
+	return ok
 }
 
 // missing applies Config.MissingServiceAccount when the ServiceAccount cannot be read. A Pod is
 // usually created moments after its ServiceAccount, and the informer may not have seen it yet.
 func (p *Plugin) missing(req *admission.Request, resp *admission.Response, ns, name string, err error) error {
 	notFound := apierrors.IsNotFound(err)
+	p.Metrics.unreadable(notFound, p.Config.MissingServiceAccount)
 	if p.Config.MissingServiceAccount == MissingDeny {
 		if notFound {
 			return admission.Deny(http.StatusNotFound,

@@ -2,11 +2,15 @@ package pods
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	jsonpatchapply "gopkg.in/evanphx/json-patch.v4"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 
@@ -81,4 +85,113 @@ func TestPluginRejectsUndecodablePod(t *testing.T) {
 	if d, ok := admission.IsDenied(err); !ok || d.Code != http.StatusBadRequest {
 		t.Fatalf("Admit = %v, want a 400 denial", err)
 	}
+}
+
+func TestSkipPod(t *testing.T) {
+	tests := []struct {
+		labels map[string]string
+		want   bool
+	}{
+		{nil, false},
+		{map[string]string{"app": "restic"}, false},
+		{map[string]string{"eks.amazonaws.com/skip-pod-identity-webhook": "true"}, true},
+		// The EKS webhook's objectSelector is DoesNotExist: any value opts out, even "false".
+		{map[string]string{"eks.amazonaws.com/skip-pod-identity-webhook": "false"}, true},
+		{map[string]string{"eks.amazonaws.com/skip-pod-identity-webhook": ""}, true},
+		{map[string]string{"eks.amazonaws.com/skip-containers": "c"}, false},
+	}
+	for _, tt := range tests {
+		if got := skipPod(tt.labels); got != tt.want {
+			t.Errorf("skipPod(%v) = %v, want %v", tt.labels, got, tt.want)
+		}
+	}
+}
+
+func TestUnreadableLabels(t *testing.T) {
+	tests := []struct {
+		notFound            bool
+		policy              MissingPolicy
+		wantReason, wantAct string
+	}{
+		{true, MissingAdmit, "not-found", "admitted"},
+		{true, "", "not-found", "admitted"},
+		{true, MissingDeny, "not-found", "denied"},
+		{false, MissingAdmit, "error", "admitted"},
+		{false, MissingDeny, "error", "denied"},
+	}
+	for _, tt := range tests {
+		if r, a := unreadableLabels(tt.notFound, tt.policy); r != tt.wantReason || a != tt.wantAct {
+			t.Errorf("unreadableLabels(%v, %q) = %s, %s; want %s, %s", tt.notFound, tt.policy, r, a, tt.wantReason, tt.wantAct)
+		}
+	}
+}
+
+// The counters through the plugin: a Pod counts as injected once (not on a reinvocation that
+// adds nothing, nor on a dry run, nor when the skip label keeps it away), by sidecar; an
+// unreadable ServiceAccount counts by reason and action.
+func TestPluginMetrics(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	m := NewMetrics(reg)
+	sa := &corev1.ServiceAccount{}
+	sa.Name, sa.Namespace = "default", "demo"
+	sa.Annotations = map[string]string{"eks.amazonaws.com/role-arn": "arn:aws:iam::748392615204:role/r-0"}
+	p := &Plugin{ServiceAccounts: saMap{"demo/default": sa}, Config: Config{SidecarImage: "img"}, Metrics: m}
+	review := func(p *Plugin, raw string, dryRun bool) []byte {
+		t.Helper()
+		resp := &admission.Response{Patch: patches.NewBuilder()}
+		req := &admission.Request{Operation: admissionv1.Create, Namespace: "demo", Object: []byte(raw), DryRun: dryRun}
+		if err := p.Admit(context.Background(), req, resp); err != nil {
+			if _, ok := admission.IsDenied(err); !ok {
+				t.Fatalf("Admit: %v", err)
+			}
+		}
+		out, err := json.Marshal(resp.Patch.Ops())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Patch.Len() == 0 {
+			return []byte(raw)
+		}
+		patched, err := jsonpatchapply.DecodePatch(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc, err := patched.Apply([]byte(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return doc
+	}
+	injected := review(p, minimalPod, false)
+	review(p, string(injected), false) // reinvocation: nothing added
+	review(p, minimalPod, true)        // dry run
+	review(p, `{"metadata":{"annotations":{"go.klusters.dev/restic-credentials":"true"}},"spec":{"containers":[{"name":"c"}]}}`, false)
+	review(p, `{"metadata":{"labels":{"eks.amazonaws.com/skip-pod-identity-webhook":"true"}},"spec":{"containers":[{"name":"c"}]}}`, false)
+	if got := testutil.ToFloat64(m.Injected.WithLabelValues("false")); got != 1 {
+		t.Errorf("injected{sidecar=false} = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.Injected.WithLabelValues("true")); got != 1 {
+		t.Errorf("injected{sidecar=true} = %v, want 1", got)
+	}
+
+	missing := &Plugin{ServiceAccounts: saMap{}, Metrics: m}
+	review(missing, minimalPod, false)
+	missing.Config.MissingServiceAccount = MissingDeny
+	review(missing, minimalPod, false)
+	broken := &Plugin{ServiceAccounts: saFunc(func(context.Context, string, string) (*corev1.ServiceAccount, error) {
+		return nil, errors.New("informer not synced")
+	}), Metrics: m}
+	review(broken, minimalPod, false)
+	for labels, want := range map[[2]string]float64{
+		{"not-found", "admitted"}: 1, {"not-found", "denied"}: 1, {"error", "admitted"}: 1, {"error", "denied"}: 0,
+	} {
+		if got := testutil.ToFloat64(m.ServiceAccountUnreadable.WithLabelValues(labels[0], labels[1])); got != want {
+			t.Errorf("serviceaccount_unreadable%v = %v, want %v", labels, got, want)
+		}
+	}
+	if n, err := testutil.GatherAndCount(reg); err != nil || n != 6 {
+		t.Errorf("series: %d, %v; want 6 (2 injected, 4 unreadable)", n, err)
+	}
+	// A plugin without metrics works as before.
+	review(&Plugin{ServiceAccounts: saMap{}}, minimalPod, false)
 }

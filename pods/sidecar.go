@@ -22,14 +22,24 @@ import (
 // first fetch (trust-policy propagation), so the probe does not give up before the sidecar does.
 const startupProbeAttempts = int32(stscreds.DefaultMaxWait / time.Second)
 
-// resticRequested: annotations.ResticCredentials "true" on the Pod or its ServiceAccount.
-func resticRequested(podAnn, saAnn map[string]string) bool {
-	for _, ann := range []map[string]string{podAnn, saAnn} {
-		if b, err := strconv.ParseBool(strings.TrimSpace(ann[annotations.ResticCredentials])); err == nil && b {
-			return true
-		}
+// resticRequested: annotations.ResticCredentials "true" on the Pod or its ServiceAccount, or
+// the former key, annotations.LegacyResticCredentials, on the Pod (legacy reports that one was
+// what asked). The former key is not read on ServiceAccounts: the own-annotations guard strips
+// keys under our prefix there from everyone but this server and the allowed requesters, so users
+// never could opt in with it, and the new key replaces it.
+func resticRequested(podAnn, saAnn map[string]string) (requested, legacy bool) {
+	if isTrue(podAnn[annotations.ResticCredentials]) || isTrue(saAnn[annotations.ResticCredentials]) {
+		return true, false
 	}
-	return false
+	if isTrue(podAnn[annotations.LegacyResticCredentials]) {
+		return true, true
+	}
+	return false, false
+}
+
+func isTrue(v string) bool {
+	b, err := strconv.ParseBool(strings.TrimSpace(v))
+	return err == nil && b
 }
 
 func hasContainer(spec *corev1.PodSpec, name string) bool {
@@ -107,7 +117,7 @@ func sidecarContainer(cfg Config, env []corev1.EnvVar, runAsUser *int64) corev1.
 		RestartPolicy: &always,
 		Env:           env,
 		VolumeMounts: []corev1.VolumeMount{
-			{Name: TokenVolumeName, ReadOnly: true, MountPath: TokenMountPath},
+			{Name: TokenVolumeName, ReadOnly: true, MountPath: cfg.mountPath()},
 			{Name: CredentialsVolumeName, MountPath: CredentialsMountPath},
 		},
 		StartupProbe: &corev1.Probe{

@@ -14,7 +14,16 @@ import (
 // Garbage collection: the Collectors remove what the clouds hold for ServiceAccounts that are
 // gone (existence.go says which) or lost their standing. A full collection runs when a term
 // starts and every Config.GCInterval; in between, the deletion or change of a ServiceAccount
-// carrying our markers makes only the scopes its claims name due (gcscope.go).
+// carrying our markers makes only the scopes its claims name due (gcscope.go). Full collections
+// also maintain the scopes of ScopeMaintainers (AWS: drift repair, empty derived roles deleted).
+
+// ScopeMaintainer is a ScopedCollector with upkeep beyond subjects (AWS: repairing the drift of
+// derived roles from their seed, deleting roles empty for longer than a grace). It runs on full
+// collections only, after the scope's CollectScope succeeded: upkeep reads every object of the
+// scope, too much for every deletion, and should see the subjects already removed.
+type ScopeMaintainer interface {
+	MaintainScope(ctx context.Context, scope Scope) error
+}
 
 // claimsChanged makes due the scopes of the claims old's markers recorded that sa no longer
 // keeps: its markers dropped the claim, or its annotations now ask for something else. A
@@ -137,12 +146,13 @@ func (t *term) collect(ctx context.Context, full bool) time.Duration {
 
 	// run collects one scope (or a plain Collector) and keeps it due while some of what it
 	// asked about is within its grace period.
-	run := func(bucketKey string, keepDue func(), collect func(markers.Lookup) (int, error)) {
+	// It reports whether the collection ran and succeeded.
+	run := func(bucketKey string, keepDue func(), collect func(markers.Lookup) (int, error)) bool {
 		if !full {
 			if wait := t.gcBuckets.take(bucketKey, t.now()); wait > 0 {
 				keepDue()
 				later(wait)
-				return
+				return false
 			}
 		}
 		mine := map[string]bool{}
@@ -159,6 +169,7 @@ func (t *term) collect(ctx context.Context, full bool) time.Duration {
 		for k := range mine {
 			asked[k] = true
 		}
+		return err == nil
 	}
 
 	for i, c := range t.deps.Collectors {
@@ -185,7 +196,12 @@ func (t *term) collect(ctx context.Context, full bool) time.Duration {
 			if full {
 				t.takeDue(s, matched)
 			}
-			run("scope/"+s.Key, func() { t.keepDue(s.Claim, matched) }, func(l markers.Lookup) (int, error) { return sc.CollectScope(ctx, s, l) })
+			ok := run("scope/"+s.Key, func() { t.keepDue(s.Claim, matched) }, func(l markers.Lookup) (int, error) { return sc.CollectScope(ctx, s, l) })
+			if m, maintains := sc.(ScopeMaintainer); full && ok && maintains {
+				if err := m.MaintainScope(ctx, s); err != nil {
+					errs = append(errs, err)
+				}
+			}
 		}
 	}
 	t.gcBuckets.keep(prefixed(live, "scope/"), t.now())

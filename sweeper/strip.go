@@ -18,8 +18,8 @@ import (
 // What is read from cached objects, and so kept (grep for every reader before adding a field):
 //
 //   - ServiceAccount: name, namespace, uid, resourceVersion, deletionTimestamp, creation time;
-//     annotations under our prefix (pending, granted, restic-credentials), the inputs
-//     (seed role, bucket names, Azure identity) and the outputs and EKS settings (role ARN,
+//     annotations under our prefix (pending, granted), the inputs (seed role, bucket names,
+//     Azure identity), the restic opt-in, and the outputs and EKS settings (role ARN,
 //     audience, token expiration, STS regional endpoints, Azure client and tenant IDs):
 //     hold.IdentityOf, pods (inject.go, sidecar.go), sweeper (ready.go, finishplan.go, finish.go,
 //     writer.go, informers.go, jobloop.go, gc.go), sweeper/awscheck, providers (Cloud.Claim, Cloud.Finish, Collector),
@@ -46,6 +46,7 @@ var serviceAccountAnnotations = map[string]bool{
 	annotations.AWSTokenExpiration:      true,
 	annotations.AWSSTSRegionalEndpoints: true,
 	annotations.AWSSkipContainers:       true,
+	annotations.ResticCredentials:       true, // pods (sidecar.go); no longer under our prefix
 	annotations.AzureClientID:           true,
 	annotations.AzureTenantID:           true,
 }

@@ -240,6 +240,12 @@ func TestAdmissionPolicyCEL(t *testing.T) {
 
 		// matchConditions: nothing of ours or KubeStash's, nothing evaluated.
 		{"plain ServiceAccount", request{op: create, user: tenant, new: map[string]string{"other": "x"}}, ""},
+
+		// The restic sidecar opt-in grants nothing: anyone may set it, beside KubeStash's inputs
+		// too (issue 17); its former key, under our prefix, is ours.
+		{"tenant opts into the restic sidecar", request{op: create, user: tenant, new: map[string]string{"go.klusters.dev/restic-credentials": "true"}}, ""},
+		{"tenant opts in on a session ServiceAccount", request{op: update, user: tenant, old: seed, new: with(seed, "go.klusters.dev/restic-credentials", "true")}, ""},
+		{"tenant sets the former restic key", request{op: create, user: tenant, new: map[string]string{"credential-webhook.klusters.dev/restic-credentials": "true"}}, "alice may not change credential-webhook.klusters.dev/restic-credentials"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := c.evaluate(t, tc.req)

@@ -98,8 +98,9 @@
 //     keys (no ABAC tag the seeds do not carry).
 //   - TagDerivedRolesOnlyWithTheirSeed: TagRole only on a role that already carries the seed tag
 //     for this seed (aws:ResourceTag), restating it (aws:RequestTag; the code always does), with
-//     the same tag keys: a foreign role named "<seed>-<i>" can never be adopted by tagging it, nor
-//     an owned role moved to another seed. The code never tags a role it did not create.
+//     the same tag keys plus EmptySinceTag (garbage collection's mark on an empty role): a foreign
+//     role named "<seed>-<i>" can never be adopted by tagging it, nor an owned role moved to
+//     another seed. The code never tags a role it did not create.
 //   - EditOwnDerivedRoles: UpdateAssumeRolePolicy, UpdateRole, DeleteRolePolicy,
 //     DetachRolePolicy and DeleteRole only on roles already carrying the seed tag. These never
 //     add permissions (a trust policy only says who may use the role's bounded permissions); a

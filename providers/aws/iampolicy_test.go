@@ -461,6 +461,12 @@ func TestIAMPolicyEvaluated(t *testing.T) {
 		{"DeleteRolePolicy (drift, delete)", req("DeleteRolePolicy", derived, owned())},
 		{"UpdateRole (description, session length)", req("UpdateRole", derived, owned())},
 		{"TagRole restating the seed tag", req("TagRole", derived, withRequestTags(owned(), created))},
+		{"TagRole marking an empty role (ExpireEmpty, Remove)", req("TagRole", derived, withRequestTags(owned(), map[string]string{annotations.SeedTag: seedTagValue, EmptySinceTag: "2026-01-02T03:04:05Z"}))},
+		{"UntagRole of the empty-since mark", req("UntagRole", derived, func() map[string][]string {
+			c := owned()
+			c["aws:TagKeys"] = []string{EmptySinceTag}
+			return c
+		}())},
 		{"UntagRole of a copied tag", req("UntagRole", derived, func() map[string][]string {
 			c := owned()
 			c["aws:TagKeys"] = []string{tagKeyPlaceholder}
@@ -511,6 +517,9 @@ func TestIAMPolicyEvaluated(t *testing.T) {
 		{"TagRole moving an owned role to another seed", req("TagRole", derived, withTags(owned(), map[string]string{annotations.SeedTag: other}))},
 		{"TagRole with an extra tag key", req("TagRole", derived, withTags(owned(), extraKey))},
 		{"TagRole without restating the seed tag", req("TagRole", derived, withTags(owned(), map[string]string{tagKeyPlaceholder: "x"}))},
+		{"TagRole marking a foreign <seed>-N role empty", req("TagRole", foreign, withTags(nil, map[string]string{annotations.SeedTag: seedTagValue, EmptySinceTag: "2026-01-02T03:04:05Z"}))},
+		{"TagRole marking without restating the seed tag", req("TagRole", derived, withTags(owned(), map[string]string{EmptySinceTag: "2026-01-02T03:04:05Z"}))},
+		{"CreateRole born marked empty", req("CreateRole", derived, withBoundary(withTags(nil, map[string]string{annotations.SeedTag: seedTagValue, EmptySinceTag: "2026-01-02T03:04:05Z"}), b))},
 		{"UntagRole of the seed tag", req("UntagRole", derived, func() map[string][]string {
 			c := owned()
 			c["aws:TagKeys"] = []string{annotations.SeedTag}

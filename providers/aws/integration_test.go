@@ -697,7 +697,7 @@ func TestAssignerAgainstMoto(t *testing.T) {
 		// And someone widened the derived role by hand.
 		must(e.direct.PutRolePolicy(ctx, &iam.PutRolePolicyInput{RoleName: aws.String("sync-seed-0"), PolicyName: aws.String("hand-made"), PolicyDocument: aws.String(`{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}`)}))
 
-		if err := a.SyncFromSeed(ctx, e.seed); err != nil {
+		if _, err := a.SyncFromSeed(ctx, e.seed); err != nil {
 			t.Fatal(err)
 		}
 		seed, _ := readRole(ctx, e.direct, "sync-seed", true)
@@ -714,7 +714,7 @@ func TestAssignerAgainstMoto(t *testing.T) {
 		}
 		// A second sync finds nothing to do.
 		e.proxy.ResetCalls()
-		if err := a.SyncFromSeed(ctx, e.seed); err != nil {
+		if _, err := a.SyncFromSeed(ctx, e.seed); err != nil {
 			t.Fatal(err)
 		}
 		for k := range e.calls() {
@@ -780,7 +780,7 @@ func TestSeedHardeningAgainstMoto(t *testing.T) {
 		}
 		central := aws.ToString(pol.Policy.Arn)
 		a := e.assigner(NewLocalLocker(), Config{PermissionsBoundary: central, RoleCreationLimit: 5})
-		if err := a.SyncFromSeed(ctx, e.seed); err != nil {
+		if _, err := a.SyncFromSeed(ctx, e.seed); err != nil {
 			t.Fatal(err)
 		}
 		if got := boundaryOf(e, "bound-seed-0"); got != central {

@@ -5,11 +5,24 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
+
+	"go.klusters.dev/credential-webhook/annotations"
 )
+
+// EmptySinceTag marks a derived role that lists no subject with the time (RFC 3339, UTC) it
+// became empty. It lives on the role itself so that the time survives restarts and is the same
+// for every replica; ExpireEmpty deletes the role once it is older than the grace. The IAM policy
+// allows TagRole with this key (restating the seed tag) and UntagRole of it (see doc.go).
+const EmptySinceTag = "credential-webhook.klusters.dev/empty-since"
 
 // Remove takes subjects out of every derived role of seed that lists them (garbage collection of
 // deleted ServiceAccounts) and returns how many entries it removed. Space freed this way is
-// reused by the next Assign (first fit). Roles left empty are kept: see DeleteEmpty.
+// reused by the next Assign (first fit). A role left empty is kept, marked empty since now
+// (EmptySinceTag): ExpireEmpty deletes it after a grace.
 func (a *Assigner) Remove(ctx context.Context, seed RoleARN, subjects []string) (int, error) {
 	for _, sub := range subjects {
 		if _, _, err := ParseSubject(sub); err != nil {
@@ -43,6 +56,14 @@ func (a *Assigner) Remove(ctx context.Context, seed RoleARN, subjects []string) 
 		}
 		removed += n
 		a.log.Info("removed ServiceAccounts from derived role", "role", r.arn.String(), "removed", n, "left", cand.Len())
+		if cand.Len() == 0 {
+			// Stamped every time a role becomes empty, so a mark left from an earlier emptiness
+			// (the role filled up and emptied again since) never shortens the grace. A failure
+			// is no failure of the removal: the next ExpireEmpty marks the role.
+			if err := s.markEmpty(ctx, r, time.Now()); err != nil {
+				a.log.Warn("cannot mark an emptied derived role; the next garbage collection does", "role", r.arn.String(), "err", err)
+			}
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return removed, fmt.Errorf("removing subjects from derived roles of %s: %w", seed, err)
@@ -50,9 +71,181 @@ func (a *Assigner) Remove(ctx context.Context, seed RoleARN, subjects []string) 
 	return removed, nil
 }
 
+// EmptyReport is what one ExpireEmpty did.
+type EmptyReport struct {
+	Deleted  []string // ARNs of the derived roles deleted
+	Marked   int      // empty roles found without a mark, marked empty since now
+	Unmarked int      // marks removed from roles that have subjects again
+}
+
+// emptyRole is what the expiry decision knows of one derived role.
+type emptyRole struct {
+	Subjects  int
+	Owned     bool // carries our seed tag (read)
+	Broken    bool // its trust policy is unreadable
+	Reserved  bool // admission planned a subject into it, the writer has not written it yet
+	MarkKnown bool // its tags were read
+	Since     time.Time
+}
+
+type emptyVerdict int8
+
+const (
+	keepRole   emptyVerdict = iota
+	markRole                // empty and not marked: mark it empty since now
+	unmarkRole              // has subjects, still marked from an earlier emptiness
+	expireRole              // empty for longer than the grace: delete it
+)
+
+// expiryVerdict decides what to do with one derived role, given now and the grace (> 0; 0 or
+// less keeps every role and writes nothing). Only roles we own, that are empty, marked for longer
+// than the grace and not promised to a subject by admission are deleted. A mark from the future
+// (another replica's clock, a hand edit) is replaced: counting the grace from a time that has not
+// come yet would keep the role forever. Index holes left by a deletion are fine: placement takes
+// the lowest free index, so the next role needed fills the hole.
+func expiryVerdict(r emptyRole, now time.Time, grace time.Duration) emptyVerdict {
+	switch {
+	case grace <= 0 || !r.Owned || r.Broken || !r.MarkKnown:
+		return keepRole
+	case r.Subjects > 0:
+		if !r.Since.IsZero() {
+			return unmarkRole
+		}
+		return keepRole
+	case r.Since.IsZero() || r.Since.After(now):
+		return markRole
+	case r.Reserved || now.Sub(r.Since) < grace:
+		return keepRole
+	}
+	return expireRole
+}
+
+// ExpireEmpty deletes the derived roles of seed that have listed no subject for longer than
+// grace, marks newly empty ones and unmarks refilled ones (expiryVerdict). It runs under the
+// seed's lock, like every assignment, so no placement can land in a role while it is deleted;
+// every role the cache shows empty is read again under that lock (one GetRole) and decided on
+// what IAM says now. A role that is not tagged as ours is never touched, nor is the seed.
+func (a *Assigner) ExpireEmpty(ctx context.Context, seed RoleARN, grace time.Duration) (EmptyReport, error) {
+	return a.expireEmpty(ctx, seed, grace, time.Now)
+}
+
+func (a *Assigner) expireEmpty(ctx context.Context, seed RoleARN, grace time.Duration, clock func() time.Time) (EmptyReport, error) {
+	var rep EmptyReport
+	if grace <= 0 {
+		return rep, nil
+	}
+	s, done, err := a.begin(ctx, seed)
+	if err != nil {
+		return rep, err
+	}
+	defer done()
+	reserved := s.st.reservedIndexes(clock())
+	var errs []error
+	for _, r := range slices.Clone(s.st.roles) {
+		if r.bad != nil || r.owner == ownerOther || r.arn == seed {
+			continue
+		}
+		in := emptyRole{Subjects: r.trust.Len(), Owned: r.owner == ownerUs, Reserved: reserved[r.index], MarkKnown: r.mark.known, Since: r.mark.since}
+		if in.Subjects == 0 {
+			fresh, err := s.reread(ctx, r)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			in.Owned, in.MarkKnown, in.Since = r.owner == ownerUs, true, r.mark.since
+			in.Broken = fresh.bad != nil
+			if fresh.bad == nil && fresh.trust.Len() > 0 {
+				// The cache is behind IAM: never delete on it; the next session reloads.
+				s.st.loaded = false
+				continue
+			}
+		}
+		now := clock()
+		switch expiryVerdict(in, now, grace) {
+		case markRole:
+			if err := s.markEmpty(ctx, r, now); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			rep.Marked++
+		case unmarkRole:
+			if err := s.unmark(ctx, r); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			rep.Unmarked++
+		case expireRole:
+			if err := s.deleteRole(ctx, r); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			rep.Deleted = append(rep.Deleted, r.arn.String())
+			a.log.Info("deleted derived role empty for longer than the grace", "role", r.arn.String(), "emptySince", in.Since, "grace", grace)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return rep, fmt.Errorf("expiring empty derived roles of %s: %w", seed, err)
+	}
+	return rep, nil
+}
+
+// rereadResult is a role as one GetRole shows it.
+type rereadResult struct {
+	trust TrustPolicy
+	bad   error
+}
+
+// reread reads r again (one GetRole) and records its owner and mark. The trust policy is
+// returned, not cached: an eventually consistent read must not replace this replica's own
+// latest write in the cache.
+func (s *session) reread(ctx context.Context, r *roleState) (rereadResult, error) {
+	out, err := s.a.api.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(r.arn.Name)})
+	if err != nil {
+		return rereadResult{}, fmt.Errorf("iam:GetRole %s: %w", r.arn.Name, err)
+	}
+	tags := map[string]string{}
+	for _, t := range out.Role.Tags {
+		tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
+	}
+	arn, err := ParseRoleARN(aws.ToString(out.Role.Arn))
+	if err != nil {
+		return rereadResult{}, err
+	}
+	s.setOwner(r, &roleSpec{arn: arn, tags: tags})
+	r.mark = markOf(tags)
+	var res rereadResult
+	res.trust, res.bad = ParseTrustPolicyFor(aws.ToString(out.Role.AssumeRolePolicyDocument), s.a.provider(s.seed))
+	return res, nil
+}
+
+// markEmpty tags r as empty since now, restating the seed tag as the IAM policy requires.
+func (s *session) markEmpty(ctx context.Context, r *roleState, now time.Time) error {
+	since := now.UTC().Truncate(time.Second)
+	err := s.w.apply(ctx, tagRole{role: r.arn.Name, tags: map[string]string{
+		annotations.SeedTag: s.seed.String(),
+		EmptySinceTag:       since.Format(time.RFC3339),
+	}})
+	if err != nil {
+		r.mark = emptyMark{}
+		return err
+	}
+	r.mark = emptyMark{known: true, since: since}
+	return nil
+}
+
+// unmark removes r's EmptySinceTag.
+func (s *session) unmark(ctx context.Context, r *roleState) error {
+	if err := s.w.apply(ctx, untagRole{role: r.arn.Name, keys: []string{EmptySinceTag}}); err != nil {
+		r.mark = emptyMark{}
+		return err
+	}
+	r.mark = emptyMark{known: true}
+	return nil
+}
+
 // DeleteEmpty deletes derived roles of seed that list no subject (detaching and deleting their
-// policies first, as IAM requires) and returns their ARNs. Empty roles are cheap to keep and a
-// busy cluster refills them quickly, so the sweeper calls this sparingly.
+// policies first, as IAM requires) and returns their ARNs, at once and whatever their marks say:
+// the operator's tool. Garbage collection uses ExpireEmpty, which waits for a grace.
 func (a *Assigner) DeleteEmpty(ctx context.Context, seed RoleARN) ([]string, error) {
 	s, done, err := a.begin(ctx, seed)
 	if err != nil {

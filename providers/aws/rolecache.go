@@ -4,7 +4,14 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"time"
 )
+
+// SeedTTL bounds how long a replica uses its copy of a seed (trust statements, policies) before
+// reading it again: the seed is read when a role is created or completed, so without an expiry a
+// change to the seed would reach new roles only after a restart. The leader's garbage collection
+// re-reads every seed on each full pass anyway (SyncFromSeed), and repairs existing roles then.
+const SeedTTL = 10 * time.Minute
 
 type ownership int8
 
@@ -26,7 +33,8 @@ type seedState struct {
 	loaded bool
 	gen    int64 // generation the cache matches; -1 when loaded outside a lock
 	roles  []*roleState
-	spec   *roleSpec // the seed's permissions, read on first need
+	spec   *roleSpec // the seed's permissions, read on first need; see seedSpec
+	specAt time.Time // when spec was read: it expires after SeedTTL
 
 	// plan is what admission plans from (see plan.go); it has its own mutex.
 	plan planner
@@ -40,6 +48,52 @@ type roleState struct {
 	owner    ownership
 	complete bool  // its permissions were checked (or made) to include the seed's, in this process
 	bad      error // its trust policy could not be parsed: never written to
+	mark     emptyMark
+}
+
+// emptyMark is what this replica last read of a role's EmptySinceTag. It is not carried over a
+// refresh: another replica may have changed it.
+type emptyMark struct {
+	known bool      // the role's tags were read (or written) in this cache's lifetime
+	since time.Time // zero: no mark
+}
+
+// markOf reads the mark in tags. An unreadable value counts as no mark: the role is marked again,
+// which only postpones its deletion.
+func markOf(tags map[string]string) emptyMark {
+	m := emptyMark{known: true}
+	if v, ok := tags[EmptySinceTag]; ok {
+		if t, err := time.Parse(time.RFC3339, v); err == nil {
+			m.since = t
+		}
+	}
+	return m
+}
+
+// seed is the cached seed while it is younger than SeedTTL, nil otherwise.
+func (st *seedState) seed(now time.Time) *roleSpec {
+	if st.spec == nil || now.Sub(st.specAt) >= SeedTTL || now.Before(st.specAt) {
+		return nil
+	}
+	return st.spec
+}
+
+func (st *seedState) setSeed(spec *roleSpec, now time.Time) {
+	st.spec, st.specAt = spec, now
+}
+
+// reservedIndexes are the roles admission has live reservations in: a subject was promised a
+// place there and the writer is about to put it in.
+func (st *seedState) reservedIndexes(now time.Time) map[int]bool {
+	st.plan.mu.Lock()
+	defer st.plan.mu.Unlock()
+	out := map[int]bool{}
+	for _, r := range st.plan.reserved {
+		if !now.After(r.until) {
+			out[r.index] = true
+		}
+	}
+	return out
 }
 
 func (st *seedState) acquire(ctx context.Context) (func(), error) {

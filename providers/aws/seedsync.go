@@ -4,24 +4,45 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"strings"
+	"time"
 )
+
+// SyncReport is what one SyncFromSeed wrote: the number of IAM writes by action
+// ("iam:PutRolePolicy"), a bounded set of keys.
+type SyncReport struct {
+	Writes map[string]int
+}
+
+func (r *SyncReport) count(ws []write) {
+	for _, w := range ws {
+		if r.Writes == nil {
+			r.Writes = map[string]int{}
+		}
+		action, _, _ := strings.Cut(w.action(), " ")
+		r.Writes[action]++
+	}
+}
 
 // SyncFromSeed re-reads the seed and makes every derived role match it again: attached and inline
 // policies (extras removed, changed documents rewritten), permissions boundary, description, max
 // session duration, tags, and the trust statements (subjects kept). A role whose subjects would
 // no longer fit under the quota with the seed's new statements keeps its old trust policy and is
-// reported in the error.
-func (a *Assigner) SyncFromSeed(ctx context.Context, seed RoleARN) error {
+// reported in the error. The seed it read replaces the cached one (see SeedTTL). Roles read here
+// also tell ExpireEmpty their marks, so a garbage collection pass reads each role once.
+func (a *Assigner) SyncFromSeed(ctx context.Context, seed RoleARN) (SyncReport, error) {
+	var rep SyncReport
 	s, done, err := a.begin(ctx, seed)
 	if err != nil {
-		return err
+		return rep, err
 	}
 	defer done()
 	spec, err := s.readSeed(ctx, true)
 	if err != nil {
-		return err
+		return rep, err
 	}
-	s.st.spec = spec
+	s.st.setSeed(spec, time.Now())
 	quota := a.quotaFor(ctx)
 	var errs []error
 	for _, r := range s.st.roles {
@@ -36,7 +57,13 @@ func (a *Assigner) SyncFromSeed(ctx context.Context, seed RoleARN) error {
 		if s.setOwner(r, target); r.owner != ownerUs {
 			continue
 		}
-		if _, err := s.syncRole(ctx, spec, target, true); err != nil {
+		r.mark = markOf(target.tags)
+		// The mark is ours, not the seed's: policyDiff would remove it as a tag the seed lacks.
+		target.tags = maps.Clone(target.tags)
+		delete(target.tags, EmptySinceTag)
+		ws, err := s.syncDrift(ctx, spec, target)
+		rep.count(ws)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -59,6 +86,7 @@ func (a *Assigner) SyncFromSeed(ctx context.Context, seed RoleARN) error {
 			errs = append(errs, fmt.Errorf("derived role %s: with the seed's current trust statements its %d subjects need %d characters, quota %d", r.arn, want.Len(), size, quota))
 			continue
 		}
+		rep.count([]write{updateTrust{role: r.arn.Name}})
 		if err := s.writeTrust(ctx, r, want); err != nil {
 			errs = append(errs, err)
 			continue
@@ -66,7 +94,25 @@ func (a *Assigner) SyncFromSeed(ctx context.Context, seed RoleARN) error {
 		a.log.Info("re-synced trust statements from seed", "role", r.arn.String())
 	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("syncing derived roles of %s: %w", seed, err)
+		return rep, fmt.Errorf("syncing derived roles of %s: %w", seed, err)
 	}
-	return nil
+	return rep, nil
+}
+
+// syncDrift sends the writes that make target match seed (policyDiff, full) and returns the ones
+// it sent, a failed one included. seed must have been read with its inline documents.
+func (s *session) syncDrift(ctx context.Context, seed, target *roleSpec) ([]write, error) {
+	if err := seed.readInlineDocs(ctx, s.a.api, inlineDocsNeeded(seed, target, true)); err != nil {
+		return nil, err
+	}
+	ws, err := policyDiff(seed, target, true)
+	if err != nil {
+		return nil, err
+	}
+	before := s.w.writes
+	err = s.w.apply(ctx, ws...)
+	if len(ws) > 0 {
+		s.a.log.Info("repaired drift of a derived role from its seed", "role", target.arn.String(), "writes", s.w.writes-before)
+	}
+	return ws[:s.w.writes-before], err
 }

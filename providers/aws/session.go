@@ -114,16 +114,16 @@ func (s *session) refresh(ctx context.Context) error {
 	return nil
 }
 
-// seedSpec returns the seed's permissions, reading them on first use.
+// seedSpec returns the seed's permissions, reading them on first use and after SeedTTL.
 func (s *session) seedSpec(ctx context.Context) (*roleSpec, error) {
-	if s.st.spec != nil {
-		return s.st.spec, nil
+	if spec := s.st.seed(time.Now()); spec != nil {
+		return spec, nil
 	}
 	spec, err := s.readSeed(ctx, false)
 	if err != nil {
 		return nil, err
 	}
-	s.st.spec = spec
+	s.st.setSeed(spec, time.Now())
 	return spec, nil
 }
 
@@ -386,8 +386,8 @@ func (s *session) decide(ctx context.Context, todo []string, quota int) (pl Plac
 	failed = map[int]error{}
 	for {
 		var seed *TrustPolicy
-		if s.st.spec != nil {
-			seed = &s.st.spec.trust
+		if spec := s.st.seed(time.Now()); spec != nil {
+			seed = &spec.trust
 		}
 		pl = Place(s.st.views(), todo, quota, s.a.cfg.RoleCreationLimit, PlaceOptions{Seed: seed, Hints: hints})
 		if pl.NeedSeed && seedErr == nil {

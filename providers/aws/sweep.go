@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 
 	"go.klusters.dev/credential-webhook/annotations"
@@ -51,9 +53,71 @@ func Permanent(err error) bool {
 // holds a lock Lease for, that is wrote for), never seeds named by ServiceAccount annotations.
 // Only seeds the allowlist allows are collected. It is a sweeper.ScopedCollector: a scope is
 // one seed.
+//
+// On the full passes it also maintains every seed's derived roles (MaintainScope).
 type Collector struct {
 	Assigner *Assigner
 	Seeds    func(ctx context.Context) ([]string, error)
+	// EmptyRoleGrace is how long a derived role must have listed no subject before a full pass
+	// deletes it (--gc-empty-role-grace); 0 keeps empty roles.
+	EmptyRoleGrace time.Duration
+	// Metrics counts what maintenance wrote; nil counts nothing.
+	Metrics *GCMetrics
+}
+
+var _ sweeper.ScopeMaintainer = Collector{}
+
+// DefaultEmptyRoleGrace is the default Collector.EmptyRoleGrace: long enough that a role emptied
+// between two backup sessions is refilled rather than deleted and created again.
+const DefaultEmptyRoleGrace = time.Hour
+
+// GCMetrics are the metrics of derived role maintenance. Labels are bounded: an IAM action.
+type GCMetrics struct {
+	rolesDeleted prometheus.Counter
+	driftWrites  *prometheus.CounterVec
+}
+
+// driftActions are the writes drift repair can send (policyDiff, plus the trust policy).
+var driftActions = []string{
+	"iam:PutRolePermissionsBoundary", "iam:AttachRolePolicy", "iam:DetachRolePolicy", "iam:PutRolePolicy",
+	"iam:DeleteRolePolicy", "iam:UpdateRole", "iam:TagRole", "iam:UntagRole", "iam:UpdateAssumeRolePolicy",
+}
+
+// NewGCMetrics registers the maintenance metrics with reg (nil: not registered).
+func NewGCMetrics(reg prometheus.Registerer) *GCMetrics {
+	m := &GCMetrics{
+		rolesDeleted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "credential_webhook_derived_roles_deleted_total",
+			Help: "Derived roles deleted by garbage collection after listing no subject for longer than --gc-empty-role-grace.",
+		}),
+		driftWrites: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credential_webhook_drift_writes_total",
+			Help: "IAM writes that made a derived role match its seed again (drift repair on full garbage collection passes), by action.",
+		}, []string{"action"}),
+	}
+	for _, a := range driftActions {
+		m.driftWrites.WithLabelValues(a)
+	}
+	if reg != nil {
+		reg.MustRegister(m.rolesDeleted, m.driftWrites)
+	}
+	return m
+}
+
+func (m *GCMetrics) synced(rep SyncReport) {
+	if m == nil {
+		return
+	}
+	for a, n := range rep.Writes {
+		m.driftWrites.WithLabelValues(a).Add(float64(n))
+	}
+}
+
+func (m *GCMetrics) expired(rep EmptyReport) {
+	if m == nil {
+		return
+	}
+	m.rolesDeleted.Add(float64(len(rep.Deleted)))
 }
 
 // Scopes lists the configured seeds to collect (sweeper.ScopedCollector), each with the claim
@@ -132,4 +196,24 @@ func (c Collector) CollectScope(ctx context.Context, scope sweeper.Scope, lookup
 		return n, fmt.Errorf("removing %d subjects from %s: %w", len(gone), seed, err)
 	}
 	return n, nil
+}
+
+// MaintainScope runs on every full pass, after CollectScope (sweeper.ScopeMaintainer): it repairs
+// the drift of the seed's derived roles from the seed (SyncFromSeed), then deletes those empty
+// for longer than EmptyRoleGrace (ExpireEmpty). Sync first: it reads every role's marks, which
+// saves ExpireEmpty the reads. Both run even when the other fails: a seed that was deleted
+// cannot be synced from, yet its emptied roles should still go.
+func (c Collector) MaintainScope(ctx context.Context, scope sweeper.Scope) error {
+	seed, err := ParseRoleARN(scope.Key)
+	if err != nil {
+		return err
+	}
+	if err := c.Assigner.allowed(seed); err != nil {
+		return nil // no longer configured: nothing of ours to look at
+	}
+	rep, syncErr := c.Assigner.SyncFromSeed(ctx, seed)
+	c.Metrics.synced(rep)
+	exp, expErr := c.Assigner.ExpireEmpty(ctx, seed, c.EmptyRoleGrace)
+	c.Metrics.expired(exp)
+	return errors.Join(syncErr, expErr)
 }

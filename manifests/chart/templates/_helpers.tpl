@@ -126,6 +126,14 @@ ValidatingAdmissionPolicy, and the source of the server's CREDENTIAL_WEBHOOK_ALL
 {{- if and .Values.clientAuth.allowedNames (not .Values.clientAuth.caSecretName) }}
 {{- fail "clientAuth.allowedNames needs clientAuth.caSecretName: the Secret holding ca.crt, the CA that signed those client certificates" }}
 {{- end }}
+{{- /*
+A cloud on and nobody allowed to ask for it: the server would refuse every ServiceAccount, and the
+backups fail with nothing but an admission warning to explain it. Only with a cloud enabled: the
+static manifests (no cloud until an overlay sets one) still render.
+*/}}
+{{- if and (or (include "credential-webhook.awsEnabled" .) (include "credential-webhook.azureEnabled" .)) (not .Values.allowedRequesters) }}
+{{- fail (printf "%s is set but allowedRequesters is empty, so nobody could get a cloud identity. Set it to the KubeStash operator's ServiceAccount as system:serviceaccount:<namespace>:<name>; find the name with\n  kubectl -n kubestash get deploy -l app.kubernetes.io/name=kubestash-operator -o jsonpath='{.items[0].spec.template.spec.serviceAccountName}'\nFor a KubeStash release named kubestash in namespace kubestash (its Deployment is kubestash-kubestash-operator-operator):\n  --set 'allowedRequesters={system:serviceaccount:kubestash:kubestash-kubestash-operator}'" (ternary "aws.seedRoles" "azure.allowedScopes" (not (empty .Values.aws.seedRoles)))) }}
+{{- end }}
 {{- end }}
 
 {{/* namespaceSelector of every webhook: never the release namespace, nor excludeNamespaces. */}}

@@ -21,7 +21,9 @@ SEED_MANAGED_POLICY, SEED_TAG_KEY and PERMISSIONS_BOUNDARY stand in.
 {{- fail "aws.seedRoles is set but aws.permissionsBoundaryArn is not: the IAM policy lets the server create and widen derived roles only under that permissions boundary, so it cannot be rendered without it (set aws.permissionsBoundaryArn to the managed policy ARN, or aws.iamPolicy.configMap=false and write the policy yourself)" }}
 {{- end }}
 {{- $tag := "credential-webhook.klusters.dev/seed-role" }}
-{{- $keys := prepend $tagKeys $tag | uniq -}}
+{{- $keys := prepend $tagKeys $tag | uniq }}
+{{- /* TagRole may also mark a derived role empty (garbage collection deletes it after a grace). */}}
+{{- $tagRoleKeys := append $keys "credential-webhook.klusters.dev/empty-since" | uniq -}}
 {
   "Version": "2012-10-17",
   "Statement": [
@@ -67,7 +69,7 @@ SEED_MANAGED_POLICY, SEED_TAG_KEY and PERMISSIONS_BOUNDARY stand in.
       "Effect": "Allow",
       "Action": "iam:TagRole",
       "Resource": {{ $derived | toJson }},
-      {{- include "credential-webhook.iamCondition" (dict $op (dict $resourceTag $seed $requestTag $seed) "ForAllValues:StringEquals" (dict "aws:TagKeys" $keys)) | nindent 6 }}
+      {{- include "credential-webhook.iamCondition" (dict $op (dict $resourceTag $seed $requestTag $seed) "ForAllValues:StringEquals" (dict "aws:TagKeys" $tagRoleKeys)) | nindent 6 }}
     },
     {
       "Sid": {{ printf "EditOwnDerivedRoles%s" $sid | toJson }},
