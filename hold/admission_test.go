@@ -38,7 +38,9 @@ func TestDecide(t *testing.T) {
 	awsSeed := map[string]string{annotations.SeedRole: seedARN}
 	awsDone := map[string]string{annotations.SeedRole: seedARN, annotations.AWSRoleARN: seedARN + "-3"}
 	azSeed := map[string]string{annotations.AzureMIName: "kubestash-backup"}
-	azDone := map[string]string{annotations.AzureMIName: "kubestash-backup", annotations.AzureClientID: "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"}
+	azDone := map[string]string{annotations.AzureMIName: "kubestash-backup", annotations.AzureClientID: "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f",
+		annotations.AzureTenantID: "00000000-0000-0000-0000-0000000000bb"}
+	azClientOnly := map[string]string{annotations.AzureMIName: "kubestash-backup", annotations.AzureClientID: "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"}
 	with := func(m map[string]string, kv ...string) map[string]string {
 		out := map[string]string{}
 		for k, v := range m {
@@ -64,6 +66,7 @@ func TestDecide(t *testing.T) {
 		{"azure, no client id", kubestashJob(), serviceAccount(azSeed), false, true, ReasonIdentityPending},
 		{"azure assigned, unverified", kubestashJob(), serviceAccount(azDone), false, true, ReasonCredentialsUnverified},
 		{"azure assigned, known ready", kubestashJob(), serviceAccount(azDone), true, false, ReasonCredentialsReady},
+		{"azure client ID without tenant ID, even known ready", kubestashJob(), serviceAccount(azClientOnly), true, true, ReasonIdentityPending},
 		{"aws done, azure missing", kubestashJob(), serviceAccount(with(awsDone, annotations.AzureMIName, "mi")), true, true, ReasonIdentityPending},
 		{"serviceaccount missing", kubestashJob(), nil, false, true, ReasonServiceAccountMissing},
 		{"serviceaccount missing though a stale ready entry", kubestashJob(), nil, true, true, ReasonServiceAccountMissing},

@@ -44,8 +44,14 @@ func IdentityOf(sa *corev1.ServiceAccount) Identity {
 	if id.AWS && a[annotations.AWSRoleARN] == "" {
 		missing = append(missing, "no "+annotations.AWSRoleARN+" yet")
 	}
+	// Azure needs both IDs: the AKS workload-identity webhook injects AZURE_TENANT_ID from the
+	// tenant annotation (else the cluster's default tenant, the wrong one for an identity in
+	// another tenant), so a Job must not start with the client ID alone.
 	if id.Azure && a[annotations.AzureClientID] == "" {
 		missing = append(missing, "no "+annotations.AzureClientID+" yet")
+	}
+	if id.Azure && a[annotations.AzureTenantID] == "" {
+		missing = append(missing, "no "+annotations.AzureTenantID+" yet")
 	}
 	id.Missing = strings.Join(missing, "; ")
 	return id

@@ -36,7 +36,11 @@ func TestIdentityOf(t *testing.T) {
 		{"aws done", map[string]string{annotations.SeedRole: seedARN, annotations.AWSRoleARN: "r"}, true, false, ""},
 		{"pending and missing", map[string]string{annotations.SeedRole: seedARN, annotations.Pending: "iam throttled"}, true, false,
 			"assignment pending (iam throttled); no eks.amazonaws.com/role-arn yet"},
-		{"azure missing", map[string]string{annotations.AzureMIName: "mi"}, false, true, "no azure.workload.identity/client-id yet"},
+		{"azure missing", map[string]string{annotations.AzureMIName: "mi"}, false, true,
+			"no azure.workload.identity/client-id yet; no azure.workload.identity/tenant-id yet"},
+		{"azure client ID alone", map[string]string{annotations.AzureMIName: "mi", annotations.AzureClientID: "c"}, false, true,
+			"no azure.workload.identity/tenant-id yet"},
+		{"azure done", map[string]string{annotations.AzureMIName: "mi", annotations.AzureClientID: "c", annotations.AzureTenantID: "t"}, false, true, ""},
 		{"empty seed value requests nothing", map[string]string{annotations.SeedRole: ""}, false, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
