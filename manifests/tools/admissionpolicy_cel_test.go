@@ -59,14 +59,28 @@ type compiledPolicy struct {
 
 func compile(t *testing.T, p admissionPolicy) compiledPolicy {
 	t.Helper()
-	s := p.policy.Spec
+	v := compileValidator(t, p.policy, true)
+	params, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&p.params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	params["apiVersion"], params["kind"] = "v1", "ConfigMap"
+	return compiledPolicy{validator: v, params: &unstructured.Unstructured{Object: params}}
+}
+
+// compileValidator compiles a ValidatingAdmissionPolicy as the apiserver's plugin does, and
+// fails the test when any expression does not compile: the plugin would only report that at
+// evaluation time. hasParams: the policy reads a paramKind (the admission policy does, the self
+// policy does not).
+func compileValidator(t *testing.T, p admissionv1.ValidatingAdmissionPolicy, hasParams bool) validating.Validator {
+	t.Helper()
+	s := p.Spec
 	comp, err := plugincel.NewCompositedCompiler(envSet())
 	if err != nil {
 		t.Fatal(err)
 	}
-	withAuthz := plugincel.OptionalVariableDeclarations{HasParams: true, HasAuthorizer: true}
-	withoutAuthz := plugincel.OptionalVariableDeclarations{HasParams: true}
-	// Every expression compiles: the plugin would only report an error at evaluation time.
+	withAuthz := plugincel.OptionalVariableDeclarations{HasParams: hasParams, HasAuthorizer: true}
+	withoutAuthz := plugincel.OptionalVariableDeclarations{HasParams: hasParams}
 	for _, v := range s.Variables {
 		if r := comp.CompileAndStoreVariable(&validating.Variable{Name: v.Name, Expression: v.Expression}, withAuthz, environment.StoredExpressions); r.Error != nil {
 			t.Fatalf("variable %s does not compile: %v", v.Name, r.Error)
@@ -85,23 +99,20 @@ func compile(t *testing.T, p admissionPolicy) compiledPolicy {
 		if _, ok := e.(*validating.MessageExpressionCondition); ok {
 			opts = withoutAuthz
 		}
+		if e.GetExpression() == "" {
+			continue
+		}
 		if r := comp.CompileCELExpression(e, opts, environment.StoredExpressions); r.Error != nil {
 			t.Fatalf("%q does not compile: %v", e.GetExpression(), r.Error)
 		}
 	}
-	matcher := matchconditions.NewMatcher(comp.CompileCondition(matches, withAuthz, environment.StoredExpressions), s.FailurePolicy, "policy", "validate", p.policy.Name)
-	v := validating.NewValidator(
+	matcher := matchconditions.NewMatcher(comp.CompileCondition(matches, withAuthz, environment.StoredExpressions), s.FailurePolicy, "policy", "validate", p.Name)
+	return validating.NewValidator(
 		comp.CompileCondition(validations, withAuthz, environment.StoredExpressions),
 		matcher,
 		comp.CompileCondition(nil, withAuthz, environment.StoredExpressions),
 		comp.CompileCondition(messages, withoutAuthz, environment.StoredExpressions),
 		s.FailurePolicy, nil)
-	params, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&p.params)
-	if err != nil {
-		t.Fatal(err)
-	}
-	params["apiVersion"], params["kind"] = "v1", "ConfigMap"
-	return compiledPolicy{validator: v, params: &unstructured.Unstructured{Object: params}}
 }
 
 func slicesClone(s []plugincel.ExpressionAccessor) []plugincel.ExpressionAccessor {

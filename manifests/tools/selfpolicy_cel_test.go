@@ -16,12 +16,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apiserver/pkg/admission"
-	plugincel "k8s.io/apiserver/pkg/admission/plugin/cel"
 	"k8s.io/apiserver/pkg/admission/plugin/policy/validating"
-	"k8s.io/apiserver/pkg/admission/plugin/webhook/matchconditions"
 	celconfig "k8s.io/apiserver/pkg/apis/cel"
 	"k8s.io/apiserver/pkg/authentication/user"
-	"k8s.io/apiserver/pkg/cel/environment"
 	"k8s.io/apiserver/pkg/cel/openapi/resolver"
 	"k8s.io/kube-openapi/pkg/validation/spec"
 	"k8s.io/utils/ptr"
@@ -63,45 +60,7 @@ func renderSelfPolicy(t *testing.T, rel Release, vals map[string]any) (admission
 // compileSelf compiles the policy as the ValidatingAdmissionPolicy plugin does (no params).
 func compileSelf(t *testing.T, p admissionv1.ValidatingAdmissionPolicy) validating.Validator {
 	t.Helper()
-	s := p.Spec
-	comp, err := plugincel.NewCompositedCompiler(envSet())
-	if err != nil {
-		t.Fatal(err)
-	}
-	withAuthz := plugincel.OptionalVariableDeclarations{HasAuthorizer: true}
-	withoutAuthz := plugincel.OptionalVariableDeclarations{}
-	for _, v := range s.Variables {
-		if r := comp.CompileAndStoreVariable(&validating.Variable{Name: v.Name, Expression: v.Expression}, withAuthz, environment.StoredExpressions); r.Error != nil {
-			t.Fatalf("variable %s does not compile: %v", v.Name, r.Error)
-		}
-	}
-	var matches, validations, messages []plugincel.ExpressionAccessor
-	for _, m := range s.MatchConditions {
-		matches = append(matches, &matchconditions.MatchCondition{Name: m.Name, Expression: m.Expression})
-	}
-	for _, v := range s.Validations {
-		validations = append(validations, &validating.ValidationCondition{Expression: v.Expression, Message: v.Message, Reason: v.Reason})
-		messages = append(messages, &validating.MessageExpressionCondition{MessageExpression: v.MessageExpression})
-	}
-	for _, e := range append(append(slicesClone(matches), validations...), messages...) {
-		opts := withAuthz
-		if _, ok := e.(*validating.MessageExpressionCondition); ok {
-			opts = withoutAuthz
-		}
-		if e.GetExpression() == "" {
-			continue
-		}
-		if r := comp.CompileCELExpression(e, opts, environment.StoredExpressions); r.Error != nil {
-			t.Fatalf("%q does not compile: %v", e.GetExpression(), r.Error)
-		}
-	}
-	matcher := matchconditions.NewMatcher(comp.CompileCondition(matches, withAuthz, environment.StoredExpressions), s.FailurePolicy, "policy", "validate", p.Name)
-	return validating.NewValidator(
-		comp.CompileCondition(validations, withAuthz, environment.StoredExpressions),
-		matcher,
-		comp.CompileCondition(nil, withAuthz, environment.StoredExpressions),
-		comp.CompileCondition(messages, withoutAuthz, environment.StoredExpressions),
-		s.FailurePolicy, nil)
+	return compileValidator(t, p, false)
 }
 
 // selfRequest is one request as the apiserver hands it to validating admission.
