@@ -131,17 +131,10 @@ func TestLabelFunctions(t *testing.T) {
 // Beyond MaxInFlight a review is answered 429 at once, with a plain-text message (no
 // AdmissionReview: the apiserver applies the failurePolicy); once a slot frees, reviews succeed.
 func TestInFlightLimitAnswers429(t *testing.T) {
-	release := make(chan struct{})
-	entered := make(chan struct{}, 8)
+	bl := newBlocker()
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	block := pluginFunc(func(ctx context.Context, req *Request, _ *Response) error {
-		if req.Name == "block" {
-			entered <- struct{}{}
-			<-release
-		}
-		return nil
-	})
+	block := bl.plugin
 	srv := newServerWith(t, Options{Metrics: m, MaxInFlight: 2, Routes: []Route{{Path: "/mutate/pods", Name: "pods", Kind: "Pod", Plugins: []Plugin{block}}}})
 	blocking := strings.Replace(review("b", "", "Pod", `{}`), `"name":"x"`, `"name":"block"`, 1)
 	var wg sync.WaitGroup
@@ -152,13 +145,7 @@ func TestInFlightLimitAnswers429(t *testing.T) {
 			codes <- code
 		})
 	}
-	for range 2 {
-		select {
-		case <-entered:
-		case <-time.After(10 * time.Second):
-			t.Fatal("blocking reviews did not start")
-		}
-	}
+	bl.waitEntered(t, 2)
 	if got := testutil.ToFloat64(m.InFlight); got != 2 {
 		t.Errorf("in-flight gauge %v, want 2", got)
 	}
@@ -172,7 +159,7 @@ func TestInFlightLimitAnswers429(t *testing.T) {
 		strings.Contains(string(body), "AdmissionReview") || res.Header.Get("Retry-After") == "" {
 		t.Fatalf("third review: %d %q (Retry-After %q); want 429 with a plain message", res.StatusCode, body, res.Header.Get("Retry-After"))
 	}
-	close(release)
+	bl.releaseAll()
 	wg.Wait()
 	close(codes)
 	for c := range codes {
@@ -196,16 +183,9 @@ func TestInFlightLimitAnswers429(t *testing.T) {
 // large body that does not fit is answered 429 before it is read, and fits again once the others
 // are answered.
 func TestInFlightByteBudget(t *testing.T) {
-	release := make(chan struct{})
-	entered := make(chan struct{}, 8)
+	bl := newBlocker()
 	m := NewMetrics(prometheus.NewRegistry())
-	block := pluginFunc(func(ctx context.Context, req *Request, _ *Response) error {
-		if req.Name == "block" {
-			entered <- struct{}{}
-			<-release
-		}
-		return nil
-	})
+	block := bl.plugin
 	const budget = 1 << 20
 	srv := newServerWith(t, Options{Metrics: m, MaxInFlight: -1, MaxInFlightBytes: budget,
 		Routes: []Route{{Path: "/mutate/pods", Name: "pods", Kind: "Pod", Plugins: []Plugin{block}}}})
@@ -227,13 +207,7 @@ func TestInFlightByteBudget(t *testing.T) {
 			codes <- code
 		})
 	}
-	for range 4 {
-		select {
-		case <-entered:
-		case <-time.After(10 * time.Second):
-			t.Fatal("blocking reviews did not start")
-		}
-	}
+	bl.waitEntered(t, 4)
 	// A second large review does not fit: 429, plain text, nothing read.
 	res, err := http.Post(srv.URL+"/mutate/pods", "application/json", strings.NewReader(padded("big-2", "x", 600<<10)))
 	if err != nil {
@@ -248,7 +222,7 @@ func TestInFlightByteBudget(t *testing.T) {
 	if code, out, raw := post(t, srv.URL+"/mutate/pods", "application/json", review("small-ok", "", "Pod", `{}`)); code != 200 || out["response"].(map[string]any)["uid"] != "small-ok" {
 		t.Fatalf("small review while the budget is partly used: %d %s", code, raw)
 	}
-	close(release)
+	bl.releaseAll()
 	wg.Wait()
 	close(codes)
 	for c := range codes {
@@ -335,6 +309,40 @@ func TestBodyLimitDerivation(t *testing.T) {
 		}
 	}
 }
+
+// blocker is a plugin that holds every review named "block" until releaseAll, so a test can fill
+// the in-flight limits deterministically.
+type blocker struct {
+	plugin  Plugin
+	entered chan struct{}
+	release chan struct{}
+}
+
+func newBlocker() *blocker {
+	b := &blocker{entered: make(chan struct{}, 8), release: make(chan struct{})}
+	b.plugin = pluginFunc(func(ctx context.Context, req *Request, _ *Response) error {
+		if req.Name == "block" {
+			b.entered <- struct{}{}
+			<-b.release
+		}
+		return nil
+	})
+	return b
+}
+
+// waitEntered waits until n blocked reviews are inside the plugin.
+func (b *blocker) waitEntered(t *testing.T, n int) {
+	t.Helper()
+	for range n {
+		select {
+		case <-b.entered:
+		case <-time.After(10 * time.Second):
+			t.Fatal("blocking reviews did not start")
+		}
+	}
+}
+
+func (b *blocker) releaseAll() { close(b.release) }
 
 func newServerWith(t *testing.T, opts Options) *httptest.Server {
 	t.Helper()

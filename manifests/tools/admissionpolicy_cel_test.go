@@ -115,6 +115,20 @@ func compileValidator(t *testing.T, p admissionv1.ValidatingAdmissionPolicy, has
 		s.FailurePolicy, nil)
 }
 
+// checkDenial compares a policy's answer (the denial message, "" when admitted) with the
+// expected one: "" to be admitted, else a substring of the denial.
+func checkDenial(t *testing.T, got, deny string) {
+	t.Helper()
+	switch {
+	case deny == "" && got != "":
+		t.Errorf("denied: %s", got)
+	case deny != "" && got == "":
+		t.Errorf("admitted; want a denial containing %q", deny)
+	case deny != "" && !strings.Contains(got, deny):
+		t.Errorf("denied with %q; want it to contain %q", got, deny)
+	}
+}
+
 func slicesClone(s []plugincel.ExpressionAccessor) []plugincel.ExpressionAccessor {
 	return append([]plugincel.ExpressionAccessor(nil), s...)
 }
@@ -260,14 +274,7 @@ func TestAdmissionPolicyCEL(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := c.evaluate(t, tc.req)
-			switch {
-			case tc.deny == "" && got != "":
-				t.Errorf("denied: %s", got)
-			case tc.deny != "" && got == "":
-				t.Errorf("admitted; want a denial containing %q", tc.deny)
-			case tc.deny != "" && !strings.Contains(got, tc.deny):
-				t.Errorf("denied with %q; want it to contain %q", got, tc.deny)
-			}
+			checkDenial(t, got, tc.deny)
 		})
 	}
 }
