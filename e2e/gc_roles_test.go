@@ -137,8 +137,19 @@ func TestGCRoles(t *testing.T) {
 		have, err := awsp.CanonicalJSON(raw)
 		return have == want, err
 	})
-	if got := flowMetric(t, wh, "credential_webhook_drift_writes_total", map[string]string{"action": "iam:PutRolePolicy"}) - driftBefore; got < 1 {
-		t.Errorf("drift_writes_total{action=iam:PutRolePolicy} grew by %v, want at least 1", got)
+	// The pass counts its writes when its maintenance step ends, after the write is visible in
+	// IAM: wait for the count rather than read it at once.
+	var grew float64
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		grew = flowMetric(t, wh, "credential_webhook_drift_writes_total", map[string]string{"action": "iam:PutRolePolicy"}) - driftBefore
+		if grew >= 1 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if grew < 1 {
+		t.Errorf("drift_writes_total{action=iam:PutRolePolicy} grew by %v, want at least 1", grew)
 	}
 	t.Logf("figures: emptied role deleted %s after its ServiceAccount (gc-grace %s, empty-role grace %s, gc-interval %s); seed drift reached the derived role in %s",
 		took.Round(time.Second), flowGCGrace, emptyRoleGrace, gcInterval, time.Since(changed).Round(100*time.Millisecond))
