@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"testing"
 
+	jsonv2 "github.com/go-json-experiment/json"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	sigsjson "sigs.k8s.io/json"
@@ -100,4 +101,18 @@ func BenchmarkDecode(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkDecodeFullJSONv2 decodes the whole corev1.Pod with JSON v2: what decodePod would
+// cost without its reduced view.
+func BenchmarkDecodeFullJSONv2(b *testing.B) {
+	f := benchFixture(b)
+	b.ReportAllocs()
+	defer reportCPU(b)()
+	for b.Loop() {
+		var pod corev1.Pod
+		if err := jsonv2.Unmarshal(f.rawPod, &pod); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

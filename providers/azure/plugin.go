@@ -2,8 +2,8 @@ package azure
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
+	"github.com/go-json-experiment/json"
 	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
