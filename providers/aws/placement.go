@@ -51,17 +51,17 @@ type Decision struct {
 	Err error
 }
 
-// RoleCreate is a role to create, with the subject that needed it as its only subject.
+// RoleCreate is a role to create. Subjects are every subject placed in it, the one that needed it
+// first; Trust, the policy it is created with, already lists them all, so a new role costs one
+// CreateRole however many subjects of the round it takes (burst load: one IAM write per role).
 type RoleCreate struct {
-	Index   int
-	Subject string
-	Trust   TrustPolicy
+	Index    int
+	Subjects []string
+	Trust    TrustPolicy
 }
 
-// TrustWrite is one trust policy write: Trust is the role's whole new policy, Added the subjects
-// it gains. A role created by this placement that later subjects joined gets one too: it is
-// created with its first subject, as a single assignment would create it, and the others join
-// with one write like any other role's.
+// TrustWrite is one trust policy write to an existing role: Trust is the role's whole new policy,
+// Added the subjects it gains.
 type TrustWrite struct {
 	Index int
 	Trust TrustPolicy
@@ -86,7 +86,6 @@ type bin struct {
 	padded  bool        // measure differs from trust
 	added   []string
 	created bool
-	first   TrustPolicy // a created role's policy at creation: its first subject only
 }
 
 // Place decides, by first fit, where each subject goes: a role that already lists it; else the
@@ -130,10 +129,7 @@ func Place(roles []RoleView, subjects []string, quota, limit int, opt PlaceOptio
 	}
 	for _, b := range bins {
 		if b.created {
-			out.Creates = append(out.Creates, RoleCreate{Index: b.index, Subject: b.added[0], Trust: b.first})
-			if len(b.added) > 1 {
-				out.Writes = append(out.Writes, TrustWrite{Index: b.index, Trust: b.trust, Added: slices.Clone(b.added[1:])})
-			}
+			out.Creates = append(out.Creates, RoleCreate{Index: b.index, Subjects: b.added, Trust: b.trust})
 			continue
 		}
 		if len(b.added) > 0 {
@@ -236,7 +232,7 @@ func openRole(bins *[]*bin, planned []*bin, sub string, quota, limit int, seed *
 		if size > quota {
 			return Decision{Subject: sub, Err: fmt.Errorf("%w: the trust policy would be %d characters, quota %d", ErrSubjectTooLarge, size, quota)}
 		}
-		b.usable, b.trust, b.measure, b.first = true, p, p, p
+		b.usable, b.trust, b.measure = true, p, p
 	}
 	i, _ := slices.BinarySearchFunc(*bins, idx, func(x *bin, idx int) int { return x.index - idx })
 	*bins = slices.Insert(*bins, i, b)

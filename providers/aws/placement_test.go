@@ -3,6 +3,7 @@ package aws
 import (
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -43,8 +44,8 @@ func TestPlace(t *testing.T) {
 		added []string
 	}
 	type create struct {
-		index   int
-		subject string
+		index    int
+		subjects string // comma-separated, the one that needed the role first
 	}
 	tests := []struct {
 		name     string
@@ -114,12 +115,11 @@ func TestPlace(t *testing.T) {
 			writes: []wantWrite{{1, []string{sub(1)}}},
 		},
 		{
-			name:  "several subjects of one round share a new role: created with the first, one write for the rest",
+			name:  "several subjects of one round share a new role: created listing them all, no second write",
 			roles: []RoleView{role(0, 0, 3)},
 			quota: q3, limit: 10, opt: withSeed, subjects: []string{s1, s2, s3},
 			want:    []dec{{index: 1, creates: true}, {index: 1}, {index: 1}},
-			creates: []create{{1, s1}},
-			writes:  []wantWrite{{1, []string{s2, s3}}},
+			creates: []create{{1, s1 + "," + s2 + "," + s3}},
 		},
 		{
 			name:  "one round fills an existing role, then new roles up to the limit",
@@ -127,8 +127,8 @@ func TestPlace(t *testing.T) {
 			quota: q3, limit: 2, opt: withSeed, subjects: []string{s1, s2, s3, s4, s5},
 			want: []dec{{index: 0}, {index: 1, creates: true}, {index: 1}, {index: 1},
 				{err: ErrRoleLimitReached}},
-			creates: []create{{1, s2}},
-			writes:  []wantWrite{{0, []string{s1}}, {1, []string{s3, s4}}},
+			creates: []create{{1, s2 + "," + s3 + "," + s4}},
+			writes:  []wantWrite{{0, []string{s1}}},
 		},
 		{
 			name:  "limit reached",
@@ -221,9 +221,12 @@ func TestPlace(t *testing.T) {
 			}
 			var creates []create
 			for _, c := range pl.Creates {
-				creates = append(creates, create{c.Index, c.Subject})
-				if !tc.needSeed && (c.Trust.Len() != 1 || !c.Trust.Has(c.Subject)) {
-					t.Errorf("role %d is created with %v, want only %s", c.Index, c.Trust.Subjects(), c.Subject)
+				creates = append(creates, create{c.Index, strings.Join(c.Subjects, ",")})
+				if !tc.needSeed && !slices.Equal(c.Trust.Subjects(), slices.Sorted(slices.Values(c.Subjects))) {
+					t.Errorf("role %d is created with %v, want exactly %v", c.Index, c.Trust.Subjects(), c.Subjects)
+				}
+				if size, _ := c.Trust.Size(); !tc.needSeed && size > tc.quota {
+					t.Errorf("role %d would be created with %d characters, quota %d", c.Index, size, tc.quota)
 				}
 			}
 			if !slices.Equal(creates, tc.creates) {

@@ -298,45 +298,38 @@ func (s *session) placeRound(ctx context.Context, todo []string, out map[string]
 			out[d.Subject] = assignResult{a: Assignment{RoleARN: s.st.role(d.Index).arn.String(), AlreadyListed: true}}
 		}
 	}
-	joiners := map[int][]string{}
-	for _, w := range pl.Writes {
-		joiners[w.Index] = w.Added
-	}
-	// Roles whose trust write must not happen: their creation did not.
-	skip := map[int]bool{}
 	stop := false
 	for _, c := range pl.Creates {
 		if seedErr != nil {
 			break // answered above; nothing was planned for them
 		}
-		members := append([]string{c.Subject}, joiners[c.Index]...)
 		if stop {
 			// An earlier creation changed what the plan assumed (the quota, or a role it did
 			// not know): the later new roles are planned again.
-			again = append(again, members...)
-			skip[c.Index] = true
+			again = append(again, c.Subjects...)
 			continue
 		}
-		res, retry, err := s.createFor(ctx, c, quota)
+		created, retry, err := s.createFor(ctx, c, quota)
 		switch {
 		case retry:
-			again = append(again, members...)
-			skip[c.Index] = true
+			again = append(again, c.Subjects...)
 			stop = true
 		case err != nil && s.st.role(c.Index) == nil:
-			for _, sub := range members {
+			for _, sub := range c.Subjects {
 				out[sub] = assignResult{err: err}
 			}
-			skip[c.Index] = true
 		default:
-			// With an error here the role exists but is incomplete: its joiners' write below
-			// completes it first (ensureComplete), as the next attempt would.
-			out[c.Subject] = assignResult{a: res, err: err}
+			// With an error here the role exists, lists them all, but is incomplete: the next
+			// session that uses it completes it (ensureComplete), and the sweeper's check does
+			// not pass before its policies are attached.
+			for i, sub := range c.Subjects {
+				out[sub] = assignResult{a: Assignment{RoleARN: created.String(), Created: i == 0}, err: err}
+			}
 		}
 	}
 	log := s.a.log.With("seed", s.seed.String())
 	for _, w := range pl.Writes {
-		if skip[w.Index] || failed[w.Index] != nil {
+		if failed[w.Index] != nil {
 			continue
 		}
 		r := s.st.role(w.Index)
@@ -417,39 +410,40 @@ func (s *session) decide(ctx context.Context, todo []string, quota int) (pl Plac
 	}
 }
 
-// createFor creates the role c plans; again asks for another placement after the cache was
-// corrected (IAM found the role full at creation, or the role already existed).
-func (s *session) createFor(ctx context.Context, c RoleCreate, quota int) (res Assignment, again bool, err error) {
-	arn, err := Derived(s.seed, c.Index)
+// createFor creates the role c plans, with all its subjects; again asks for another placement
+// after the cache was corrected (IAM found the role full at creation, or the role already existed).
+func (s *session) createFor(ctx context.Context, c RoleCreate, quota int) (arn RoleARN, again bool, err error) {
+	arn, err = Derived(s.seed, c.Index)
 	if err != nil {
-		return res, false, err
+		return arn, false, err
 	}
 	seed, err := s.seedSpec(ctx)
 	if err != nil {
-		return res, false, err
+		return arn, false, err
 	}
 	size, err := c.Trust.Size()
 	if err != nil {
-		return res, false, err
+		return arn, false, err
 	}
 	err = s.create(ctx, arn, c.Index, seed, c.Trust)
 	switch named, full := trustQuotaError(err); {
 	case full:
 		s.a.learnQuota(named, size)
-		return res, true, nil
+		return arn, true, nil
 	case isAlreadyExists(err):
 		// Our listing missed it (another writer outside the protocol, or IAM's eventual
 		// consistency): look at it and place again.
 		if err := s.adopt(ctx, arn, c.Index); err != nil {
-			return res, false, err
+			return arn, false, err
 		}
-		return res, true, nil
-	case err != nil:
-		return res, false, err
+		return arn, true, nil
+	case err != nil && s.st.role(c.Index) == nil:
+		return arn, false, err
 	}
-	s.a.log.Info("created derived role", "seed", s.seed.String(), "subject", c.Subject, "role", arn.String(), "chars", size, "quota", quota)
-	s.st.placed([]string{c.Subject})
-	return Assignment{RoleARN: arn.String(), Created: true}, false, nil
+	// Here the role exists and lists every subject (err: its policies are not all attached yet).
+	s.a.log.Info("created derived role", "seed", s.seed.String(), "role", arn.String(), "subjects", len(c.Subjects), "first", c.Subjects[0], "chars", size, "quota", quota)
+	s.st.placed(c.Subjects)
+	return arn, false, err
 }
 
 // create makes a full clone of the seed. The seed tag goes in CreateRole itself, so a role that
