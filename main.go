@@ -3,7 +3,8 @@
 // binds them to Azure managed identities, holds Jobs until their credentials work, and injects
 // IRSA credentials into Pods.
 //
-// Subcommands: serve, certs, roles, aws-credentials, version. Every flag can also be set from the
+// Subcommands: serve, certs, roles (with roles adopt and roles adopt-azure), aws-credentials,
+// version. Every flag can also be set from the
 // environment as CREDENTIAL_WEBHOOK_<FLAG> (upper case, dashes as underscores); a flag given on
 // the command line wins.
 package main
@@ -34,7 +35,7 @@ func commands() []command {
 	return []command{
 		{"serve", "serve admission reviews over TLS (and run the sweeper)", runServe},
 		{"certs", "write a self-signed development CA and serving certificate", runCerts},
-		{"roles", "print the derived IAM roles of a seed role and how full they are", runRoles},
+		{"roles", "print the derived IAM roles of a seed role and how full they are; 'roles adopt' and\n                   'roles adopt-azure' take over what the upstream KubeStash managers created", runRoles},
 		{"aws-credentials", "keep an AWS shared-credentials file fresh from a web-identity token (restic sidecar)", runAWSCredentials},
 		{"version", "print the version", runVersion},
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/iam/types"
@@ -91,6 +92,9 @@ type Assigner struct {
 
 	quotaMu sync.Mutex
 	quota   int // 0 until known
+
+	// foreignRecheck is ForeignRecheck; tests shorten it.
+	foreignRecheck time.Duration
 }
 
 // NewAssigner returns an Assigner. log may be nil.
@@ -101,7 +105,7 @@ func NewAssigner(api IAMAPI, locker Locker, cfg Config, log *slog.Logger) *Assig
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Assigner{api: api, locker: locker, cfg: cfg, log: log, seeds: map[string]*seedState{}}
+	return &Assigner{api: api, locker: locker, cfg: cfg, log: log, seeds: map[string]*seedState{}, foreignRecheck: ForeignRecheck}
 }
 
 func (a *Assigner) state(seed RoleARN) *seedState {

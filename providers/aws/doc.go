@@ -30,6 +30,10 @@
 //     an OIDC statement without a ":sub" condition would trust every ServiceAccount.
 //   - Subjects are validated as DNS names, so '*' or '?' can never reach a StringLike.
 //
+// A role named "<seed>-<i>" without the seed tag (one an earlier manager created) is foreign:
+// never written, never chosen, its index skipped. A replica checks that finding again after
+// ForeignRecheck, so a role adopted since (roles adopt) is used without a restart.
+//
 // # Capacity
 //
 // A subject fits when the compact JSON that would be sent is within the quota (Config.Quota, else
@@ -54,7 +58,9 @@
 //   - rolecache.go: what a replica knows of a seed's roles between sessions.
 //   - plan.go: admission's plan and its short reservations, on top of Place.
 //   - remove.go (garbage collection, empty roles), seedsync.go (drift repair), report.go (the
-//     roles table); assigner.go: Config, errors, Assign and the quota; capacity.go: Fit and
+//     roles table), adopt.go (roles adopt: planAdoption, pure, decides whether an untagged
+//     "<seed>-<i>" role is a faithful clone; Adopt tags it with an administrator's credentials);
+//     assigner.go: Config, errors, Assign and the quota; capacity.go: Fit and
 //     TheoreticalMax; trust.go: trust policies; iam.go: the IAM client and reads; locker.go:
 //     the per-seed lock protocol.
 //
@@ -100,7 +106,8 @@
 //     for this seed (aws:ResourceTag), restating it (aws:RequestTag; the code always does), with
 //     the same tag keys plus EmptySinceTag (garbage collection's mark on an empty role): a foreign
 //     role named "<seed>-<i>" can never be adopted by tagging it, nor an owned role moved to
-//     another seed. The code never tags a role it did not create.
+//     another seed. The server never tags a role it did not create; adopting one (the roles adopt
+//     subcommand, adopt.go) is an administrator's act with the administrator's credentials.
 //   - EditOwnDerivedRoles: UpdateAssumeRolePolicy, UpdateRole, DeleteRolePolicy,
 //     DetachRolePolicy and DeleteRole only on roles already carrying the seed tag. These never
 //     add permissions (a trust policy only says who may use the role's bounded permissions); a

@@ -13,6 +13,12 @@ import (
 // re-reads every seed on each full pass anyway (SyncFromSeed), and repairs existing roles then.
 const SeedTTL = 10 * time.Minute
 
+// ForeignRecheck is how long a replica believes its finding that a role named like a derived
+// role is not ours (it lacks the seed tag). After that the finding is forgotten and the role read
+// again when placement or garbage collection needs it (one GetRole), so a role an administrator
+// has since adopted (credential-webhook roles adopt) is used without a restart.
+const ForeignRecheck = SeedTTL
+
 type ownership int8
 
 const (
@@ -49,6 +55,9 @@ type roleState struct {
 	complete bool  // its permissions were checked (or made) to include the seed's, in this process
 	bad      error // its trust policy could not be parsed: never written to
 	mark     emptyMark
+	// foreignAt is when the role was last found foreign (owner ownerOther); zero keeps that
+	// finding for good (a derived name taken under another path, see session.adopt).
+	foreignAt time.Time
 }
 
 // emptyMark is what this replica last read of a role's EmptySinceTag. It is not carried over a
@@ -117,6 +126,19 @@ func (st *seedState) role(idx int) *roleState {
 		return nil
 	}
 	return st.roles[i]
+}
+
+// expireForeign forgets, for every role found foreign at least recheck ago, that it is: the next
+// session reads it again before using it. It reports whether it forgot any.
+func (st *seedState) expireForeign(now time.Time, recheck time.Duration) bool {
+	forgot := false
+	for _, r := range st.roles {
+		if r.owner == ownerOther && !r.foreignAt.IsZero() && now.Sub(r.foreignAt) >= recheck {
+			r.owner = ownerUnknown
+			forgot = true
+		}
+	}
+	return forgot
 }
 
 // views is the cache as placement sees it.

@@ -48,6 +48,11 @@ func (a *Assigner) begin(ctx context.Context, seed RoleARN) (*session, func(), e
 	}
 	s := a.newSession(seed, st, true)
 	done := func() { st.publish(); unlock(); release() }
+	if st.expireForeign(time.Now(), a.foreignRecheck) {
+		// A role found foreign may have been adopted since (credential-webhook roles adopt):
+		// list the roles again, trust policies included, before placing anyone in one.
+		st.loaded = false
+	}
 	if !st.loaded || st.gen != gen {
 		if st.loaded {
 			a.log.Debug("derived role cache is stale, reloading", "seed", seed.String(), "cached", st.gen, "current", gen)
@@ -94,7 +99,7 @@ func (s *session) refresh(ctx context.Context) error {
 	for _, l := range listed {
 		r := &roleState{index: l.index, arn: l.arn, id: l.id}
 		if prev, ok := old[l.id]; ok {
-			r.owner, r.complete = prev.owner, prev.complete
+			r.owner, r.complete, r.foreignAt = prev.owner, prev.complete, prev.foreignAt
 		}
 		doc := l.doc
 		if doc == "" { // not every IAM implementation includes it in ListRoles
@@ -184,8 +189,8 @@ func (s *session) setOwner(r *roleState, spec *roleSpec) {
 		r.owner = ownerUs
 		return
 	}
-	r.owner = ownerOther
-	s.a.log.Warn("role is named like a derived role but lacks the seed tag; skipping it",
+	r.owner, r.foreignAt = ownerOther, time.Now()
+	s.a.log.Warn("role is named like a derived role but lacks the seed tag; skipping it (an administrator can take over a faithful clone with credential-webhook roles adopt)",
 		"role", r.arn.String(), "seed", s.seed.String(), "tag", annotations.SeedTag)
 }
 

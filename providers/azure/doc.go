@@ -14,6 +14,9 @@
 //     RemoveSubjects, BindingLists);
 //   - decides, without I/O, which annotations and labels admission adds (DecideServiceAccount,
 //     DecideJobTemplate).
+//   - takes over, as a cluster administrator's tool (roles adopt-azure), the unlabelled
+//     use-mi-<clientID> objects an earlier manager created when they are exactly what
+//     EnsureBinding makes (Adopt; the decision planAdoption is pure).
 //
 // The admission requester checks (namespace, user or group) live in the admission layer; this
 // package only ever sees identities that have already passed them.
