@@ -39,6 +39,15 @@ type LeaseLocker struct {
 
 	mu    sync.Mutex
 	local map[string]chan struct{} // in-process serialisation before touching the API
+	// last is the Lease as this replica last wrote or read it, per key. Acquire updates from it
+	// directly, without a Get, and a conflict (someone else changed it since) costs the Get it
+	// saved: a lock session is two API calls, take and release, whenever the same replica locks
+	// a seed twice in a row, which is what a burst on one replica looks like.
+	last map[string]*coordinationv1.Lease
+	// bumps counts the Bumps of the session holding key; release adds them to the generation.
+	bumps map[string]int64
+	// heldAt is when this replica took key (monotonic clock), while it holds it.
+	heldAt map[string]time.Time
 }
 
 // HoldLimit is how long a holder may keep a lock: the Lease duration. A holder that keeps it
@@ -54,13 +63,35 @@ func NewLeaseLocker(cs kubernetes.Interface, namespace, identity string, duratio
 	}
 	// Leases count whole seconds, and 0 is invalid: round up.
 	duration = max(time.Second, (duration + time.Second - 1).Truncate(time.Second))
-	return &LeaseLocker{cs: cs, namespace: namespace, identity: identity, duration: duration, log: log, local: map[string]chan struct{}{}}
+	return &LeaseLocker{cs: cs, namespace: namespace, identity: identity, duration: duration, log: log,
+		local: map[string]chan struct{}{}, last: map[string]*coordinationv1.Lease{}, bumps: map[string]int64{}, heldAt: map[string]time.Time{}}
 }
 
 // LeaseName maps a key (a seed role ARN) to a valid, stable object name.
 func LeaseName(key string) string {
 	h := sha256.Sum256([]byte(key))
 	return "credential-webhook-seed-" + hex.EncodeToString(h[:10])
+}
+
+// remembered returns the Lease last seen for key (nil when none), for the caller to modify.
+func (l *LeaseLocker) remembered(key string) *coordinationv1.Lease {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if lease := l.last[key]; lease != nil {
+		return lease.DeepCopy()
+	}
+	return nil
+}
+
+// remember records lease as the latest for key; nil forgets it.
+func (l *LeaseLocker) remember(key string, lease *coordinationv1.Lease) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if lease == nil {
+		delete(l.last, key)
+		return
+	}
+	l.last[key] = lease
 }
 
 func (l *LeaseLocker) localChan(key string) chan struct{} {
@@ -82,11 +113,15 @@ func (l *LeaseLocker) Lock(ctx context.Context, key string) (func(), int64, erro
 	case <-ctx.Done():
 		return nil, 0, fmt.Errorf("waiting for lock %s: %w", key, ctx.Err())
 	}
+	start := time.Now() // before the update: the Lease's RenewTime is no earlier than this
 	gen, err := l.acquire(ctx, key)
 	if err != nil {
 		<-c
 		return nil, 0, err
 	}
+	l.mu.Lock()
+	l.heldAt[key], l.bumps[key] = start, 0
+	l.mu.Unlock()
 	var once sync.Once
 	unlock := func() {
 		once.Do(func() {
@@ -106,9 +141,19 @@ func (l *LeaseLocker) acquire(ctx context.Context, key string) (int64, error) {
 	name := LeaseName(key)
 	leases := l.cs.CoordinationV1().Leases(l.namespace)
 	wait := 10 * time.Millisecond
+	cached := l.remembered(key)
+	if cached != nil && cached.Spec.HolderIdentity != nil {
+		cached = nil // last seen held: only the API can say whether it still is
+	}
 	for {
 		now := metav1.NowMicro()
-		lease, err := leases.Get(ctx, name, metav1.GetOptions{})
+		var lease *coordinationv1.Lease
+		var err error
+		if cached != nil {
+			lease, cached = cached, nil // trusted once: a conflict below reads the API
+		} else {
+			lease, err = leases.Get(ctx, name, metav1.GetOptions{})
+		}
 		switch {
 		case apierrors.IsNotFound(err):
 			lease = &coordinationv1.Lease{
@@ -117,7 +162,8 @@ func (l *LeaseLocker) acquire(ctx context.Context, key string) (int64, error) {
 					Annotations: map[string]string{generationAnnotation: "0", keyAnnotation: key}},
 				Spec: l.heldSpec(now),
 			}
-			if _, err := leases.Create(ctx, lease, metav1.CreateOptions{}); err == nil {
+			if created, err := leases.Create(ctx, lease, metav1.CreateOptions{}); err == nil {
+				l.remember(key, created)
 				return 0, nil
 			} else if !apierrors.IsAlreadyExists(err) {
 				return 0, fmt.Errorf("creating lease %s: %w", name, err)
@@ -146,11 +192,16 @@ func (l *LeaseLocker) acquire(ctx context.Context, key string) (int64, error) {
 					upd.Annotations = map[string]string{}
 				}
 				upd.Annotations[generationAnnotation] = strconv.FormatInt(gen, 10)
-				if _, err := leases.Update(ctx, upd, metav1.UpdateOptions{}); err == nil {
+				updated, err := leases.Update(ctx, upd, metav1.UpdateOptions{})
+				if err == nil {
+					l.remember(key, updated)
 					return gen, nil
-				} else if !apierrors.IsConflict(err) {
-					return 0, fmt.Errorf("acquiring lease %s: %w", name, err)
 				}
+				l.remember(key, nil)
+				if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+					continue // changed (or deleted) since we last saw it: read it again at once
+				}
+				return 0, fmt.Errorf("acquiring lease %s: %w", name, err)
 			}
 		}
 		// Held by another replica (or we lost a race): wait a little, with jitter, and retry.
@@ -171,18 +222,43 @@ func (l *LeaseLocker) heldSpec(now metav1.MicroTime) coordinationv1.LeaseSpec {
 	return coordinationv1.LeaseSpec{HolderIdentity: &id, LeaseDurationSeconds: &secs, AcquireTime: &now, RenewTime: &now}
 }
 
-// Bump increments key's generation; the caller holds the lock.
-func (l *LeaseLocker) Bump(ctx context.Context, key string) error {
-	return l.modify(ctx, key, func(lease *coordinationv1.Lease) {
-		gen, _ := strconv.ParseInt(lease.Annotations[generationAnnotation], 10, 64)
-		lease.Annotations[generationAnnotation] = strconv.FormatInt(gen+1, 10)
-		now := metav1.NowMicro()
-		lease.Spec.RenewTime = &now
-	})
+// Bump records that the session holding key is about to write to IAM: the release that ends the
+// session adds the bumps to the generation, in the same update that frees the Lease. Nobody reads
+// the generation while the Lease is held, so the next holder sees it bumped, as Locker's protocol
+// asks, at one API call fewer per session; a holder that dies before releasing has the
+// generation bumped by whoever takes the expired Lease over.
+//
+// Bump refuses when this replica may no longer hold the Lease: it never took it, or three
+// quarters of the Lease duration have passed since it did (by the local monotonic clock; the
+// rest is margin for clock skew against whoever would take it over). The caller then does not
+// write. This replaces the API round trip that used to re-read the Lease here: that read proved
+// the Lease held at the first write of a session only, which is what the local clock proves
+// too, while the session's later writes were always bounded by HoldLimit alone.
+func (l *LeaseLocker) Bump(_ context.Context, key string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	at, held := l.heldAt[key]
+	if !held {
+		return fmt.Errorf("lease %s is not held by %s", LeaseName(key), l.identity)
+	}
+	if age := time.Since(at); age > l.duration*3/4 {
+		return fmt.Errorf("lease %s was taken %s ago, too close to its %s expiry to write under it", LeaseName(key), age.Round(time.Millisecond), l.duration)
+	}
+	l.bumps[key]++
+	return nil
 }
 
 func (l *LeaseLocker) release(ctx context.Context, key string) error {
+	l.mu.Lock()
+	bumps := l.bumps[key]
+	delete(l.bumps, key)
+	delete(l.heldAt, key)
+	l.mu.Unlock()
 	return l.modify(ctx, key, func(lease *coordinationv1.Lease) {
+		if bumps > 0 {
+			gen, _ := strconv.ParseInt(lease.Annotations[generationAnnotation], 10, 64)
+			lease.Annotations[generationAnnotation] = strconv.FormatInt(gen+bumps, 10)
+		}
 		lease.Spec.HolderIdentity = nil
 		lease.Spec.AcquireTime = nil
 		lease.Spec.RenewTime = nil
@@ -193,10 +269,16 @@ func (l *LeaseLocker) release(ctx context.Context, key string) error {
 func (l *LeaseLocker) modify(ctx context.Context, key string, change func(*coordinationv1.Lease)) error {
 	name := LeaseName(key)
 	leases := l.cs.CoordinationV1().Leases(l.namespace)
+	cached := l.remembered(key)
 	for range 5 {
-		lease, err := leases.Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return fmt.Errorf("reading lease %s: %w", name, err)
+		lease := cached
+		cached = nil
+		if lease == nil {
+			var err error
+			if lease, err = leases.Get(ctx, name, metav1.GetOptions{}); err != nil {
+				l.remember(key, nil)
+				return fmt.Errorf("reading lease %s: %w", name, err)
+			}
 		}
 		if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != l.identity {
 			return fmt.Errorf("lease %s is no longer held by %s", name, l.identity)
@@ -205,9 +287,13 @@ func (l *LeaseLocker) modify(ctx context.Context, key string, change func(*coord
 			lease.Annotations = map[string]string{}
 		}
 		change(lease)
-		if _, err = leases.Update(ctx, lease, metav1.UpdateOptions{}); err == nil {
+		updated, err := leases.Update(ctx, lease, metav1.UpdateOptions{})
+		if err == nil {
+			l.remember(key, updated)
 			return nil
-		} else if !apierrors.IsConflict(err) {
+		}
+		l.remember(key, nil)
+		if !apierrors.IsConflict(err) {
 			return fmt.Errorf("updating lease %s: %w", name, err)
 		}
 	}

@@ -25,6 +25,10 @@ import (
 //     g+1 and its own cache is recorded at g+1. Bumping before rather than after the write means
 //     a crash between the two costs other replicas one needless reload, whereas bumping after
 //     would let them keep a stale cache and overwrite the subject just written.
+//     (kube.LeaseLocker records the bump and writes it with the release, which frees the Lease in
+//     the same update: nobody reads the generation while the Lease is held, and a holder that
+//     dies holding it has the generation bumped by whoever takes it over. Its Bump also refuses
+//     once the Lease may have expired, so a late session never writes.)
 //  3. A write whose outcome is unknown (timeout) drops the cache, so it is reloaded next time.
 //
 // The key is the seed role ARN. NewLocalLocker is enough for one process; replicas share a

@@ -1,0 +1,89 @@
+package kube
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+// A burst on one replica locks the same seed again and again: after the first session, each
+// costs two API calls (take, release), bumped or not, and the generation still counts every
+// session that wrote. The Lease's conflicts and expiry are tested against a real apiserver
+// (e2e TestLeaseLocker); this counts calls.
+func TestLockSessionAPICalls(t *testing.T) {
+	cs := fake.NewClientset()
+	l := NewLeaseLocker(cs, "ns", "replica-a", 0, nil)
+	ctx := context.Background()
+	const key = "arn:aws:iam::123456789012:role/seed"
+	session := func(write bool) (calls []string, gen int64) {
+		before := len(cs.Actions())
+		unlock, gen, err := l.Lock(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if write {
+			if err := l.Bump(ctx, key); err != nil {
+				t.Fatal(err)
+			}
+		}
+		unlock()
+		for _, a := range cs.Actions()[before:] {
+			calls = append(calls, a.GetVerb())
+		}
+		return calls, gen
+	}
+	if calls, gen := session(true); strings.Join(calls, ",") != "get,create,update" || gen != 0 {
+		t.Errorf("first session: calls %v, generation %d; want get,create,update at 0", calls, gen)
+	}
+	for i := 1; i <= 3; i++ {
+		calls, gen := session(i != 2)
+		if got := strings.Join(calls, ","); got != "update,update" {
+			t.Errorf("session %d: calls %v, want update,update", i+1, calls)
+		}
+		want := map[int]int64{1: 1, 2: 2, 3: 2}[i] // session 3 did not write
+		if gen != want {
+			t.Errorf("session %d: generation %d, want %d", i+1, gen, want)
+		}
+	}
+	if err := l.Bump(ctx, key); err == nil {
+		t.Error("Bump outside a session succeeded")
+	}
+}
+
+// A Lease changed by someone else since this replica last saw it (here: at the release) costs
+// the Get the memory saved, and the update then succeeds.
+func TestLockAfterAnotherReplicaReadsAgain(t *testing.T) {
+	cs := fake.NewClientset()
+	// The fake tracker does not check resourceVersion: answer a stale update with a conflict as
+	// the apiserver does once another replica has written.
+	stale := true
+	cs.PrependReactor("update", "leases", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if stale {
+			stale = false
+			return true, nil, apierrors.NewConflict(schema.GroupResource{Group: "coordination.k8s.io", Resource: "leases"}, "l", nil)
+		}
+		return false, nil, nil
+	})
+	l := NewLeaseLocker(cs, "ns", "replica-a", 0, nil)
+	ctx := context.Background()
+	const key = "arn:aws:iam::123456789012:role/seed"
+	// Seed the replica's memory with a first session (its release meets the conflict and reads again).
+	unlock, _, err := l.Lock(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	var verbs []string
+	for _, a := range cs.Actions() {
+		verbs = append(verbs, a.GetVerb())
+	}
+	if got := strings.Join(verbs, ","); got != "get,create,update,get,update" {
+		t.Errorf("calls %s, want get,create,update,get,update (the conflicting release reads the Lease again)", got)
+	}
+}
