@@ -61,6 +61,7 @@ type settings struct {
 	issuer     string
 	scopes     azure.Scopes // Azure on when azure is true
 	azure      bool
+	aksCluster *azure.ClusterID // the AKS identity binding is read from ARM when set
 	podMissing pods.MissingPolicy
 }
 
@@ -112,6 +113,17 @@ func (p *providerConfig) validate() (settings, error) {
 			errs = append(errs, fmt.Errorf("--azure-allowed-scopes: %w", err))
 		}
 	}
+	if p.azureAKSCluster != "" {
+		c, err := azure.ParseClusterID(p.azureAKSCluster)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("--azure-aks-cluster: %w", err))
+		case !st.azure:
+			errs = append(errs, errors.New("--azure-aks-cluster is set but Azure is off (--azure-allowed-scopes is empty)"))
+		default:
+			st.aksCluster = &c
+		}
+	}
 	if p.podIdentity {
 		switch m := pods.MissingPolicy(p.podMissing); m {
 		case pods.MissingAdmit, pods.MissingDeny:
@@ -149,6 +161,7 @@ type providerConfig struct {
 	checksInARow        int
 
 	azureScopes, azureARMEndpoint, azureARMAudience string
+	azureAKSCluster                                 string
 	azurePositiveTTL, azureNegativeTTL              time.Duration
 }
 
@@ -197,6 +210,7 @@ func (p *providerConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&p.azureARMAudience, "azure-arm-audience", "", "token audience for --azure-arm-endpoint; empty: the public cloud's")
 	fs.DurationVar(&p.azurePositiveTTL, "azure-identity-cache-ttl", time.Hour, "how long a resolved managed identity is cached (ARM throttles identity reads)")
 	fs.DurationVar(&p.azureNegativeTTL, "azure-identity-negative-ttl", 30*time.Second, "how long a missing managed identity is cached")
+	fs.StringVar(&p.azureAKSCluster, "azure-aks-cluster", "", "ARM resource ID of this AKS cluster (/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.ContainerService/managedClusters/<name>): before releasing a held Job the sweeper also reads from ARM that the cluster has an identity binding for the managed identity (needs read on the cluster, a preview ARM API); empty: only the use-mi-<clientID> RBAC binding is checked")
 }
 
 func defaultIdentity() string {
@@ -261,6 +275,7 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 			sw.AWS = awscheck.New(awscheck.IAMRoleLister{IAM: iamClient}, awscheck.KubeTokens{Client: d.kube}, sts.NewFromConfig(cfg), p.checksInARow)
 			sw.Collectors = append(sw.Collectors, awsp.Collector{Assigner: assigner, Seeds: p.seedsInUse(d, sas), EmptyRoleGrace: p.gcEmptyRoleGrace, Metrics: awsp.NewGCMetrics(d.reg)})
 			sw.SeedLeaseAllowed = seeds.Allows
+			sw.Usage = assigner // the leader's per-seed gauges, from its role cache
 		}
 	}
 
@@ -282,7 +297,17 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 			binder := &azure.BindingBatcher{CS: d.kube}
 			plugin.Binder = binder
 			jp.ServiceAccounts = sas
-			sw.Azure = sweeper.AzureChecker{Bindings: azure.BindingLister{CS: d.kube}}
+			checker := sweeper.AzureChecker{Bindings: azure.BindingLister{CS: d.kube}}
+			if st.aksCluster != nil {
+				lister, err := azure.NewARMIdentityBindings(*st.aksCluster, cred, armOpts)
+				if err != nil {
+					return nil, err
+				}
+				checker.ARM = &azure.IdentityBindingProver{Cluster: *st.aksCluster, Identities: resolver, Bindings: lister, Log: d.log}
+			} else {
+				d.log.Info("the AKS identity binding in ARM is not checked before held Jobs are released (--azure-aks-cluster is empty); only the use-mi-<clientID> RBAC binding is")
+			}
+			sw.Azure = checker
 			sw.Collectors = append(sw.Collectors, azure.Collector{CS: d.kube})
 			clouds = append(clouds, azure.Cloud{Resolver: resolver, Binder: binder, Scopes: scopes})
 		}

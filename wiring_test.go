@@ -71,6 +71,17 @@ func TestProviderConfigValidate(t *testing.T) {
 		}, []string{"--aws-oidc-issuer"}},
 		{"boundary ignored without AWS", func(p *providerConfig) { p.awsBoundary = "nonsense" }, nil},
 		{"azure scope", func(p *providerConfig) { p.azureScopes = "*" }, []string{"--azure-allowed-scopes"}},
+		{"aks cluster", func(p *providerConfig) {
+			p.azureScopes = "/subscriptions/6c1e3b5a-93f4-4d2b-8a7e-2f1c9d0b4e57"
+			p.azureAKSCluster = "/subscriptions/6c1e3b5a-93f4-4d2b-8a7e-2f1c9d0b4e57/resourceGroups/aks/providers/Microsoft.ContainerService/managedClusters/prod"
+		}, nil},
+		{"aks cluster not a cluster", func(p *providerConfig) {
+			p.azureScopes = "/subscriptions/6c1e3b5a-93f4-4d2b-8a7e-2f1c9d0b4e57"
+			p.azureAKSCluster = "/subscriptions/6c1e3b5a-93f4-4d2b-8a7e-2f1c9d0b4e57/resourceGroups/aks"
+		}, []string{"--azure-aks-cluster"}},
+		{"aks cluster without Azure", func(p *providerConfig) {
+			p.azureAKSCluster = "/subscriptions/6c1e3b5a-93f4-4d2b-8a7e-2f1c9d0b4e57/resourceGroups/aks/providers/Microsoft.ContainerService/managedClusters/prod"
+		}, []string{"--azure-aks-cluster", "Azure is off"}},
 		{"namespace glob of another dialect", func(p *providerConfig) { p.namespaces = "team-[ab]" }, []string{"--allowed-namespaces"}},
 		{"pod policy", func(p *providerConfig) { p.podIdentity, p.podMissing = true, "maybe" }, []string{"--pod-missing-serviceaccount"}},
 		{"negative empty-role grace", func(p *providerConfig) { p.gcEmptyRoleGrace = -time.Second }, []string{"--gc-empty-role-grace"}},
@@ -87,7 +98,7 @@ func TestProviderConfigValidate(t *testing.T) {
 				if err != nil {
 					t.Fatalf("validate: %v", err)
 				}
-				if st.aws != (p.awsSeeds != "") || st.azure != (p.azureScopes != "") {
+				if st.aws != (p.awsSeeds != "") || st.azure != (p.azureScopes != "") || (st.aksCluster != nil) != (p.azureAKSCluster != "") {
 					t.Fatalf("settings %+v do not follow the flags", st)
 				}
 				return

@@ -27,7 +27,8 @@
 //   - existence.go: whether a ServiceAccount is gone, for garbage collection (grace, live read).
 //   - ready.go: the cache of proven ServiceAccounts that admission reads (hold.ReadyCache).
 //   - azure.go: the Azure readiness Checker (AWS's is package awscheck).
-//   - strip.go: the informer transforms; metrics.go: metrics and the release reasons.
+//   - strip.go: the informer transforms; metrics.go: metrics and the release reasons;
+//     gauges.go: the state gauges the leader computes at scrape time from its caches.
 package sweeper
 
 import (
@@ -256,6 +257,9 @@ type Deps struct {
 	Ready *ReadyCache
 	// Registerer receives the metrics (nil: not registered).
 	Registerer prometheus.Registerer
+	// Usage reports how full each seed's derived roles are, for the leader's per-seed gauges
+	// (gauges.go); nil: no per-seed gauges.
+	Usage UsageReporter
 	// Recorder records Events; nil: New records to the Kubernetes API as "credential-webhook".
 	Recorder record.EventRecorder
 	// ServiceAccounts, when set, is a running shared informer over every ServiceAccount (the

@@ -18,10 +18,13 @@ type metrics struct {
 	finishes          *prometheus.CounterVec
 	gcRuns            *prometheus.CounterVec
 	leader            prometheus.Gauge
+	// state are the gauges computed at scrape time from the leader's caches (gauges.go).
+	state *stateCollector
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer, usage UsageReporter) *metrics {
 	m := &metrics{
+		state: newStateCollector(usage),
 		heldJobs: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "credential_webhook_held_jobs",
 			Help: "Jobs held by admission that the sweeper is waiting to release (0 on replicas that are not the sweeper leader).",
@@ -60,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.releases.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.heldJobs, m.holdDuration, m.releases, m.subjectsCollected, m.checks, m.finishes, m.gcRuns, m.leader)
+		reg.MustRegister(m.heldJobs, m.holdDuration, m.releases, m.subjectsCollected, m.checks, m.finishes, m.gcRuns, m.leader, m.state)
 	}
 	return m
 }

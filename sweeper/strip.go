@@ -22,7 +22,7 @@ import (
 //     Azure identity), the restic opt-in, and the outputs and EKS settings (role ARN,
 //     audience, token expiration, STS regional endpoints, Azure client and tenant IDs):
 //     hold.IdentityOf, pods (inject.go, sidecar.go), sweeper (ready.go, finishplan.go, finish.go,
-//     writer.go, informers.go, jobloop.go, gc.go), sweeper/awscheck, providers (Cloud.Claim, Cloud.Finish, Collector),
+//     writer.go, informers.go, jobloop.go, gc.go, gauges.go), sweeper/awscheck, providers (Cloud.Claim, Cloud.Finish, Collector),
 //     markers.Keeps. No ServiceAccount label is read.
 //   - Job: name, namespace, uid, resourceVersion, creation time, deletionTimestamp; labels
 //     app.kubernetes.io/managed-by (hold.IsHeld) and kueue.x-k8s.io/queue-name

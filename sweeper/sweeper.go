@@ -54,7 +54,7 @@ func New(cs kubernetes.Interface, cfg Config, deps Deps, log *slog.Logger) *Swee
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Sweeper{cs: cs, cfg: cfg, deps: deps, log: log.With("component", "sweeper"), m: newMetrics(deps.Registerer), now: time.Now}
+	s := &Sweeper{cs: cs, cfg: cfg, deps: deps, log: log.With("component", "sweeper"), m: newMetrics(deps.Registerer, deps.Usage), now: time.Now}
 	s.work = func(ctx context.Context) { newTerm(s).run(ctx) }
 	s.gcBuckets = newBuckets(cfg.GCScopeInterval, cfg.GCScopeBurst)
 	s.clouds = map[string]Cloud{}

@@ -89,6 +89,9 @@ func (t *term) run(ctx context.Context) {
 	}
 	t.log.Info("sweeper caches synced", "jobs", len(t.jobInformer.GetStore().ListKeys()),
 		"serviceaccounts", len(t.saInformer.GetStore().ListKeys()))
+	// The state gauges read these caches at scrape time, while this term leads.
+	t.m.state.set(t.cacheSource())
+	defer t.m.state.set(nil)
 
 	var wg sync.WaitGroup
 	for range t.cfg.Workers {

@@ -124,6 +124,9 @@ func TestDefaults(t *testing.T) {
 			t.Errorf("env %s = %q (set %v), want %q", k, got, ok, want)
 		}
 	}
+	if _, ok := env["CREDENTIAL_WEBHOOK_AZURE_AKS_CLUSTER"]; ok {
+		t.Error("CREDENTIAL_WEBHOOK_AZURE_AKS_CLUSTER set by default")
+	}
 	for _, k := range []string{"AWS_REGION", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"} {
 		if _, ok := env[k]; ok {
 			t.Errorf("env %s set by default", k)
@@ -382,6 +385,9 @@ func TestAzureOnly(t *testing.T) {
 	env := envOf(t, objs, d)
 	if got := env["CREDENTIAL_WEBHOOK_AZURE_ALLOWED_SCOPES"]; got != "/subscriptions/00000000-0000-0000-0000-0000000000aa,/subscriptions/00000000-0000-0000-0000-0000000000bb/resourceGroups/backup-*" {
 		t.Errorf("scopes env %q", got)
+	}
+	if got := env["CREDENTIAL_WEBHOOK_AZURE_AKS_CLUSTER"]; got != "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/aks/providers/Microsoft.ContainerService/managedClusters/prod" {
+		t.Errorf("AKS cluster env %q", got)
 	}
 	if env["CREDENTIAL_WEBHOOK_AZURE_IDENTITY_CACHE_TTL"] != "30m" || env["CREDENTIAL_WEBHOOK_AWS_SEED_ROLES"] != "" {
 		t.Errorf("env %v", env)

@@ -378,7 +378,9 @@ var wantAlerts = []string{
 	"CredentialWebhookJobsReleasedWithoutCredentials",
 	"CredentialWebhookServiceAccountsPendingTooLong",
 	"CredentialWebhookServiceAccountsPendingTooMany",
+	"CredentialWebhookServiceAccountsPending",
 	"CredentialWebhookSeedRoleLimitReached",
+	"CredentialWebhookSeedNearRoleLimit",
 	"CredentialWebhookCertificateExpiringSoon",
 	"CredentialWebhookCertificateExpiryCritical",
 	"CredentialWebhookIAMThrottled",
@@ -460,7 +462,9 @@ func TestPrometheusRule(t *testing.T) {
 	}
 	// Thresholds from the values reach the expressions.
 	for alert, want := range map[string]string{
-		"CredentialWebhookJobsHeldLong":                  `le=~"300(\\.0)?"`,
+		"CredentialWebhookJobsHeldLong":                  "credential_webhook_held_job_oldest_age_seconds{namespace=\"credential-webhook\"}) > 300",
+		"CredentialWebhookServiceAccountsPending":        "credential_webhook_pending_serviceaccounts",
+		"CredentialWebhookSeedNearRoleLimit":             "credential_webhook_derived_role_fill_ratio{namespace=\"credential-webhook\"}) > 0.9",
 		"CredentialWebhookServiceAccountsPendingTooMany": "> 20",
 		"CredentialWebhookCertificateExpiringSoon":       "< 21",
 		"CredentialWebhookCertificateExpiryCritical":     "< 7",
@@ -470,8 +474,10 @@ func TestPrometheusRule(t *testing.T) {
 			t.Errorf("alert %s: %q not in %s", alert, want, alerts[alert].Expr)
 		}
 	}
-	if got := alerts["CredentialWebhookServiceAccountsPendingTooLong"].For; got != model.Duration(30*60e9) {
-		t.Errorf("CredentialWebhookServiceAccountsPendingTooLong for %v", got)
+	for _, a := range []string{"CredentialWebhookServiceAccountsPendingTooLong", "CredentialWebhookServiceAccountsPending"} {
+		if got := alerts[a].For; got != model.Duration(30*60e9) {
+			t.Errorf("%s for %v", a, got)
+		}
 	}
 	// The sweeper gauge exists with --sweeper=false too: no alert about a sweeper switched off.
 	if _, ok := alerts["CredentialWebhookNoSweeper"]; !ok {
@@ -484,40 +490,17 @@ func TestPrometheusRule(t *testing.T) {
 	}
 }
 
-// Every threshold the schema allows renders valid rules, and each jobHeldMinutes is a bucket of
-// the hold-duration histogram (checkQuery checks the le matcher).
+// Thresholds across what the schema allows render valid rules and reach the expressions.
 func TestPrometheusRuleValues(t *testing.T) {
-	var schema struct {
-		Properties struct {
-			Monitoring struct {
-				Properties struct {
-					PrometheusRule struct {
-						Properties struct {
-							JobHeldMinutes struct {
-								Enum []float64 `json:"enum"`
-							} `json:"jobHeldMinutes"`
-						} `json:"properties"`
-					} `json:"prometheusRule"`
-				} `json:"properties"`
-			} `json:"monitoring"`
-		} `json:"properties"`
-	}
-	b, err := os.ReadFile(filepath.Join(chartDir, "values.schema.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &schema); err != nil {
-		t.Fatal(err)
-	}
-	minutes := schema.Properties.Monitoring.Properties.PrometheusRule.Properties.JobHeldMinutes.Enum
-	if len(minutes) == 0 {
-		t.Fatal("values.schema.json: no jobHeldMinutes enum")
-	}
-	for _, m := range minutes {
-		t.Run(fmt.Sprintf("jobHeldMinutes=%v", m), func(t *testing.T) {
+	for _, tc := range []struct {
+		minutes int
+		ratio   float64
+	}{{1, 0.5}, {5, 0.9}, {45, 1}} {
+		t.Run(fmt.Sprintf("jobHeldMinutes=%d seedCapacityRatio=%v", tc.minutes, tc.ratio), func(t *testing.T) {
 			alerts := checkRule(t, renderMonitoring(t, ruleValues(map[string]any{
 				"enabled":                       true,
-				"jobHeldMinutes":                m,
+				"jobHeldMinutes":                tc.minutes,
+				"seedCapacityRatio":             tc.ratio,
 				"serviceAccountsPendingFor":     "1h30m",
 				"serviceAccountsPendingPerHour": 100,
 				"certificateExpiryWarningDays":  30,
@@ -525,8 +508,14 @@ func TestPrometheusRuleValues(t *testing.T) {
 				"iamThrottledCalls":             5,
 				"seriesSelector":                `job="cw", cluster=~"prod-.*"`,
 			})), labels.MustNewMatcher(labels.MatchEqual, "job", "cw"), labels.MustNewMatcher(labels.MatchRegexp, "cluster", "prod-.*"))
-			if want := fmt.Sprintf(`le=~"%d(\\.0)?"`, int(m*60)); !strings.Contains(alerts["CredentialWebhookJobsHeldLong"].Expr, want) {
-				t.Errorf("%q not in %s", want, alerts["CredentialWebhookJobsHeldLong"].Expr)
+			if want := fmt.Sprintf("> %d", tc.minutes*60); !strings.HasSuffix(alerts["CredentialWebhookJobsHeldLong"].Expr, want) {
+				t.Errorf("%q does not end %s", want, alerts["CredentialWebhookJobsHeldLong"].Expr)
+			}
+			if want := fmt.Sprintf("> %v", tc.ratio); !strings.HasSuffix(alerts["CredentialWebhookSeedNearRoleLimit"].Expr, want) {
+				t.Errorf("%q does not end %s", want, alerts["CredentialWebhookSeedNearRoleLimit"].Expr)
+			}
+			if got := alerts["CredentialWebhookServiceAccountsPending"].For; got != model.Duration(90*60e9) {
+				t.Errorf("CredentialWebhookServiceAccountsPending for %v", got)
 			}
 		})
 	}
@@ -688,7 +677,8 @@ func TestMonitoringSchemaRejects(t *testing.T) {
 		want string
 	}{
 		{"rule typo", ruleValues(map[string]any{"enable": true}), "enable"},
-		{"held minutes off the buckets", ruleValues(map[string]any{"jobHeldMinutes": 3}), "jobHeldMinutes"},
+		{"held minutes zero", ruleValues(map[string]any{"jobHeldMinutes": 0}), "jobHeldMinutes"},
+		{"seed capacity ratio above 1", ruleValues(map[string]any{"seedCapacityRatio": 1.5}), "seedCapacityRatio"},
 		{"pending for without a unit", ruleValues(map[string]any{"serviceAccountsPendingFor": "30"}), "serviceAccountsPendingFor"},
 		{"severity in alertLabels", ruleValues(map[string]any{"alertLabels": map[string]any{"severity": "page"}}), "alertLabels"},
 		{"braces in the series selector", ruleValues(map[string]any{"seriesSelector": `{job="x"}`}), "seriesSelector"},

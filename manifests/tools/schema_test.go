@@ -37,6 +37,7 @@ func TestSchemaRejects(t *testing.T) {
 		{"namespace glob of another dialect", map[string]any{"allowedNamespaces": []any{"team-?"}}, []string{"allowedNamespaces"}},
 		{"seed role glob of every role under a path", map[string]any{"aws": map[string]any{"seedRoles": []any{"arn:aws:iam::123456789012:role/kubestash/*"}}}, []string{"seedRoles"}},
 		{"permissions boundary that is not a policy ARN", map[string]any{"aws": map[string]any{"permissionsBoundaryArn": "arn:aws:iam::123456789012:role/boundary"}}, []string{"permissionsBoundaryArn"}},
+		{"AKS cluster that is not a managed cluster", map[string]any{"azure": map[string]any{"aksCluster": "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/aks"}}, []string{"aksCluster"}},
 		{"OIDC issuer without https", map[string]any{"aws": map[string]any{"oidcIssuer": "oidc.eks.eu-west-1.amazonaws.com/id/ABC"}}, []string{"oidcIssuer"}},
 		{"copied tag key reserved by AWS", map[string]any{"aws": map[string]any{"iamPolicy": map[string]any{"copiedTagKeys": []any{"aws:cloudformation:stack-name"}}}}, []string{"copiedTagKeys"}},
 		{"Azure scope that is not one", map[string]any{"azure": map[string]any{"allowedScopes": []any{"*"}}}, []string{"allowedScopes"}},

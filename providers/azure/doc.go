@@ -12,6 +12,9 @@
 //     throttling budget (Resolver);
 //   - writes and garbage-collects the use-mi-<clientID> RBAC objects (EnsureBinding,
 //     RemoveSubjects, BindingLists);
+//   - reads, for the sweeper's readiness check, the AKS identity binding in ARM (the
+//     IdentityBinding resource on the managed cluster, which the operator creates) and proves it
+//     maps the identity (aksbinding.go: IdentityBindingProver, MatchBinding);
 //   - decides, without I/O, which annotations and labels admission adds (DecideServiceAccount,
 //     DecideJobTemplate).
 //   - takes over, as a cluster administrator's tool (roles adopt-azure), the unlabelled

@@ -109,3 +109,5 @@ type BindingLister struct{ CS kubernetes.Interface }
 func (b BindingLister) BindingLists(ctx context.Context, clientID, namespace, name string) (bool, error) {
 	return BindingLists(ctx, b.CS, clientID, namespace, name)
 }
+
+var _ sweeper.IdentityBindingProver = (*IdentityBindingProver)(nil)
