@@ -17,6 +17,7 @@ import (
 
 	"go.klusters.dev/credential-webhook/access"
 	"go.klusters.dev/credential-webhook/admission"
+	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/jobs"
 	"go.klusters.dev/credential-webhook/kube"
 	"go.klusters.dev/credential-webhook/pods"
@@ -159,6 +160,7 @@ type providerConfig struct {
 	gcEmptyRoleGrace    time.Duration
 	handoff             time.Duration
 	checksInARow        int
+	bucketCheck         awscheck.BucketCheck
 
 	azureScopes, azureARMEndpoint, azureARMAudience string
 	azureAKSCluster                                 string
@@ -182,6 +184,11 @@ func (p *providerConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&p.sweeperLease, "sweeper-lease-duration", sweeper.DefaultLeaseDuration, "how long the sweeper's leader Lease outlives a crashed leader (renewal deadline 2/3 of it, retries every 2/15); shorter fails over faster at the cost of more Lease writes")
 	fs.DurationVar(&p.maxHold, "max-hold", sweeper.DefaultMaxHold, "release a held Job after this long even without credentials (with a Warning Event)")
 	fs.IntVar(&p.checksInARow, "sweeper-checks-in-a-row", sweeper.DefaultChecksInARow, "successful credential checks in a row before a Job is released")
+	p.bucketCheck = awscheck.DefaultBucketCheck
+	fs.Func("aws-bucket-check", "what the AWS readiness check proves, with the assumed role's credentials, on each bucket of "+annotations.BucketNames+" before a Job is released: write (put, read back and delete an object under "+awscheck.ReadinessPrefix+"), head (s3:HeadBucket) or off (default "+string(awscheck.DefaultBucketCheck)+")", func(v string) (err error) {
+		p.bucketCheck, err = awscheck.ParseBucketCheck(v)
+		return err
+	})
 	fs.DurationVar(&p.gcInterval, "gc-interval", sweeper.DefaultGCInterval, "how often the sweeper compares every derived role and binding with the ServiceAccounts that exist")
 	fs.DurationVar(&p.gcGrace, "gc-grace", sweeper.DefaultGCGrace, "how long a ServiceAccount must be gone before its cloud subjects are removed (a delete-and-recreate within it keeps them)")
 	fs.DurationVar(&p.gcEmptyRoleGrace, "gc-empty-role-grace", awsp.DefaultEmptyRoleGrace, "how long a derived IAM role must have listed no ServiceAccount before garbage collection (every --gc-interval) deletes it; 0 keeps empty roles")
@@ -272,7 +279,13 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		saPlugins = append(saPlugins, &awsp.Plugin{Assigner: assigner, Seeds: seeds, Access: policy, Metrics: awsp.NewMetrics(d.reg)})
 		clouds = append(clouds, awsp.Cloud{Assigner: assigner})
 		if d.kube != nil {
-			sw.AWS = awscheck.New(awscheck.IAMRoleLister{IAM: iamClient}, awscheck.KubeTokens{Client: d.kube}, sts.NewFromConfig(cfg), p.checksInARow)
+			check := awscheck.New(awscheck.IAMRoleLister{IAM: iamClient}, awscheck.KubeTokens{Client: d.kube}, sts.NewFromConfig(cfg), p.checksInARow)
+			if p.bucketCheck != awscheck.BucketCheckOff {
+				// Region and endpoint of cfg (AWS_ENDPOINT_URL_S3 honoured), never its
+				// credentials: the bucket proof signs with the Job's role only.
+				check.BucketCheck, check.S3, check.BucketMetrics = p.bucketCheck, awscheck.NewS3Client(cfg), awscheck.NewBucketMetrics(d.reg)
+			}
+			sw.AWS = check
 			sw.Collectors = append(sw.Collectors, awsp.Collector{Assigner: assigner, Seeds: p.seedsInUse(d, sas), EmptyRoleGrace: p.gcEmptyRoleGrace, Metrics: awsp.NewGCMetrics(d.reg)})
 			sw.SeedLeaseAllowed = seeds.Allows
 			sw.Usage = assigner // the leader's per-seed gauges, from its role cache

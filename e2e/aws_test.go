@@ -144,7 +144,7 @@ func packServiceAccount(ns string, seed awsp.RoleARN, session int64) *corev1.Ser
 		Namespace: ns,
 		Annotations: map[string]string{
 			annotations.SeedRole:    seed.String(),
-			annotations.BucketNames: "b1,b2",
+			annotations.BucketNames: harness.BucketNames,
 		},
 	}}
 }
@@ -420,7 +420,7 @@ func TestAWSOperatorServiceAccountGetsDerivedRole(t *testing.T) {
 	if v := got.Annotations[annotations.Pending]; v != claim.String() {
 		t.Errorf("planned ServiceAccount carries the pending marker %q, want the claim %q", v, claim)
 	}
-	if got.Annotations[annotations.SeedRole] != seed.String() || got.Annotations[annotations.BucketNames] != "b1,b2" {
+	if got.Annotations[annotations.SeedRole] != seed.String() || got.Annotations[annotations.BucketNames] != harness.BucketNames {
 		t.Errorf("input annotations changed: %v", got.Annotations)
 	}
 	if w := opWarn.Take(); len(w) != 0 {

@@ -110,7 +110,7 @@ func (r *faultRun) createPair(ctx context.Context, i int) error {
 	ns := r.w.ns
 	name := fmt.Sprintf("sample-backup-daemon-demo-session-%d", packSessionBase+int64(i))
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Annotations: map[string]string{
-		annotations.SeedRole: r.seed.String(), annotations.BucketNames: "b1,b2",
+		annotations.SeedRole: r.seed.String(), annotations.BucketNames: harness.BucketNames,
 	}}}
 	var pending bool
 	if err := r.retry(ctx, "ServiceAccount", func() error {

@@ -27,7 +27,7 @@ func sessionServiceAccount(namespace, seedARN string) *corev1.ServiceAccount {
 		Namespace: namespace,
 		Annotations: map[string]string{
 			annotations.SeedRole:    seedARN,
-			annotations.BucketNames: "b1,b2",
+			annotations.BucketNames: harness.BucketNames,
 		},
 	}}
 }

@@ -121,7 +121,7 @@ func (w *flowWorld) serviceAccount(t *testing.T) *corev1.ServiceAccount {
 		Namespace: w.ns,
 		Annotations: map[string]string{
 			annotations.SeedRole:    w.seed,
-			annotations.BucketNames: "b1,b2",
+			annotations.BucketNames: harness.BucketNames,
 		},
 	}}
 	created, err := w.op.CoreV1().ServiceAccounts(w.ns).Create(context.Background(), sa, metav1.CreateOptions{})
@@ -935,7 +935,7 @@ func BenchmarkFlowGCSweep(b *testing.B) {
 			defer func() { <-sem }()
 			sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
 				Name:        fmt.Sprintf("sample-backup-daemon-demo-session-%d", base+int64(i)),
-				Annotations: map[string]string{annotations.SeedRole: seed, annotations.BucketNames: "b1,b2"},
+				Annotations: map[string]string{annotations.SeedRole: seed, annotations.BucketNames: harness.BucketNames},
 			}}
 			got, err := op.CoreV1().ServiceAccounts(ns).Create(ctx, sa, metav1.CreateOptions{})
 			if err == nil && got.Annotations[annotations.AWSRoleARN] == "" {

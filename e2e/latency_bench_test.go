@@ -136,7 +136,7 @@ func creationToTrust(b *testing.B, n, perSecond int, iamLatency time.Duration) {
 		withJob := i%10 == 0
 		creators.Go(func() {
 			sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name,
-				Annotations: map[string]string{annotations.SeedRole: seed, annotations.BucketNames: "b1,b2"}}}
+				Annotations: map[string]string{annotations.SeedRole: seed, annotations.BucketNames: harness.BucketNames}}}
 			t0 := time.Now()
 			mu.Lock()
 			started[name] = t0

@@ -83,7 +83,7 @@ func TestOutageAPIServerUnreachableThenCatchUp(t *testing.T) {
 	sas := outageParallel(names, func(name string) (*corev1.ServiceAccount, error) {
 		return w.op.CoreV1().ServiceAccounts(w.ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
 			Name: name, Namespace: w.ns,
-			Annotations: map[string]string{annotations.SeedRole: w.seed, annotations.BucketNames: "b1,b2"},
+			Annotations: map[string]string{annotations.SeedRole: w.seed, annotations.BucketNames: harness.BucketNames},
 		}}, metav1.CreateOptions{})
 	})
 	jobsCreated := outageParallel(names, func(name string) (*batchv1.Job, error) {

@@ -37,11 +37,12 @@ func NewReadyCache(ttl time.Duration) *ReadyCache {
 }
 
 // fingerprint is what a proof is about. A pending marker makes it unique to the moment so a
-// pending ServiceAccount never matches a proven one.
+// pending ServiceAccount never matches a proven one. The bucket names are part of it: the AWS
+// check proves the buckets named when it ran (awscheck's bucket proof), not others named later.
 func fingerprint(sa *corev1.ServiceAccount) string {
 	a := sa.Annotations
 	return string(sa.UID) + "\x00" + a[annotations.AWSRoleARN] + "\x00" + a[annotations.AzureClientID] + "\x00" +
-		a[annotations.AzureTenantID] + "\x00" + a[annotations.Pending]
+		a[annotations.AzureTenantID] + "\x00" + a[annotations.Pending] + "\x00" + a[annotations.BucketNames]
 }
 
 // Ready implements hold.ReadyCache.

@@ -1,5 +1,5 @@
 // Package harness runs real components for end-to-end tests of credential-webhook: etcd,
-// kube-apiserver and kube-controller-manager v1.37.2, moto (IAM and STS) behind the iamproxy,
+// kube-apiserver and kube-controller-manager v1.37.2, moto (IAM, STS, S3) behind the iamproxy,
 // cert-manager's CRDs, and any number of replicas of the real webhook binary, registered with the
 // apiserver through the project's own MutatingWebhookConfiguration and running as its own
 // ServiceAccount with the project's own RBAC.
@@ -57,6 +57,13 @@ const (
 	ProbeNamespace = "harness-probe"
 )
 
+// Buckets exist in moto's S3 from the start; BucketNames is their go.klusters.dev/bucket-names
+// value, the one the tests' ServiceAccounts carry.
+var Buckets = []string{"backup-b1", "backup-b2"}
+
+// BucketNames is Buckets as the KubeStash operator writes them.
+const BucketNames = "backup-b1,backup-b2"
+
 // Options configure Start. The zero value is what the e2e tests use.
 type Options struct {
 	// KubeBinaries is a folder with kube-apiserver, kube-controller-manager, kubectl and etcd.
@@ -107,7 +114,7 @@ type Cluster struct {
 	// WebhookURL is the frontend every webhooks[].clientConfig.url points at (path appended).
 	WebhookURL string
 
-	// Moto is the IAM and STS emulator; IAM is the proxy in front of it that validates
+	// Moto is the IAM, STS and S3 emulator; IAM is the proxy in front of it that validates
 	// web-identity tokens with the cluster's key and can inject quota errors, delays and faults.
 	// The webhook replicas reach AWS through IAM.URL.
 	Moto *moto.Server
@@ -608,6 +615,13 @@ func (c *Cluster) startAWS(ctx context.Context) error {
 	}
 	if err := c.IAM.Listen("127.0.0.1:0"); err != nil {
 		return fmt.Errorf("harness: IAM proxy: %w", err)
+	}
+	// The buckets the tests' ServiceAccounts name (BucketNames), so
+	// the sweeper's bucket proof (--aws-bucket-check, write by default) passes for them.
+	for _, b := range Buckets {
+		if err := moto.CreateBucket(ctx, c.AWSConfig(), b, false); err != nil {
+			return fmt.Errorf("harness: %w", err)
+		}
 	}
 	return nil
 }

@@ -119,6 +119,7 @@ func TestDefaults(t *testing.T) {
 		"CREDENTIAL_WEBHOOK_AWS_TOKEN_EXPIRATION":    "86400",
 		"CREDENTIAL_WEBHOOK_MAX_HOLD":                "10m",
 		"CREDENTIAL_WEBHOOK_LOG_LEVEL":               "info",
+		"CREDENTIAL_WEBHOOK_AWS_BUCKET_CHECK":        "write",
 	} {
 		if got, ok := env[k]; !ok || got != want {
 			t.Errorf("env %s = %q (set %v), want %q", k, got, ok, want)
@@ -260,6 +261,7 @@ func TestAWSOnly(t *testing.T) {
 		"CREDENTIAL_WEBHOOK_AWS_REGION":                 "eu-central-1",
 		"CREDENTIAL_WEBHOOK_AWS_TOKEN_EXPIRATION":       "3600",
 		"CREDENTIAL_WEBHOOK_POD_MISSING_SERVICEACCOUNT": "deny",
+		"CREDENTIAL_WEBHOOK_AWS_BUCKET_CHECK":           "head",
 		"CREDENTIAL_WEBHOOK_SIDECAR_IMAGE":              "ghcr.io/klusters/credential-webhook:v1.2.3",
 		"CREDENTIAL_WEBHOOK_MAX_HOLD":                   "30m",
 		"CREDENTIAL_WEBHOOK_SWEEPER_CHECKS_IN_A_ROW":    "3",

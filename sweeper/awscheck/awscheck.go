@@ -3,7 +3,9 @@
 // sts:AssumeRoleWithWebIdentity must accept a real token of that ServiceAccount several times
 // in a row. IAM is eventually consistent: a trust policy just written is not seen by every STS
 // endpoint at once, and one success can come from an endpoint that already has it while the
-// next (the backup's) lands on one that does not.
+// next (the backup's) lands on one that does not. Then, with the credentials STS issued, it
+// proves access to every bucket the ServiceAccount names (buckets.go): a role's S3 permissions
+// propagate apart from its trust policy.
 package awscheck
 
 import (
@@ -68,6 +70,11 @@ type Checker struct {
 	// one the ServiceAccount's owner chose. The chart's self policy (selfPolicy.tokenAudiences)
 	// refuses any other.
 	Audience string
+	// BucketCheck is what is proven on each bucket of annotations.BucketNames with the assumed
+	// role's credentials; "" or BucketCheckOff proves nothing. S3 makes the requests.
+	BucketCheck   BucketCheck
+	S3            S3API
+	BucketMetrics *BucketMetrics
 }
 
 // New returns a Checker.
@@ -105,6 +112,16 @@ func (c *Checker) Check(ctx context.Context, sa *corev1.ServiceAccount) (bool, s
 	if !listed {
 		return false, fmt.Sprintf("derived role %s does not list %s", role, subject), nil
 	}
+	proveBuckets := c.BucketCheck != "" && c.BucketCheck != BucketCheckOff
+	var buckets []string
+	if proveBuckets {
+		// A refused annotation needs no token and no STS call: nothing could prove it.
+		var problem string
+		if buckets, problem = BucketNames(sa.Annotations[annotations.BucketNames]); problem != "" {
+			c.BucketMetrics.inc(c.BucketCheck, BucketInvalid)
+			return false, problem, nil
+		}
+	}
 	ttl := c.TokenTTL
 	if ttl <= 0 {
 		ttl = DefaultTokenTTL
@@ -114,15 +131,18 @@ func (c *Checker) Check(ctx context.Context, sa *corev1.ServiceAccount) (bool, s
 		return false, "", fmt.Errorf("minting a token for %s/%s: %w", sa.Namespace, sa.Name, err)
 	}
 	n := max(c.ChecksInARow, 1)
+	var last *sts.AssumeRoleWithWebIdentityOutput
 	for i := 1; i <= n; i++ {
-		_, err := c.STS.AssumeRoleWithWebIdentity(ctx, &sts.AssumeRoleWithWebIdentityInput{
+		out, err := c.STS.AssumeRoleWithWebIdentity(ctx, &sts.AssumeRoleWithWebIdentityInput{
 			RoleArn:          aws.String(role),
 			RoleSessionName:  aws.String(sessionName),
 			WebIdentityToken: aws.String(token),
-			// The shortest session STS grants: the credentials are thrown away at once.
+			// The shortest session STS grants: the credentials serve the bucket proof at most,
+			// and are thrown away with the check.
 			DurationSeconds: aws.Int32(900),
 		})
 		if err == nil {
+			last = out
 			continue
 		}
 		if code, msg, refused := refusal(err); refused {
@@ -130,7 +150,22 @@ func (c *Checker) Check(ctx context.Context, sa *corev1.ServiceAccount) (bool, s
 		}
 		return false, "", fmt.Errorf("sts:AssumeRoleWithWebIdentity on %s (call %d of %d): %w", role, i, n, err)
 	}
-	return true, fmt.Sprintf("sts:AssumeRoleWithWebIdentity accepted a token of the ServiceAccount for %s %d times in a row", role, n), nil
+	why := fmt.Sprintf("sts:AssumeRoleWithWebIdentity accepted a token of the ServiceAccount for %s %d times in a row", role, n)
+	if len(buckets) == 0 {
+		return true, why, nil
+	}
+	if last == nil || last.Credentials == nil {
+		return false, "", fmt.Errorf("sts:AssumeRoleWithWebIdentity on %s returned no credentials", role)
+	}
+	cr := last.Credentials
+	ok, bucketWhy, err := c.proveBuckets(ctx, string(sa.UID), buckets, aws.Credentials{
+		AccessKeyID: aws.ToString(cr.AccessKeyId), SecretAccessKey: aws.ToString(cr.SecretAccessKey), SessionToken: aws.ToString(cr.SessionToken),
+		Source: sessionName,
+	})
+	if err != nil || !ok {
+		return false, bucketWhy, err
+	}
+	return true, why + "; " + bucketWhy, nil
 }
 
 // refusal reports whether STS answered that it does not (yet) trust the token: the identity is

@@ -62,6 +62,7 @@ func (s *signer) Token(_ context.Context, ns, name, audience string, ttl time.Du
 
 type env struct {
 	proxy   *iamproxy.Proxy
+	motoURL string
 	iam     *iam.Client
 	sts     *sts.Client
 	tokens  *signer
@@ -97,7 +98,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{proxy: proxy, iam: iam.NewFromConfig(cfg), tokens: &signer{key: key, issuer: testIssuer},
+	e := &env{proxy: proxy, motoURL: srv.Endpoint, iam: iam.NewFromConfig(cfg), tokens: &signer{key: key, issuer: testIssuer},
 		// One attempt: a throttled call must surface as an error of the check, not be retried.
 		sts: sts.NewFromConfig(cfg, func(o *sts.Options) { o.RetryMaxAttempts = 1 })}
 	if e.seedARN, err = moto.CreateSeedRole(ctx, cfg, "kubestash-selfhost", "/", testIssuer); err != nil {

@@ -8,10 +8,14 @@
 //     signature and expiry, the role's trust policy, and a propagation delay
 //     after the trust policy changed;
 //   - injected faults (throttling, 5xx, latency), deterministic by seed;
-//   - per-action call counts.
+//   - per-action call counts;
+//   - for S3, only what the readiness check's bucket proof must cope with: a
+//     propagation delay after a role was created or its permissions changed
+//     (S3 answers AccessDenied to the role's sessions meanwhile), faults on S3
+//     actions named explicitly, and per-action counts (S3Calls).
 //
-// Everything else, including S3, passes through untouched. It is test
-// support only and must never be linked into the product binary.
+// Everything else passes through untouched. It is test support only and must
+// never be linked into the product binary.
 package iamproxy
 
 import (
@@ -53,6 +57,8 @@ type Options struct {
 	Quota int
 	// PropagationDelay is the initial propagation delay, see SetPropagationDelay.
 	PropagationDelay time.Duration
+	// S3PropagationDelay is the initial S3 propagation delay, see SetS3PropagationDelay.
+	S3PropagationDelay time.Duration
 	// Faults are the initial injected faults, see SetFaults.
 	Faults Faults
 	// Logger receives one line per emulated rejection and injected fault (nil: discard).
@@ -63,7 +69,9 @@ type Options struct {
 // Latency, then draws one number from a generator seeded with Seed: below
 // ThrottleRate it is answered with Throttling (HTTP 400), below
 // ThrottleRate+ServerErrorRate with InternalFailure (HTTP 500); moto never
-// sees it. Faults apply to IAM and STS requests only, never to S3.
+// sees it. Faults apply to IAM and STS requests, and to S3 requests only
+// when Actions names them ("s3:GetObject", "s3:*"): S3 answers SlowDown
+// (HTTP 503) and InternalError (HTTP 500).
 type Faults struct {
 	ThrottleRate    float64
 	ServerErrorRate float64
@@ -123,7 +131,12 @@ type Proxy struct {
 	faults       Faults
 	rng          *rand.Rand
 	trustChanged map[string]time.Time // role name -> last trust policy change through the proxy
+	s3delay      time.Duration
+	permsChanged map[string]time.Time // role name -> creation or last permissions change through the proxy
+	sessions     map[string]string    // access key ID of an STS session -> its role name
+	sessionOrder []string             // sessions' keys, oldest first, to bound the map
 	calls        map[string]int
+	s3calls      map[string]int
 	faultCounts  FaultCounts
 	rejections   []Rejection
 }
@@ -154,8 +167,11 @@ func New(upstream string, opts Options) (*Proxy, error) {
 		log:          log,
 		quota:        opts.Quota,
 		delay:        opts.PropagationDelay,
+		s3delay:      opts.S3PropagationDelay,
 		keys:         keys,
 		trustChanged: map[string]time.Time{},
+		permsChanged: map[string]time.Time{},
+		sessions:     map[string]string{},
 		iam: iam.NewFromConfig(aws.Config{
 			Region:       "us-east-1",
 			Credentials:  credentials.NewStaticCredentialsProvider("test", "test", ""),
@@ -246,6 +262,17 @@ func (p *Proxy) SetPropagationDelay(d time.Duration) {
 	p.delay = d
 }
 
+// SetS3PropagationDelay makes S3 answer AccessDenied, for d after a role was
+// created or its permissions changed through this proxy (inline or attached
+// policies, boundary), to requests signed with credentials of that role's
+// sessions (AssumeRoleWithWebIdentity through this proxy): IAM changes take a
+// while to reach S3 too, independently of STS.
+func (p *Proxy) SetS3PropagationDelay(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.s3delay = d
+}
+
 // SetTokenKeys replaces the token verification keys.
 func (p *Proxy) SetTokenKeys(keys ...crypto.PublicKey) {
 	p.mu.Lock()
@@ -291,6 +318,15 @@ func (p *Proxy) Calls() map[string]int {
 	return maps.Clone(p.calls)
 }
 
+// S3Calls returns how many S3 requests the proxy received per action
+// ("s3:PutObject": the x-id the SDK sends, else "s3:HeadBucket",
+// "s3:HeadObject" or "s3:<METHOD>"), counting those it refused or failed.
+func (p *Proxy) S3Calls() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.s3calls)
+}
+
 // Faults returns the injected faults per action.
 func (p *Proxy) Faults() FaultCounts {
 	p.mu.Lock()
@@ -318,6 +354,7 @@ func (p *Proxy) ResetCalls() {
 
 func (p *Proxy) resetCountsLocked() {
 	p.calls = map[string]int{}
+	p.s3calls = map[string]int{}
 	p.faultCounts = FaultCounts{Throttled: map[string]int{}, ServerErrors: map[string]int{}, Delayed: map[string]int{}}
 	p.rejections = nil
 }
@@ -331,7 +368,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	action := form.Get("Action")
 	if action == "" {
-		p.rp.ServeHTTP(w, r) // S3 and other REST-style requests
+		if scopeService(r.Header.Get("Authorization")) == "s3" {
+			p.serveS3(w, r)
+			return
+		}
+		p.rp.ServeHTTP(w, r) // other REST-style requests
 		return
 	}
 	svc := serviceOf(r, action)
@@ -371,6 +412,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.serveTrustPolicyWrite(w, r, key, form)
 	case "iam:GetAccountSummary":
 		p.serveAccountSummary(w, r)
+	case "iam:PutRolePolicy", "iam:DeleteRolePolicy", "iam:AttachRolePolicy", "iam:DetachRolePolicy",
+		"iam:PutRolePermissionsBoundary", "iam:DeleteRolePermissionsBoundary":
+		p.rp.ServeHTTP(w, p.recordPermissionsChange(r, form.Get("RoleName")))
 	case "sts:AssumeRoleWithWebIdentity":
 		p.serveWebIdentity(w, r, key, form)
 	default:
@@ -447,10 +491,20 @@ func (f Faults) applies(key string) bool {
 	if f.ThrottleRate == 0 && f.ServerErrorRate == 0 && f.Latency == 0 {
 		return false
 	}
+	svc, action, _ := strings.Cut(key, ":")
+	if svc == "s3" {
+		// Only faults that name S3 reach it: the IAM and STS tests' faults leave the
+		// bucket proof alone.
+		for _, a := range f.Actions {
+			if strings.HasPrefix(a, "s3:") && globMatch(a, key) {
+				return true
+			}
+		}
+		return false
+	}
 	if len(f.Actions) == 0 {
 		return true
 	}
-	_, action, _ := strings.Cut(key, ":")
 	for _, a := range f.Actions {
 		if globMatch(a, key) || globMatch(a, action) {
 			return true
@@ -481,6 +535,9 @@ func (p *Proxy) serveTrustPolicyWrite(w http.ResponseWriter, r *http.Request, ke
 		if resp.StatusCode == http.StatusOK {
 			p.mu.Lock()
 			p.trustChanged[role] = time.Now()
+			if key == "iam:CreateRole" {
+				p.permsChanged[role] = time.Now() // a new role's permissions start propagating
+			}
 			p.mu.Unlock()
 		}
 		return nil
@@ -503,7 +560,7 @@ func (p *Proxy) serveWebIdentity(w http.ResponseWriter, r *http.Request, key str
 			http.StatusForbidden, "Not authorized to perform sts:AssumeRoleWithWebIdentity")
 		return
 	}
-	p.rp.ServeHTTP(w, r)
+	p.rp.ServeHTTP(w, p.recordSession(r, role))
 }
 
 // webIdentityDenial returns why STS would refuse the token for role, or ""

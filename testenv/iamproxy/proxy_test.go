@@ -533,4 +533,7 @@ func TestS3PassesThrough(t *testing.T) {
 	if calls := e.proxy.Calls(); len(calls) != 0 {
 		t.Errorf("S3 requests counted as actions: %v", calls)
 	}
+	if got := e.proxy.S3Calls(); got["s3:PUT"] != 3 || got["s3:GET"] != 1 {
+		t.Errorf("S3 calls through the proxy = %v, want s3:PUT 3, s3:GET 1", got)
+	}
 }

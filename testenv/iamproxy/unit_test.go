@@ -358,6 +358,13 @@ func TestFaultsApply(t *testing.T) {
 		{"service glob", Faults{Latency: 1, Actions: []string{"sts:*"}}, "iam:GetRole", false},
 		{"service glob hit", Faults{Latency: 1, Actions: []string{"sts:*"}}, "sts:AssumeRoleWithWebIdentity", true},
 		{"other action", Faults{ThrottleRate: 1, Actions: []string{"iam:UpdateAssumeRolePolicy"}}, "iam:GetRole", false},
+		// S3 only when named: the IAM and STS faults of other tests leave the bucket proof alone.
+		{"S3 not in all actions", on, "s3:PutObject", false},
+		{"S3 not in a bare action", Faults{ThrottleRate: 1, Actions: []string{"PutObject"}}, "s3:PutObject", false},
+		{"S3 not in *", Faults{ThrottleRate: 1, Actions: []string{"*"}}, "s3:PutObject", false},
+		{"S3 named", Faults{ThrottleRate: 1, Actions: []string{"s3:GetObject"}}, "s3:GetObject", true},
+		{"S3 glob", Faults{ServerErrorRate: 1, Actions: []string{"s3:*"}}, "s3:DeleteObject", true},
+		{"S3 other action", Faults{ServerErrorRate: 1, Actions: []string{"s3:GetObject"}}, "s3:PutObject", false},
 	} {
 		if got := tc.f.applies(tc.key); got != tc.want {
 			t.Errorf("%s: applies(%q) = %v, want %v", tc.name, tc.key, got, tc.want)
@@ -407,6 +414,35 @@ func TestNewValidates(t *testing.T) {
 	} {
 		if _, err := New(tc.upstream, tc.opts); err == nil {
 			t.Errorf("%s: New succeeded, want error", tc.name)
+		}
+	}
+}
+
+func TestS3Action(t *testing.T) {
+	for _, tc := range []struct{ method, target, want string }{
+		{http.MethodPut, "/b/k?x-id=PutObject", "PutObject"},
+		{http.MethodGet, "/b/.credential-webhook/readiness/x?x-id=GetObject", "GetObject"},
+		{http.MethodHead, "/b", "HeadBucket"},
+		{http.MethodHead, "/b/", "HeadBucket"},
+		{http.MethodHead, "/b/k/with/slashes", "HeadObject"},
+		{http.MethodPut, "/b", "PUT"},
+	} {
+		r := httptest.NewRequest(tc.method, "http://127.0.0.1"+tc.target, nil)
+		if got := s3Action(r); got != tc.want {
+			t.Errorf("s3Action(%s %s) = %q, want %q", tc.method, tc.target, got, tc.want)
+		}
+	}
+}
+
+func TestAccessKeyID(t *testing.T) {
+	for auth, want := range map[string]string{
+		"AWS4-HMAC-SHA256 Credential=ASIAXYZ/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00": "ASIAXYZ",
+		"AWS4-ECDSA-P256-SHA256 Credential=ASIAXYZ/20260101/s3/aws4_request, SignedHeaders=host":                   "ASIAXYZ",
+		"":                                    "",
+		"AWS4-HMAC-SHA256 SignedHeaders=host": "",
+	} {
+		if got := accessKeyID(auth); got != want {
+			t.Errorf("accessKeyID(%q) = %q, want %q", auth, got, want)
 		}
 	}
 }

@@ -1,4 +1,4 @@
-// Package moto runs a real moto_server (moto 5.2.1) on a free 127.0.0.1 port
+// Package moto runs a real moto_server (moto 5.2.1: IAM, STS and S3 on one port) on a free 127.0.0.1 port
 // so tests and demo tools talk to an AWS emulator instead of a home-made mock.
 //
 // The process runs in its own process group; Stop (and the test cleanup

@@ -150,7 +150,7 @@ func run(ctx context.Context, out io.Writer) (err error) {
 	session := time.Now().Unix()
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
 		Name: fmt.Sprintf("sample-backup-daemon-demo-session-%d", session), Namespace: namespace,
-		Annotations: map[string]string{annotations.SeedRole: seed, annotations.BucketNames: "b1,b2"},
+		Annotations: map[string]string{annotations.SeedRole: seed, annotations.BucketNames: harness.BucketNames},
 	}}
 	n.say("as %s:", operatorUser)
 	n.say("  create ServiceAccount %s/%s with %s=%s", namespace, sa.Name, annotations.SeedRole, seed)
@@ -181,7 +181,7 @@ func run(ctx context.Context, out io.Writer) (err error) {
 	}
 
 	n.section("6. The sweeper proves the credentials: a TokenRequest token of the ServiceAccount, sent to sts:AssumeRoleWithWebIdentity")
-	n.say("it checks at once, backs off 1 s, 2 s, 4 s, ... (at most 30 s) between checks, and releases the Job once STS accepted the token 2 times in a row (--sweeper-checks-in-a-row)")
+	n.say("it checks at once, backs off 1 s, 2 s, 4 s, ... (at most 30 s) between checks, and releases the Job once STS accepted the token 2 times in a row (--sweeper-checks-in-a-row) and the credentials wrote, read back and deleted a test object in each bucket of " + annotations.BucketNames + " (--aws-bucket-check)")
 	roleName := role[strings.LastIndexByte(role, '/')+1:]
 	seen := 0
 	released, err := waitValue(ctx, 3*time.Minute, func() (*batchv1.Job, bool) {
@@ -258,7 +258,7 @@ func run(ctx context.Context, out io.Writer) (err error) {
 	n.section("8. A retention session and a restore join the seed; credential-webhook roles")
 	for _, name := range []string{fmt.Sprintf("retention-policy-sample-backup-daemon-demo-session-%d", session), "app-restore-restore"} {
 		more := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace,
-			Annotations: map[string]string{annotations.SeedRole: seed, annotations.BucketNames: "b1,b2"}}}
+			Annotations: map[string]string{annotations.SeedRole: seed, annotations.BucketNames: harness.BucketNames}}}
 		if more, err = op.CoreV1().ServiceAccounts(namespace).Create(ctx, more, metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("create ServiceAccount %s: %w", name, err)
 		}
@@ -382,7 +382,7 @@ func backupJob(serviceAccount string) *batchv1.Job {
 					ServiceAccountName: serviceAccount,
 					RestartPolicy:      corev1.RestartPolicyNever,
 					Containers: []corev1.Container{{Name: "backup", Image: "ghcr.io/kubestash/restic:0.14",
-						Args: []string{"backup", "--repo", "s3:https://s3.us-east-1.amazonaws.com/b1/demo"}}},
+						Args: []string{"backup", "--repo", "s3:https://s3.us-east-1.amazonaws.com/backup-b1/demo"}}},
 				},
 			},
 		},
