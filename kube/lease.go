@@ -113,8 +113,7 @@ func (l *LeaseLocker) Lock(ctx context.Context, key string) (func(), int64, erro
 	case <-ctx.Done():
 		return nil, 0, fmt.Errorf("waiting for lock %s: %w", key, ctx.Err())
 	}
-	start := time.Now() // before the update: the Lease's RenewTime is no earlier than this
-	gen, err := l.acquire(ctx, key)
+	gen, start, err := l.acquire(ctx, key)
 	if err != nil {
 		<-c
 		return nil, 0, err
@@ -137,7 +136,10 @@ func (l *LeaseLocker) Lock(ctx context.Context, key string) (func(), int64, erro
 	return unlock, gen, nil
 }
 
-func (l *LeaseLocker) acquire(ctx context.Context, key string) (int64, error) {
+// acquire takes the Lease and returns its generation and the moment (monotonic clock) written as
+// its RenewTime, so the hold is measured from where others measure expiry, not from when this
+// replica started waiting.
+func (l *LeaseLocker) acquire(ctx context.Context, key string) (int64, time.Time, error) {
 	name := LeaseName(key)
 	leases := l.cs.CoordinationV1().Leases(l.namespace)
 	wait := 10 * time.Millisecond
@@ -146,7 +148,8 @@ func (l *LeaseLocker) acquire(ctx context.Context, key string) (int64, error) {
 		cached = nil // last seen held: only the API can say whether it still is
 	}
 	for {
-		now := metav1.NowMicro()
+		at := time.Now() // the RenewTime written below: the hold is measured from here
+		now := metav1.NewMicroTime(at)
 		var lease *coordinationv1.Lease
 		var err error
 		if cached != nil {
@@ -164,12 +167,12 @@ func (l *LeaseLocker) acquire(ctx context.Context, key string) (int64, error) {
 			}
 			if created, err := leases.Create(ctx, lease, metav1.CreateOptions{}); err == nil {
 				l.remember(key, created)
-				return 0, nil
+				return 0, at, nil
 			} else if !apierrors.IsAlreadyExists(err) {
-				return 0, fmt.Errorf("creating lease %s: %w", name, err)
+				return 0, time.Time{}, fmt.Errorf("creating lease %s: %w", name, err)
 			}
 		case err != nil:
-			return 0, fmt.Errorf("reading lease %s: %w", name, err)
+			return 0, time.Time{}, fmt.Errorf("reading lease %s: %w", name, err)
 		default:
 			gen, _ := strconv.ParseInt(lease.Annotations[generationAnnotation], 10, 64)
 			holder := ""
@@ -195,13 +198,13 @@ func (l *LeaseLocker) acquire(ctx context.Context, key string) (int64, error) {
 				updated, err := leases.Update(ctx, upd, metav1.UpdateOptions{})
 				if err == nil {
 					l.remember(key, updated)
-					return gen, nil
+					return gen, at, nil
 				}
 				l.remember(key, nil)
 				if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 					continue // changed (or deleted) since we last saw it: read it again at once
 				}
-				return 0, fmt.Errorf("acquiring lease %s: %w", name, err)
+				return 0, time.Time{}, fmt.Errorf("acquiring lease %s: %w", name, err)
 			}
 		}
 		// Held by another replica (or we lost a race): wait a little, with jitter, and retry.
@@ -209,7 +212,7 @@ func (l *LeaseLocker) acquire(ctx context.Context, key string) (int64, error) {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return 0, fmt.Errorf("waiting for lease %s: %w", name, ctx.Err())
+			return 0, time.Time{}, fmt.Errorf("waiting for lease %s: %w", name, ctx.Err())
 		case <-t.C:
 		}
 		wait = min(wait*2, 200*time.Millisecond)
@@ -237,6 +240,21 @@ func (l *LeaseLocker) heldSpec(now metav1.MicroTime) coordinationv1.LeaseSpec {
 func (l *LeaseLocker) Bump(_ context.Context, key string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if err := l.heldLocked(key); err != nil {
+		return err
+	}
+	l.bumps[key]++
+	return nil
+}
+
+// Held reports whether this replica still safely holds key (see Bump), without an API call.
+func (l *LeaseLocker) Held(key string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.heldLocked(key)
+}
+
+func (l *LeaseLocker) heldLocked(key string) error {
 	at, held := l.heldAt[key]
 	if !held {
 		return fmt.Errorf("lease %s is not held by %s", LeaseName(key), l.identity)
@@ -244,7 +262,6 @@ func (l *LeaseLocker) Bump(_ context.Context, key string) error {
 	if age := time.Since(at); age > l.duration*3/4 {
 		return fmt.Errorf("lease %s was taken %s ago, too close to its %s expiry to write under it", LeaseName(key), age.Round(time.Millisecond), l.duration)
 	}
-	l.bumps[key]++
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -85,5 +86,31 @@ func TestLockAfterAnotherReplicaReadsAgain(t *testing.T) {
 	}
 	if got := strings.Join(verbs, ","); got != "get,create,update,get,update" {
 		t.Errorf("calls %s, want get,create,update,get,update (the conflicting release reads the Lease again)", got)
+	}
+}
+
+// A session that outlives three quarters of its Lease stops writing: Bump and Held refuse, by
+// the local clock, measured from the take (not from when the replica started waiting).
+func TestHeldRefusesNearExpiry(t *testing.T) {
+	l := NewLeaseLocker(fake.NewClientset(), "ns", "replica-a", time.Second, nil)
+	ctx := context.Background()
+	const key = "arn:aws:iam::123456789012:role/seed"
+	unlock, _, err := l.Lock(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if err := l.Held(key); err != nil {
+		t.Fatalf("Held right after the take: %v", err)
+	}
+	if err := l.Bump(ctx, key); err != nil {
+		t.Fatalf("Bump right after the take: %v", err)
+	}
+	time.Sleep(800 * time.Millisecond) // past 3/4 of the 1 s Lease
+	if err := l.Held(key); err == nil {
+		t.Error("Held 0.8 s into a 1 s Lease succeeded")
+	}
+	if err := l.Bump(ctx, key); err == nil {
+		t.Error("Bump 0.8 s into a 1 s Lease succeeded")
 	}
 }

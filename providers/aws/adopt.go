@@ -186,8 +186,9 @@ type adoptionPlan struct {
 // the boundary derived roles get, the same max session duration, and the trust statements
 // DeriveTrustPolicy makes from the seed for the subjects it lists, every subject a
 // "system:serviceaccount:<namespace>:<name>", each OIDC statement limiting ":sub" to those
-// subjects with StringEquals or StringLike (trustProblems). Description and tags may differ: they
-// grant nothing, adoption sets the seed's tags and drift repair the rest.
+// subjects with StringEquals or StringLike (trustProblems), and no tag the seed does not have (a
+// principal tag can grant access). The description and the values of the seed's tags may differ:
+// adoption sets the seed's tags and drift repair the description.
 //
 // The writes only tag, and with setBoundary set the missing boundary first, so the role is never
 // ours without one.
@@ -249,7 +250,10 @@ func planAdoption(seed, target *roleSpec, trustDoc string, setBoundary bool) ado
 	}
 	for _, k := range slices.Sorted(maps.Keys(target.tags)) {
 		if _, ok := want[k]; !ok && !strings.HasPrefix(strings.ToLower(k), "aws:") {
-			p.notes = append(p.notes, "tag "+k+" is not the seed's; drift repair removes it once the role is ours")
+			// Refused, not noted: a principal tag can grant access (aws:PrincipalTag conditions in
+			// bucket or key policies), and until a full drift pass the role would carry it for
+			// every new ServiceAccount placed in it.
+			p.reasons = append(p.reasons, "tag "+k+" is not the seed's (principal tags can grant access); remove it, then adopt")
 		}
 	}
 	// Last: the role becomes ours only once everything before it was written.

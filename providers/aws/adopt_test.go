@@ -73,12 +73,17 @@ func TestPlanAdoption(t *testing.T) {
 		{name: "faithful, subjects under StringEquals (no wildcard in a subject, so the same trust)", doc: seedDoc(stmt(providerA, issuerA, "StringEquals", sub1))},
 		{name: "faithful, no subject left", doc: seedDoc(stmt(providerA, issuerA, "StringLike"))},
 		{
-			name: "faithful, description and tags differ: notes only, tags become the seed's",
+			name: "faithful, description and tag values differ: notes only, tags become the seed's",
 			target: func(r *roleSpec) {
 				r.description = "made by hand"
-				r.tags = map[string]string{"team": "other", "cost-centre": "42", "aws:cloudformation:stack-name": "y"}
+				r.tags = map[string]string{"team": "other", "aws:cloudformation:stack-name": "y"}
 			},
-			notes: []string{"description differs", "tag team=other becomes the seed's storage", "tag cost-centre is not the seed's"},
+			notes: []string{"description differs", "tag team=other becomes the seed's storage"},
+		},
+		{
+			name:    "a tag the seed does not have is refused: principal tags can grant access",
+			target:  func(r *roleSpec) { r.tags = map[string]string{"cost-centre": "42"} },
+			reasons: []string{"tag cost-centre is not the seed's"},
 		},
 		{
 			name:   "already ours",

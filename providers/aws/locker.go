@@ -27,8 +27,10 @@ import (
 //     would let them keep a stale cache and overwrite the subject just written.
 //     (kube.LeaseLocker records the bump and writes it with the release, which frees the Lease in
 //     the same update: nobody reads the generation while the Lease is held, and a holder that
-//     dies holding it has the generation bumped by whoever takes it over. Its Bump also refuses
-//     once the Lease may have expired, so a late session never writes.)
+//     dies holding it has the generation bumped by whoever takes it over. Its Bump, and Held
+//     before every later write, refuse once the Lease may have expired, so a session that
+//     outlives its Lease stops writing; a write already sent when it expires is the residual
+//     risk, bounded by HoldLimit as before.)
 //  3. A write whose outcome is unknown (timeout) drops the cache, so it is reloaded next time.
 //
 // The key is the seed role ARN. NewLocalLocker is enough for one process; replicas share a
@@ -39,7 +41,8 @@ import (
 type Locker interface {
 	// Lock blocks until key is held or ctx ends; unlock releases it (calling it twice is safe).
 	Lock(ctx context.Context, key string) (unlock func(), generation int64, err error)
-	// Bump increments key's generation; the caller holds the lock.
+	// Bump increments key's generation (kube.LeaseLocker: at the release); the caller holds
+	// the lock.
 	Bump(ctx context.Context, key string) error
 }
 
@@ -154,6 +157,21 @@ func (g *SeedGuard) Lock(ctx context.Context, key string) (func(), int64, error)
 
 // Bump implements Locker.
 func (g *SeedGuard) Bump(ctx context.Context, key string) error { return g.Locker.Bump(ctx, key) }
+
+// Held implements heldChecker when the wrapped Locker does.
+func (g *SeedGuard) Held(key string) error {
+	if h, ok := g.Locker.(heldChecker); ok {
+		return h.Held(key)
+	}
+	return nil
+}
+
+// heldChecker is a Locker whose hold can end by itself (a Lease expires): Held answers, without
+// an API call, whether writing under key is still safe. The session asks before every IAM write,
+// not only the first (Bump), so a session that outlives its Lease stops writing.
+type heldChecker interface {
+	Held(key string) error
+}
 
 func (g *SeedGuard) check(ctx context.Context, key string) error {
 	if g.Allowed != nil && !g.Allowed(key) {

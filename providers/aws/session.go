@@ -72,6 +72,11 @@ func (s *session) bump(ctx context.Context) error {
 		return errors.New("internal error: IAM write outside a lock session")
 	}
 	if s.bumped {
+		if h, ok := s.a.locker.(heldChecker); ok {
+			if err := h.Held(s.seed.String()); err != nil {
+				return fmt.Errorf("seed %s: %w", s.seed, err)
+			}
+		}
 		return nil
 	}
 	if err := s.a.locker.Bump(ctx, s.seed.String()); err != nil {
@@ -324,9 +329,9 @@ func (s *session) placeRound(ctx context.Context, todo []string, out map[string]
 				out[sub] = assignResult{err: err}
 			}
 		default:
-			// With an error here the role exists, lists them all, but is incomplete: the next
-			// session that uses it completes it (ensureComplete), and the sweeper's check does
-			// not pass before its policies are attached.
+			// With an error here the role exists, lists them all, but is incomplete: the error
+			// keeps them pending (so their Jobs stay held), and the next session that uses the
+			// role completes it (ensureComplete) before answering them as listed.
 			for i, sub := range c.Subjects {
 				out[sub] = assignResult{a: Assignment{RoleARN: created.String(), Created: i == 0}, err: err}
 			}
@@ -452,7 +457,7 @@ func (s *session) createFor(ctx context.Context, c RoleCreate, quota int) (arn R
 }
 
 // create makes a full clone of the seed. The seed tag goes in CreateRole itself, so a role that
-// exists is always recognisable as ours; the subject goes in too, which saves a call, and is safe
+// exists is always recognisable as ours; every subject of the round goes in too, which saves a write, and is safe
 // because the role only gains permissions (policies attached after) and never more than the seed.
 // If attaching fails, the role stays in the cache as incomplete and the next attempt finishes it.
 func (s *session) create(ctx context.Context, arn RoleARN, idx int, seed *roleSpec, trust TrustPolicy) error {

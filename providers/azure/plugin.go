@@ -3,9 +3,9 @@ package azure
 import (
 	"context"
 	"errors"
-	"github.com/go-json-experiment/json"
 	"strings"
 
+	"github.com/go-json-experiment/json"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"

@@ -65,7 +65,7 @@ func ParseBucketCheck(s string) (BucketCheck, error) {
 }
 
 // ReadinessPrefix is the key prefix of the write check's test objects, reserved for it: every
-// object is named <prefix><ServiceAccount UID>-<random> and deleted by the same check.
+// object is named <prefix><ServiceAccount UID> and deleted by the same check.
 const ReadinessPrefix = ".credential-webhook/readiness/"
 
 // MaxBuckets is the most buckets one ServiceAccount may name. KubeStash names the buckets of
@@ -291,7 +291,10 @@ func (p *bucketProbe) head(ctx context.Context) (refused string, err error) {
 func (p *bucketProbe) write(ctx context.Context, uid string) (refused string, err error) {
 	nonce := make([]byte, 8)
 	_, _ = rand.Read(nonce)
-	key := ReadinessPrefix + uid + "-" + hex.EncodeToString(nonce)
+	// One key per ServiceAccount: when a delete is refused, or Object Lock keeps versions, every
+	// retry until --max-hold overwrites the same object instead of leaving one more. The nonce in
+	// the body still proves the read-back saw this write.
+	key := ReadinessPrefix + uid
 	body := []byte("credential-webhook readiness check " + hex.EncodeToString(nonce) + "\n")
 
 	var version *string
