@@ -115,26 +115,11 @@ standard configuration (AWS_REGION, AWS_ENDPOINT_URL, the default credential cha
 		return err
 	}
 	awsp.WriteAdoptTable(stdout, results)
-	counts := map[awsp.AdoptVerdict]int{}
-	failed := 0
+	sum := adoptSummary{what: "roles", write: "tag the faithful roles", object: "a role", apply: *apply}
 	for _, r := range results {
-		counts[r.Verdict]++
-		if r.Failed() {
-			failed++
-		}
+		sum.count(string(r.Verdict), r.Failed(), string(awsp.AdoptFaithful), string(awsp.AdoptAdopted), string(awsp.AdoptOurs), string(awsp.AdoptRefused))
 	}
-	fmt.Fprintf(stdout, "\n%d roles: %d faithful, %d adopted, %d already ours, %d refused, %d failed.\n",
-		len(results), counts[awsp.AdoptFaithful], counts[awsp.AdoptAdopted], counts[awsp.AdoptOurs], counts[awsp.AdoptRefused], counts[awsp.AdoptFailed])
-	if !*apply && counts[awsp.AdoptFaithful] > 0 {
-		fmt.Fprintln(stdout, "Dry run: nothing was written. Run again with --apply to tag the faithful roles.")
-	}
-	if counts[awsp.AdoptFaithful]+counts[awsp.AdoptAdopted] > 0 {
-		fmt.Fprintln(stdout, "Once a role is ours, garbage collection removes from it every ServiceAccount that does not\ncarry this server's granted marker (see README, \"Coming from the upstream managers\").")
-	}
-	if failed > 0 {
-		return fmt.Errorf("%d of %d roles refused or not adopted", failed, len(results))
-	}
-	return nil
+	return sum.report(stdout)
 }
 
 // runRolesAdoptAzure is roles adopt-azure: the same for the use-mi-<client ID> ClusterRoles and
@@ -178,24 +163,51 @@ webhook's own username, so it does not apply to this command.`, stderr)
 		return err
 	}
 	azure.WriteAdoptTable(stdout, results)
-	counts := map[azure.AdoptVerdict]int{}
-	failed := 0
+	sum := adoptSummary{what: "identities", write: "label the faithful objects", object: "a binding", apply: *apply}
 	for _, r := range results {
-		counts[r.Verdict]++
-		if r.Failed() {
-			failed++
-		}
+		sum.count(string(r.Verdict), r.Failed(), string(azure.AdoptFaithful), string(azure.AdoptAdopted), string(azure.AdoptOurs), string(azure.AdoptRefused))
 	}
-	fmt.Fprintf(stdout, "\n%d identities: %d faithful, %d adopted, %d already ours, %d refused, %d failed.\n",
-		len(results), counts[azure.AdoptFaithful], counts[azure.AdoptAdopted], counts[azure.AdoptOurs], counts[azure.AdoptRefused], counts[azure.AdoptFailed])
-	if !*apply && counts[azure.AdoptFaithful] > 0 {
-		fmt.Fprintln(stdout, "Dry run: nothing was written. Run again with --apply to label the faithful objects.")
+	return sum.report(stdout)
+}
+
+// adoptSummary is the closing summary both adopt commands print, and their exit status.
+type adoptSummary struct {
+	what, write, object                                     string
+	apply                                                   bool
+	n, faithful, adopted, ours, refused, failed, notAdopted int
+}
+
+// count adds one result; the verdict names are the cloud's own.
+func (s *adoptSummary) count(verdict string, failed bool, faithful, adopted, ours, refused string) {
+	s.n++
+	switch verdict {
+	case faithful:
+		s.faithful++
+	case adopted:
+		s.adopted++
+	case ours:
+		s.ours++
+	case refused:
+		s.refused++
+	default:
+		s.failed++
 	}
-	if counts[azure.AdoptFaithful]+counts[azure.AdoptAdopted] > 0 {
-		fmt.Fprintln(stdout, "Once a binding is ours, garbage collection removes from it every ServiceAccount that does not\ncarry this server's granted marker (see README, \"Coming from the upstream managers\").")
+	if failed {
+		s.notAdopted++
 	}
-	if failed > 0 {
-		return fmt.Errorf("%d of %d identities refused or not adopted", failed, len(results))
+}
+
+func (s *adoptSummary) report(w io.Writer) error {
+	fmt.Fprintf(w, "\n%d %s: %d faithful, %d adopted, %d already ours, %d refused, %d failed.\n",
+		s.n, s.what, s.faithful, s.adopted, s.ours, s.refused, s.failed)
+	if !s.apply && s.faithful > 0 {
+		fmt.Fprintf(w, "Dry run: nothing was written. Run again with --apply to %s.\n", s.write)
+	}
+	if s.faithful+s.adopted > 0 {
+		fmt.Fprintf(w, "Once %s is ours, garbage collection removes from it every ServiceAccount that does not\ncarry this server's granted marker (see README, \"Coming from the upstream managers\").\n", s.object)
+	}
+	if s.notAdopted > 0 {
+		return fmt.Errorf("%d of %d %s refused or not adopted", s.notAdopted, s.n, s.what)
 	}
 	return nil
 }
