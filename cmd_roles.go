@@ -28,8 +28,12 @@ func runRoles(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := newFlagSet("roles", "Print the derived IAM roles of a seed role: index, ARN, subjects, characters used of the\ntrust-policy quota, fill, and totals. Read-only. Uses the AWS SDK's standard configuration\n(AWS_REGION, AWS_ENDPOINT_URL, the default credential chain).\n\nSubcommands: 'roles adopt' takes over untagged <seed>-<i> roles that are faithful clones of\nthe seed; 'roles adopt-azure' the unlabelled use-mi-<client ID> ClusterRoles and bindings.", stderr)
 	seed := fs.String("seed", "", "seed role ARN (required)")
 	quota := fs.Int("aws-trust-policy-quota", 0, "trust policy size quota; 0 reads it from iam:GetAccountSummary")
+	limit := fs.Int("role-creation-limit", awsp.DefaultRoleCreationLimit, "the server's --role-creation-limit: the totals line measures the seed against it and warns from "+fmt.Sprintf("%.0f%%", 100*awsp.CeilingWarnFill))
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *limit <= 0 {
+		return errors.New("--role-creation-limit must be positive")
 	}
 	if *seed == "" {
 		return errors.New("--seed is required")
@@ -52,6 +56,7 @@ func runRoles(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	awsp.WriteRolesTable(stdout, roles)
+	awsp.WriteCeiling(stdout, awsp.CeilingOf(roles, *limit))
 	return nil
 }
 

@@ -125,6 +125,15 @@ func TestRolesAdoptCommand(t *testing.T) {
 	if code, out, _ := cli("roles", "--seed", seedARN); code != 0 || !strings.Contains(strings.Join(row(out, "cli-seed-0"), " "), "yes") {
 		t.Errorf("roles table after adoption (exit %d):\n%s", code, out)
 	}
+	// The totals line measures the seed against the limit; the foreign cli-seed-1 counts as full,
+	// so with a limit of one role the seed is past its ceiling and the command warns.
+	if code, out, _ := cli("roles", "--seed", seedARN, "--role-creation-limit", "1"); code != 0 ||
+		!strings.Contains(out, "total: 2 derived roles of --role-creation-limit 1, ") || !strings.Contains(out, "WARNING: this seed is at") {
+		t.Errorf("roles --role-creation-limit 1 (exit %d):\n%s", code, out)
+	}
+	if code, out, _ := cli("roles", "--seed", seedARN); code != 0 || strings.Contains(out, "WARNING") || !strings.Contains(out, "of --role-creation-limit 100, ") {
+		t.Errorf("roles with the default limit (exit %d):\n%s", code, out)
+	}
 
 	if code, _, errOut := cli("roles", "adopt"); code != 1 || !strings.Contains(errOut, "--seed is required") {
 		t.Errorf("no --seed: exit %d, %q", code, errOut)

@@ -21,8 +21,12 @@ func TestVerdicts(t *testing.T) {
 			{MinLen: 50, MaxLen: 111, Density: 0.5}, // mixed sets do not count against the target
 		},
 	}
+	r.Sim = []SimResult{
+		{Config: SimConfig{Leak: 0.01}, LimitHitAt: time.Hour}, // a leak run is no verdict
+		{Config: SimConfig{BackupConfigs: 1000}, Simulated: 24 * time.Hour, Days: []SimDay{{Day: 1, WorstRolesRatio: 1.04, PeakLive: 1000, PeakRolesInUse: 45}}},
+	}
 	v := r.Verdicts()
-	want := []struct{ known, met bool }{{true, true}, {true, false}, {true, true}, {true, true}, {true, false}}
+	want := []struct{ known, met bool }{{true, true}, {true, false}, {true, true}, {true, true}, {true, false}, {true, true}}
 	if len(v) != len(want) {
 		t.Fatalf("%d verdicts, want %d", len(v), len(want))
 	}
@@ -31,8 +35,16 @@ func TestVerdicts(t *testing.T) {
 			t.Errorf("verdict %d (%s): known %v met %v, want %v %v (%s)", i, v[i].Target, v[i].Known, v[i].Met, w.known, w.met, v[i].Measured)
 		}
 	}
-	if empty := (&Report{}).Verdicts(); empty[0].Known || empty[4].Known {
+	if empty := (&Report{}).Verdicts(); empty[0].Known || empty[4].Known || empty[5].Known {
 		t.Error("with nothing measured every verdict must say so")
+	}
+	r.Sim[1].Days[0].Refused = 1
+	if v := r.Verdicts(); v[5].Met {
+		t.Errorf("a healthy month with a refused ServiceAccount met the target: %s", v[5].Measured)
+	}
+	r.Sim[1].Days[0].Refused, r.Sim[1].Days[0].WorstRolesRatio = 0, 1.06
+	if v := r.Verdicts(); v[5].Met {
+		t.Errorf("roles 6 %% over the ideal met the target: %s", v[5].Measured)
 	}
 }
 
@@ -63,6 +75,11 @@ func TestLoadReportAndRender(t *testing.T) {
 	write("load-job-rate.json", LoadRun{Name: "job-rate", Review: "Job", Route: "/mutate/jobs", Mode: "rate", Rate: 1000, Concurrency: 16, Requests: 100, RPS: 120})
 	write(IAMFile, []IAMScenario{{Name: "steady state", What: "warm", Assignments: 10, Total: 10, Calls: map[string]int{"iam:UpdateAssumeRolePolicy": 10}}})
 	write(PackingFile, []PackingResult{{Name: "backup sessions (equal length)", Quota: 2048, Statements: 1, Subjects: 2000, MinLen: 71, MaxLen: 71, Roles: 96, LowerBound: 96, TheoreticalMax: 21, MinPerFullRole: 21, MeanPerFullRole: 21, Density: 1, MeanFill: 0.98}})
+	write(SimFile, []SimResult{
+		{Config: SimConfig{BackupConfigs: 1000, Schedule: 5 * time.Minute, SessionMin: time.Minute, SessionMax: 4 * time.Minute, RoleCreationLimit: 100}, Capacity: 23, Simulated: 24 * time.Hour, Wall: 9 * time.Second,
+			Days: []SimDay{{Day: 1, Sessions: 288000, PeakLive: 1000, PeakListed: 1010, PeakRolesInUse: 45, WorstRolesRatio: 1.023, PeakRoles: 45, Collections: 2900, MaxGCLag: 80 * time.Second, IAMCalls: map[string]int{"UpdateAssumeRolePolicy": 100000, "GetRole": 14000}}}},
+		{Config: SimConfig{BackupConfigs: 1000, Leak: 0.001, RoleCreationLimit: 100}, Capacity: 23, Simulated: 108 * time.Hour, LimitHitAt: 108 * time.Hour, FinalRoles: 100, FinalListed: 2300},
+	})
 	write(IdleFile, IdleCPU{Duration: 5 * time.Second, CPU: 50 * time.Millisecond})
 	write("profile-pod.txt", "      flat  flat%   sum%        cum   cum%\n         0     0%     0%      3.45s 78.41%  go.klusters.dev/credential-webhook/admission.NewHandler.(*server).review.func4\n         0     0%     0%      1.05s 23.86%  go.klusters.dev/credential-webhook/admission.OwnAnnotationsGuard.Admit\n")
 	write(CommandsFile, "go test -bench . ./bench/\n")
@@ -89,6 +106,10 @@ func TestLoadReportAndRender(t *testing.T) {
 		"| own-annotations guard (decodes the object's metadata again) | 1.05 s | 30 % |",
 		"go test -bench . ./bench/",
 		"1000/s fixed (-c 16) — **rate not reached**", // the Job run got 120/s
+		"| thirty days: derived roles in use within 5 % of ⌈live ServiceAccounts ÷ capacity⌉, nothing refused | worst 1.023 × over 1 days",
+		"| leak 0.1 % |", "| 4.50 days (100 roles, 2300 subjects) |",
+		"by action: UpdateAssumeRolePolicy 100000, GetRole 14000.", "so the seed's ceiling is 2300 subjects",
+		"| 1 | 288000 | 1000 | 1010 | 45 | 1.023 | 45 | 2900 | 1m20s | 0 | 114000 |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)

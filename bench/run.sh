@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # make bench: Go benchmarks, CPU profiles of the review paths, packing density, IAM calls per
 # assignment against moto, and load on the real binary over TLS on 127.0.0.1 with hey. Raw outputs
-# go to docs/bench-raw/, the report to docs/benchmarks.md. About 5 minutes on 2 cores.
+# go to docs/bench-raw/, the report to docs/benchmarks.md, and the thirty-day simulation. About 10 minutes on 2 cores.
 #
 # Knobs (environment): BENCH_COUNT (6), BENCH_TIME (0.5s; go test -benchtime), LOAD_DURATION (10s),
 # LOAD_RATE (1000, requests/s for the fixed-rate runs), LOAD_CONCURRENCY (16), SA_CREATE_N (100),
-# IAM_BURST (1000), IAM_REPLICA_BURST (200), KUBE_BINARIES (folder with etcd and kube-apiserver;
+# IAM_BURST (1000), IAM_REPLICA_BURST (200), SIM_DAYS (30), SIM_LEAKS (0.001,0.01), KUBE_BINARIES (folder with etcd and kube-apiserver;
 # default the e2e cache; no Kubernetes is built here), BENCH_SKIP (space-separated phases to skip:
-# gobench profiles packing iam load).
+# gobench profiles packing sim iam load).
 source "$(dirname "$0")/../scripts/lib.sh"
 cd "$ROOT"
 
@@ -19,6 +19,8 @@ LOAD_CONCURRENCY="${LOAD_CONCURRENCY:-16}"
 SA_CREATE_N="${SA_CREATE_N:-100}"
 IAM_BURST="${IAM_BURST:-1000}"
 IAM_REPLICA_BURST="${IAM_REPLICA_BURST:-200}"
+SIM_DAYS="${SIM_DAYS:-30}"
+SIM_LEAKS="${SIM_LEAKS:-0.001,0.01}"
 BENCH_SKIP="${BENCH_SKIP:-}"
 export AWS_EC2_METADATA_DISABLED=true
 
@@ -70,6 +72,11 @@ BT="$WORK/benchtool"
 if ! skip packing; then
   phase "packing density (pure)"
   logged "$BT" packing -n 2000 -out "$RAW/packing.json" | tee "$RAW/packing.txt"
+fi
+
+if ! skip sim; then
+  phase "thirty days of KubeStash sessions (simulation: production Assigner and GC, in-memory IAM)"
+  logged "$BT" sim -days "$SIM_DAYS" -leaks "$SIM_LEAKS" -out "$RAW/sim.json" | tee "$RAW/sim.txt"
 fi
 
 if ! skip iam; then

@@ -86,6 +86,9 @@ type Scope struct {
 	// holds for it: the deletion of a ServiceAccount carrying this claim makes the scope due. An
 	// empty Digest stands for every claim on Claim.Cloud.
 	Claim markers.Claim
+	// Full is set by the sweeper on its periodic full pass (GCInterval): the collector should
+	// read the cloud afresh rather than trust a cached view, to catch what no event showed.
+	Full bool
 }
 
 // matches reports whether the scope holds what claim c stands for.

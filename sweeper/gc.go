@@ -196,6 +196,7 @@ func (t *term) collect(ctx context.Context, full bool) time.Duration {
 			if full {
 				t.takeDue(s, matched)
 			}
+			s.Full = full
 			ok := run("scope/"+s.Key, func() { t.keepDue(s.Claim, matched) }, func(l markers.Lookup) (int, error) { return sc.CollectScope(ctx, s, l) })
 			if m, maintains := sc.(ScopeMaintainer); full && ok && maintains {
 				if err := m.MaintainScope(ctx, s); err != nil {

@@ -16,6 +16,7 @@ type maintainingCollector struct {
 	scopes      []Scope
 	collectErr  error
 	collected   []string
+	full        []bool // Scope.Full of each collection
 	maintained  []string
 	maintainErr error
 }
@@ -24,6 +25,7 @@ func (c *maintainingCollector) Collect(context.Context, markers.Lookup) (int, er
 func (c *maintainingCollector) Scopes(context.Context) ([]Scope, error)              { return c.scopes, nil }
 func (c *maintainingCollector) CollectScope(_ context.Context, s Scope, _ markers.Lookup) (int, error) {
 	c.collected = append(c.collected, s.Key)
+	c.full = append(c.full, s.Full)
 	return 0, c.collectErr
 }
 func (c *maintainingCollector) MaintainScope(_ context.Context, s Scope) error {
@@ -49,6 +51,9 @@ func TestMaintenanceRunsOnFullCollectionsOnly(t *testing.T) {
 		if len(c.collected) != 1 || len(c.maintained) != 1 {
 			t.Fatalf("collected %v, maintained %v; want both once", c.collected, c.maintained)
 		}
+		if !c.full[0] {
+			t.Error("a full pass collected without Scope.Full: the collector would trust its cached view")
+		}
 	})
 	t.Run("event-driven", func(t *testing.T) {
 		c := newCollector()
@@ -57,6 +62,9 @@ func TestMaintenanceRunsOnFullCollectionsOnly(t *testing.T) {
 		tm.collect(ctx, false)
 		if len(c.collected) != 1 || len(c.maintained) != 0 {
 			t.Fatalf("collected %v, maintained %v; want a collection without maintenance", c.collected, c.maintained)
+		}
+		if c.full[0] {
+			t.Error("an event-driven collection had Scope.Full set")
 		}
 	})
 	t.Run("collection failed", func(t *testing.T) {

@@ -465,6 +465,7 @@ func TestPrometheusRule(t *testing.T) {
 		"CredentialWebhookJobsHeldLong":                  "credential_webhook_held_job_oldest_age_seconds{namespace=\"credential-webhook\"}) > 300",
 		"CredentialWebhookServiceAccountsPending":        "credential_webhook_pending_serviceaccounts",
 		"CredentialWebhookSeedNearRoleLimit":             "credential_webhook_derived_role_fill_ratio{namespace=\"credential-webhook\"}) > 0.9",
+		"CredentialWebhookSeedRoleLimitForecast":         "predict_linear(credential_webhook_derived_role_fill_ratio{namespace=\"credential-webhook\"}[12h], 604800)) >= 1",
 		"CredentialWebhookServiceAccountsPendingTooMany": "> 20",
 		"CredentialWebhookCertificateExpiringSoon":       "< 21",
 		"CredentialWebhookCertificateExpiryCritical":     "< 7",
@@ -495,12 +496,14 @@ func TestPrometheusRuleValues(t *testing.T) {
 	for _, tc := range []struct {
 		minutes int
 		ratio   float64
-	}{{1, 0.5}, {5, 0.9}, {45, 1}} {
+		days    int
+	}{{1, 0.5, 1}, {5, 0.9, 0}, {45, 1, 30}} {
 		t.Run(fmt.Sprintf("jobHeldMinutes=%d seedCapacityRatio=%v", tc.minutes, tc.ratio), func(t *testing.T) {
 			alerts := checkRule(t, renderMonitoring(t, ruleValues(map[string]any{
 				"enabled":                       true,
 				"jobHeldMinutes":                tc.minutes,
 				"seedCapacityRatio":             tc.ratio,
+				"seedLimitForecastDays":         tc.days,
 				"serviceAccountsPendingFor":     "1h30m",
 				"serviceAccountsPendingPerHour": 100,
 				"certificateExpiryWarningDays":  30,
@@ -513,6 +516,12 @@ func TestPrometheusRuleValues(t *testing.T) {
 			}
 			if want := fmt.Sprintf("> %v", tc.ratio); !strings.HasSuffix(alerts["CredentialWebhookSeedNearRoleLimit"].Expr, want) {
 				t.Errorf("%q does not end %s", want, alerts["CredentialWebhookSeedNearRoleLimit"].Expr)
+			}
+			forecast, ok := alerts["CredentialWebhookSeedRoleLimitForecast"]
+			if ok != (tc.days > 0) {
+				t.Errorf("seedLimitForecastDays %d: forecast alert rendered %v", tc.days, ok)
+			} else if want := fmt.Sprintf("[12h], %d)) >= 1", tc.days*86400); ok && !strings.HasSuffix(forecast.Expr, want) {
+				t.Errorf("%q does not end %s", forecast.Expr, want)
 			}
 			if got := alerts["CredentialWebhookServiceAccountsPending"].For; got != model.Duration(90*60e9) {
 				t.Errorf("CredentialWebhookServiceAccountsPending for %v", got)

@@ -71,6 +71,11 @@ type Config struct {
 	// others are copied unchanged, and a seed with no such statement is refused (ErrSeedNotOIDC).
 	// Empty: every OIDC statement of the seed receives every subject.
 	OIDCIssuer string
+	// Clock is the time the caches, the reservations and the empty-since marks are measured in;
+	// nil is time.Now. Only the thirty-day simulation (bench/cmd/benchtool sim) sets it: its
+	// days pass in seconds, and every expiry must follow the simulated clock, not the machine's.
+	// Lock deadlines and IAM timeouts stay on the machine's clock.
+	Clock func() time.Time
 }
 
 // Assignment is the outcome of Assign.
@@ -105,8 +110,14 @@ func NewAssigner(api IAMAPI, locker Locker, cfg Config, log *slog.Logger) *Assig
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
 	return &Assigner{api: api, locker: locker, cfg: cfg, log: log, seeds: map[string]*seedState{}, foreignRecheck: ForeignRecheck}
 }
+
+// now is the Assigner's clock (Config.Clock).
+func (a *Assigner) now() time.Time { return a.cfg.Clock() }
 
 func (a *Assigner) state(seed RoleARN) *seedState {
 	a.mu.Lock()

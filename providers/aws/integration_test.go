@@ -16,8 +16,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/iam/types"
+	corev1 "k8s.io/api/core/v1"
 
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/sweeper"
 	"go.klusters.dev/credential-webhook/testenv/iamproxy"
 	"go.klusters.dev/credential-webhook/testenv/moto"
 )
@@ -296,6 +298,46 @@ func TestAssignerAgainstMoto(t *testing.T) {
 		}
 		if subs := e.trustOf("gen-seed-0").Subjects(); len(subs) != 3 {
 			t.Fatalf("a subject was lost: %v", subs)
+		}
+	})
+
+	t.Run("a collection after a deletion sees another replica's write through the generation", func(t *testing.T) {
+		e := newEnv(t, srv, "gcgen-seed", 2048)
+		ctx := ctxT(t)
+		locker := NewLocalLocker()
+		leader, other := e.assigner(locker, Config{}), e.assigner(locker, Config{})
+		for i := range 2 {
+			if _, err := leader.Assign(ctx, e.seed, "demo", sessionSA(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The other replica writes a subject the leader's view lacks; its ServiceAccount is
+		// then deleted, and so is one the leader wrote.
+		if _, err := other.Assign(ctx, e.seed, "demo", sessionSA(2)); err != nil {
+			t.Fatal(err)
+		}
+		gone := map[string]bool{sessionSA(1): true, sessionSA(2): true}
+		e.proxy.ResetCalls()
+		col := Collector{Assigner: leader}
+		n, err := col.CollectScope(ctx, sweeper.Scope{Key: e.seed.String(), Claim: SeedClaim(e.seed)}, func(_, name string) (*corev1.ServiceAccount, bool) {
+			return nil, !gone[name]
+		})
+		if err != nil || n != 2 {
+			t.Fatalf("collected %d, %v; want both deleted ServiceAccounts' subjects", n, err)
+		}
+		if subs := e.trustOf("gcgen-seed-0").Subjects(); len(subs) != 1 || subs[0] != mustSubject("demo", sessionSA(0)) {
+			t.Fatalf("after the collection: %v", subs)
+		}
+		if c := e.calls(); c["iam:ListRoles"] != 1 || c["iam:UpdateAssumeRolePolicy"] != 1 {
+			t.Errorf("stale leader's collection: %v (want one reload and one write)", c)
+		}
+		// Current now: the next collection reads nothing, and with nothing gone writes nothing.
+		e.proxy.ResetCalls()
+		if n, err := col.CollectScope(ctx, sweeper.Scope{Key: e.seed.String(), Claim: SeedClaim(e.seed)}, func(string, string) (*corev1.ServiceAccount, bool) { return nil, true }); err != nil || n != 0 {
+			t.Fatalf("second collection: %d, %v", n, err)
+		}
+		if c := e.calls(); len(c) != 0 {
+			t.Errorf("a collection with a current view and nothing gone cost IAM %v", c)
 		}
 	})
 

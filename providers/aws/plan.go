@@ -105,7 +105,7 @@ func (a *Assigner) plan(ctx context.Context, seed RoleARN, namespace, name strin
 		return "", false, err
 	}
 	quota := a.quotaFor(ctx)
-	now := time.Now()
+	now := a.now()
 	st.plan.mu.Lock()
 	defer st.plan.mu.Unlock()
 	if r, ok := st.plan.reserved[subject]; ok && now.Before(r.until) {

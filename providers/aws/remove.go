@@ -29,6 +29,32 @@ func (a *Assigner) Remove(ctx context.Context, seed RoleARN, subjects []string) 
 			return 0, err
 		}
 	}
+	return a.removeWhere(ctx, seed, func(TrustPolicy) []string { return subjects })
+}
+
+// RemoveUnless takes out of seed's derived roles every subject keep refuses, deciding on the lock
+// session's view of the roles instead of reading every role again: the lock's generation proves
+// that view current with every replica's writes, exactly as it does for Assign, so a collection
+// after a deletion costs the trust policy writes and nothing else. (A full pass reads IAM afresh
+// with Roles, for what no generation can show: hand edits in the console.)
+func (a *Assigner) RemoveUnless(ctx context.Context, seed RoleARN, keep func(subject string) bool) (int, error) {
+	if err := a.allowed(seed); err != nil {
+		return 0, err
+	}
+	return a.removeWhere(ctx, seed, func(t TrustPolicy) []string {
+		var gone []string
+		for _, sub := range t.Subjects() {
+			if !keep(sub) {
+				gone = append(gone, sub)
+			}
+		}
+		return gone
+	})
+}
+
+// removeWhere removes from each derived role of seed the subjects gone picks from its trust
+// policy, under the seed's lock.
+func (a *Assigner) removeWhere(ctx context.Context, seed RoleARN, gone func(TrustPolicy) []string) (int, error) {
 	s, done, err := a.begin(ctx, seed)
 	if err != nil {
 		return 0, err
@@ -38,6 +64,10 @@ func (a *Assigner) Remove(ctx context.Context, seed RoleARN, subjects []string) 
 	var errs []error
 	for _, r := range s.st.roles {
 		if r.bad != nil || r.owner == ownerOther {
+			continue
+		}
+		subjects := gone(r.trust)
+		if len(subjects) == 0 {
 			continue
 		}
 		cand, n := r.trust.WithoutSubjects(subjects...)
@@ -60,7 +90,7 @@ func (a *Assigner) Remove(ctx context.Context, seed RoleARN, subjects []string) 
 			// Stamped every time a role becomes empty, so a mark left from an earlier emptiness
 			// (the role filled up and emptied again since) never shortens the grace. A failure
 			// is no failure of the removal: the next ExpireEmpty marks the role.
-			if err := s.markEmpty(ctx, r, time.Now()); err != nil {
+			if err := s.markEmpty(ctx, r, a.now()); err != nil {
 				a.log.Warn("cannot mark an emptied derived role; the next garbage collection does", "role", r.arn.String(), "err", err)
 			}
 		}
@@ -126,7 +156,7 @@ func expiryVerdict(r emptyRole, now time.Time, grace time.Duration) emptyVerdict
 // every role the cache shows empty is read again under that lock (one GetRole) and decided on
 // what IAM says now. A role that is not tagged as ours is never touched, nor is the seed.
 func (a *Assigner) ExpireEmpty(ctx context.Context, seed RoleARN, grace time.Duration) (EmptyReport, error) {
-	return a.expireEmpty(ctx, seed, grace, time.Now)
+	return a.expireEmpty(ctx, seed, grace, a.now)
 }
 
 func (a *Assigner) expireEmpty(ctx context.Context, seed RoleARN, grace time.Duration, clock func() time.Time) (EmptyReport, error) {

@@ -63,3 +63,59 @@ func WriteRolesTable(w io.Writer, roles []RoleInfo) {
 	}
 	_ = tw.Flush()
 }
+
+// CeilingWarnFill is the share of a seed's ceiling at which the roles command warns: ahead of
+// the chart's CredentialWebhookSeedNearRoleLimit (0.9 by default), because raising the limit or
+// the IAM quota takes a change request, not a restart.
+const CeilingWarnFill = 0.8
+
+// Ceiling is a seed's derived roles measured against --role-creation-limit roles of the trust
+// policy quota each: what the derived_role_fill_ratio gauge reports, from one IAM read.
+type Ceiling struct {
+	Roles, Limit, Subjects int
+	// Fill is the trust policy characters in use over Limit × quota (a foreign or unreadable
+	// role counts as full: its index is taken and nothing is placed in it).
+	Fill float64
+	// Room estimates the subjects that still fit: the characters left at the mean size a
+	// subject takes in today's roles (statement overhead included, so it errs low).
+	Room int
+}
+
+// CeilingOf measures roles (as Roles reports them) against limit.
+func CeilingOf(roles []RoleInfo, limit int) Ceiling {
+	c := Ceiling{Roles: len(roles), Limit: limit}
+	used, measured, quota := 0, 0, 0
+	for _, r := range roles {
+		quota = max(quota, r.Quota)
+		if !r.Owned || r.Chars == 0 { // foreign, or its trust policy unreadable (an empty role still has its statements)
+			used += r.Quota
+			continue
+		}
+		c.Subjects += len(r.Subjects)
+		used += min(r.Chars, r.Quota)
+		measured += min(r.Chars, r.Quota)
+	}
+	if limit <= 0 || quota <= 0 {
+		return c
+	}
+	c.Fill = float64(used) / float64(limit*quota)
+	if free := limit*quota - used; free > 0 && c.Subjects > 0 {
+		c.Room = free * c.Subjects / measured
+	} else if free > 0 {
+		c.Room = -1 // no subject yet to measure by
+	}
+	return c
+}
+
+// WriteCeiling prints the totals line under the roles table and, from CeilingWarnFill on, what
+// to do before ServiceAccounts are refused.
+func WriteCeiling(w io.Writer, c Ceiling) {
+	room := fmt.Sprintf("about %d more subjects fit", c.Room)
+	if c.Room < 0 {
+		room = "no subject yet to estimate the room by"
+	}
+	fmt.Fprintf(w, "total: %d derived roles of --role-creation-limit %d, %d subjects, %.1f%% of the ceiling; %s\n", c.Roles, c.Limit, c.Subjects, 100*c.Fill, room)
+	if c.Fill >= CeilingWarnFill {
+		fmt.Fprintf(w, "WARNING: this seed is at %.0f%% of its ceiling; at 100%% new ServiceAccounts get no role. Check that the ServiceAccounts of ended sessions are deleted, then raise --role-creation-limit (aws.roleCreationLimit) within the account's roles quota, ask AWS for a larger ACLSizePerRole (trust policy) quota (4,096 or 8,192 characters), or spread the ServiceAccounts over more seeds.\n", 100*c.Fill)
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"strings"
-	"time"
 )
 
 // SyncReport is what one SyncFromSeed wrote: the number of IAM writes by action
@@ -42,7 +41,7 @@ func (a *Assigner) SyncFromSeed(ctx context.Context, seed RoleARN) (SyncReport, 
 	if err != nil {
 		return rep, err
 	}
-	s.st.setSeed(spec, time.Now())
+	s.st.setSeed(spec, a.now())
 	quota := a.quotaFor(ctx)
 	var errs []error
 	for _, r := range s.st.roles {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
@@ -48,7 +47,7 @@ func (a *Assigner) begin(ctx context.Context, seed RoleARN) (*session, func(), e
 	}
 	s := a.newSession(seed, st, true)
 	done := func() { st.publish(); unlock(); release() }
-	if st.expireForeign(time.Now(), a.foreignRecheck) {
+	if st.expireForeign(a.now(), a.foreignRecheck) {
 		// A role found foreign may have been adopted since (credential-webhook roles adopt):
 		// list the roles again, trust policies included, before placing anyone in one.
 		st.loaded = false
@@ -126,14 +125,14 @@ func (s *session) refresh(ctx context.Context) error {
 
 // seedSpec returns the seed's permissions, reading them on first use and after SeedTTL.
 func (s *session) seedSpec(ctx context.Context) (*roleSpec, error) {
-	if spec := s.st.seed(time.Now()); spec != nil {
+	if spec := s.st.seed(s.a.now()); spec != nil {
 		return spec, nil
 	}
 	spec, err := s.readSeed(ctx, false)
 	if err != nil {
 		return nil, err
 	}
-	s.st.setSeed(spec, time.Now())
+	s.st.setSeed(spec, s.a.now())
 	return spec, nil
 }
 
@@ -194,7 +193,7 @@ func (s *session) setOwner(r *roleState, spec *roleSpec) {
 		r.owner = ownerUs
 		return
 	}
-	r.owner, r.foreignAt = ownerOther, time.Now()
+	r.owner, r.foreignAt = ownerOther, s.a.now()
 	s.a.log.Warn("role is named like a derived role but lacks the seed tag; skipping it (an administrator can take over a faithful clone with credential-webhook roles adopt)",
 		"role", r.arn.String(), "seed", s.seed.String(), "tag", annotations.SeedTag)
 }
@@ -385,11 +384,11 @@ func (s *session) placeRound(ctx context.Context, todo []string, out map[string]
 // without it. failed holds the roles that could not be checked: their subjects get that error.
 // seedErr is set when a new role was needed and the seed could not be read.
 func (s *session) decide(ctx context.Context, todo []string, quota int) (pl Placement, failed map[int]error, seedErr error) {
-	hints := s.st.hints(todo, time.Now())
+	hints := s.st.hints(todo, s.a.now())
 	failed = map[int]error{}
 	for {
 		var seed *TrustPolicy
-		if spec := s.st.seed(time.Now()); spec != nil {
+		if spec := s.st.seed(s.a.now()); spec != nil {
 			seed = &spec.trust
 		}
 		pl = Place(s.st.views(), todo, quota, s.a.cfg.RoleCreationLimit, PlaceOptions{Seed: seed, Hints: hints})

@@ -168,11 +168,29 @@ func (c Collector) CollectScope(ctx context.Context, scope sweeper.Scope, lookup
 	if err := c.Assigner.allowed(seed); err != nil {
 		return 0, nil // no longer configured: nothing of ours to look at
 	}
+	want := SeedClaim(seed)
+	if !scope.Full {
+		// After a deletion: decide on the lock session's view (RemoveUnless), which reads
+		// nothing while it is current. Reading every role on every deletion cost IAM about
+		// 46 GetRole calls per collection, 130,000 a day for 1,000 BackupConfigurations on a
+		// five-minute schedule (benchtool sim).
+		n, err := c.Assigner.RemoveUnless(ctx, seed, func(sub string) bool {
+			ns, name, err := ParseSubject(sub)
+			if err != nil {
+				return true // not a ServiceAccount subject: not ours to judge
+			}
+			sa, exists := lookup(ns, name)
+			return markers.Keeps(sa, exists, ClaimOf, want)
+		})
+		if err != nil {
+			return n, fmt.Errorf("collecting derived roles of %s: %w", seed, err)
+		}
+		return n, nil
+	}
 	roles, err := c.Assigner.Roles(ctx, seed)
 	if err != nil {
 		return 0, fmt.Errorf("listing derived roles of %s: %w", seed, err)
 	}
-	want := SeedClaim(seed)
 	var gone []string
 	for _, r := range roles {
 		if !r.Owned {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 )
 
@@ -92,12 +93,77 @@ type TrustPolicy struct {
 	// size memoises Size for this value (values are immutable, so it never goes stale): the
 	// first-fit scan measures every full role for every assignment otherwise.
 	size *sizeMemo
+	// tmpl is the rendered document without its subjects, shared by every value with the
+	// same statements (JSON).
+	tmpl *docTemplate
 }
 
 type sizeMemo struct {
-	once sync.Once
-	n    int
-	err  error
+	once  sync.Once
+	ready atomic.Bool // n and err are set (read without the Once by WithSubject)
+	n     int
+	err   error
+}
+
+// known returns the memoised size when it has been measured without error.
+func (m *sizeMemo) known() (int, bool) {
+	if m == nil || !m.ready.Load() || m.err != nil {
+		return 0, false
+	}
+	return m.n, true
+}
+
+// knownSize is a memo that needs no measuring.
+func knownSize(n int) *sizeMemo {
+	m := &sizeMemo{}
+	m.once.Do(func() { m.n = n })
+	m.ready.Store(true)
+	return m
+}
+
+// resized is the memo of p's size after its subject list changed by delta subjects' worth of
+// JSON (jsonListItemLen each, negative when removed), from old, p's size before. The subject
+// list is always a JSON array in every OIDC statement, so each subject costs exactly its quoted
+// form and a comma there: as long as the list is non-empty before and after (an empty list
+// renders a placeholder), the new size is arithmetic. Placement asks Size of every candidate
+// document; rendering each one was most of a lock session's CPU (benchtool sim's profile).
+func resized(p TrustPolicy, old int, oldKnown bool, before, delta int) *sizeMemo {
+	if !oldKnown || before == 0 || len(p.subjects) == 0 {
+		return &sizeMemo{}
+	}
+	return knownSize(old + p.OIDCStatements()*delta)
+}
+
+// jsonListItemLen is the characters subject adds to a non-empty JSON string array as
+// marshalCompact writes it (no HTML escaping): its quoted, escaped form and a comma.
+func jsonListItemLen(subject string) int {
+	n := 3 // two quotes and a comma
+	for i := 0; i < len(subject); {
+		b := subject[i]
+		if b < utf8.RuneSelf {
+			switch {
+			case b == '"' || b == '\\' || b == '\b' || b == '\f' || b == '\n' || b == '\r' || b == '\t':
+				n += 2
+			case b < 0x20:
+				n += 6 // \u00XX
+			default:
+				n++
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(subject[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			n += 6 // invalid UTF-8 becomes \ufffd
+		case r == '\u2028' || r == '\u2029':
+			n += 6 // escaped for JavaScript, HTML escaping or not
+		default:
+			n++
+		}
+		i += size
+	}
+	return n
 }
 
 // DecodePolicyDocument undoes the URL encoding IAM applies to policy documents in its responses.
@@ -164,6 +230,7 @@ func ParseTrustPolicyFor(doc, provider string) (TrustPolicy, error) {
 	}
 	p.subjects = normalizeSubjects(subjects)
 	p.size = &sizeMemo{}
+	p.tmpl = &docTemplate{}
 	return p, nil
 }
 
@@ -323,6 +390,7 @@ func DeriveTrustPolicy(seed TrustPolicy, subjects []string) (TrustPolicy, error)
 		d.top = cloneRaw(d.top)
 		d.top["Version"] = json.RawMessage(`"2012-10-17"`)
 	}
+	d.tmpl = &docTemplate{}
 	return d, nil
 }
 
@@ -366,8 +434,10 @@ func (p TrustPolicy) WithSubject(subject string) (q TrustPolicy, added bool) {
 	if found || subject == noSubject {
 		return p, false
 	}
+	old, ok := p.size.known()
+	before := len(p.subjects)
 	p.subjects = slices.Insert(slices.Clone(p.subjects), i, subject)
-	p.size = &sizeMemo{}
+	p.size = resized(p, old, ok, before, jsonListItemLen(subject))
 	return p, true
 }
 
@@ -378,9 +448,11 @@ func (p TrustPolicy) WithoutSubjects(subjects ...string) (q TrustPolicy, removed
 		drop[s] = true
 	}
 	kept := make([]string, 0, len(p.subjects))
+	delta := 0
 	for _, s := range p.subjects {
 		if drop[s] {
 			removed++
+			delta -= jsonListItemLen(s)
 		} else {
 			kept = append(kept, s)
 		}
@@ -388,20 +460,88 @@ func (p TrustPolicy) WithoutSubjects(subjects ...string) (q TrustPolicy, removed
 	if removed == 0 {
 		return p, 0
 	}
+	old, ok := p.size.known()
+	before := len(p.subjects)
 	p.subjects = kept
-	p.size = &sizeMemo{}
+	p.size = resized(p, old, ok, before, delta)
 	return p, removed
 }
 
-// JSON renders the compact document that is sent to IAM.
+// JSON renders the compact document that is sent to IAM: the policy's template (everything but
+// the subject lists, rendered once per set of statements) joined around the subject list.
 func (p TrustPolicy) JSON() (string, error) {
+	parts, err := p.template()
+	if err != nil || len(parts) < 2 {
+		return p.render(p.subjects) // no template (a zero TrustPolicy) or no OIDC statement
+	}
+	subjects := p.subjects
+	if len(subjects) == 0 {
+		subjects = []string{noSubject}
+	}
+	list, err := marshalCompact(subjects)
+	if err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	b.Grow(len(parts[0]) + len(parts[len(parts)-1]) + (len(parts)-1)*(len(list)+len(parts[1])))
+	b.WriteString(parts[0])
+	for _, part := range parts[1:] {
+		b.Write(list)
+		b.WriteString(part)
+	}
+	return b.String(), nil
+}
+
+// docTemplate memoises a policy's document cut at its subject lists. Statements and top-level
+// fields never change after parsing (TrustPolicy values share them), so every value derived
+// with WithSubject or WithoutSubjects shares its template.
+type docTemplate struct {
+	once  sync.Once
+	parts []string
+	err   error
+}
+
+// subjectHole stands in for the subject list while the template is rendered: a string no policy
+// holds (NUL is escaped as \u0000 in JSON, so its rendering is unique to this marker).
+const subjectHole = "\x00credential-webhook:subjects\x00"
+
+// template returns the document split at each OIDC statement's subject list: the subject list
+// goes between consecutive parts.
+func (p TrustPolicy) template() ([]string, error) {
+	if p.tmpl == nil {
+		return nil, nil
+	}
+	p.tmpl.once.Do(func() {
+		js, err := p.render([]string{subjectHole})
+		if err != nil {
+			p.tmpl.err = err
+			return
+		}
+		hole, err := marshalCompact([]string{subjectHole})
+		if err != nil {
+			p.tmpl.err = err
+			return
+		}
+		parts := strings.Split(js, string(hole))
+		if len(parts)-1 != p.OIDCStatements() {
+			p.tmpl.err = fmt.Errorf("internal error: trust policy template has %d subject lists for %d OIDC statements", len(parts)-1, p.OIDCStatements())
+			return
+		}
+		p.tmpl.parts = parts
+	})
+	return p.tmpl.parts, p.tmpl.err
+}
+
+// render builds the document with subjects by marshalling every part (the template's source,
+// and the reference its tests compare JSON with).
+func (p TrustPolicy) render(subjects []string) (string, error) {
 	doc := cloneRaw(p.top)
 	if doc == nil {
 		doc = map[string]json.RawMessage{}
 	}
 	stmts := make([]json.RawMessage, 0, len(p.statements))
 	for _, st := range p.statements {
-		raw, err := st.render(p.subjects)
+		raw, err := st.render(subjects)
 		if err != nil {
 			return "", err
 		}
@@ -422,7 +562,10 @@ func (p TrustPolicy) Size() (int, error) {
 	if p.size == nil {
 		return p.measure()
 	}
-	p.size.once.Do(func() { p.size.n, p.size.err = p.measure() })
+	p.size.once.Do(func() {
+		p.size.n, p.size.err = p.measure()
+		p.size.ready.Store(true)
+	})
 	return p.size.n, p.size.err
 }
 

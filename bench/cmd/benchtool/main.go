@@ -9,6 +9,7 @@
 //	benchtool iamcalls -burst 1000 -replica-burst 200 -out iam-calls.json
 //	benchtool load     -url URL -cacert F -pid PID -review F -name NAME [-rate R] -c 16 -d 10s -raw DIR
 //	benchtool sacreate -url URL -cacert F -pid PID -review F -n 500 -c 16 -out F
+//	benchtool sim      -days 30 -leaks 0.001,0.01 -out sim.json
 //	benchtool report   -raw DIR -out docs/benchmarks.md
 package main
 
@@ -34,13 +35,13 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: benchtool meta|packing|iamcalls|load|sacreate|report [flags]")
+		fmt.Fprintln(os.Stderr, "usage: benchtool meta|packing|iamcalls|load|sacreate|sim|report [flags]")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	cmds := map[string]func(context.Context, []string) error{
-		"meta": runMeta, "idle": runIdle, "packing": runPacking, "iamcalls": runIAMCalls, "load": runLoad, "sacreate": runSACreate, "report": runReport,
+		"meta": runMeta, "idle": runIdle, "packing": runPacking, "iamcalls": runIAMCalls, "load": runLoad, "sacreate": runSACreate, "report": runReport, "sim": runSim,
 	}
 	f, ok := cmds[os.Args[1]]
 	if !ok {

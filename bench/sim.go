@@ -1,0 +1,480 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
+	corev1 "k8s.io/api/core/v1"
+
+	awsp "go.klusters.dev/credential-webhook/providers/aws"
+	"go.klusters.dev/credential-webhook/sweeper"
+)
+
+// The thirty-day simulation (issue 18): KubeStash BackupConfigurations on a fixed schedule, each
+// session with its own ServiceAccount that is deleted when the session ends, run through the
+// production Assigner (placement, lock sessions, trust writes) and the production garbage
+// collection (Collector.CollectScope, MaintainScope: removal, drift sync, empty-role expiry) on
+// a simulated clock. The cloud is an IAMAPI: bench/iammodel for the month, moto for the short
+// run that checks the model (sim_test.go). What is simulated is only the Kubernetes side: which
+// ServiceAccounts exist, and when the sweeper would run a collection.
+
+// SimConfig describes one simulation. Zero fields take the defaults of DefaultSimConfig.
+type SimConfig struct {
+	BackupConfigs int           // BackupConfigurations, each with its own schedule slot
+	Schedule      time.Duration // every BackupConfiguration runs a session this often (cron */5)
+	Duration      time.Duration // simulated time
+	// Spread: the operator creates a tick's sessions over this long after the tick (its
+	// reconcile loop, not all at once). SessionMin..SessionMax: how long a session lives before
+	// its ServiceAccount is deleted (per BackupConfiguration, fixed for the run).
+	Spread, SessionMin, SessionMax time.Duration
+	// Leak is the share of sessions whose ServiceAccount is never deleted (a session that
+	// outlives its schedule for good): 0 in the healthy month; > 0 finds the day the seed's
+	// ceiling is hit.
+	Leak float64
+	// RetireShare of the BackupConfigurations (the highest numbered) are deleted at RetireAt
+	// (0: never): the load shrinks, roles empty for good and garbage collection expires them.
+	RetireAt    time.Duration
+	RetireShare float64
+	// StopAtLimit ends the run at the first ServiceAccount refused for the role limit.
+	StopAtLimit bool
+	// Sequential assigns one ServiceAccount at a time instead of concurrently (the moto check:
+	// concurrent callers are batched by timing, so only sequential runs give equal call counts).
+	Sequential bool
+
+	Quota, RoleCreationLimit int
+	// The sweeper's garbage collection, as serve's flags set it.
+	GCInterval, GCGrace, GCScopeInterval, EmptyRoleGrace time.Duration
+	GCScopeBurst                                         int
+	// Step is the simulation's resolution: every Step the ServiceAccounts created in it are
+	// assigned, those deleted are recorded and a due collection runs.
+	Step time.Duration
+	Seed uint64 // random seed of the session lengths
+}
+
+// DefaultSimConfig is the month the issue asks for, with serve's defaults.
+func DefaultSimConfig() SimConfig {
+	return SimConfig{
+		BackupConfigs: 1000, Schedule: 5 * time.Minute, Duration: 30 * 24 * time.Hour,
+		Spread: 30 * time.Second, SessionMin: time.Minute, SessionMax: 4 * time.Minute,
+		Quota: awsp.DefaultQuota, RoleCreationLimit: awsp.DefaultRoleCreationLimit,
+		GCInterval: sweeper.DefaultGCInterval, GCGrace: sweeper.DefaultGCGrace,
+		GCScopeInterval: sweeper.DefaultGCScopeInterval, GCScopeBurst: sweeper.DefaultGCScopeBurst,
+		EmptyRoleGrace: awsp.DefaultEmptyRoleGrace, Step: 10 * time.Second, Seed: 1,
+	}
+}
+
+func (c SimConfig) withDefaults() SimConfig {
+	d := DefaultSimConfig()
+	setD := func(v *time.Duration, def time.Duration) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setI := func(v *int, def int) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setI(&c.BackupConfigs, d.BackupConfigs)
+	setD(&c.Schedule, d.Schedule)
+	setD(&c.Duration, d.Duration)
+	setD(&c.Spread, d.Spread)
+	setD(&c.SessionMin, d.SessionMin)
+	setD(&c.SessionMax, d.SessionMax)
+	setI(&c.Quota, d.Quota)
+	setI(&c.RoleCreationLimit, d.RoleCreationLimit)
+	setD(&c.GCInterval, d.GCInterval)
+	setD(&c.GCGrace, d.GCGrace)
+	setD(&c.GCScopeInterval, d.GCScopeInterval)
+	setI(&c.GCScopeBurst, d.GCScopeBurst)
+	setD(&c.EmptyRoleGrace, d.EmptyRoleGrace)
+	setD(&c.Step, d.Step)
+	if c.Seed == 0 {
+		c.Seed = d.Seed
+	}
+	return c
+}
+
+// SimDay is one simulated day.
+type SimDay struct {
+	Day             int
+	Sessions        int // ServiceAccounts created (each assigned)
+	Deleted         int // ServiceAccounts deleted
+	Refused         int // assignments refused: role limit reached
+	Failed          int // assignments failed otherwise
+	PeakLive        int // most ServiceAccounts existing at once
+	PeakListed      int // most subjects listed in the derived roles at once
+	PeakRoles       int // most derived roles existing at once (empty ones awaiting expiry too)
+	PeakRolesInUse  int // most derived roles listing a subject, sampled after each burst
+	WorstRolesRatio float64
+	// WorstRolesRatio: the largest roles in use ÷ ceil(live ServiceAccounts ÷ capacity) over
+	// the samples taken after each burst is placed (1.0: no role more than the live ones need).
+	Collections  int            // garbage collections run (event-driven and full passes)
+	MaxGCLag     time.Duration  // longest a deleted ServiceAccount stayed in a trust policy
+	RolesDeleted int            // empty derived roles expired
+	IAMCalls     map[string]int // by action
+}
+
+// SimResult is a whole simulation.
+type SimResult struct {
+	Config   SimConfig
+	Capacity int // subjects per derived role (TheoreticalMax for this run's names)
+	Days     []SimDay
+	// Simulated is the simulated time run (shorter than Config.Duration when StopAtLimit ended it).
+	Simulated time.Duration
+	// LimitHitAt is when the first ServiceAccount was refused for the role limit (0: never).
+	LimitHitAt time.Duration
+	// FinalRoles and FinalListed describe the seed at the end.
+	FinalRoles, FinalListed int
+	Wall                    time.Duration // real time the run took
+}
+
+// IAMCallsPerDay averages the IAM calls over the simulated time.
+func (r SimResult) IAMCallsPerDay() (total float64, byAction map[string]float64) {
+	byAction = map[string]float64{}
+	days := r.Simulated.Hours() / 24
+	if days <= 0 {
+		return 0, byAction
+	}
+	for _, d := range r.Days {
+		for k, v := range d.IAMCalls {
+			byAction[k] += float64(v) / days
+			total += float64(v) / days
+		}
+	}
+	return total, byAction
+}
+
+// simSA is one session's ServiceAccount.
+type simSA struct {
+	name             string
+	created, deleted time.Duration // from the start; deleted < 0: never
+}
+
+// CallCounter is what the simulation needs of the cloud besides IAMAPI: its call counts.
+type CallCounter interface{ Calls() map[string]int }
+
+// Simulate runs cfg against api, whose seed role seed exists. The clock starts at start.
+func Simulate(ctx context.Context, api awsp.IAMAPI, calls CallCounter, seed awsp.RoleARN, start time.Time, cfg SimConfig) (SimResult, error) {
+	cfg = cfg.withDefaults()
+	res := SimResult{Config: cfg}
+	t0 := time.Now()
+	var clockMu sync.Mutex
+	now := start
+	clock := func() time.Time { clockMu.Lock(); defer clockMu.Unlock(); return now }
+	allow, err := awsp.ParseAllowlist(seed.String())
+	if err != nil {
+		return res, err
+	}
+	a := awsp.NewAssigner(api, awsp.NewLocalLocker(), awsp.Config{Seeds: allow, Quota: cfg.Quota, RoleCreationLimit: cfg.RoleCreationLimit, Clock: clock}, nil)
+	gc := awsp.Collector{Assigner: a, EmptyRoleGrace: cfg.EmptyRoleGrace}
+	scope := sweeper.Scope{Key: seed.String(), Claim: awsp.SeedClaim(seed)}
+	if res.Capacity, err = simCapacity(ctx, api, seed, cfg.Quota); err != nil {
+		return res, err
+	}
+
+	rng := rand.New(rand.NewPCG(cfg.Seed, 0x5eed))
+	lifetimes := make([]time.Duration, cfg.BackupConfigs)
+	offsets := make([]time.Duration, cfg.BackupConfigs)
+	for i := range lifetimes {
+		lifetimes[i] = cfg.SessionMin + time.Duration(rng.Int64N(int64(cfg.SessionMax-cfg.SessionMin)+1))
+		offsets[i] = time.Duration(rng.Int64N(int64(cfg.Spread) + 1))
+	}
+
+	live := map[string]*simSA{}        // ServiceAccounts that exist
+	gone := map[string]time.Duration{} // deleted, maybe still listed: name -> deleted at
+	var ending []*simSA                // live, by deletion time
+	tokens, lastRefill := float64(cfg.GCScopeBurst), time.Duration(0)
+	nextFull := cfg.GCInterval
+	before := maps.Clone(calls.Calls())
+	day := SimDay{Day: 1}
+	sampleAt := map[time.Duration]bool{}
+
+	lookup := func(elapsed time.Duration) func(ns, name string) (*corev1.ServiceAccount, bool) {
+		return func(ns, name string) (*corev1.ServiceAccount, bool) {
+			if _, ok := live[name]; ok {
+				return nil, true
+			}
+			if at, ok := gone[name]; ok && elapsed-at < cfg.GCGrace {
+				return nil, true // within --gc-grace: the sweeper keeps its subject
+			}
+			return nil, false
+		}
+	}
+	collect := func(elapsed time.Duration, full bool) error {
+		sc := scope
+		sc.Full = full
+		if _, err := gc.CollectScope(ctx, sc, lookup(elapsed)); err != nil {
+			return fmt.Errorf("collecting at %v: %w", elapsed, err)
+		}
+		day.Collections++
+		for name, at := range gone {
+			if elapsed-at >= cfg.GCGrace {
+				day.MaxGCLag = max(day.MaxGCLag, elapsed-at)
+				delete(gone, name)
+			}
+		}
+		return nil
+	}
+
+	elapsed := time.Duration(0)
+	closeDay := func() {
+		after := maps.Clone(calls.Calls())
+		day.IAMCalls = diff(after, before)
+		day.RolesDeleted = day.IAMCalls["DeleteRole"]
+		before = after
+		res.Days = append(res.Days, day)
+		day = SimDay{Day: day.Day + 1}
+	}
+	for ; elapsed < cfg.Duration; elapsed += cfg.Step {
+		if err := ctx.Err(); err != nil {
+			return res, err
+		}
+		clockMu.Lock()
+		now = start.Add(elapsed)
+		clockMu.Unlock()
+
+		// Sessions created in this step: one per BackupConfiguration whose slot falls in it.
+		tick := elapsed.Truncate(cfg.Schedule)
+		var born []*simSA
+		active := len(offsets)
+		if cfg.RetireAt > 0 && elapsed >= cfg.RetireAt {
+			active = int(float64(active) * (1 - cfg.RetireShare))
+		}
+		for i, off := range offsets[:active] {
+			if at := tick + off; at >= elapsed && at < elapsed+cfg.Step {
+				sa := &simSA{name: fmt.Sprintf("sample-backup-%04d-session-%d", i, start.Add(tick).Unix()), created: at, deleted: at + lifetimes[i]}
+				if cfg.Leak > 0 && rng.Float64() < cfg.Leak {
+					sa.deleted = -1
+				}
+				born = append(born, sa)
+				sampleAt[(tick+cfg.Spread)/cfg.Step*cfg.Step+cfg.Step] = true // once the burst is placed
+			}
+		}
+		refused, failed := assignAll(ctx, a, seed, born, cfg.Sequential)
+		day.Refused += refused
+		day.Failed += failed
+		if refused > 0 && res.LimitHitAt == 0 {
+			res.LimitHitAt = elapsed
+			if cfg.StopAtLimit {
+				day.Sessions += len(born)
+				closeDay()
+				break
+			}
+		}
+		for _, sa := range born {
+			live[sa.name] = sa
+			day.Sessions++
+			if sa.deleted >= 0 {
+				ending = append(ending, sa)
+			}
+		}
+		// Sessions that ended: their ServiceAccounts are deleted, and their seed's scope is due.
+		slices.SortFunc(ending, func(x, y *simSA) int { return int(x.deleted - y.deleted) })
+		for len(ending) > 0 && ending[0].deleted < elapsed+cfg.Step {
+			sa := ending[0]
+			ending = ending[1:]
+			delete(live, sa.name)
+			gone[sa.name] = elapsed
+			day.Deleted++
+		}
+
+		// The sweeper: a full pass every GCInterval; between them, event-driven collections of
+		// the due scope once a deletion is past its grace, within the scope's token bucket.
+		tokens = min(float64(cfg.GCScopeBurst), tokens+float64(elapsed-lastRefill)/float64(cfg.GCScopeInterval))
+		lastRefill = elapsed
+		if elapsed >= nextFull {
+			nextFull += cfg.GCInterval
+			if err := collect(elapsed, true); err != nil {
+				return res, err
+			}
+			if err := gc.MaintainScope(ctx, scope); err != nil {
+				return res, fmt.Errorf("maintaining at %v: %w", elapsed, err)
+			}
+		} else if tokens >= 1 && duePast(gone, elapsed, cfg.GCGrace) {
+			tokens--
+			if err := collect(elapsed, false); err != nil {
+				return res, err
+			}
+		}
+
+		// Measure.
+		day.PeakLive = max(day.PeakLive, len(live))
+		if us, _ := a.SeedUsage(); len(us) == 1 {
+			day.PeakRoles = max(day.PeakRoles, us[0].Roles)
+			day.PeakListed = max(day.PeakListed, us[0].Subjects)
+		}
+		if sampleAt[elapsed] {
+			delete(sampleAt, elapsed)
+			inUse, err := rolesInUse(ctx, api, seed)
+			if err != nil {
+				return res, err
+			}
+			day.PeakRolesInUse = max(day.PeakRolesInUse, inUse)
+			if ideal := math.Ceil(float64(len(live)) / float64(res.Capacity)); ideal > 0 {
+				day.WorstRolesRatio = max(day.WorstRolesRatio, float64(inUse)/ideal)
+			}
+		}
+		if next := elapsed + cfg.Step; next%(24*time.Hour) < cfg.Step || next >= cfg.Duration {
+			closeDay()
+		}
+	}
+	res.Simulated = min(elapsed+cfg.Step, cfg.Duration)
+	if us, _ := a.SeedUsage(); len(us) == 1 {
+		res.FinalRoles, res.FinalListed = us[0].Roles, us[0].Subjects
+	}
+	res.Wall = time.Since(t0)
+	return res, nil
+}
+
+// assignAll assigns every ServiceAccount born in one step, concurrently as the writer's workers
+// do (the Assigner batches them into lock sessions), or one by one.
+func assignAll(ctx context.Context, a *awsp.Assigner, seed awsp.RoleARN, born []*simSA, sequential bool) (refused, failed int) {
+	errs := make([]error, len(born))
+	if sequential {
+		for i, sa := range born {
+			_, errs[i] = a.Assign(ctx, seed, "demo", sa.name)
+		}
+	} else {
+		var wg sync.WaitGroup
+		for i, sa := range born {
+			wg.Go(func() { _, errs[i] = a.Assign(ctx, seed, "demo", sa.name) })
+		}
+		wg.Wait()
+	}
+	for _, err := range errs {
+		switch {
+		case err == nil:
+		case errors.Is(err, awsp.ErrRoleLimitReached):
+			refused++
+		default:
+			failed++
+		}
+	}
+	return refused, failed
+}
+
+func duePast(gone map[string]time.Duration, elapsed, grace time.Duration) bool {
+	for _, at := range gone {
+		if elapsed-at >= grace {
+			return true
+		}
+	}
+	return false
+}
+
+// rolesInUse counts the derived roles of seed that list a subject, read from the cloud without
+// going through the Assigner (its cache is what is measured).
+func rolesInUse(ctx context.Context, api awsp.IAMAPI, seed awsp.RoleARN) (int, error) {
+	n := 0
+	var marker *string
+	for {
+		out, err := api.ListRoles(ctx, &iam.ListRolesInput{Marker: marker})
+		if err != nil {
+			return 0, err
+		}
+		for _, r := range out.Roles {
+			if !awsp.IsDerivedFrom(aws.ToString(r.Arn), seed.String()) {
+				continue
+			}
+			doc, err := awsp.DecodePolicyDocument(aws.ToString(r.AssumeRolePolicyDocument))
+			if err != nil {
+				return 0, err
+			}
+			tp, err := awsp.ParseTrustPolicy(doc)
+			if err != nil {
+				return 0, err
+			}
+			if tp.Len() > 0 {
+				n++
+			}
+		}
+		if !out.IsTruncated {
+			return n, nil
+		}
+		marker = out.Marker
+	}
+}
+
+// simCapacity is how many of this run's subjects one derived role holds.
+func simCapacity(ctx context.Context, api awsp.IAMAPI, seed awsp.RoleARN, quota int) (int, error) {
+	out, err := api.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(seed.Name)})
+	if err != nil {
+		return 0, fmt.Errorf("reading the seed: %w", err)
+	}
+	doc, err := awsp.DecodePolicyDocument(aws.ToString(out.Role.AssumeRolePolicyDocument))
+	if err != nil {
+		return 0, err
+	}
+	tp, err := awsp.ParseTrustPolicy(doc)
+	if err != nil {
+		return 0, err
+	}
+	subs := make([]string, 200)
+	for i := range subs {
+		subs[i] = fmt.Sprintf("%sdemo:sample-backup-%04d-session-%d", awsp.SubjectPrefix, i, 1778072138+i*300)
+	}
+	return awsp.TheoreticalMax(tp, subs, quota)
+}
+
+func diff(after, before map[string]int) map[string]int {
+	out := map[string]int{}
+	for k, v := range after {
+		if d := v - before[k]; d > 0 {
+			out[k] = d
+		}
+	}
+	return out
+}
+
+// SimWorst is the month in one line per figure the issue asks for.
+type SimWorst struct {
+	RolesRatio     float64       // worst roles in use ÷ ceil(live ÷ capacity)
+	PeakLive       int           // most ServiceAccounts at once
+	PeakRolesInUse int           // most roles listing a subject
+	PeakRoles      int           // most roles existing (with the empty ones awaiting expiry)
+	MaxGCLag       time.Duration // longest a deleted ServiceAccount stayed listed
+	Refused        int
+	Failed         int
+	Sessions       int
+}
+
+// Worst folds the days into the month's worst figures.
+func (r SimResult) Worst() SimWorst {
+	var w SimWorst
+	for _, d := range r.Days {
+		w.RolesRatio = max(w.RolesRatio, d.WorstRolesRatio)
+		w.PeakLive = max(w.PeakLive, d.PeakLive)
+		w.PeakRolesInUse = max(w.PeakRolesInUse, d.PeakRolesInUse)
+		w.PeakRoles = max(w.PeakRoles, d.PeakRoles)
+		w.MaxGCLag = max(w.MaxGCLag, d.MaxGCLag)
+		w.Refused += d.Refused
+		w.Failed += d.Failed
+		w.Sessions += d.Sessions
+	}
+	return w
+}
+
+// SimSummary describes a run in a few lines.
+func SimSummary(r SimResult) string {
+	w := r.Worst()
+	calls, _ := r.IAMCallsPerDay()
+	c := r.Config
+	s := fmt.Sprintf("%d BackupConfigurations every %v, sessions %v-%v, leak %.2f%%, %.2f days simulated in %v (capacity %d subjects per role, limit %d roles)\n",
+		c.BackupConfigs, c.Schedule, c.SessionMin, c.SessionMax, 100*c.Leak, r.Simulated.Hours()/24, r.Wall.Round(time.Millisecond), r.Capacity, c.RoleCreationLimit)
+	s += fmt.Sprintf("  %d sessions, %d refused, %d failed; peak %d live ServiceAccounts, %d roles in use (worst %.3f × the ideal), %d roles existing; longest a deleted ServiceAccount stayed listed %v; %.0f IAM calls a day\n",
+		w.Sessions, w.Refused, w.Failed, w.PeakLive, w.PeakRolesInUse, w.RolesRatio, w.PeakRoles, w.MaxGCLag, calls)
+	if r.LimitHitAt > 0 {
+		s += fmt.Sprintf("  ceiling hit after %.1f days (%d roles listing %d subjects)\n", r.LimitHitAt.Hours()/24, r.FinalRoles, r.FinalListed)
+	}
+	return s
+}

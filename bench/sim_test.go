@@ -1,0 +1,145 @@
+package bench
+
+import (
+	"context"
+	"maps"
+	"strings"
+	"testing"
+	"time"
+
+	"go.klusters.dev/credential-webhook/bench/iammodel"
+	awsp "go.klusters.dev/credential-webhook/providers/aws"
+	"go.klusters.dev/credential-webhook/testenv/iamproxy"
+	"go.klusters.dev/credential-webhook/testenv/moto"
+)
+
+var simStart = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+
+// shortSim is small enough for moto: 40 BackupConfigurations for two hours, sessions that end,
+// half of the BackupConfigurations deleted after an hour, so roles empty for good and expire
+// (a 20-minute empty grace).
+func shortSim() SimConfig {
+	return SimConfig{BackupConfigs: 40, Duration: 2 * time.Hour, SessionMin: time.Minute, SessionMax: 3 * time.Minute,
+		RetireAt: time.Hour, RetireShare: 0.5, EmptyRoleGrace: 20 * time.Minute, GCInterval: 10 * time.Minute, Sequential: true, Quota: 1024}
+}
+
+// The simulation's cloud is checked against moto: the same run, day for day, ends with the same
+// roles and makes the same IAM calls per action against both.
+func TestSimulationModelAgreesWithMoto(t *testing.T) {
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	ctx := context.Background()
+	cfg := shortSim()
+
+	srv := moto.Start(t)
+	p, err := iamproxy.New(srv.Endpoint, iamproxy.Options{Quota: cfg.Quota})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Start(t)
+	api := awsp.NewIAMClient(moto.ConfigFor(p.URL))
+	motoSeed, err := iammodel.CreateSeed(ctx, api, iammodel.SeedSetup{Name: "sim-seed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.ResetCalls()
+	onMoto, err := Simulate(ctx, api, proxyCalls{p}, motoSeed, simStart, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	model := iammodel.New(iammodel.Options{Quota: cfg.Quota})
+	modelSeed, err := iammodel.CreateSeed(ctx, model, iammodel.SeedSetup{Name: "sim-seed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	model.ResetCalls()
+	onModel, err := Simulate(ctx, model, model, modelSeed, simStart, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("moto:  %s", SimSummary(onMoto))
+	t.Logf("model: %s", SimSummary(onModel))
+
+	wm, wo := onMoto.Worst(), onModel.Worst()
+	if wm != wo {
+		t.Errorf("worst figures differ:\nmoto  %+v\nmodel %+v", wm, wo)
+	}
+	if onMoto.FinalRoles != onModel.FinalRoles || onMoto.FinalListed != onModel.FinalListed {
+		t.Errorf("end state: moto %d roles listing %d, model %d roles listing %d", onMoto.FinalRoles, onMoto.FinalListed, onModel.FinalRoles, onModel.FinalListed)
+	}
+	for i := range onMoto.Days {
+		if !maps.Equal(onMoto.Days[i].IAMCalls, onModel.Days[i].IAMCalls) {
+			t.Errorf("day %d IAM calls:\nmoto  %v\nmodel %v", i+1, onMoto.Days[i].IAMCalls, onModel.Days[i].IAMCalls)
+		}
+	}
+	// The run did what it is meant to check: roles were created, emptied and expired.
+	calls := onModel.Days[0].IAMCalls
+	if calls["CreateRole"] == 0 || calls["DeleteRole"] == 0 || calls["UpdateAssumeRolePolicy"] == 0 || wo.Sessions != 40*12+20*12 {
+		t.Errorf("the short run did not exercise creation, removal and expiry: %v, %d sessions", calls, wo.Sessions)
+	}
+}
+
+type proxyCalls struct{ p *iamproxy.Proxy }
+
+// Calls drops the "iam:" prefix the proxy counts under, as the model names them.
+func (c proxyCalls) Calls() map[string]int {
+	out := map[string]int{}
+	for k, v := range c.p.Calls() {
+		if a, ok := strings.CutPrefix(k, "iam:"); ok {
+			out[a] = v
+		}
+	}
+	return out
+}
+
+// A healthy day with concurrent assignment (as the writer's workers run): nothing refused, roles
+// in use close to the ideal, every deleted ServiceAccount collected within a full pass.
+func TestSimulationHealthyDay(t *testing.T) {
+	cfg := SimConfig{BackupConfigs: 200, Duration: 24 * time.Hour}
+	model := iammodel.New(iammodel.Options{Quota: awsp.DefaultQuota})
+	seed, err := iammodel.CreateSeed(context.Background(), model, iammodel.SeedSetup{Name: "sim-seed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Simulate(context.Background(), model, model, seed, simStart, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(SimSummary(r))
+	w := r.Worst()
+	if w.Sessions != 200*288 || w.Refused != 0 || w.Failed != 0 {
+		t.Errorf("%d sessions (want %d), %d refused, %d failed", w.Sessions, 200*288, w.Refused, w.Failed)
+	}
+	if w.RolesRatio > TargetSimRolesRatio+0.2 || w.RolesRatio < 1 {
+		t.Errorf("roles in use %.3f × the ideal", w.RolesRatio)
+	}
+	if max := DefaultSimConfig().GCInterval + DefaultSimConfig().GCGrace; w.MaxGCLag > max {
+		t.Errorf("a deleted ServiceAccount stayed listed %v, more than a full pass after its grace (%v)", w.MaxGCLag, max)
+	}
+}
+
+// Sessions that never end fill the seed; the first refusal comes only once every role allowed
+// exists and none can take another subject.
+func TestSimulationLeakHitsTheCeiling(t *testing.T) {
+	cfg := SimConfig{BackupConfigs: 100, Duration: 10 * 24 * time.Hour, Leak: 0.05, StopAtLimit: true, RoleCreationLimit: 10}
+	model := iammodel.New(iammodel.Options{Quota: awsp.DefaultQuota})
+	seed, err := iammodel.CreateSeed(context.Background(), model, iammodel.SeedSetup{Name: "sim-seed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Simulate(context.Background(), model, model, seed, simStart, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(SimSummary(r))
+	if r.LimitHitAt == 0 {
+		t.Fatal("the ceiling was never hit")
+	}
+	if r.FinalRoles != 10 || r.FinalListed < 10*r.Capacity*9/10 {
+		t.Errorf("refused with %d roles listing %d subjects (capacity %d each)", r.FinalRoles, r.FinalListed, r.Capacity)
+	}
+	// 100 × 288 sessions a day, 5 % leaked: 1,440 a day against a ceiling of 10 × capacity.
+	if want := time.Duration(float64(10*r.Capacity) / 1440 * float64(24*time.Hour)); r.LimitHitAt > want {
+		t.Errorf("ceiling hit after %v, later than the leaked subjects alone would fill it (%v)", r.LimitHitAt, want)
+	}
+}
