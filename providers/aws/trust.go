@@ -96,6 +96,9 @@ type TrustPolicy struct {
 	// tmpl is the rendered document without its subjects, shared by every value with the
 	// same statements (JSON).
 	tmpl *docTemplate
+	// derived is the template of every policy DeriveTrustPolicy makes from this one (a seed):
+	// they all have the same statements, so a new role's document is not templated afresh.
+	derived *docTemplate
 }
 
 type sizeMemo struct {
@@ -230,7 +233,7 @@ func ParseTrustPolicyFor(doc, provider string) (TrustPolicy, error) {
 	}
 	p.subjects = normalizeSubjects(subjects)
 	p.size = &sizeMemo{}
-	p.tmpl = &docTemplate{}
+	p.tmpl, p.derived = &docTemplate{}, &docTemplate{}
 	return p, nil
 }
 
@@ -390,7 +393,10 @@ func DeriveTrustPolicy(seed TrustPolicy, subjects []string) (TrustPolicy, error)
 		d.top = cloneRaw(d.top)
 		d.top["Version"] = json.RawMessage(`"2012-10-17"`)
 	}
-	d.tmpl = &docTemplate{}
+	d.tmpl = seed.derived // the same statements and top-level fields for every role of the seed
+	if d.tmpl == nil {
+		d.tmpl = &docTemplate{}
+	}
 	return d, nil
 }
 
