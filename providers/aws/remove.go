@@ -32,24 +32,67 @@ func (a *Assigner) Remove(ctx context.Context, seed RoleARN, subjects []string) 
 	return a.removeWhere(ctx, seed, func(TrustPolicy) []string { return subjects })
 }
 
-// RemoveUnless takes out of seed's derived roles every subject keep refuses, deciding on the lock
-// session's view of the roles instead of reading every role again: the lock's generation proves
-// that view current with every replica's writes, exactly as it does for Assign, so a collection
-// after a deletion costs the trust policy writes and nothing else. (A full pass reads IAM afresh
-// with Roles, for what no generation can show: hand edits in the console.)
+// RemoveUnless takes out of seed's derived roles every subject keep refuses, deciding on the
+// published view of the roles (what the last lock session left) instead of reading every role
+// again, so a collection after a deletion costs the trust policy writes and no read. keep is
+// asked outside the seed's lock: it may call the Kubernetes API (an existence check), and the
+// lock must stay short. The removal itself runs in a lock session whose generation check reloads
+// the roles when another replica wrote since; subjects that reload reveals are judged in one
+// more round, so a subject written by another replica is collected in the same call. (A full
+// pass reads IAM afresh with Roles, for what no generation can show: edits in the console.)
 func (a *Assigner) RemoveUnless(ctx context.Context, seed RoleARN, keep func(subject string) bool) (int, error) {
 	if err := a.allowed(seed); err != nil {
 		return 0, err
 	}
-	return a.removeWhere(ctx, seed, func(t TrustPolicy) []string {
+	st := a.state(seed)
+	judged := map[string]bool{}
+	removed := 0
+	for round := 0; round < 3; round++ {
 		var gone []string
-		for _, sub := range t.Subjects() {
-			if !keep(sub) {
-				gone = append(gone, sub)
+		fresh := false
+		if v := st.publishedView(); v != nil {
+			for _, r := range v.roles {
+				if !r.usable() {
+					continue
+				}
+				for _, sub := range r.Trust.subjects {
+					if judged[sub] {
+						continue
+					}
+					judged[sub], fresh = true, true
+					if !keep(sub) {
+						gone = append(gone, sub)
+					}
+				}
 			}
 		}
-		return gone
-	})
+		if round > 0 && !fresh {
+			break // the lock session showed nothing this replica had not judged
+		}
+		// Always one session, even with nothing gone: its generation check is what reveals
+		// subjects another replica wrote (the ServiceAccount just deleted may be one of them).
+		n, err := a.removeWhere(ctx, seed, func(t TrustPolicy) []string {
+			var in []string
+			for _, sub := range gone {
+				if t.Has(sub) {
+					in = append(in, sub)
+				}
+			}
+			return in
+		})
+		removed += n
+		if err != nil {
+			return removed, err
+		}
+	}
+	return removed, nil
+}
+
+// publishedView is the view the last lock session left, nil before the first.
+func (st *seedState) publishedView() *planView {
+	st.plan.mu.Lock()
+	defer st.plan.mu.Unlock()
+	return st.plan.view
 }
 
 // removeWhere removes from each derived role of seed the subjects gone picks from its trust
