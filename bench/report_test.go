@@ -13,6 +13,8 @@ func TestVerdicts(t *testing.T) {
 		Load: []LoadRun{
 			{Name: "pod-saturation", Requests: 1000, ServerCPU: 90 * time.Millisecond, RPS: 8000},
 			{Name: "job-saturation", Requests: 1000, ServerCPU: 150 * time.Millisecond, RPS: 5000},
+			// The EKS webhook on the same machine in the same run: Pod 8000/3500 met, Job 5000/3500 missed.
+			{Name: EKSRunName, Requests: 1000, OK: 1000, RPS: 3500, Answer: Answer{Status: 200, Allowed: true, PatchOps: 6}},
 		},
 		IAM: []IAMScenario{{Name: "steady state", Assignments: 10, Total: 10, Calls: map[string]int{"iam:UpdateAssumeRolePolicy": 10}}},
 		Packing: []PackingResult{
@@ -26,7 +28,7 @@ func TestVerdicts(t *testing.T) {
 		{Config: SimConfig{BackupConfigs: 1000}, Simulated: 24 * time.Hour, Days: []SimDay{{Day: 1, WorstRolesRatio: 1.04, PeakLive: 1000, PeakRolesInUse: 45}}},
 	}
 	v := r.Verdicts()
-	want := []struct{ known, met bool }{{true, true}, {true, false}, {true, true}, {true, true}, {true, false}, {true, true}}
+	want := []struct{ known, met bool }{{true, true}, {true, false}, {true, true}, {true, false}, {true, true}, {true, false}, {true, true}}
 	if len(v) != len(want) {
 		t.Fatalf("%d verdicts, want %d", len(v), len(want))
 	}
@@ -35,16 +37,39 @@ func TestVerdicts(t *testing.T) {
 			t.Errorf("verdict %d (%s): known %v met %v, want %v %v (%s)", i, v[i].Target, v[i].Known, v[i].Met, w.known, w.met, v[i].Measured)
 		}
 	}
-	if empty := (&Report{}).Verdicts(); empty[0].Known || empty[4].Known || empty[5].Known {
+	if got, want := v[2].Measured, "2.29 × (ours 8000 reviews/s ÷ EKS webhook 3500 reviews/s"; !strings.HasPrefix(got, want) {
+		t.Errorf("Pod throughput verdict %q, want it to start with %q", got, want)
+	}
+	if empty := (&Report{}).Verdicts(); empty[0].Known || empty[2].Known || empty[3].Known || empty[5].Known || empty[6].Known {
 		t.Error("with nothing measured every verdict must say so")
 	}
+
+	// Without the EKS run there is no throughput verdict, and no figure from elsewhere stands in.
+	withEKS := r.Load
+	r.Load = r.Load[:2]
+	v = r.Verdicts()
+	for _, i := range []int{2, 3} {
+		if v[i].Known || !strings.Contains(v[i].Measured, "EKS webhook not measured in this run") {
+			t.Errorf("verdict %d without the EKS run: known %v, %q", i, v[i].Known, v[i].Measured)
+		}
+	}
+	if !strings.Contains(v[2].Measured, "ours 8000 reviews/s") {
+		t.Errorf("Pod throughput without the EKS run should still show ours: %q", v[2].Measured)
+	}
+	// An EKS webhook that answered without injecting did less work than ours: no verdict either.
+	r.Load = append(r.Load[:2:2], LoadRun{Name: EKSRunName, Requests: 1000, OK: 1000, RPS: 9000, Answer: Answer{Status: 200, Allowed: true}})
+	if v := r.Verdicts(); v[2].Known || !strings.Contains(v[2].Measured, "not comparable") {
+		t.Errorf("EKS webhook without a patch: known %v, %q", v[2].Known, v[2].Measured)
+	}
+	r.Load = withEKS
+
 	r.Sim[1].Days[0].Refused = 1
-	if v := r.Verdicts(); v[5].Met {
-		t.Errorf("a healthy month with a refused ServiceAccount met the target: %s", v[5].Measured)
+	if v := r.Verdicts(); v[6].Met {
+		t.Errorf("a healthy month with a refused ServiceAccount met the target: %s", v[6].Measured)
 	}
 	r.Sim[1].Days[0].Refused, r.Sim[1].Days[0].WorstRolesRatio = 0, 1.06
-	if v := r.Verdicts(); v[5].Met {
-		t.Errorf("roles 6 %% over the ideal met the target: %s", v[5].Measured)
+	if v := r.Verdicts(); v[6].Met {
+		t.Errorf("roles 6 %% over the ideal met the target: %s", v[6].Measured)
 	}
 }
 
@@ -67,10 +92,12 @@ func TestLoadReportAndRender(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write(MetaFile, Meta{Date: "2026-01-02T03:04:05Z", Commit: "abc123", Nproc: 2, CPUModel: "Test CPU", MemTotal: "1.0 GiB", Hey: "hey x"})
+	write(MetaFile, Meta{Date: "2026-01-02T03:04:05Z", Commit: "abc123", Nproc: 2, CPUModel: "Test CPU", MemTotal: "1.0 GiB", Hey: "hey x", EKS: "amazon-eks-pod-identity-webhook v0.6.17"})
 	write(GoBenchFile, "pkg: go.klusters.dev/credential-webhook/bench\nBenchmarkReview/pod-irsa-2 \t 100\t 250000 ns/op\t 240000 cpu-ns/op\t 36000 B/op\t 219 allocs/op\n")
-	write("load-pod-saturation.json", LoadRun{Name: "pod-saturation", Review: "Pod", Route: "/mutate/pods", Mode: "saturation", Requests: 100, OK: 100, RPS: 3000,
+	write("load-pod-saturation.json", LoadRun{Name: "pod-saturation", Review: "Pod", Route: "/mutate/pods", Mode: "saturation", Concurrency: 16, Requests: 100, OK: 100, RPS: 3000,
 		ServerCPU: 30 * time.Millisecond, P50: 3 * time.Millisecond, Answer: Answer{Status: 200, Allowed: true, PatchOps: 1, Paths: []string{"/spec/volumes/3"}}})
+	write("load-eks-pod-saturation.json", LoadRun{Name: EKSRunName, Review: "Pod → amazon-eks-pod-identity-webhook v0.6.17", Route: "/mutate", Mode: "saturation", Concurrency: 16,
+		Requests: 100, OK: 100, RPS: 1200, ServerCPU: 50 * time.Millisecond, Answer: Answer{Status: 200, Allowed: true, PatchOps: 2, Paths: []string{"/spec/volumes/0", "/spec/containers"}}})
 	write("load-pod-rate.json", LoadRun{Name: "pod-rate", Review: "Pod", Route: "/mutate/pods", Mode: "rate", Rate: 1000, Requests: 100, RPS: 1000})
 	write("load-job-rate.json", LoadRun{Name: "job-rate", Review: "Job", Route: "/mutate/jobs", Mode: "rate", Rate: 1000, Concurrency: 16, Requests: 100, RPS: 120})
 	write(IAMFile, []IAMScenario{{Name: "steady state", What: "warm", Assignments: 10, Total: 10, Calls: map[string]int{"iam:UpdateAssumeRolePolicy": 10}}})
@@ -88,8 +115,8 @@ func TestLoadReportAndRender(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(r.Load) != 3 || r.Load[0].Name != "pod-rate" || r.Load[2].Name != "job-rate" {
-		t.Fatalf("load runs %+v: want Pod before Job, the fixed-rate run first", r.Load)
+	if len(r.Load) != 4 || r.Load[0].Name != "pod-rate" || r.Load[2].Name != EKSRunName || r.Load[3].Name != "job-rate" {
+		t.Fatalf("load runs %+v: want Pod before Job, the fixed-rate run first, the EKS webhook's right after our Pod saturation run", r.Load)
 	}
 	var b strings.Builder
 	if err := r.Render(&b); err != nil {
@@ -99,7 +126,11 @@ func TestLoadReportAndRender(t *testing.T) {
 	for _, want := range []string{
 		"| commit | `abc123` |", "2 cores, Test CPU, 1.0 GiB",
 		"| ≤ 100.0 µs server CPU per Pod review | 300.0 µs", "**missed**", // 30 ms / 100 reviews
-		"| ≥ 7800 Pod reviews/s", "| 1 IAM call per assignment in steady state | 1.00", "| met |",
+		"| Pod reviews/s ≥ 2 × the EKS pod-identity webhook's", "| 2.50 × (ours 3000 reviews/s ÷ EKS webhook 1200 reviews/s, hey -c 16 each) | met |",
+		"| EKS pod-identity webhook (throughput comparison) | amazon-eks-pod-identity-webhook v0.6.17 |",
+		"| Pod → amazon-eks-pod-identity-webhook v0.6.17 | `/mutate` | saturation (-c 16) | 100 | 100 | 1200 | n/a | n/a | n/a | 500.0 µs | 0.0 µs | n/a | 2 patch ops (volumes, containers), 0 warning(s) |",
+		"| ours not measured; EKS webhook 1200 reviews/s | not measured |", // the Job has no saturation run here
+		"| 1 IAM call per assignment in steady state | 1.00", "| met |",
 		"| bench | Review/pod-irsa | 1 | 250000 | 240000 | 36000 | 219 |",
 		"1 patch ops (volumes)", "10 ms of CPU per second",
 		"| backup sessions (equal length) | 1 | 2048 | 2000 | 71 | 96 | 96 | 21 | 21 / 21.0 | 100.0 % | 98.0 % |",
@@ -120,5 +151,30 @@ func TestLoadReportAndRender(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Log(md)
+	}
+
+	// The same directory without the EKS run: the throughput verdict says so, and no constant stands in.
+	if err := os.Remove(filepath.Join(dir, "load-eks-pod-saturation.json")); err != nil {
+		t.Fatal(err)
+	}
+	write(MetaFile, Meta{Date: "2026-01-02T03:04:05Z", Commit: "abc123", Nproc: 2})
+	if r, err = LoadReport(dir); err != nil {
+		t.Fatal(err)
+	}
+	b.Reset()
+	if err := r.Render(&b); err != nil {
+		t.Fatal(err)
+	}
+	md = b.String()
+	for _, want := range []string{
+		"| ours 3000 reviews/s; EKS webhook not measured in this run | not measured |",
+		"| EKS pod-identity webhook (throughput comparison) | not measured in this run |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report without the EKS run lacks %q", want)
+		}
+	}
+	if strings.Contains(md, "7800") || strings.Contains(md, "3900") {
+		t.Errorf("report without the EKS run quotes a fixed EKS figure:\n%s", md)
 	}
 }

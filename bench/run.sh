@@ -7,7 +7,10 @@
 # LOAD_RATE (1000, requests/s for the fixed-rate runs), LOAD_CONCURRENCY (16), SA_CREATE_N (100),
 # IAM_BURST (1000), IAM_REPLICA_BURST (200), SIM_DAYS (30), SIM_LEAKS (0.001,0.01), KUBE_BINARIES (folder with etcd and kube-apiserver;
 # default the e2e cache; no Kubernetes is built here), BENCH_SKIP (space-separated phases to skip:
-# gobench profiles packing sim iam load).
+# gobench profiles packing sim iam load memory), BENCH_COMPARE_EKS (auto: measure the EKS
+# pod-identity webhook next to our Pod route when `go install` gets it, noting in the report why
+# not otherwise; 1: required, the run fails without it; 0: off), EKS_WEBHOOK_VERSION (v0.6.17),
+# EKS_INSTALL_TIMEOUT (900 s: a cold build of it took ~7 minutes on 2 busy cores).
 source "$(dirname "$0")/../scripts/lib.sh"
 cd "$ROOT"
 
@@ -22,7 +25,11 @@ IAM_REPLICA_BURST="${IAM_REPLICA_BURST:-200}"
 SIM_DAYS="${SIM_DAYS:-30}"
 SIM_LEAKS="${SIM_LEAKS:-0.001,0.01}"
 BENCH_SKIP="${BENCH_SKIP:-}"
+BENCH_COMPARE_EKS="${BENCH_COMPARE_EKS:-auto}"
+EKS_WEBHOOK_VERSION="${EKS_WEBHOOK_VERSION:-v0.6.17}"
+EKS_INSTALL_TIMEOUT="${EKS_INSTALL_TIMEOUT:-900}"
 export AWS_EC2_METADATA_DISABLED=true
+case "$BENCH_COMPARE_EKS" in auto | 0 | 1) ;; *) echo "BENCH_COMPARE_EKS must be auto, 0 or 1" >&2; exit 2 ;; esac
 
 RAW="$ROOT/docs/bench-raw"
 REPORT="$ROOT/docs/benchmarks.md"
@@ -34,16 +41,19 @@ T0=$SECONDS
 LOADAVG_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 DATE_START="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
-# The server, then kube-apiserver, then etcd (kube-apiserver hangs retrying a dead etcd, and
-# lib.sh stops its EXTRA_PIDS in start order), then lib.sh's cleanup for the rest.
+# The servers (ours, the EKS webhook), then kube-apiserver, then etcd (kube-apiserver hangs
+# retrying a dead etcd, and lib.sh stops its EXTRA_PIDS in start order), then lib.sh's cleanup for
+# the rest.
 KUBE_PIDS=""
+EKS_PID=""
+stop_pid() {
+  kill -TERM "$1" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
 bench_cleanup() {
-  for p in $SERVER_PID $KUBE_PIDS; do
-    kill -TERM "$p" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
+  for p in $SERVER_PID $EKS_PID $KUBE_PIDS; do stop_pid "$p"; done
   cleanup
 }
 trap bench_cleanup EXIT
@@ -165,6 +175,75 @@ EOF
   KUBE_DESC="kube-apiserver $("$kb/kube-apiserver" --version 2>/dev/null | awk '{print $2}') + etcd from $kb (informer cache; per-seed Lease locks in namespace credential-webhook)"
 }
 
+# The EKS pod-identity webhook, the yardstick of the throughput targets (issue 18: ours at ≥ 2× its
+# saturation throughput on the same machine in the same run). Fetched through the module proxy into
+# this run's scratch directory, never into the repository; run out of cluster against the same
+# kube-apiserver with the same dev certificates; loaded with our Pod review right after our own Pod
+# saturation run. EKS_DESC tells the report what was measured, or why nothing was.
+EKS_MODULE=github.com/aws/amazon-eks-pod-identity-webhook
+EKS_BIN=""
+EKS_URL=""
+EKS_NAME="amazon-eks-pod-identity-webhook $EKS_WEBHOOK_VERSION"
+if [ "$BENCH_COMPARE_EKS" = 0 ]; then
+  EKS_DESC="not measured: BENCH_COMPARE_EKS=0"
+else
+  EKS_DESC="not measured: the load phase did not run"
+fi
+
+# install_eks: go install into $WORK/eks-bin; sets EKS_BIN and EKS_NAME, or EKS_DESC to why not.
+install_eks() {
+  local log="$WORK/eks-install.log"
+  # From $WORK, so that this repository's go.mod (toolchain line, replaces) plays no part.
+  if ! (cd "$WORK" && GOBIN="$WORK/eks-bin" timeout "$EKS_INSTALL_TIMEOUT" go install "$EKS_MODULE@$EKS_WEBHOOK_VERSION") >"$log" 2>&1; then
+    # One line of the failure, with no | to break the report's table.
+    EKS_DESC="not measured: \`go install $EKS_MODULE@$EKS_WEBHOOK_VERSION\` failed or took over ${EKS_INSTALL_TIMEOUT}s ($(tail -n 1 "$log" | tr '|' '/' | cut -c1-200))"
+    cat "$log" >&2
+    return 1
+  fi
+  EKS_BIN="$WORK/eks-bin/amazon-eks-pod-identity-webhook"
+  # Its --version prints a constant (v0.1.0) whatever the release: the build info has the module version.
+  EKS_NAME="amazon-eks-pod-identity-webhook $(go version -m "$EKS_BIN" | awk '$1 == "mod" { print $3 }')"
+  EKS_DESC="$EKS_NAME, built with $(go version -m "$EKS_BIN" | awk 'NR == 1 { print $2 }') by \`go install\` from the module proxy into the run's scratch directory, run out of cluster against the same kube-apiserver with the same dev certificates (flags under *Commands run*)"
+}
+
+# eks_injects: the EKS webhook answers our Pod review with a patch that sets AWS_ROLE_ARN, i.e. it
+# serves and its ServiceAccount cache has the demo ServiceAccount (without it, it answers unpatched).
+eks_injects() {
+  curl -sS -m 2 --cacert "$CACERT" -H 'Content-Type: application/json' --data-binary @admission/testdata/bench/pod-review.json \
+    "$EKS_URL/mutate?timeout=10s" 2>/dev/null |
+    python3 -c 'import base64, json, sys; r = json.load(sys.stdin)["response"]; sys.exit("AWS_ROLE_ARN" not in base64.b64decode(r.get("patch") or "").decode())' 2>/dev/null
+}
+
+# start_eks: the EKS webhook with the flags of its own deployment (deploy/deployment-base.yaml in
+# its repository: out of cluster, annotation prefix, audience, klog to stderr) plus the region and
+# regional STS that EKS injects into Pods, as our server does here. It has no listen-address flag:
+# it binds :PORT and :METRICS-PORT on every interface, both free ports; hey talks to 127.0.0.1.
+start_eks() {
+  local port mport
+  port="$(free_port)"
+  mport="$(free_port)"
+  EKS_FLAGS=(--in-cluster=false --kubeconfig "$KUBECONFIG_FILE" --tls-cert "$WORK/certs/tls.crt" --tls-key "$WORK/certs/tls.key"
+    --port "$port" --metrics-port "$mport" --annotation-prefix eks.amazonaws.com --token-audience sts.amazonaws.com
+    --aws-default-region us-east-1 --sts-regional-endpoint=true --logtostderr)
+  # Nothing but 127.0.0.1: no instance metadata (it asks only with --compose-role-arn, off here),
+  # static test credentials in case any AWS SDK code looks for some.
+  env AWS_EC2_METADATA_DISABLED=true AWS_ACCESS_KEY_ID=AKIAIOSFODNN7EXAMPLE AWS_SECRET_ACCESS_KEY=test AWS_SESSION_TOKEN= AWS_REGION=us-east-1 \
+    "$EKS_BIN" "${EKS_FLAGS[@]}" 2>"$WORK/eks.log" &
+  EKS_PID=$!
+  EKS_URL="https://127.0.0.1:$port"
+  echo "$EKS_BIN ${EKS_FLAGS[*]}" | sed "s|$WORK/|\$WORK/|g" >>"$RAW/commands.txt"
+  for _ in $(seq 1 300); do
+    eks_injects && return 0
+    kill -0 "$EKS_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -n 20 "$WORK/eks.log" >&2
+  EKS_DESC="not measured: $EKS_NAME did not answer the Pod review with AWS_ROLE_ARN within 30 s (see its log in the run's output)"
+  stop_pid "$EKS_PID"
+  EKS_PID=""
+  return 1
+}
+
 if ! skip load; then
   phase "load: Kubernetes API, moto, the server"
   SERVER_FLAGS=("${FIXTURE_FLAGS[@]}")
@@ -177,10 +256,25 @@ if ! skip load; then
     NOTES+=("No Kubernetes API was available: the Pod and Job rows measure the routes as served locally, without IRSA injection or the Job hold.")
     LOCKER="in-process LocalLocker (no Kubernetes API)"
   fi
+  if [ "$BENCH_COMPARE_EKS" != 0 ]; then
+    if [ -n "${KUBECONFIG_FILE:-}" ]; then
+      phase "load: go install $EKS_MODULE@$EKS_WEBHOOK_VERSION into \$WORK (the comparison)"
+      install_eks || true
+    else
+      EKS_DESC="not measured: it needs the Kubernetes API for its ServiceAccount cache, and none was available"
+    fi
+  fi
   start_moto
   start_server "${SERVER_FLAGS[@]}"
   echo "server pid $SERVER_PID on $URL; ServiceAccounts: $KUBE_DESC"
   echo "$BIN serve ${SERVER_FLAGS[*]}" | sed "s|$WORK/|\$WORK/|g" >>"$RAW/commands.txt"
+  if [ -n "$EKS_BIN" ] && start_eks; then
+    echo "EKS webhook pid $EKS_PID on $EKS_URL: $EKS_NAME"
+  fi
+  if [ -z "$EKS_PID" ] && [ "$BENCH_COMPARE_EKS" != 0 ]; then
+    [ "$BENCH_COMPARE_EKS" = 1 ] && { echo "BENCH_COMPARE_EKS=1, but the EKS webhook was $EKS_DESC" >&2; exit 1; }
+    NOTES+=("The EKS pod-identity webhook was $EKS_DESC; the throughput targets have no verdict in this run.")
+  fi
 
   # The ServiceAccount CREATE row re-admits an assigned ServiceAccount: assign it once first.
   curl -sS --cacert "$CACERT" -H 'Content-Type: application/json' --data-binary @bench/testdata/sa-create-review.json \
@@ -202,6 +296,25 @@ if ! skip load; then
   }
   phase "load: Pod"
   load pod "KubeStash backup Pod CREATE (4.9 KB)" /mutate/pods admission/testdata/bench/pod-review.json
+  if [ -n "$EKS_PID" ]; then
+    phase "load: Pod on the EKS pod-identity webhook ($EKS_NAME)"
+    # Same review file, concurrency, duration and warm-up as our Pod saturation run, just after it.
+    hey -z 1s -c "$LOAD_CONCURRENCY" -m POST -T application/json -D admission/testdata/bench/pod-review.json "$EKS_URL/mutate?timeout=10s" >/dev/null
+    # -iam-metrics=false: it has no IAM counters (and serves /metrics on another, plain HTTP port).
+    if ! logged "$BT" load -url "$EKS_URL" -route /mutate -cacert "$CACERT" -pid "$EKS_PID" -review admission/testdata/bench/pod-review.json \
+      -label "KubeStash backup Pod CREATE (4.9 KB) → $EKS_NAME" -name eks-pod-saturation -c "$LOAD_CONCURRENCY" -d "$LOAD_DURATION" \
+      -raw "$RAW" -iam-metrics=false; then
+      [ "$BENCH_COMPARE_EKS" = 1 ] && exit 1
+      NOTES+=("The load run on the EKS pod-identity webhook failed (see the run's output): the throughput targets have no verdict in this run.")
+    fi
+    # What it logged, by message: klog lines without time and thread, net/http's without time and
+    # client port (at its default verbosity it logs nothing per review; ours logs a line per review).
+    sed -E 's/^([IWEF])[0-9]{4} [0-9:.]+ +[0-9]+ /\1 /; s|^[0-9]{4}/[0-9]{2}/[0-9]{2} [0-9:]+ ||; s/127\.0\.0\.1:[0-9]+->/127.0.0.1:PORT->/; s/from 127\.0\.0\.1:[0-9]+/from 127.0.0.1:PORT/' \
+      "$WORK/eks.log" | sort | uniq -c | sort -rn | head -n 30 >"$RAW/eks-webhook-log-summary.txt" || true
+    # Stopped now, so that it idles through none of the other runs.
+    stop_pid "$EKS_PID"
+    EKS_PID=""
+  fi
   phase "load: Job"
   load job "its Job CREATE (5.2 KB)" /mutate/jobs bench/testdata/job-review.json
   phase "load: ServiceAccount UPDATE"
@@ -222,7 +335,7 @@ if ! skip load; then
 fi
 
 phase "report"
-meta_args=(-root "$ROOT" -out "$RAW/meta.json" -loadavg "$LOADAVG_START" -date "$DATE_START" -hey "$HEY_VERSION" -kube "${KUBE_DESC:-not used (load skipped)}")
+meta_args=(-root "$ROOT" -out "$RAW/meta.json" -loadavg "$LOADAVG_START" -date "$DATE_START" -hey "$HEY_VERSION" -kube "${KUBE_DESC:-not used (load skipped)}" -eks "$EKS_DESC")
 if awk -v l="${LOADAVG_START%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n) }'; then
   NOTES+=("The machine was busy when the run started (load average ${LOADAVG_START%% *} on $(nproc) cores, from other work on it): wall-clock figures (reviews/s, latency, ns/op) are depressed and noisy; CPU per review and cpu-ns/op less so, but not immune.")
 fi

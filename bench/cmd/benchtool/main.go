@@ -3,11 +3,11 @@
 // against moto, computes packing density, and writes docs/benchmarks.md from the raw outputs.
 // Test tooling only: it is never part of the product binary.
 //
-//	benchtool meta     -root DIR -out meta.json [-kube TEXT] [-hey TEXT] [-note TEXT]...
+//	benchtool meta     -root DIR -out meta.json [-kube TEXT] [-hey TEXT] [-eks TEXT] [-note TEXT]...
 //	benchtool idle     -pid PID -d 5s -out idle-cpu.json
 //	benchtool packing  -n 2000 -out packing.json
 //	benchtool iamcalls -burst 1000 -replica-burst 200 -out iam-calls.json
-//	benchtool load     -url URL -cacert F -pid PID -review F -name NAME [-rate R] -c 16 -d 10s -raw DIR
+//	benchtool load     -url URL -cacert F -pid PID -review F -name NAME [-rate R] -c 16 -d 10s -raw DIR [-iam-metrics=false]
 //	benchtool sacreate -url URL -cacert F -pid PID -review F -n 500 -c 16 -out F
 //	benchtool sim      -days 30 -leaks 0.001,0.01 -out sim.json
 //	benchtool report   -raw DIR -out docs/benchmarks.md
@@ -73,6 +73,7 @@ func runMeta(_ context.Context, args []string) error {
 	out := fs.String("out", "", "output JSON file")
 	kube := fs.String("kube", "", "what served ServiceAccounts to the Pod and Job routes")
 	hey := fs.String("hey", "", "load generator version")
+	eks := fs.String("eks", "", "the EKS pod-identity webhook compared against, or why it was not")
 	loadAvg := fs.String("loadavg", "", "load average at the start of the run (default: now)")
 	date := fs.String("date", "", "start of the run, RFC 3339 (default: now)")
 	var notes multiFlag
@@ -81,7 +82,7 @@ func runMeta(_ context.Context, args []string) error {
 		return err
 	}
 	m := bench.CollectMeta(*root)
-	m.Kube, m.Hey, m.Notes = *kube, *hey, notes
+	m.Kube, m.Hey, m.EKS, m.Notes = *kube, *hey, *eks, notes
 	if *loadAvg != "" {
 		m.LoadAvg = *loadAvg
 	}
@@ -213,6 +214,8 @@ func runLoad(ctx context.Context, args []string) error {
 	d := fs.Duration("d", 10*time.Second, "duration")
 	raw := fs.String("raw", "", "raw output directory")
 	hey := fs.String("hey", "hey", "hey binary")
+	// Another server (the EKS pod-identity webhook) has no IAM counters on its serving port.
+	iamMetrics := fs.Bool("iam-metrics", true, "read IAM call counters from the server's /metrics around the run")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -237,12 +240,14 @@ func runLoad(ctx context.Context, args []string) error {
 		mode = "rate"
 	}
 	run := bench.LoadRun{Name: *name, Review: *label, Route: *route, Mode: mode, Concurrency: *c, Rate: *rate, Answer: answer}
-	before, err := bench.ServerIAMCalls(ctx, client, *url)
-	if err != nil {
-		return err
+	var before map[string]float64
+	if *iamMetrics {
+		if before, err = bench.ServerIAMCalls(ctx, client, *url); err != nil {
+			return err
+		}
 	}
 	run, out, err := bench.RunHey(ctx, *hey, *pid, run, target, *review, *d)
-	if err == nil {
+	if err == nil && *iamMetrics {
 		var after map[string]float64
 		if after, err = bench.ServerIAMCalls(ctx, client, *url); err == nil {
 			run.IAMCalls = bench.Diff(before, after)
