@@ -73,7 +73,7 @@ func plainPod(namespace string) *corev1.Pod {
 const operatorUser = harness.OperatorUser
 
 // operatorClient acts as the KubeStash operator (impersonated), allowed to edit namespace ns.
-func operatorClient(t *testing.T, ns string) kubernetes.Interface {
+func operatorClient(t testing.TB, ns string) kubernetes.Interface {
 	t.Helper()
 	ctx := context.Background()
 	_, err := cluster.Client.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
