@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	corev1 "k8s.io/api/core/v1"
 
+	"go.klusters.dev/credential-webhook/bench/iammodel"
 	awsp "go.klusters.dev/credential-webhook/providers/aws"
 	"go.klusters.dev/credential-webhook/sweeper"
 )
@@ -162,6 +163,20 @@ type simSA struct {
 
 // CallCounter is what the simulation needs of the cloud besides IAMAPI: its call counts.
 type CallCounter interface{ Calls() map[string]int }
+
+// SimStart is when simulations begin (any fixed instant: names and marks derive from it).
+var SimStart = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+
+// SimulateOnModel runs cfg against a fresh in-memory IAM (bench/iammodel) with one seed role.
+func SimulateOnModel(ctx context.Context, cfg SimConfig) (SimResult, error) {
+	quota := cfg.withDefaults().Quota
+	model := iammodel.New(iammodel.Options{Quota: quota})
+	seed, err := iammodel.CreateSeed(ctx, model, iammodel.SeedSetup{Name: "kubestash-backup"})
+	if err != nil {
+		return SimResult{}, err
+	}
+	return Simulate(ctx, model, model, seed, SimStart, cfg)
+}
 
 // Simulate runs cfg against api, whose seed role seed exists. The clock starts at start.
 func Simulate(ctx context.Context, api awsp.IAMAPI, calls CallCounter, seed awsp.RoleARN, start time.Time, cfg SimConfig) (SimResult, error) {

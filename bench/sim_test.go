@@ -13,8 +13,6 @@ import (
 	"go.klusters.dev/credential-webhook/testenv/moto"
 )
 
-var simStart = time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
-
 // shortSim is small enough for moto: 40 BackupConfigurations for two hours, sessions that end,
 // half of the BackupConfigurations deleted after an hour, so roles empty for good and expire
 // (a 20-minute empty grace).
@@ -42,7 +40,7 @@ func TestSimulationModelAgreesWithMoto(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.ResetCalls()
-	onMoto, err := Simulate(ctx, api, proxyCalls{p}, motoSeed, simStart, cfg)
+	onMoto, err := Simulate(ctx, api, proxyCalls{p}, motoSeed, SimStart, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +51,7 @@ func TestSimulationModelAgreesWithMoto(t *testing.T) {
 		t.Fatal(err)
 	}
 	model.ResetCalls()
-	onModel, err := Simulate(ctx, model, model, modelSeed, simStart, cfg)
+	onModel, err := Simulate(ctx, model, model, modelSeed, SimStart, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,12 +94,7 @@ func (c proxyCalls) Calls() map[string]int {
 // in use close to the ideal, every deleted ServiceAccount collected within a full pass.
 func TestSimulationHealthyDay(t *testing.T) {
 	cfg := SimConfig{BackupConfigs: 200, Duration: 24 * time.Hour}
-	model := iammodel.New(iammodel.Options{Quota: awsp.DefaultQuota})
-	seed, err := iammodel.CreateSeed(context.Background(), model, iammodel.SeedSetup{Name: "sim-seed"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := Simulate(context.Background(), model, model, seed, simStart, cfg)
+	r, err := SimulateOnModel(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,12 +115,7 @@ func TestSimulationHealthyDay(t *testing.T) {
 // exists and none can take another subject.
 func TestSimulationLeakHitsTheCeiling(t *testing.T) {
 	cfg := SimConfig{BackupConfigs: 100, Duration: 10 * 24 * time.Hour, Leak: 0.05, StopAtLimit: true, RoleCreationLimit: 10}
-	model := iammodel.New(iammodel.Options{Quota: awsp.DefaultQuota})
-	seed, err := iammodel.CreateSeed(context.Background(), model, iammodel.SeedSetup{Name: "sim-seed"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := Simulate(context.Background(), model, model, seed, simStart, cfg)
+	r, err := SimulateOnModel(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"go.klusters.dev/credential-webhook/bench"
-	"go.klusters.dev/credential-webhook/bench/iammodel"
 )
 
 // runSim is `benchtool sim`: the thirty-day simulation against the in-memory IAM model, once
@@ -53,12 +52,7 @@ func runSim(ctx context.Context, args []string) error {
 	cfg.Duration = time.Duration(*days * float64(24*time.Hour))
 	var runs []bench.SimResult
 	run := func(c bench.SimConfig) error {
-		model := iammodel.New(iammodel.Options{Quota: c.Quota})
-		seed, err := iammodel.CreateSeed(ctx, model, iammodel.SeedSetup{Name: "kubestash-backup"})
-		if err != nil {
-			return err
-		}
-		r, err := bench.Simulate(ctx, model, model, seed, time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC), c)
+		r, err := bench.SimulateOnModel(ctx, c)
 		if err != nil {
 			return err
 		}
