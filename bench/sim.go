@@ -330,9 +330,14 @@ func Simulate(ctx context.Context, api awsp.IAMAPI, calls CallCounter, seed awsp
 		}
 		if sampleAt[elapsed] {
 			delete(sampleAt, elapsed)
+			// The sample is the simulation's own read: keep its calls out of the day's count.
+			pre := calls.Calls()
 			inUse, err := rolesInUse(ctx, api, seed)
 			if err != nil {
 				return res, err
+			}
+			for k, v := range diff(calls.Calls(), pre) {
+				before[k] += v
 			}
 			day.PeakRolesInUse = max(day.PeakRolesInUse, inUse)
 			if ideal := math.Ceil(float64(len(live)) / float64(res.Capacity)); ideal > 0 {
