@@ -7,9 +7,9 @@ import (
 	"io"
 
 	"github.com/aws/aws-sdk-go-v2/config"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"go.klusters.dev/credential-webhook/kube"
 	awsp "go.klusters.dev/credential-webhook/providers/aws"
 	"go.klusters.dev/credential-webhook/providers/azure"
 )
@@ -159,7 +159,7 @@ webhook's own username, so it does not apply to this command.`, stderr)
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
 	restCfg.UserAgent = "credential-webhook/" + version
-	cs, err := kubernetes.NewForConfig(restCfg)
+	cs, err := kube.NewClient(restCfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}

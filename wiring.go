@@ -12,7 +12,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"go.klusters.dev/credential-webhook/access"
@@ -31,7 +30,7 @@ import (
 type deps struct {
 	log        *slog.Logger
 	reg        prometheus.Registerer
-	kube       kubernetes.Interface // nil in local mode
+	kube       kube.Client // nil in local mode
 	restConfig *rest.Config
 	self       map[string]bool
 }
@@ -245,9 +244,10 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 	w := &wiring{}
 	// One ServiceAccount cache for every route that reads a Job's or Pod's ServiceAccount.
 	var sas *kube.ServiceAccounts
+	strip := sweeper.NewStripper() // one string table for every cache
 	if d.kube != nil {
 		sas = kube.NewServiceAccounts(d.kube, 0, d.log)
-		_ = sas.Informer.SetTransform(sweeper.StripServiceAccount) // cache only what is read (issue 16)
+		_ = sas.Informer.SetTransform(strip.ServiceAccount) // cache only what is read (issue 16)
 		w.background = append(w.background, runnable{name: "ServiceAccount cache", run: func(ctx context.Context) error {
 			sas.Start(ctx)
 			if !sas.WaitForSync(ctx) {
@@ -258,7 +258,7 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 	}
 	// What the sweeper needs from each provider; filled as providers are enabled.
 	ready := sweeper.NewReadyCache(sweeper.DefaultReadyTTL)
-	sw := sweeper.Deps{Ready: ready, Registerer: d.reg}
+	sw := sweeper.Deps{Ready: ready, Registerer: d.reg, Strip: strip}
 	var clouds []sweeper.Cloud
 	// The writer is made below (it needs the clouds); admission tells it what it planned.
 	var planned func(namespace, name string)

@@ -26,6 +26,7 @@ import (
 	"go.klusters.dev/credential-webhook/certs"
 	"go.klusters.dev/credential-webhook/jobs"
 	"go.klusters.dev/credential-webhook/kube"
+	"go.klusters.dev/credential-webhook/kube/kubeadapter"
 	"go.klusters.dev/credential-webhook/pods"
 	awsp "go.klusters.dev/credential-webhook/providers/aws"
 )
@@ -73,7 +74,7 @@ func reviewHandler(b *testing.B) http.Handler {
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Cleanup(cancel)
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
-	sas := kube.NewServiceAccounts(fake.NewClientset(backupServiceAccount()), 0, log)
+	sas := kube.NewServiceAccounts(kubeadapter.Wrap(fake.NewClientset(backupServiceAccount())), 0, log)
 	sas.Start(ctx)
 	if !sas.WaitForSync(ctx) {
 		b.Fatal("ServiceAccount cache did not sync")

@@ -16,6 +16,7 @@ import (
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/e2e/harness"
+	"go.klusters.dev/credential-webhook/kube/kubeadapter"
 	"go.klusters.dev/credential-webhook/providers/azure"
 	"go.klusters.dev/credential-webhook/testenv/arm"
 )
@@ -137,7 +138,7 @@ func TestAzureAdoptUpstreamBindings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := azure.Adopt(ctx, self, azure.AdoptOptions{ClientID: faithfulID, Apply: true})
+	res, err := azure.Adopt(ctx, kubeadapter.Wrap(self), azure.AdoptOptions{ClientID: faithfulID, Apply: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +163,7 @@ func TestAzureAdoptUpstreamBindings(t *testing.T) {
 		// Every ServiceAccount of this test's namespace is gone; other tests' are kept.
 		return nil, sns != ns
 	}
-	collector := azure.Collector{CS: cluster.Client}
+	collector := azure.Collector{CS: kubeadapter.Wrap(cluster.Client)}
 	if _, err := collector.Collect(ctx, gone); err != nil {
 		t.Fatal(err)
 	}

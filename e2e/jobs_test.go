@@ -29,6 +29,7 @@ import (
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/e2e/harness"
+	"go.klusters.dev/credential-webhook/kube/kubeadapter"
 	"go.klusters.dev/credential-webhook/markers"
 	awsp "go.klusters.dev/credential-webhook/providers/aws"
 	"go.klusters.dev/credential-webhook/sweeper"
@@ -103,12 +104,12 @@ func fastConfig(lease, identity string) sweeper.Config {
 func startSweeper(t *testing.T, cfg sweeper.Config, cs kubernetes.Interface, deps sweeper.Deps) *runningSweeper {
 	t.Helper()
 	awsCfg := moto.ConfigFor(cluster.IAM.URL)
-	deps.AWS = awscheck.New(awscheck.IAMRoleLister{IAM: iam.NewFromConfig(awsCfg)}, awscheck.KubeTokens{Client: cs},
+	deps.AWS = awscheck.New(awscheck.IAMRoleLister{IAM: iam.NewFromConfig(awsCfg)}, awscheck.KubeTokens{Client: kubeadapter.Wrap(cs)},
 		sts.NewFromConfig(awsCfg), cfg.ChecksInARow)
 	reg := prometheus.NewRegistry()
 	deps.Registerer = reg
 	log := slog.New(slog.NewTextHandler(&testWriter{t: t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	s := sweeper.New(cs, cfg, deps, log.With("sweeper", cfg.Identity))
+	s := sweeper.New(kubeadapter.Wrap(cs), cfg, deps, log.With("sweeper", cfg.Identity))
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &runningSweeper{s: s, reg: reg, cancel: cancel, done: make(chan struct{})}
 	go func() { defer close(r.done); s.Run(ctx) }()

@@ -17,6 +17,7 @@ import (
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/kube"
+	"go.klusters.dev/credential-webhook/kube/kubeadapter"
 )
 
 // kube.LeaseLocker against the real apiserver: the lock every replica (and the sweeper) takes
@@ -52,7 +53,7 @@ func newLeaseLocker(ns, identity string, duration time.Duration, log *leaseLog) 
 	if log != nil {
 		logger = slog.New(slog.NewJSONHandler(log, nil))
 	}
-	return kube.NewLeaseLocker(cluster.Client, ns, identity, duration, logger)
+	return kube.NewLeaseLocker(kubeadapter.Wrap(cluster.Client), ns, identity, duration, logger)
 }
 
 // leaseHolder reads the Lease for key: its holder ("" when free) and the time it was renewed.

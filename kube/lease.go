@@ -14,7 +14,6 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"go.klusters.dev/credential-webhook/annotations"
 )
@@ -31,7 +30,7 @@ const keyAnnotation = annotations.Prefix + "key"
 // A holder that dies leaves a Lease that expires after Duration; whoever takes it over bumps the
 // generation, because the dead holder may have written to IAM without bumping.
 type LeaseLocker struct {
-	cs        kubernetes.Interface
+	cs        Client
 	namespace string
 	identity  string
 	duration  time.Duration
@@ -57,7 +56,7 @@ func (l *LeaseLocker) HoldLimit() time.Duration { return l.duration }
 // NewLeaseLocker returns a locker keeping its Leases in namespace. identity names this replica
 // (its Pod name); duration bounds how long a crashed holder blocks others and must exceed the
 // longest lock session (an admission budget is under 10 s).
-func NewLeaseLocker(cs kubernetes.Interface, namespace, identity string, duration time.Duration, log *slog.Logger) *LeaseLocker {
+func NewLeaseLocker(cs Client, namespace, identity string, duration time.Duration, log *slog.Logger) *LeaseLocker {
 	if duration <= 0 {
 		duration = 30 * time.Second
 	}
@@ -319,7 +318,7 @@ func (l *LeaseLocker) modify(ctx context.Context, key string, change func(*coord
 
 // LeaseKeys lists the keys (seed role ARNs) that have a lock Lease in namespace: the seeds this
 // server has ever written for, including those whose last ServiceAccount is gone.
-func LeaseKeys(ctx context.Context, cs kubernetes.Interface, namespace string) ([]string, error) {
+func LeaseKeys(ctx context.Context, cs Client, namespace string) ([]string, error) {
 	list, err := cs.CoordinationV1().Leases(namespace).List(ctx, metav1.ListOptions{LabelSelector: annotations.ManagedLabel + "=true"})
 	if err != nil {
 		return nil, fmt.Errorf("listing leases: %w", err)

@@ -1,4 +1,4 @@
-package kube
+package kube_test
 
 import (
 	"context"
@@ -11,6 +11,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"go.klusters.dev/credential-webhook/kube"
+	"go.klusters.dev/credential-webhook/kube/kubeadapter"
 )
 
 // A burst on one replica locks the same seed again and again: after the first session, each
@@ -19,7 +22,7 @@ import (
 // (e2e TestLeaseLocker); this counts calls.
 func TestLockSessionAPICalls(t *testing.T) {
 	cs := fake.NewClientset()
-	l := NewLeaseLocker(cs, "ns", "replica-a", 0, nil)
+	l := kube.NewLeaseLocker(kubeadapter.Wrap(cs), "ns", "replica-a", 0, nil)
 	ctx := context.Background()
 	const key = "arn:aws:iam::123456789012:role/seed"
 	session := func(write bool) (calls []string, gen int64) {
@@ -71,7 +74,7 @@ func TestLockAfterAnotherReplicaReadsAgain(t *testing.T) {
 		}
 		return false, nil, nil
 	})
-	l := NewLeaseLocker(cs, "ns", "replica-a", 0, nil)
+	l := kube.NewLeaseLocker(kubeadapter.Wrap(cs), "ns", "replica-a", 0, nil)
 	ctx := context.Background()
 	const key = "arn:aws:iam::123456789012:role/seed"
 	// Seed the replica's memory with a first session (its release meets the conflict and reads again).
@@ -92,7 +95,7 @@ func TestLockAfterAnotherReplicaReadsAgain(t *testing.T) {
 // A session that outlives three quarters of its Lease stops writing: Bump and Held refuse, by
 // the local clock, measured from the take (not from when the replica started waiting).
 func TestHeldRefusesNearExpiry(t *testing.T) {
-	l := NewLeaseLocker(fake.NewClientset(), "ns", "replica-a", time.Second, nil)
+	l := kube.NewLeaseLocker(kubeadapter.Wrap(fake.NewClientset()), "ns", "replica-a", time.Second, nil)
 	ctx := context.Background()
 	const key = "arn:aws:iam::123456789012:role/seed"
 	unlock, _, err := l.Lock(ctx, key)

@@ -1,5 +1,6 @@
 // Package kube holds the Kubernetes-facing pieces shared by the admission plugins and the
-// sweeper: a ServiceAccount cache and a Lease-based lock per seed role.
+// sweeper: the API client (client.go), informers (informer.go), a ServiceAccount cache and a
+// Lease-based lock per seed role.
 package kube
 
 import (
@@ -12,8 +13,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	listersv1 "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 )
@@ -22,21 +21,19 @@ import (
 // on a miss: a Job or Pod review often arrives right after its ServiceAccount was created, before
 // the watch event reached us, and a wrong "does not exist" would hold or skip it for nothing.
 type ServiceAccounts struct {
-	cs      kubernetes.Interface
-	lister  listersv1.ServiceAccountLister
-	synced  cache.InformerSynced
-	factory informers.SharedInformerFactory
-	log     *slog.Logger
+	cs     Client
+	lister listersv1.ServiceAccountLister
+	log    *slog.Logger
 	// Informer exposes the shared informer so the sweeper can subscribe to delete events
 	// without a second watch.
 	Informer cache.SharedIndexInformer
 }
 
 // NewServiceAccounts builds the cache. Call Start, then WaitForSync.
-func NewServiceAccounts(cs kubernetes.Interface, resync time.Duration, log *slog.Logger) *ServiceAccounts {
-	f := informers.NewSharedInformerFactoryWithOptions(cs, resync, informers.WithTransform(stripServiceAccount))
-	inf := f.Core().V1().ServiceAccounts()
-	return &ServiceAccounts{cs: cs, lister: inf.Lister(), synced: inf.Informer().HasSynced, factory: f, log: log, Informer: inf.Informer()}
+func NewServiceAccounts(cs Client, resync time.Duration, log *slog.Logger) *ServiceAccounts {
+	inf := NewInformer(cs, cs.CoreV1().ServiceAccounts(""), &corev1.ServiceAccount{}, resync, nil)
+	_ = inf.SetTransform(stripServiceAccount) // not started: cannot fail
+	return &ServiceAccounts{cs: cs, lister: listersv1.NewServiceAccountLister(inf.GetIndexer()), log: log, Informer: inf}
 }
 
 // stripServiceAccount keeps only what the webhook reads (name, namespace, uid, labels,
@@ -56,11 +53,11 @@ func stripServiceAccount(obj any) (any, error) {
 }
 
 // Start runs the informer until ctx ends.
-func (s *ServiceAccounts) Start(ctx context.Context) { s.factory.Start(ctx.Done()) }
+func (s *ServiceAccounts) Start(ctx context.Context) { go s.Informer.RunWithContext(ctx) }
 
 // WaitForSync blocks until the cache has listed once or ctx ends.
 func (s *ServiceAccounts) WaitForSync(ctx context.Context) bool {
-	return cache.WaitForCacheSync(ctx.Done(), s.synced)
+	return cache.WaitForCacheSync(ctx.Done(), s.Informer.HasSynced)
 }
 
 // Get returns the ServiceAccount, from the cache when it has it, else from the API server. A

@@ -141,7 +141,7 @@ type Config struct {
 	LeaseName string
 	// Identity names this replica in the Lease (the Pod name).
 	Identity string
-	// LeaseDuration, RenewDeadline and RetryPeriod are client-go's leader election timings.
+	// LeaseDuration, RenewDeadline and RetryPeriod are the leader election's timings (kube/election).
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 
 	// BackoffInitial and BackoffMax bound the per-Job retry delay between readiness checks.
@@ -269,6 +269,9 @@ type Deps struct {
 	// admission cache's, stripped to metadata). The sweeper subscribes to it instead of watching
 	// and caching every ServiceAccount a second time; it neither starts nor stops it.
 	ServiceAccounts cache.SharedIndexInformer
+	// Strip is the transforms of the informers, shared with ServiceAccounts' so that every cache
+	// shares one copy of repeated strings. nil: New makes one.
+	Strip *Stripper
 	// SeedLeaseAllowed says whether the key of a per-seed lock Lease (a seed role ARN) is still
 	// a configured seed. The leader deletes, on every full collection, the lock Leases this
 	// server created (managed label, name derived from the key) whose key it does not allow and

@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/kube/kubeadapter"
 	"go.klusters.dev/credential-webhook/markers"
 )
 
@@ -241,7 +242,7 @@ func TestFinish(t *testing.T) {
 				clouds = clouds[:1]
 			}
 			recorder := record.NewFakeRecorder(10)
-			s := New(cs, Config{}, Deps{Clouds: clouds, Recorder: recorder,
+			s := New(kubeadapter.Wrap(cs), Config{}, Deps{Clouds: clouds, Recorder: recorder,
 				Namespaces: func(ns string) bool { return ns == "demo" && tc.nsAllowed }}, nil)
 
 			var read *corev1.ServiceAccount
@@ -300,7 +301,7 @@ func TestLeaderRetriesWhatTheWriterLeft(t *testing.T) {
 	aws.failFor(name, errors.New("api error ServiceUnavailable"))
 	recorder := record.NewFakeRecorder(10)
 	// A long backoff: the retry is driven by hand here, not by the queue.
-	s := New(cs, Config{FinishBackoffInitial: time.Hour, FinishBackoffMax: time.Hour}, Deps{Clouds: []Cloud{aws}, Recorder: recorder}, nil)
+	s := New(kubeadapter.Wrap(cs), Config{FinishBackoffInitial: time.Hour, FinishBackoffMax: time.Hour}, Deps{Clouds: []Cloud{aws}, Recorder: recorder}, nil)
 	tm := newTerm(s)
 	t.Cleanup(func() { tm.jobQ.ShutDown(); tm.finishQ.ShutDown() })
 	sas := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})

@@ -55,13 +55,17 @@ const MaxSeedSeries = 50
 // one held longest (zero when none is).
 func HeldJobStats(jobs []*batchv1.Job, now time.Time) (held int, oldest time.Duration) {
 	for _, j := range jobs {
-		if !hold.IsHeld(j) {
-			continue
-		}
-		held++
-		oldest = max(oldest, now.Sub(hold.HeldSince(j)))
+		held, oldest = countHeld(j, now, held, oldest)
 	}
 	return held, oldest
+}
+
+// countHeld adds j to the counts of HeldJobStats.
+func countHeld(j *batchv1.Job, now time.Time, held int, oldest time.Duration) (int, time.Duration) {
+	if !hold.IsHeld(j) {
+		return held, oldest
+	}
+	return held + 1, max(oldest, now.Sub(hold.HeldSince(j)))
 }
 
 // PendingByCloud counts the ServiceAccounts whose pending marker claims each cloud (deleted ones
@@ -97,8 +101,8 @@ func BoundSeeds(seeds []SeedUsage, limit int) (kept []SeedUsage, omitted int) {
 
 // stateSource is what one leadership term lends the collector: its informers' caches.
 type stateSource struct {
-	jobs func() []*batchv1.Job
-	sas  func() []*corev1.ServiceAccount
+	heldJobs func(now time.Time) (held int, oldest time.Duration) // HeldJobStats of the cached Jobs
+	sas      func() []*corev1.ServiceAccount
 }
 
 // stateCollector exports the state gauges while a term lends it its caches (set), and nothing
@@ -157,7 +161,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if src == nil {
 		return
 	}
-	_, oldest := HeldJobStats(src.jobs(), c.now())
+	_, oldest := src.heldJobs(c.now())
 	ch <- prometheus.MustNewConstMetric(c.oldestHeld, prometheus.GaugeValue, oldest.Seconds())
 	for cloud, n := range PendingByCloud(src.sas()) {
 		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(n), cloud)
@@ -179,9 +183,14 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 // cacheSource lends the collector the term's informer caches.
 func (t *term) cacheSource() *stateSource {
 	return &stateSource{
-		jobs: func() []*batchv1.Job {
-			jobs, _ := t.jobLister.List(labels.Everything())
-			return jobs
+		heldJobs: func(now time.Time) (held int, oldest time.Duration) {
+			// One Job at a time, as the hold package reads it: no copy of the cache per scrape.
+			for _, obj := range t.jobs.List() {
+				if j, ok := asJob(obj); ok {
+					held, oldest = countHeld(&j, now, held, oldest)
+				}
+			}
+			return held, oldest
 		},
 		sas: func() []*corev1.ServiceAccount {
 			sas, _ := t.saLister.List(labels.Everything())

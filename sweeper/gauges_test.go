@@ -147,8 +147,8 @@ func TestStateCollector(t *testing.T) {
 		t.Fatalf("not leading: %d series, %v; want none", n, err)
 	}
 	c.set(&stateSource{
-		jobs: func() []*batchv1.Job {
-			return []*batchv1.Job{gaugeJob("a", gaugeNow.Add(-7*time.Minute).Format(time.RFC3339), true), gaugeJob("b", "", true)}
+		heldJobs: func(now time.Time) (int, time.Duration) {
+			return HeldJobStats([]*batchv1.Job{gaugeJob("a", gaugeNow.Add(-7*time.Minute).Format(time.RFC3339), true), gaugeJob("b", "", true)}, now)
 		},
 		sas: func() []*corev1.ServiceAccount {
 			return []*corev1.ServiceAccount{gaugeSA("a", markers.For(markers.Azure, "x").String(), false)}

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"go.klusters.dev/credential-webhook/kube/kubeadapter"
 	"go.klusters.dev/credential-webhook/markers"
 )
 
@@ -41,7 +42,7 @@ func TestMaintenanceRunsOnFullCollectionsOnly(t *testing.T) {
 		return &maintainingCollector{scopes: []Scope{{Key: "seed", Claim: claim}}}
 	}
 	newT := func(c Collector) *term {
-		return newTerm(New(fake.NewClientset(), Config{}, Deps{Collectors: []Collector{c}}, nil))
+		return newTerm(New(kubeadapter.Wrap(fake.NewClientset()), Config{}, Deps{Collectors: []Collector{c}}, nil))
 	}
 	ctx := context.Background()
 

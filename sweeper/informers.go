@@ -3,18 +3,19 @@ package sweeper
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/hold"
+	"go.klusters.dev/credential-webhook/kube"
 )
 
 // The term's informers and their event handlers. Handlers only enqueue or mark work due; the
@@ -34,25 +35,24 @@ const (
 // its own). stop shuts down what watch started and removes its handlers.
 func (t *term) watch(ctx context.Context) (stop func(), err error) {
 	// Jobs: a label selector cannot select annotations, so list KubeStash's Jobs and filter.
-	jobFactory := informers.NewSharedInformerFactoryWithOptions(t.cs, 0,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.LabelSelector = labels.Set{annotations.ManagedByLabel: annotations.ManagedByValue}.String()
-		}),
-		informers.WithTransform(StripJob))
-	ji := jobFactory.Batch().V1().Jobs()
-	t.jobInformer, t.jobLister = ji.Informer(), ji.Lister()
-	var saFactory informers.SharedInformerFactory // nil when the admission cache's informer is shared
+	t.jobInformer = kube.NewInformer(t.cs, t.cs.BatchV1().Jobs(""), &batchv1.Job{}, 0, func(o *metav1.ListOptions) {
+		o.LabelSelector = labels.Set{annotations.ManagedByLabel: annotations.ManagedByValue}.String()
+	})
+	_ = t.jobInformer.SetTransform(t.strip.Job) // not started: cannot fail
+	t.jobs = t.jobInformer.GetIndexer()
+	informers := []cache.SharedIndexInformer{t.jobInformer} // the ones this term runs
 	if shared := t.deps.ServiceAccounts; shared != nil {
-		t.saInformer, t.saLister = shared, corelisters.NewServiceAccountLister(shared.GetIndexer())
+		t.saInformer = shared
 	} else {
-		saFactory = informers.NewSharedInformerFactoryWithOptions(t.cs, 0, informers.WithTransform(StripServiceAccount))
-		si := saFactory.Core().V1().ServiceAccounts()
-		t.saInformer, t.saLister = si.Informer(), si.Lister()
+		t.saInformer = kube.NewInformer(t.cs, t.cs.CoreV1().ServiceAccounts(""), &corev1.ServiceAccount{}, 0, nil)
+		_ = t.saInformer.SetTransform(t.strip.ServiceAccount)
+		informers = append(informers, t.saInformer)
 	}
+	t.saLister = corelisters.NewServiceAccountLister(t.saInformer.GetIndexer())
 
 	if err := t.jobInformer.AddIndexers(cache.Indexers{saIndex: func(obj any) ([]string, error) {
-		job, ok := obj.(*batchv1.Job)
-		if !ok || !hold.IsHeld(job) {
+		job, ok := asJob(obj)
+		if !ok || !hold.IsHeld(&job) {
 			return nil, nil
 		}
 		return []string{job.Namespace + "/" + hold.ServiceAccountName(&job.Spec.Template.Spec)}, nil
@@ -75,15 +75,15 @@ func (t *term) watch(ctx context.Context) (stop func(), err error) {
 		regs = append(regs, func() error { return t.saInformer.RemoveEventHandler(r) })
 	}
 
-	jobFactory.Start(ctx.Done())
-	if saFactory != nil {
-		saFactory.Start(ctx.Done())
+	// As an informer factory's Start and Shutdown: run until stop, which waits for them.
+	runCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for _, inf := range informers {
+		wg.Go(func() { inf.RunWithContext(runCtx) })
 	}
 	return func() {
-		jobFactory.Shutdown()
-		if saFactory != nil {
-			saFactory.Shutdown()
-		}
+		cancel()
+		wg.Wait()
 		for _, r := range regs {
 			_ = r()
 		}

@@ -20,10 +20,11 @@ import (
 // onJob enqueues a Job the term must look at: held and not tracked yet (first sight, or
 // re-created under the same name), or tracked but no longer held.
 func (t *term) onJob(obj any) {
-	job, ok := obj.(*batchv1.Job)
+	j, ok := asJob(obj)
 	if !ok {
 		return
 	}
+	job := &j
 	k := key(job.Namespace, job.Name)
 	t.mu.Lock()
 	if rv, ok := t.released[k]; ok && rv != job.ResourceVersion {
@@ -43,7 +44,7 @@ func (t *term) onJobDelete(obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
-	if job, ok := obj.(*batchv1.Job); ok {
+	if job, ok := asJob(obj); ok {
 		t.untrack(key(job.Namespace, job.Name))
 	}
 }
@@ -63,7 +64,7 @@ func (t *term) wakeHeldJobs(old, sa *corev1.ServiceAccount) {
 		return
 	}
 	for _, o := range objs {
-		if job, ok := o.(*batchv1.Job); ok {
+		if job, ok := asJob(o); ok {
 			jk := key(job.Namespace, job.Name)
 			t.mu.Lock()
 			if st, ok := t.held[jk]; ok {
@@ -100,8 +101,8 @@ func (t *term) untrack(k string) {
 // after a backoff.
 func (t *term) processJob(ctx context.Context, k string) {
 	ns, name := splitKey(k)
-	job, err := t.jobLister.Jobs(ns).Get(name)
-	if err != nil || !hold.IsHeld(job) {
+	job, ok := t.job(ns, name)
+	if !ok || !hold.IsHeld(job) {
 		t.untrack(k)
 		return
 	}

@@ -11,12 +11,12 @@ import (
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
+
+	"go.klusters.dev/credential-webhook/kube/kubeadapter"
 )
 
 // leaseAPI sits in front of the fake clientset's Leases and plays the apiserver becoming
@@ -142,7 +142,7 @@ func TestLeaderStopsWorkWhenRenewalsStop(t *testing.T) {
 			cfg := Config{Namespace: "credential-webhook", Identity: "credential-webhook-7d9f-a",
 				LeaseDuration: 1500 * time.Millisecond, RenewDeadline: time.Second, RetryPeriod: 200 * time.Millisecond}
 			logs := &syncBuffer{}
-			s := New(cs, cfg, Deps{Recorder: record.NewFakeRecorder(100)}, slog.New(slog.NewTextHandler(logs, nil)))
+			s := New(kubeadapter.Wrap(cs), cfg, Deps{Recorder: record.NewFakeRecorder(100)}, slog.New(slog.NewTextHandler(logs, nil)))
 			started, ended := make(chan time.Time, 4), make(chan time.Time, 4)
 			s.work = func(ctx context.Context) {
 				started <- time.Now()
@@ -202,86 +202,5 @@ func TestLeaderStopsWorkWhenRenewalsStop(t *testing.T) {
 				t.Errorf("Lease released at %s, not after the term's workers stopped at %s", rel, end2)
 			}
 		})
-	}
-}
-
-// The budget is RenewDeadline, except that it ends before the Lease expires as the other
-// replicas count it: whole seconds of LeaseDuration.
-func TestRenewalBudget(t *testing.T) {
-	for _, tc := range []struct {
-		name                   string
-		lease, deadline, retry time.Duration
-		want                   time.Duration
-	}{
-		{"defaults", 15 * time.Second, 10 * time.Second, 2 * time.Second, 10 * time.Second},
-		{"shortest flag value", 3 * time.Second, 2 * time.Second, 400 * time.Millisecond, 2 * time.Second},
-		{"fractional lease is written as whole seconds", 1500 * time.Millisecond, time.Second, 200 * time.Millisecond, 950 * time.Millisecond},
-		{"deadline close to the lease keeps a margin", 3 * time.Second, 2950 * time.Millisecond, 2 * time.Second, 2750 * time.Millisecond},
-		{"sub-second lease", 800 * time.Millisecond, 500 * time.Millisecond, 200 * time.Millisecond, 500 * time.Millisecond},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			cfg := Config{LeaseDuration: tc.lease, RenewDeadline: tc.deadline, RetryPeriod: tc.retry}
-			if got := renewalBudget(cfg); got != tc.want {
-				t.Errorf("renewalBudget = %s, want %s", got, tc.want)
-			}
-		})
-	}
-}
-
-// renewalTracker counts only successful writes naming this replica, from the moment they were
-// sent (a renewal served late still started the Lease when it was sent, for the other replicas
-// count from when they see it).
-func TestRenewalTracker(t *testing.T) {
-	api := newLeaseAPI()
-	cs := fake.NewClientset()
-	var served time.Time // when the apiserver handled the last request
-	cs.PrependReactor("*", "leases", func(action k8stesting.Action) (bool, runtime.Object, error) {
-		time.Sleep(20 * time.Millisecond) // a slow apiserver
-		served = time.Now()
-		return api.react(action)
-	})
-	lock := &renewalTracker{Interface: &resourcelock.LeaseLock{
-		LeaseMeta:  metaFor("credential-webhook", "credential-webhook-sweeper"),
-		Client:     cs.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: "replica-a"},
-	}}
-	ctx := context.Background()
-	rec := func(holder string) resourcelock.LeaderElectionRecord {
-		now := metav1.Now()
-		return resourcelock.LeaderElectionRecord{HolderIdentity: holder, LeaseDurationSeconds: 15, AcquireTime: now, RenewTime: now}
-	}
-	if !lock.lastRenewal().IsZero() {
-		t.Fatal("a renewal before any write")
-	}
-	if err := lock.Create(ctx, rec("replica-a")); err != nil {
-		t.Fatalf("Create: %v", err)
-	}
-	created := lock.lastRenewal()
-	if created.IsZero() || !created.Before(served.Add(-10*time.Millisecond)) {
-		t.Fatalf("acquisition recorded at %s, not when it was sent (served at %s)", created, served)
-	}
-
-	api.setFault("fail")
-	if err := lock.Update(ctx, rec("replica-a")); err == nil {
-		t.Fatal("Update succeeded through a failing apiserver")
-	}
-	if got := lock.lastRenewal(); !got.Equal(created) {
-		t.Errorf("a failed renewal moved the last renewal from %s to %s", created, got)
-	}
-
-	api.restore()
-	if err := lock.Update(ctx, rec("replica-a")); err != nil {
-		t.Fatalf("Update: %v", err)
-	}
-	renewed := lock.lastRenewal()
-	if !renewed.After(created) || !renewed.Before(served) {
-		t.Errorf("renewal recorded at %s; want after %s and before it was served at %s", renewed, created, served)
-	}
-
-	if err := lock.Update(ctx, rec("")); err != nil { // the release on the way out
-		t.Fatalf("release: %v", err)
-	}
-	if got := lock.lastRenewal(); !got.Equal(renewed) {
-		t.Errorf("releasing the Lease counted as a renewal (%s, was %s)", got, renewed)
 	}
 }

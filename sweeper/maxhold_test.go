@@ -12,12 +12,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
-	batchlisters "k8s.io/client-go/listers/batch/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/kube/kubeadapter"
 )
 
 // slowChecker is an STS under faults: its check answers "ready" only after `takes`, unless its
@@ -53,18 +53,19 @@ func maxHoldTerm(t *testing.T, job *batchv1.Job, sa *corev1.ServiceAccount, chec
 	t.Helper()
 	cs := fake.NewClientset(job.DeepCopy(), sa.DeepCopy())
 	recorder := record.NewFakeRecorder(10)
-	s := New(cs, Config{MaxHold: maxHold, CheckTimeout: 30 * time.Second}, Deps{AWS: checker, Recorder: recorder}, nil)
+	s := New(kubeadapter.Wrap(cs), Config{MaxHold: maxHold, CheckTimeout: 30 * time.Second}, Deps{AWS: checker, Recorder: recorder}, nil)
 	tm := newTerm(s)
 	t.Cleanup(func() { tm.jobQ.ShutDown(); tm.finishQ.ShutDown() })
 	jobs := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
 	sas := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
-	if err := jobs.Add(job); err != nil {
+	stripped, _ := NewStripper().Job(job.DeepCopy()) // as the informer caches it
+	if err := jobs.Add(stripped); err != nil {
 		t.Fatal(err)
 	}
 	if err := sas.Add(sa); err != nil {
 		t.Fatal(err)
 	}
-	tm.jobLister, tm.saLister = batchlisters.NewJobLister(jobs), corelisters.NewServiceAccountLister(sas)
+	tm.jobs, tm.saLister = jobs, corelisters.NewServiceAccountLister(sas)
 	return cs, s, tm, recorder
 }
 

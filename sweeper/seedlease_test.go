@@ -14,6 +14,7 @@ import (
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/kube"
+	"go.klusters.dev/credential-webhook/kube/kubeadapter"
 )
 
 // Issue 16: the leader deletes the lock Leases this server created for seeds no longer
@@ -46,7 +47,7 @@ func TestPruneSeedLeases(t *testing.T) {
 	objs = append(objs, unlabelled)
 	cs := fake.NewClientset(objs...)
 	allowed := func(k string) bool { return k == configured }
-	s := New(cs, Config{Namespace: ns, Identity: "a"}, Deps{SeedLeaseAllowed: allowed, Recorder: record.NewFakeRecorder(10)}, nil)
+	s := New(kubeadapter.Wrap(cs), Config{Namespace: ns, Identity: "a"}, Deps{SeedLeaseAllowed: allowed, Recorder: record.NewFakeRecorder(10)}, nil)
 	newTerm(s).pruneSeedLeases(context.Background())
 	list, err := cs.CoordinationV1().Leases(ns).List(context.Background(), metav1.ListOptions{})
 	if err != nil {

@@ -10,10 +10,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 
 	"go.klusters.dev/credential-webhook/annotations"
@@ -45,7 +47,7 @@ func TestStripServiceAccount(t *testing.T) {
 		},
 		Secrets: []corev1.ObjectReference{{Name: "token"}},
 	}
-	out, err := StripServiceAccount(sa)
+	out, err := NewStripper().ServiceAccount(sa)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,10 +65,10 @@ func TestStripServiceAccount(t *testing.T) {
 	// An annotations map that existed stays (empty): the patch builders add a whole map when
 	// it is absent.
 	only := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "n", Annotations: map[string]string{"tenant": "x"}}}
-	if out, _ := StripServiceAccount(only); out.(*corev1.ServiceAccount).Annotations == nil {
+	if out, _ := NewStripper().ServiceAccount(only); out.(*corev1.ServiceAccount).Annotations == nil {
 		t.Error("an existing annotations map became nil")
 	}
-	if out, _ := StripServiceAccount(&corev1.ServiceAccount{}); out.(*corev1.ServiceAccount).Annotations != nil {
+	if out, _ := NewStripper().ServiceAccount(&corev1.ServiceAccount{}); out.(*corev1.ServiceAccount).Annotations != nil {
 		t.Error("an absent annotations map became non-nil")
 	}
 }
@@ -81,8 +83,12 @@ func TestStripJob(t *testing.T) {
 		j.Spec.Template.Spec.Containers = []corev1.Container{{Name: "restic", Image: "x", Args: []string{strings.Repeat("a", 10000)}}}
 		j.Spec.Template.Annotations = map[string]string{"a": "b"}
 	})
-	out, _ := StripJob(job)
-	got := out.(*batchv1.Job)
+	out, _ := NewStripper().Job(job)
+	view, ok := asJob(out)
+	if !ok {
+		t.Fatalf("StripJob returned a %T", out)
+	}
+	got := &view
 	if len(got.Labels) != 2 || got.Labels[hold.KueueQueueLabel] != "q" || got.Labels[annotations.ManagedByLabel] != annotations.ManagedByValue {
 		t.Errorf("labels %v", got.Labels)
 	}
@@ -95,6 +101,16 @@ func TestStripJob(t *testing.T) {
 	if *got.Spec.ManagedBy != *job.Spec.ManagedBy || *got.Spec.Suspend != *job.Spec.Suspend ||
 		hold.ServiceAccountName(&got.Spec.Template.Spec) != hold.ServiceAccountName(&job.Spec.Template.Spec) {
 		t.Errorf("spec fields read by the sweeper lost: %+v", got.Spec)
+	}
+	// The cache may copy an entry (client-go's mutation detector): a copy is equal and apart.
+	c := out.(*cachedJob)
+	cp := c.DeepCopyObject().(*cachedJob)
+	if !reflect.DeepEqual(cp, c) {
+		t.Errorf("copy differs: %+v, %+v", cp, c)
+	}
+	*cp.suspend, cp.Labels["x"] = false, "y"
+	if !*c.suspend || c.Labels["x"] != "" {
+		t.Error("the copy shares the original's fields")
 	}
 }
 
@@ -244,13 +260,14 @@ func TestTransformedFixturesDecideAlike(t *testing.T) {
 	}
 
 	for i, j := range allJobs {
-		s, _ := StripJob(j.DeepCopy())
-		if a, b := viewJob(j), viewJob(s.(*batchv1.Job)); !reflect.DeepEqual(a, b) {
+		s, _ := NewStripper().Job(j.DeepCopy())
+		stripped, _ := asJob(s)
+		if a, b := viewJob(j), viewJob(&stripped); !reflect.DeepEqual(a, b) {
 			t.Errorf("Job %d (%s): decisions differ after the transform:\n  %+v\n  %+v", i, j.Name, a, b)
 		}
 	}
 	for i, sa := range allSAs {
-		s, _ := StripServiceAccount(sa.DeepCopy())
+		s, _ := NewStripper().ServiceAccount(sa.DeepCopy())
 		if a, b := viewSA(sa), viewSA(s.(*corev1.ServiceAccount)); !reflect.DeepEqual(a, b) {
 			t.Errorf("ServiceAccount %d (%s): decisions differ after the transform:\n  %+v\n  %+v", i, sa.Name, a, b)
 		}
@@ -279,5 +296,70 @@ func TestBuckets(t *testing.T) {
 	b.keep(map[string]bool{}, t0.Add(time.Hour))
 	if len(b.m) != 0 {
 		t.Errorf("buckets of gone keys kept: %v", b.m)
+	}
+}
+
+// Issue 18: the transforms share one copy of the strings many cached objects repeat, and never
+// hold more than the interner's bound.
+func TestStripSharesRepeatedStrings(t *testing.T) {
+	seed := "arn:aws:iam::123456789012:role/kubestash/seed"
+	sa := func(name string) *corev1.ServiceAccount {
+		// Each decoded object has its own copies: build them apart.
+		return &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+			Name: name, Namespace: strings.Clone("demo"), UID: types.UID(name),
+			Annotations: map[string]string{
+				strings.Clone(annotations.SeedRole): strings.Clone(seed),
+				strings.Clone(annotations.Granted):  name + " aws:0123456789abcdef",
+			},
+		}}
+	}
+	st := NewStripper()
+	a, _ := st.ServiceAccount(sa("a"))
+	b, _ := st.ServiceAccount(sa("b"))
+	x, y := a.(*corev1.ServiceAccount), b.(*corev1.ServiceAccount)
+	same := func(s, t string) bool { return unsafe.StringData(s) == unsafe.StringData(t) }
+	if !same(x.Namespace, y.Namespace) || !same(x.Annotations[annotations.SeedRole], y.Annotations[annotations.SeedRole]) {
+		t.Error("namespace or seed role not shared between two ServiceAccounts")
+	}
+	for k := range x.Annotations {
+		for k2 := range y.Annotations {
+			if k == k2 && !same(k, k2) {
+				t.Errorf("annotation key %s not shared", k)
+			}
+		}
+	}
+	if x.Annotations[annotations.Granted] != "a aws:0123456789abcdef" || y.Namespace != "demo" || y.Annotations[annotations.SeedRole] != seed {
+		t.Errorf("values changed: %v %v", x.Annotations, y)
+	}
+
+	// Jobs share their kept labels (KubeStash's) and, when not held, their empty annotations.
+	plain := func(name string) *cachedJob {
+		j := &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "demo",
+			Labels:      map[string]string{annotations.ManagedByLabel: annotations.ManagedByValue, "app": name},
+			Annotations: map[string]string{"kubestash.com/backup-session": name}}}
+		out, _ := st.Job(j)
+		return out.(*cachedJob)
+	}
+	j1, j2 := plain("a"), plain("b")
+	if reflect.ValueOf(j1.Labels).UnsafePointer() != reflect.ValueOf(j2.Labels).UnsafePointer() ||
+		reflect.ValueOf(j1.Annotations).UnsafePointer() != reflect.ValueOf(j2.Annotations).UnsafePointer() {
+		t.Error("two plain KubeStash Jobs do not share their label and annotation maps")
+	}
+	if len(j1.Labels) != 1 || j1.Annotations == nil || len(j1.Annotations) != 0 {
+		t.Errorf("labels %v, annotations %v", j1.Labels, j1.Annotations)
+	}
+
+	in := newInterner(3)
+	for i := range 10 {
+		s := fmt.Sprint("v", i)
+		if got := in.intern(s); got != s {
+			t.Fatalf("intern(%q) = %q", s, got)
+		}
+		if len(in.m) > 3 {
+			t.Fatalf("interner holds %d strings, bound 3", len(in.m))
+		}
+	}
+	if in.intern("") != "" {
+		t.Error("empty string")
 	}
 }

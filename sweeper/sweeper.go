@@ -8,21 +8,17 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/kube"
+	"go.klusters.dev/credential-webhook/kube/election"
 )
 
 // Sweeper runs the background loops while this replica holds the leader Lease.
 type Sweeper struct {
-	cs          kubernetes.Interface
+	cs          kube.Client
 	cfg         Config
 	deps        Deps
 	log         *slog.Logger
@@ -42,14 +38,11 @@ type Sweeper struct {
 	gcBuckets *buckets
 
 	eventsOnce sync.Once
-
-	// leadMu is held for a whole leadership term, so a new term (or the Lease release on
-	// shutdown) starts only after the previous term's workers stopped.
-	leadMu sync.Mutex
+	strip      *Stripper
 }
 
 // New returns a Sweeper. It registers its metrics on deps.Registerer (once per registry).
-func New(cs kubernetes.Interface, cfg Config, deps Deps, log *slog.Logger) *Sweeper {
+func New(cs kube.Client, cfg Config, deps Deps, log *slog.Logger) *Sweeper {
 	cfg = cfg.WithDefaults()
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -68,9 +61,13 @@ func New(cs kubernetes.Interface, cfg Config, deps Deps, log *slog.Logger) *Swee
 		s.ready = NewReadyCache(cfg.ReadyTTL)
 	}
 	s.recorder = deps.Recorder
+	s.strip = deps.Strip
+	if s.strip == nil {
+		s.strip = NewStripper()
+	}
 	if s.recorder == nil {
 		s.broadcaster = record.NewBroadcaster()
-		s.recorder = s.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "credential-webhook"})
+		s.recorder = s.broadcaster.NewRecorder(kube.Scheme, corev1.EventSource{Component: "credential-webhook"})
 	}
 	return s
 }
@@ -79,12 +76,8 @@ func New(cs kubernetes.Interface, cfg Config, deps Deps, log *slog.Logger) *Swee
 // starts first; the broadcaster lives as long as the process.
 func (s *Sweeper) startEvents() {
 	s.eventsOnce.Do(func() {
-		s.broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.cs.CoreV1().Events("")})
+		s.broadcaster.StartRecordingToSink(kube.EventSink{Client: s.cs})
 	})
-}
-
-func metaFor(namespace, name string) metav1.ObjectMeta {
-	return metav1.ObjectMeta{Namespace: namespace, Name: name}
 }
 
 // Ready is the cache of proven ServiceAccounts, for the Job admission plugin.
@@ -108,100 +101,50 @@ func (s *Sweeper) RunWriter(ctx context.Context) error {
 // Run campaigns for the leader Lease and, while it holds it, releases held Jobs, finishes the
 // pending ServiceAccounts the writers left (after Config.Handoff) and collects garbage. It
 // blocks until ctx ends, or returns an error at once when it cannot campaign at all (a sweeper
-// that silently does nothing would leave every held Job held until max-hold). On the way out it
-// stops its workers first and then releases the Lease (ReleaseOnCancel), so another replica
-// takes over within one retry period instead of waiting for the Lease to expire.
+// that silently does nothing would leave every held Job held until max-hold). A term ends when
+// the Lease may no longer be held: no renewal succeeded within the elector's budget, which ends
+// before the Lease expires for the other replicas. On the way out the term's workers stop first
+// and then the Lease is released, so another replica takes over within one retry period instead
+// of waiting for the Lease to expire.
 func (s *Sweeper) Run(ctx context.Context) error {
 	if s.broadcaster != nil {
 		s.startEvents()
 	}
-	lock := &renewalTracker{Interface: &resourcelock.LeaseLock{
-		LeaseMeta:  metaFor(s.cfg.Namespace, s.cfg.LeaseName),
-		Client:     s.cs.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: s.cfg.Identity},
-		Labels:     map[string]string{annotations.ManagedLabel: "true"},
-	}}
-	s.log.Info("sweeper campaigning for leadership", "lease", s.cfg.Namespace+"/"+s.cfg.LeaseName, "identity", s.cfg.Identity)
-	for ctx.Err() == nil {
-		// The elector runs on its own context: when ctx ends, the term's workers stop first
-		// (lead watches ctx too), and only then is the elector cancelled, releasing the Lease.
-		runCtx, cancelRun := context.WithCancel(context.WithoutCancel(ctx))
-		stop := context.AfterFunc(ctx, func() {
-			s.leadMu.Lock()
-			s.leadMu.Unlock() //nolint:staticcheck // waiting for the current term to end
-			cancelRun()
-		})
-		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-			Lock:            lock,
-			Name:            "credential-webhook-sweeper",
-			LeaseDuration:   s.cfg.LeaseDuration,
-			RenewDeadline:   s.cfg.RenewDeadline,
-			RetryPeriod:     s.cfg.RetryPeriod,
-			ReleaseOnCancel: true,
-			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: func(lctx context.Context) { s.lead(lctx, ctx, lock, cancelRun) },
-				OnStoppedLeading: func() {},
-				OnNewLeader: func(id string) {
-					s.log.Info("sweeper leader", "leader", id, "self", id == s.cfg.Identity)
-				},
-			},
-		})
-		if err != nil {
-			stop()
-			cancelRun()
-			return fmt.Errorf("sweeper: invalid leader election configuration: %w", err)
-		}
-		le.Run(runCtx)
-		stop()
-		cancelRun()
-		if ctx.Err() != nil {
-			break
-		}
-		s.log.Warn("sweeper lost its leader Lease; campaigning again")
-		select {
-		case <-ctx.Done():
-		case <-time.After(s.cfg.RetryPeriod):
-		}
+	el := s.elector()
+	if err := el.Validate(); err != nil {
+		return fmt.Errorf("sweeper: invalid leader election configuration: %w", err)
 	}
-	// A term that started late (its context already cancelled) returns at once; wait for it.
-	s.leadMu.Lock()
-	s.leadMu.Unlock() //nolint:staticcheck // waiting for the current term to end
-	return nil
+	s.log.Info("sweeper campaigning for leadership", "lease", s.cfg.Namespace+"/"+s.cfg.LeaseName, "identity", s.cfg.Identity)
+	return el.Run(ctx, s.lead)
 }
 
-// lead runs one leadership term until the Lease is lost (lctx), the process stops (outer) or no
-// renewal succeeded for renewalBudget: client-go notices a lost Lease late (see renewalTracker),
-// so the term stops itself before the Lease can expire for the other replicas. When the term
-// ends it stops its elector (stopElector), after the workers stopped: a replica never holds the
-// Lease while doing nothing, and Run campaigns again.
-func (s *Sweeper) lead(lctx, outer context.Context, lock *renewalTracker, stopElector context.CancelFunc) {
-	s.leadMu.Lock()
-	defer s.leadMu.Unlock()
-	defer stopElector()
-	ctx, cancel := context.WithCancel(lctx)
-	defer cancel()
-	defer context.AfterFunc(outer, cancel)()
-	if ctx.Err() != nil {
-		return
+// elector is the sweeper's leader election on its Lease.
+func (s *Sweeper) elector() *election.Elector {
+	return &election.Elector{
+		Leases:        s.cs.CoordinationV1().Leases(s.cfg.Namespace),
+		Name:          s.cfg.LeaseName,
+		Identity:      s.cfg.Identity,
+		Labels:        map[string]string{annotations.ManagedLabel: "true"},
+		LeaseDuration: s.cfg.LeaseDuration,
+		RenewDeadline: s.cfg.RenewDeadline,
+		RetryPeriod:   s.cfg.RetryPeriod,
+		Log:           s.log,
+		OnLeader: func(id string) {
+			s.log.Info("sweeper leader", "leader", id, "self", id == s.cfg.Identity)
+		},
+		OnOverdue: func(since time.Duration) {
+			s.log.Warn(fmt.Sprintf("sweeper Lease not renewed for %s; stopping work before it expires", since.Round(time.Millisecond)),
+				"identity", s.cfg.Identity, "renewDeadline", s.cfg.RenewDeadline, "leaseDuration", s.cfg.LeaseDuration)
+		},
 	}
-	budget := renewalBudget(s.cfg)
-	expired := func(since time.Duration) {
-		s.log.Warn(fmt.Sprintf("sweeper Lease not renewed for %s; stopping work before it expires", since.Round(time.Millisecond)),
-			"identity", s.cfg.Identity, "renewDeadline", s.cfg.RenewDeadline, "leaseDuration", s.cfg.LeaseDuration)
-		cancel()
-	}
-	// This term may have waited for the previous one to end: check before starting any work.
-	if since, overdue := leaseOverdue(lock, budget); overdue {
-		expired(since)
-		return
-	}
-	var watchdog sync.WaitGroup
-	watchdog.Go(func() { s.watchLease(ctx, lock, budget, expired) })
+}
+
+// lead runs one leadership term until ctx ends (the elector ends it when the Lease is lost or
+// may be, or when the process stops).
+func (s *Sweeper) lead(ctx context.Context) {
 	s.log.Info("sweeper leading", "identity", s.cfg.Identity)
 	s.m.leader.Set(1)
 	s.work(ctx)
 	s.m.leader.Set(0)
-	cancel()
-	watchdog.Wait()
 	s.log.Info("sweeper stopped leading", "identity", s.cfg.Identity)
 }

@@ -6,8 +6,8 @@ import (
 	"sync"
 	"time"
 
+	batchv1 "k8s.io/api/batch/v1"
 	"k8s.io/apimachinery/pkg/types"
-	batchlisters "k8s.io/client-go/listers/batch/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
@@ -24,7 +24,7 @@ type term struct {
 	*Sweeper
 
 	jobInformer cache.SharedIndexInformer
-	jobLister   batchlisters.JobLister
+	jobs        cache.Indexer // holds *cachedJob (strip.go): read with job
 	saInformer  cache.SharedIndexInformer
 	saLister    corelisters.ServiceAccountLister
 	jobQ        workqueue.TypedDelayingInterface[string]
@@ -110,6 +110,16 @@ func (t *term) run(ctx context.Context) {
 }
 
 func key(namespace, name string) string { return namespace + "/" + name }
+
+// job returns the cached Job namespace/name, as the hold package reads it.
+func (t *term) job(namespace, name string) (*batchv1.Job, bool) {
+	obj, ok, err := t.jobs.GetByKey(key(namespace, name))
+	if err != nil || !ok {
+		return nil, false
+	}
+	j, ok := asJob(obj)
+	return &j, ok
+}
 
 // drain hands q's keys to process one at a time until q shuts down: the loop of every worker
 // here (held Jobs, pending ServiceAccounts, the writer's planned ones).

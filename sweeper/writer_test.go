@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/kube/kubeadapter"
 	"go.klusters.dev/credential-webhook/markers"
 )
 
@@ -99,7 +100,7 @@ func startWriter(t *testing.T, cfg Config, clouds ...*testCloud) *writerHarness 
 	for _, c := range clouds {
 		deps.Clouds = append(deps.Clouds, c)
 	}
-	s := New(cs, cfg, deps, nil)
+	s := New(kubeadapter.Wrap(cs), cfg, deps, nil)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

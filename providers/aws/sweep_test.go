@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/kube/kubeadapter"
 	"go.klusters.dev/credential-webhook/markers"
 	"go.klusters.dev/credential-webhook/sweeper"
 	"go.klusters.dev/credential-webhook/testenv/iamproxy"
@@ -254,7 +255,7 @@ func TestGCIgnoresDeletionsOfUnrelatedServiceAccounts(t *testing.T) {
 	// Seeds stands for the lock Lease keys: the configured seed and one left from an older
 	// configuration, which is not collected.
 	col := Collector{Assigner: a, Seeds: func(context.Context) ([]string, error) { return []string{seed, notConfigured}, nil }}
-	s := sweeper.New(cs, sweeper.Config{Namespace: "lease-ns", Identity: "a", GCInterval: time.Hour, GCGrace: 500 * time.Millisecond},
+	s := sweeper.New(kubeadapter.Wrap(cs), sweeper.Config{Namespace: "lease-ns", Identity: "a", GCInterval: time.Hour, GCGrace: 500 * time.Millisecond},
 		sweeper.Deps{Collectors: []sweeper.Collector{col}, Registerer: reg, Recorder: record.NewFakeRecorder(100)}, nil)
 	runCtx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

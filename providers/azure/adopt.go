@@ -14,9 +14,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/kube"
 )
 
 // Adoption: taking over the use-mi-<client ID> ClusterRoles and ClusterRoleBindings that carry no
@@ -134,7 +134,7 @@ func aggregationNote(role *rbacv1.ClusterRole) string {
 // faithful ones with annotations.ManagedLabel. Each label is a merge patch carrying the
 // resourceVersion that was judged, so an object changed in between is not labelled (a Conflict,
 // reported as FAILED: run again).
-func Adopt(ctx context.Context, cs kubernetes.Interface, opt AdoptOptions) ([]AdoptResult, error) {
+func Adopt(ctx context.Context, cs kube.Client, opt AdoptOptions) ([]AdoptResult, error) {
 	roles := map[string]*rbacv1.ClusterRole{}
 	bindings := map[string]*rbacv1.ClusterRoleBinding{}
 	if opt.ClientID != "" {
@@ -227,7 +227,7 @@ func isRBACName(name string) bool {
 
 // labelManaged adds annotations.ManagedLabel to a ClusterRole or ClusterRoleBinding with a merge
 // patch that fails (Conflict) unless the object is still at resourceVersion.
-func labelManaged(ctx context.Context, cs kubernetes.Interface, resource, name, resourceVersion string) error {
+func labelManaged(ctx context.Context, cs kube.Client, resource, name, resourceVersion string) error {
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
 		"resourceVersion": resourceVersion,
 		"labels":          managedLabels(),

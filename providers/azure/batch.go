@@ -8,7 +8,8 @@ import (
 	"time"
 
 	rbacv1 "k8s.io/api/rbac/v1"
-	"k8s.io/client-go/kubernetes"
+
+	"go.klusters.dev/credential-webhook/kube"
 )
 
 // BindingBatcher is the Binder used by serve. It coalesces concurrent additions to the same
@@ -18,7 +19,7 @@ import (
 // conflicts grow with the square of the count and most reviews run out of their time budget
 // (measured: 91-94 of 100 left pending for the sweeper).
 type BindingBatcher struct {
-	CS kubernetes.Interface
+	CS kube.Client
 	// RoundTimeout bounds one round; it is independent of the callers' deadlines, so a caller
 	// that gives up does not fail the others (default 30s).
 	RoundTimeout time.Duration

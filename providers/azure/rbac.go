@@ -13,9 +13,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/kubernetes"
 
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/kube"
 )
 
 // The AKS identity-binding contract: a ServiceAccount may use managed identity <clientID> when
@@ -116,7 +116,7 @@ func hasSubject(b *rbacv1.ClusterRoleBinding, ns, name string) bool {
 // and nothing is bound to it). Not updating roles keeps the webhook's own RBAC narrower (no
 // "update" on clusterroles). An existing binding without our label (an administrator made it)
 // gets the subject added but is not adopted, so RemoveSubjects never prunes it.
-func EnsureBinding(ctx context.Context, cs kubernetes.Interface, clientID, saNamespace, saName string) error {
+func EnsureBinding(ctx context.Context, cs kube.Client, clientID, saNamespace, saName string) error {
 	name, err := RBACName(clientID)
 	if err != nil {
 		return err
@@ -133,7 +133,7 @@ func EnsureBinding(ctx context.Context, cs kubernetes.Interface, clientID, saNam
 
 // ensureSubjects makes sure ClusterRole name exists and ClusterRoleBinding name lists every
 // subject, in one read-modify-write (retried on conflict).
-func ensureSubjects(ctx context.Context, cs kubernetes.Interface, name, clientID string, subjects []rbacv1.Subject) error {
+func ensureSubjects(ctx context.Context, cs kube.Client, name, clientID string, subjects []rbacv1.Subject) error {
 	if err := ensureRole(ctx, cs, name, clientID); err != nil {
 		return err
 	}
@@ -178,7 +178,7 @@ func dedupe(b *rbacv1.ClusterRoleBinding, add []rbacv1.Subject) []rbacv1.Subject
 	return cur.Subjects
 }
 
-func ensureRole(ctx context.Context, cs kubernetes.Interface, name, clientID string) error {
+func ensureRole(ctx context.Context, cs kube.Client, name, clientID string) error {
 	roles := cs.RbacV1().ClusterRoles()
 	role, err := roles.Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
@@ -211,7 +211,7 @@ func ensureRole(ctx context.Context, cs kubernetes.Interface, name, clientID str
 // A missing binding, or one without our label (made by someone else), is left alone. The
 // ClusterRole is kept: it grants nothing without a binding, there is one per identity (not per
 // ServiceAccount), and deleting it would race with an EnsureBinding that just checked it.
-func RemoveSubjects(ctx context.Context, cs kubernetes.Interface, clientID string, keep func(ns, name string) bool) (int, error) {
+func RemoveSubjects(ctx context.Context, cs kube.Client, clientID string, keep func(ns, name string) bool) (int, error) {
 	name, err := RBACName(clientID)
 	if err != nil {
 		return 0, err
@@ -263,7 +263,7 @@ func RemoveSubjects(ctx context.Context, cs kubernetes.Interface, clientID strin
 // ClusterRoleBinding use-mi-<clientID> lists it and refers to ClusterRole use-mi-<clientID>,
 // which grants the verb. Missing objects give false and no error; a binding referring to another
 // role is an error (it needs an administrator).
-func BindingLists(ctx context.Context, cs kubernetes.Interface, clientID, ns, name string) (bool, error) {
+func BindingLists(ctx context.Context, cs kube.Client, clientID, ns, name string) (bool, error) {
 	rbacName, err := RBACName(clientID)
 	if err != nil {
 		return false, err

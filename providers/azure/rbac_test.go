@@ -21,6 +21,8 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/kube"
+	"go.klusters.dev/credential-webhook/kube/kubeadapter"
 )
 
 const rbacName = RBACNamePrefix + testClientID
@@ -88,6 +90,14 @@ func newFakeCluster(objs ...runtime.Object) *fakeCluster {
 	})
 	return c
 }
+
+// The server's packages take a kube.Client; fakeCluster is one, through package kubeadapter.
+func (c *fakeCluster) CoreV1() kube.CoreV1Client   { return kubeadapter.Wrap(c.Clientset).CoreV1() }
+func (c *fakeCluster) BatchV1() kube.BatchV1Client { return kubeadapter.Wrap(c.Clientset).BatchV1() }
+func (c *fakeCluster) CoordinationV1() kube.CoordinationV1Client {
+	return kubeadapter.Wrap(c.Clientset).CoordinationV1()
+}
+func (c *fakeCluster) RbacV1() kube.RbacV1Client { return kubeadapter.Wrap(c.Clientset).RbacV1() }
 
 func (c *fakeCluster) stamp(m metav1.Object) {
 	n := c.rv.Add(1)

@@ -8,9 +8,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/kube"
 	"go.klusters.dev/credential-webhook/markers"
 	"go.klusters.dev/credential-webhook/sweeper"
 )
@@ -60,7 +60,7 @@ func (f Cloud) Finish(ctx context.Context, sa *corev1.ServiceAccount) (map[strin
 // their standing for that identity (markers.Keeps; their client ID annotation must name the
 // binding's identity too). It is a sweeper.ScopedCollector with one scope, every binding: only
 // the deletion or change of a ServiceAccount whose markers carry an Azure claim makes it due.
-type Collector struct{ CS kubernetes.Interface }
+type Collector struct{ CS kube.Client }
 
 // collectorScope is the Collector's one scope.
 var collectorScope = sweeper.Scope{Key: "azure-identity-bindings", Claim: markers.Claim{Cloud: markers.Azure}}
@@ -104,7 +104,7 @@ func (c Collector) Collect(ctx context.Context, lookup markers.Lookup) (int, err
 }
 
 // BindingLister answers whether a binding lists a ServiceAccount (sweeper readiness).
-type BindingLister struct{ CS kubernetes.Interface }
+type BindingLister struct{ CS kube.Client }
 
 func (b BindingLister) BindingLists(ctx context.Context, clientID, namespace, name string) (bool, error) {
 	return BindingLists(ctx, b.CS, clientID, namespace, name)

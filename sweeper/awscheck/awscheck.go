@@ -22,9 +22,9 @@ import (
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/kube"
 )
 
 // DefaultAudience is the STS audience: the token audience IRSA uses unless the ServiceAccount
@@ -218,7 +218,7 @@ func splitRoleARN(arn string) (prefix, name string, ok bool) {
 // KubeTokens mints tokens with the TokenRequest API (serviceaccounts/token create), exactly as
 // the kubelet does for a Pod's projected token, so STS sees what the backup will send.
 type KubeTokens struct {
-	Client kubernetes.Interface
+	Client kube.Client
 }
 
 // Token implements TokenSource.
