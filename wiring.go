@@ -406,5 +406,18 @@ func (p *providerConfig) locker(d deps) awsp.Locker {
 		d.log.Warn("per-seed locks are in-process only (no Kubernetes API or no --lease-namespace): run a single replica")
 		return awsp.NewLocalLocker()
 	}
-	return kube.NewLeaseLocker(d.kube, p.leaseNamespace, p.identity, p.leaseDuration, d.log)
+	l := kube.NewLeaseLocker(d.kube, p.leaseNamespace, p.identity, p.leaseDuration, d.log)
+	if d.reg != nil {
+		d.reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "credential_webhook_lock_sessions_total",
+				Help: "Per-seed lock Leases this replica took (lock sessions).",
+			}, func() float64 { n, _ := l.Stats(); return float64(n) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "credential_webhook_lock_api_calls_total",
+				Help: "Kubernetes API calls on per-seed lock Leases (get, create, update), waiting for another replica's included: divided by credential_webhook_lock_sessions_total, what a lock session costs the apiserver.",
+			}, func() float64 { _, n := l.Stats(); return float64(n) }),
+		)
+	}
+	return l
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,31 +23,38 @@ import (
 )
 
 // BenchmarkFlowCreationToTrust measures what "plan at admission, write on persistence" costs a
-// backup: per-session ServiceAccounts created through the apiserver at a steady rate (the
-// operator's identity, 2 replicas of the real binary, their sweepers on), every tenth followed by
-// its KubeStash Job. It reports, from each creation call's start:
+// burst of backups (issue 18): 1,000 per-session ServiceAccounts created through the apiserver by
+// 16 concurrent clients as fast as they go (the operator's identity, 2 replicas of the real
+// binary behind the frontend, their sweepers on), every tenth followed by its KubeStash Job, with
+// IAM behind the proxy at 0 and 100 ms of latency and 10% of IAM calls throttled (the SDK
+// retries them). It reports, from each creation call's start:
 //
 //   - trust written: when the subject first shows in a derived role's trust policy, read from moto
 //     directly every 50 ms (so the figure is up to 50 ms late), and
 //   - Job release: when the held Job first shows spec.suspend false, read every 100 ms (the sweeper
 //     proves the credentials with sts:AssumeRoleWithWebIdentity first; no propagation delay here),
 //
-// as p50 and p99, and IAM writes per ServiceAccount. The same benchmark runs against any binary
-// (CREDENTIAL_WEBHOOK_BINARY), so an older version that wrote at admission is measured the same
-// way. Run with:
+// as p50 and p99; the last trust written after the last creation (last-trust-ms); IAM calls per
+// ServiceAccount as the proxy counted them (every attempt, throttled ones included): all writes,
+// trust policy writes (CreateRole, UpdateAssumeRolePolicy) and all calls; and, from the replicas'
+// /metrics, lock sessions and Lease API calls per lock session. The same benchmark runs against
+// any binary (CREDENTIAL_WEBHOOK_BINARY); a binary without the lock metrics reports 0 for them.
+// Run with:
 //
 //	go test -run '^$' -bench FlowCreationToTrust -benchtime 1x -timeout 30m
 func BenchmarkFlowCreationToTrust(b *testing.B) {
 	for _, lat := range []time.Duration{0, 100 * time.Millisecond} {
 		b.Run("iam-latency="+lat.String(), func(b *testing.B) {
 			for b.Loop() {
-				creationToTrust(b, 300, 100, lat)
+				creationToTrust(b, 1000, 16, lat, 0.1)
 			}
 		})
 	}
 }
 
-func creationToTrust(b *testing.B, n, perSecond int, iamLatency time.Duration) {
+// creationToTrust creates n ServiceAccounts from clients concurrent creators (each as fast as
+// the apiserver answers), with IAM latency and a throttled fraction of IAM calls.
+func creationToTrust(b *testing.B, n, clients int, iamLatency time.Duration, throttle float64) {
 	ctx := context.Background()
 	ns := cluster.Namespace(b)
 	cfg := rest.CopyConfig(cluster.Config)
@@ -64,18 +72,26 @@ func creationToTrust(b *testing.B, n, perSecond int, iamLatency time.Duration) {
 	}
 	suffix := ns[strings.LastIndexByte(ns, '-')+1:]
 	var names []string
+	var replicas []*harness.Webhook
 	for _, l := range []string{"a", "b"} {
 		name := "lat-" + suffix + "-" + l
 		names = append(names, name)
-		cluster.StartWebhook(b, harness.WebhookOptions{Name: name, Args: []string{
+		replicas = append(replicas, cluster.StartWebhook(b, harness.WebhookOptions{Name: name, Args: []string{
 			"--aws-seed-roles=" + seed, "--allowed-requesters=user:" + operatorUser, "--allowed-namespaces=*",
 			"--lease-namespace=" + harness.WebhookNamespace, "--identity=" + name,
-		}})
+		}}))
 	}
 	flowPoll(b, 60*time.Second, "a sweeper leader", func() (bool, error) { return slices.Contains(names, flowLeaseHolder()), nil })
-	if iamLatency > 0 {
-		cluster.IAM.SetFaults(iamproxy.Faults{Latency: iamLatency, Actions: []string{"iam:*"}})
+	if iamLatency > 0 || throttle > 0 {
+		cluster.IAM.SetFaults(iamproxy.Faults{Latency: iamLatency, ThrottleRate: throttle, Actions: []string{"iam:*"}, Seed: 18})
 		b.Cleanup(func() { cluster.IAM.SetFaults(iamproxy.Faults{}) })
+	}
+	lockStats := func() (sessions, calls float64) {
+		for _, w := range replicas {
+			sessions += flowMetric(b, w, "credential_webhook_lock_sessions_total", nil)
+			calls += flowMetric(b, w, "credential_webhook_lock_api_calls_total", nil)
+		}
+		return sessions, calls
 	}
 
 	var mu sync.Mutex
@@ -126,37 +142,42 @@ func creationToTrust(b *testing.B, n, perSecond int, iamLatency time.Duration) {
 	}()
 
 	iamBefore := cluster.IAM.Calls()
+	sessionsBefore, lockCallsBefore := lockStats()
 	base := time.Now().Unix()
 	errs := make(chan error, n)
 	var creators sync.WaitGroup
-	tick := time.NewTicker(time.Second / time.Duration(perSecond))
-	for i := range n {
-		<-tick.C
-		name := fmt.Sprintf("sample-backup-daemon-demo-session-%d", base+int64(i))
-		withJob := i%10 == 0
+	var next atomic.Int64
+	for range clients {
 		creators.Go(func() {
-			sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name,
-				Annotations: map[string]string{annotations.SeedRole: seed, annotations.BucketNames: harness.BucketNames}}}
-			t0 := time.Now()
-			mu.Lock()
-			started[name] = t0
-			mu.Unlock()
-			got, err := op.CoreV1().ServiceAccounts(ns).Create(ctx, sa, metav1.CreateOptions{})
-			if err == nil && got.Annotations[annotations.AWSRoleARN] == "" {
-				err = fmt.Errorf("%s admitted without a role ARN: %v", name, got.Annotations)
-			}
-			if err == nil && withJob {
-				_, err = op.BatchV1().Jobs(ns).Create(ctx, flowJob(ns, name, name), metav1.CreateOptions{})
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				name := fmt.Sprintf("sample-backup-daemon-demo-session-%d", base+int64(i))
+				withJob := i%10 == 0
+				sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name,
+					Annotations: map[string]string{annotations.SeedRole: seed, annotations.BucketNames: harness.BucketNames}}}
+				t0 := time.Now()
 				mu.Lock()
-				jobNames = append(jobNames, name)
+				started[name] = t0
 				mu.Unlock()
-			}
-			if err != nil {
-				errs <- err
+				got, err := op.CoreV1().ServiceAccounts(ns).Create(ctx, sa, metav1.CreateOptions{})
+				if err == nil && got.Annotations[annotations.AWSRoleARN] == "" {
+					err = fmt.Errorf("%s admitted without a role ARN: %v", name, got.Annotations)
+				}
+				if err == nil && withJob {
+					_, err = op.BatchV1().Jobs(ns).Create(ctx, flowJob(ns, name, name), metav1.CreateOptions{})
+					mu.Lock()
+					jobNames = append(jobNames, name)
+					mu.Unlock()
+				}
+				if err != nil {
+					errs <- err
+				}
 			}
 		})
 	}
-	tick.Stop()
 	creators.Wait()
 	lastCreated := time.Now()
 	close(errs)
@@ -184,35 +205,55 @@ func creationToTrust(b *testing.B, n, perSecond int, iamLatency time.Duration) {
 		return true, nil
 	})
 	calls := flowCallsSince(iamBefore)
+	sessionsAfter, lockCallsAfter := lockStats()
+	sessions, lockCalls := sessionsAfter-sessionsBefore, lockCallsAfter-lockCallsBefore
 
 	mu.Lock()
 	defer mu.Unlock()
 	var toTrust, toRelease []time.Duration
-	var lastTrusted time.Time
+	var lastTrusted, firstCreated time.Time
 	for name, t0 := range started {
 		at := trusted[flowSubject(ns, name)]
 		toTrust = append(toTrust, at.Sub(t0))
 		if at.After(lastTrusted) {
 			lastTrusted = at
 		}
+		if firstCreated.IsZero() || t0.Before(firstCreated) {
+			firstCreated = t0
+		}
 	}
 	for _, j := range jobNames {
 		toRelease = append(toRelease, released[j].Sub(started[j]))
 	}
-	writes := 0
+	writes, trustWrites, all := 0, 0, 0
 	for action, c := range calls {
-		if strings.HasPrefix(action, "iam:") && !strings.HasPrefix(action, "iam:Get") && !strings.HasPrefix(action, "iam:List") {
+		if !strings.HasPrefix(action, "iam:") {
+			continue
+		}
+		all += c
+		if !strings.HasPrefix(action, "iam:Get") && !strings.HasPrefix(action, "iam:List") {
 			writes += c
+		}
+		if action == "iam:CreateRole" || action == "iam:UpdateAssumeRolePolicy" {
+			trustWrites += c
 		}
 	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	b.ReportMetric(ms(packPercentile(toTrust, 0.50)), "p50-trust-ms")
 	b.ReportMetric(ms(packPercentile(toTrust, 0.99)), "p99-trust-ms")
+	b.ReportMetric(ms(lastTrusted.Sub(lastCreated)), "last-trust-ms")
 	b.ReportMetric(ms(packPercentile(toRelease, 0.50)), "p50-release-ms")
 	b.ReportMetric(ms(packPercentile(toRelease, 0.99)), "p99-release-ms")
 	b.ReportMetric(float64(writes)/float64(n), "iam-writes/sa")
-	b.Logf("%d ServiceAccounts at %d/s (%d Jobs), IAM latency %s: last trusted %s after the last creation; IAM %s",
-		n, perSecond, len(jobNames), iamLatency, lastTrusted.Sub(lastCreated).Round(time.Millisecond), flowFormatCalls(calls))
+	b.ReportMetric(float64(trustWrites)/float64(n), "trust-writes/sa")
+	b.ReportMetric(float64(all)/float64(n), "iam-calls/sa")
+	b.ReportMetric(sessions, "lock-sessions")
+	if sessions > 0 {
+		b.ReportMetric(lockCalls/sessions, "lease-calls/session")
+	}
+	b.Logf("%d ServiceAccounts from %d clients in %s (%d Jobs), IAM latency %s, throttled %.0f%%: last trusted %s after the last creation; %.0f lock sessions, %.0f Lease calls; IAM %s; throttled %v",
+		n, clients, lastCreated.Sub(firstCreated).Round(time.Millisecond), len(jobNames), iamLatency, throttle*100,
+		lastTrusted.Sub(lastCreated).Round(time.Millisecond), sessions, lockCalls, flowFormatCalls(calls), cluster.IAM.Faults().Throttled)
 }
 
 // every runs fn every d until stop is closed.

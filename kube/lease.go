@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	coordinationv1 "k8s.io/api/coordination/v1"
@@ -47,7 +48,16 @@ type LeaseLocker struct {
 	bumps map[string]int64
 	// heldAt is when this replica took key (monotonic clock), while it holds it.
 	heldAt map[string]time.Time
+
+	// sessions counts the locks taken, calls the Lease API calls made for them (Stats).
+	sessions, calls atomic.Int64
 }
+
+// Stats returns how many locks this replica took and how many Lease API calls (get, create,
+// update) it made for them, including waiting for a Lease another replica holds: what a lock
+// session costs the apiserver (the metrics credential_webhook_lock_sessions_total and
+// credential_webhook_lock_api_calls_total).
+func (l *LeaseLocker) Stats() (sessions, calls int64) { return l.sessions.Load(), l.calls.Load() }
 
 // HoldLimit is how long a holder may keep a lock: the Lease duration. A holder that keeps it
 // longer without renewing may find another replica holding it too.
@@ -117,6 +127,7 @@ func (l *LeaseLocker) Lock(ctx context.Context, key string) (func(), int64, erro
 		<-c
 		return nil, 0, err
 	}
+	l.sessions.Add(1)
 	l.mu.Lock()
 	l.heldAt[key], l.bumps[key] = start, 0
 	l.mu.Unlock()
@@ -154,6 +165,7 @@ func (l *LeaseLocker) acquire(ctx context.Context, key string) (int64, time.Time
 		if cached != nil {
 			lease, cached = cached, nil // trusted once: a conflict below reads the API
 		} else {
+			l.calls.Add(1)
 			lease, err = leases.Get(ctx, name, metav1.GetOptions{})
 		}
 		switch {
@@ -164,6 +176,7 @@ func (l *LeaseLocker) acquire(ctx context.Context, key string) (int64, time.Time
 					Annotations: map[string]string{generationAnnotation: "0", keyAnnotation: key}},
 				Spec: l.heldSpec(now),
 			}
+			l.calls.Add(1)
 			if created, err := leases.Create(ctx, lease, metav1.CreateOptions{}); err == nil {
 				l.remember(key, created)
 				return 0, at, nil
@@ -194,6 +207,7 @@ func (l *LeaseLocker) acquire(ctx context.Context, key string) (int64, time.Time
 					upd.Annotations = map[string]string{}
 				}
 				upd.Annotations[generationAnnotation] = strconv.FormatInt(gen, 10)
+				l.calls.Add(1)
 				updated, err := leases.Update(ctx, upd, metav1.UpdateOptions{})
 				if err == nil {
 					l.remember(key, updated)
@@ -291,6 +305,7 @@ func (l *LeaseLocker) modify(ctx context.Context, key string, change func(*coord
 		cached = nil
 		if lease == nil {
 			var err error
+			l.calls.Add(1)
 			if lease, err = leases.Get(ctx, name, metav1.GetOptions{}); err != nil {
 				l.remember(key, nil)
 				return fmt.Errorf("reading lease %s: %w", name, err)
@@ -303,6 +318,7 @@ func (l *LeaseLocker) modify(ctx context.Context, key string, change func(*coord
 			lease.Annotations = map[string]string{}
 		}
 		change(lease)
+		l.calls.Add(1)
 		updated, err := leases.Update(ctx, lease, metav1.UpdateOptions{})
 		if err == nil {
 			l.remember(key, updated)
