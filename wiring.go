@@ -276,6 +276,12 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		}
 		iamClient := awsp.NewIAMClient(cfg, awsp.CallMetrics(d.reg))
 		assigner := awsp.NewAssigner(iamClient, awsp.NewSeedGuard(p.locker(d), seeds.Allows, iamClient, sweeper.SeedLeaseExists(d.kube, p.leaseNamespace)), awsp.Config{Seeds: seeds, Quota: p.awsQuota, RoleCreationLimit: p.roleCreationLimit, PermissionsBoundary: p.awsBoundary, OIDCIssuer: issuer}, d.log)
+		if d.reg != nil {
+			d.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+				Name: "credential_webhook_assign_rounds_total",
+				Help: "Placement rounds of the writer's lock sessions: a session holds the seed's lock through a burst and places what queued while its previous round wrote.",
+			}, func() float64 { return float64(assigner.Rounds()) }))
+		}
 		saPlugins = append(saPlugins, &awsp.Plugin{Assigner: assigner, Seeds: seeds, Access: policy, Metrics: awsp.NewMetrics(d.reg)})
 		clouds = append(clouds, awsp.Cloud{Assigner: assigner})
 		if d.kube != nil {

@@ -3,6 +3,7 @@ package aws
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
@@ -130,10 +131,31 @@ func (w deleteRole) send(ctx context.Context, api IAMAPI) error {
 
 // applier is the one place IAM writes are sent from. Before the first write of a session it
 // calls before (the generation bump, see Locker), so no write ever happens outside the protocol.
+// It is safe for concurrent use: a lock session writes the roles it touches in parallel.
 type applier struct {
 	api    IAMAPI
 	before func(context.Context) error
-	writes int // sent so far, failed ones included
+
+	mu     sync.Mutex // serialises before and counts writes
+	writes int        // sent so far, failed ones included
+}
+
+// admit runs before and counts the write about to be sent.
+func (w *applier) admit(ctx context.Context) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.before(ctx); err != nil {
+		return err
+	}
+	w.writes++
+	return nil
+}
+
+// sent is how many writes were sent so far.
+func (w *applier) sent() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.writes
 }
 
 // apply sends ws in order and stops at the first failure, which it returns wrapped with the call
@@ -141,13 +163,54 @@ type applier struct {
 // trustQuotaError look at it).
 func (w *applier) apply(ctx context.Context, ws ...write) error {
 	for _, op := range ws {
-		if err := w.before(ctx); err != nil {
+		if err := w.admit(ctx); err != nil {
 			return err
 		}
-		w.writes++
 		if err := op.send(ctx, w.api); err != nil {
 			return fmt.Errorf("%s: %w", op.action(), err)
 		}
 	}
 	return nil
+}
+
+// applyUnordered sends ws at once when their order does not matter, and returns the first
+// failure in ws's order. It is for the policies a new role gets after CreateRole (which set its
+// boundary already): attaching managed policies and putting inline ones do not depend on each
+// other, and sending them one after the other cost a whole IAM round trip each. A list with a
+// write whose order matters (a boundary, which must come first) is sent in order (apply).
+func (w *applier) applyUnordered(ctx context.Context, ws ...write) error {
+	if len(ws) < 2 || !allOrderFree(ws) {
+		return w.apply(ctx, ws...)
+	}
+	errs := make([]error, len(ws))
+	var wg sync.WaitGroup
+	for i, op := range ws {
+		wg.Go(func() { errs[i] = w.apply(ctx, op) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func allOrderFree(ws []write) bool {
+	for _, op := range ws {
+		if !orderFree(op) {
+			return false
+		}
+	}
+	return true
+}
+
+// orderFree reports whether op may be sent alongside the other writes to a role that already
+// carries its boundary.
+func orderFree(op write) bool {
+	switch op.(type) {
+	case attachPolicy, putInline:
+		return true
+	}
+	return false
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/iam"
@@ -100,7 +101,14 @@ type Assigner struct {
 
 	// foreignRecheck is ForeignRecheck; tests shorten it.
 	foreignRecheck time.Duration
+
+	// rounds counts the placement rounds of Assign's lock sessions (Rounds).
+	rounds atomic.Int64
 }
+
+// Rounds is how many placement rounds Assign's lock sessions ran: a session holding the lock
+// through a burst runs several, one per group of subjects that queued while the previous wrote.
+func (a *Assigner) Rounds() int64 { return a.rounds.Load() }
 
 // NewAssigner returns an Assigner. log may be nil.
 func NewAssigner(api IAMAPI, locker Locker, cfg Config, log *slog.Logger) *Assigner {

@@ -24,7 +24,12 @@ const maxBatchWait = 2 * time.Minute
 
 // drain runs lock sessions for st's queue until it is empty. One drainer runs per seed. The
 // batch is taken once the locks are held, so everyone who queued while the previous session or
-// the wait for the Lease went on is placed in this session.
+// the wait for the Lease went on is placed in this session. A session keeps the lock for as long
+// as subjects keep arriving (each round places what queued while the previous one wrote) and
+// releases it when a round finds the queue empty, or once the hold is old enough that a round
+// might outlive it (holdRounds): a burst costs one Lease take and release, and one reload at
+// most, instead of one per round, and what arrives during a round joins the next write at once
+// instead of waiting for the Lease to be released and taken again.
 func (a *Assigner) drain(seed RoleARN, st *seedState) {
 	for {
 		early := st.take(false)
@@ -42,18 +47,33 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 			}
 			continue
 		}
-		batch := st.take(true)
-		if len(batch) > 0 {
-			var until time.Time
-			if l, ok := a.locker.(holdLimiter); ok {
-				until = locked.Add(l.HoldLimit() * 2 / 3)
+		var until, lastRound time.Time
+		if l, ok := a.locker.(holdLimiter); ok {
+			until = locked.Add(l.HoldLimit() * 2 / 3)
+			lastRound = locked.Add(l.HoldLimit() / holdRounds)
+		}
+		for rounds := 0; ; rounds++ {
+			if rounds > 0 && !lastRound.IsZero() && time.Now().After(lastRound) {
+				break // what is queued is taken by the next session
+			}
+			batch := st.take(true)
+			if len(batch) == 0 {
+				break
 			}
 			a.assignBatch(s, batch, until)
+			a.rounds.Add(1)
+			st.publish() // admission plans from what this round wrote
 		}
 		done()
 		cancelLock()
 	}
 }
+
+// holdRounds: a session starts another round only within the first 1/holdRounds of the lock's
+// hold limit:
+// a round is bounded by two thirds of it (assignBatch), so a round started later would be cut
+// short, and the lock is released and taken again instead.
+const holdRounds = 3
 
 // take returns the requests whose callers still wait, dropping the others; clear also empties
 // the queue. When nobody waits, the drainer's turn ends (under the same lock as enqueueing, so

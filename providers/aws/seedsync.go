@@ -108,10 +108,10 @@ func (s *session) syncDrift(ctx context.Context, seed, target *roleSpec) ([]writ
 	if err != nil {
 		return nil, err
 	}
-	before := s.w.writes
+	before := s.w.sent()
 	err = s.w.apply(ctx, ws...)
 	if len(ws) > 0 {
-		s.a.log.Info("repaired drift of a derived role from its seed", "role", target.arn.String(), "writes", s.w.writes-before)
+		s.a.log.Info("repaired drift of a derived role from its seed", "role", target.arn.String(), "writes", s.w.sent()-before)
 	}
-	return ws[:s.w.writes-before], err
+	return ws[:s.w.sent()-before], err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
@@ -20,6 +21,9 @@ type session struct {
 	// locked: the distributed lock is held, so writes are allowed.
 	locked bool
 	bumped bool
+	// mu guards the cache (st) while a round's writes run at once (placeRound); the session is
+	// otherwise used by one goroutine.
+	mu sync.Mutex
 }
 
 // newSession starts a session over st; without locked every write is refused (bump), which is
@@ -239,11 +243,15 @@ func (s *session) writeTrust(ctx context.Context, r *roleState, p TrustPolicy) e
 	}
 	if err := s.w.apply(ctx, updateTrust{role: r.arn.Name, document: js}); err != nil {
 		if !isDefinite(err) {
+			s.mu.Lock()
 			s.st.loaded = false // the write may have happened: reload before trusting the cache
+			s.mu.Unlock()
 		}
 		return err
 	}
+	s.mu.Lock()
 	r.trust = p
+	s.mu.Unlock()
 	return nil
 }
 
@@ -257,9 +265,9 @@ func (s *session) syncRole(ctx context.Context, seed, target *roleSpec, full boo
 	if err != nil {
 		return 0, err
 	}
-	before := s.w.writes
+	before := s.w.sent()
 	err = s.w.apply(ctx, ws...)
-	return s.w.writes - before, err
+	return s.w.sent() - before, err
 }
 
 // placeBatch places subjects; every subject gets a result.
@@ -289,9 +297,12 @@ func (s *session) placeBatch(ctx context.Context, subjects []string) map[string]
 }
 
 // placeRound makes one placement attempt for todo. Plan: decide where every subject goes (Place,
-// with the reads that check the chosen roles). Apply: create the new roles, then write each
-// touched role's trust policy once, in index order. It returns the subjects to place again (IAM
-// refused a role as full, or a role appeared that the cache did not know).
+// with the reads that check the chosen roles). Apply: create the new roles and write each
+// touched role's trust policy once, all at the same time: every write goes to another role, and
+// the lock is held, so nothing else writes between them; one after the other, a round cost an
+// IAM round trip (and any throttling retry) per role, while every subject of the round waited for
+// the last one. It returns the subjects to place again (IAM refused a role as full, or a role
+// appeared that the cache did not know).
 func (s *session) placeRound(ctx context.Context, todo []string, out map[string]assignResult) (again []string) {
 	quota := s.a.quotaFor(ctx)
 	pl, failed, seedErr := s.decide(ctx, todo, quota)
@@ -307,36 +318,13 @@ func (s *session) placeRound(ctx context.Context, todo []string, out map[string]
 			out[d.Subject] = assignResult{a: Assignment{RoleARN: s.st.role(d.Index).arn.String(), AlreadyListed: true}}
 		}
 	}
-	stop := false
-	for _, c := range pl.Creates {
-		if seedErr != nil {
-			break // answered above; nothing was planned for them
-		}
-		if stop {
-			// An earlier creation changed what the plan assumed (the quota, or a role it did
-			// not know): the later new roles are planned again.
-			again = append(again, c.Subjects...)
-			continue
-		}
-		created, retry, err := s.createFor(ctx, c, quota)
-		switch {
-		case retry:
-			again = append(again, c.Subjects...)
-			stop = true
-		case err != nil && s.st.role(c.Index) == nil:
-			for _, sub := range c.Subjects {
-				out[sub] = assignResult{err: err}
-			}
-		default:
-			// With an error here the role exists, lists them all, but is incomplete: the error
-			// keeps them pending (so their Jobs stay held), and the next session that uses the
-			// role completes it (ensureComplete) before answering them as listed.
-			for i, sub := range c.Subjects {
-				out[sub] = assignResult{a: Assignment{RoleARN: created.String(), Created: i == 0}, err: err}
-			}
-		}
+	// The checks read IAM and fill the cache: one role after the other, before any write (decide
+	// checked these roles already, so this costs nothing unless a check failed there).
+	type trustWrite struct {
+		TrustWrite
+		r *roleState
 	}
-	log := s.a.log.With("seed", s.seed.String())
+	var writes []trustWrite
 	for _, w := range pl.Writes {
 		if failed[w.Index] != nil {
 			continue
@@ -355,27 +343,88 @@ func (s *session) placeRound(ctx context.Context, todo []string, out map[string]
 			}
 			continue
 		}
-		size, _ := w.Trust.Size()
-		err := s.writeTrust(ctx, r, w.Trust)
-		if named, full := trustQuotaError(err); full {
-			// IAM's verdict wins over our measurement: this role is full, place them again.
-			quota = s.a.learnQuota(named, size)
-			again = append(again, w.Added...)
-			continue
+		writes = append(writes, trustWrite{w, r})
+	}
+	var seed *roleSpec
+	if len(pl.Creates) > 0 && seedErr == nil {
+		// New roles copy the seed's inline policies: read them once, before the creations run.
+		var err error
+		if seed, err = s.seedSpec(ctx); err == nil {
+			err = seed.readInlineDocs(ctx, s.a.api, inlineDocsNeeded(seed, &roleSpec{inline: map[string]string{}}, false))
 		}
-		if err == nil {
-			s.st.placed(w.Added)
-		}
-		for _, sub := range w.Added {
-			if err != nil {
-				out[sub] = assignResult{err: err}
-				continue
+		if err != nil {
+			for _, c := range pl.Creates {
+				for _, sub := range c.Subjects {
+					out[sub] = assignResult{err: err}
+				}
 			}
-			out[sub] = assignResult{a: Assignment{RoleARN: r.arn.String()}}
-			log.Info("assigned ServiceAccount to derived role", "subject", sub, "role", r.arn.String(), "chars", size, "quota", quota, "batch", len(w.Added))
+			seed = nil
 		}
 	}
+
+	var mu sync.Mutex // guards out, again and quota while the writes run
+	var wg sync.WaitGroup
+	if seed != nil {
+		for _, c := range pl.Creates {
+			wg.Go(func() {
+				created, retry, err := s.createFor(ctx, c, seed, quota)
+				exists := s.cached(c.Index)
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case retry:
+					again = append(again, c.Subjects...)
+				case err != nil && !exists:
+					for _, sub := range c.Subjects {
+						out[sub] = assignResult{err: err}
+					}
+				default:
+					// With an error here the role exists, lists them all, but is incomplete: the
+					// error keeps them pending (so their Jobs stay held), and the next session that
+					// uses the role completes it (ensureComplete) before answering them as listed.
+					for i, sub := range c.Subjects {
+						out[sub] = assignResult{a: Assignment{RoleARN: created.String(), Created: i == 0}, err: err}
+					}
+				}
+			})
+		}
+	}
+	log := s.a.log.With("seed", s.seed.String())
+	for _, w := range writes {
+		r := w.r
+		wg.Go(func() {
+			size, _ := w.Trust.Size()
+			err := s.writeTrust(ctx, r, w.Trust)
+			mu.Lock()
+			defer mu.Unlock()
+			if named, full := trustQuotaError(err); full {
+				// IAM's verdict wins over our measurement: this role is full, place them again.
+				quota = s.a.learnQuota(named, size)
+				again = append(again, w.Added...)
+				return
+			}
+			if err == nil {
+				s.st.placed(w.Added)
+			}
+			for _, sub := range w.Added {
+				if err != nil {
+					out[sub] = assignResult{err: err}
+					continue
+				}
+				out[sub] = assignResult{a: Assignment{RoleARN: r.arn.String()}}
+				log.Info("assigned ServiceAccount to derived role", "subject", sub, "role", r.arn.String(), "chars", size, "quota", quota, "batch", len(w.Added))
+			}
+		})
+	}
+	wg.Wait()
 	return again
+}
+
+// cached reports whether the cache has a role at index idx (safe while writes run).
+func (s *session) cached(idx int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.st.role(idx) != nil
 }
 
 // decide places todo over the cache (Place) and checks, with reads only, that every existing
@@ -419,14 +468,12 @@ func (s *session) decide(ctx context.Context, todo []string, quota int) (pl Plac
 	}
 }
 
-// createFor creates the role c plans, with all its subjects; again asks for another placement
-// after the cache was corrected (IAM found the role full at creation, or the role already existed).
-func (s *session) createFor(ctx context.Context, c RoleCreate, quota int) (arn RoleARN, again bool, err error) {
+// createFor creates the role c plans, with all its subjects, from seed (its inline documents
+// read); again asks for another placement after the cache was corrected (IAM found the role full
+// at creation, or the role already existed). Several run at once in a round: the cache is
+// changed under s.mu only.
+func (s *session) createFor(ctx context.Context, c RoleCreate, seed *roleSpec, quota int) (arn RoleARN, again bool, err error) {
 	arn, err = Derived(s.seed, c.Index)
-	if err != nil {
-		return arn, false, err
-	}
-	seed, err := s.seedSpec(ctx)
 	if err != nil {
 		return arn, false, err
 	}
@@ -446,7 +493,7 @@ func (s *session) createFor(ctx context.Context, c RoleCreate, quota int) (arn R
 			return arn, false, err
 		}
 		return arn, true, nil
-	case err != nil && s.st.role(c.Index) == nil:
+	case err != nil && !s.cached(c.Index):
 		return arn, false, err
 	}
 	// Here the role exists and lists every subject (err: its policies are not all attached yet).
@@ -484,18 +531,29 @@ func (s *session) create(ctx context.Context, arn RoleARN, idx int, seed *roleSp
 	var id string
 	if err := s.w.apply(ctx, createRole{in: in, id: &id}); err != nil {
 		if !isDefinite(err) {
+			s.mu.Lock()
 			s.st.loaded = false
+			s.mu.Unlock()
 		}
 		return err
 	}
 	r := &roleState{index: idx, arn: arn, id: id, trust: trust, owner: ownerUs}
+	s.mu.Lock()
 	s.st.insert(r)
-	// What CreateRole set: policyDiff adds the rest.
+	s.mu.Unlock()
+	// What CreateRole set (the boundary included): policyDiff adds the rest, which does not
+	// depend on its order, so it is sent at once (one IAM round trip instead of one per policy).
 	target := &roleSpec{arn: arn, boundary: seed.boundary, tags: tags, inline: map[string]string{}}
-	if _, err := s.syncRole(ctx, seed, target, false); err != nil {
+	ws, err := policyDiff(seed, target, false)
+	if err == nil {
+		err = s.w.applyUnordered(ctx, ws...)
+	}
+	if err != nil {
 		return fmt.Errorf("derived role %s created but not complete (the next attempt completes it): %w", arn, err)
 	}
+	s.mu.Lock()
 	r.complete = true
+	s.mu.Unlock()
 	return nil
 }
 
@@ -517,6 +575,8 @@ func (s *session) adopt(ctx context.Context, arn RoleARN, idx int) error {
 	} else {
 		s.setOwner(r, spec)
 	}
+	s.mu.Lock()
 	s.st.insert(r)
+	s.mu.Unlock()
 	return nil
 }
