@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -57,10 +58,35 @@ func NewIAMClient(cfg aws.Config, optFns ...func(*iam.Options)) *iam.Client {
 		o.Retryer = retry.NewStandard(func(so *retry.StandardOptions) {
 			so.MaxAttempts = 10
 			so.MaxBackoff = 5 * time.Second
+			so.Backoff = jitterBackoff{base: retryBase, max: 5 * time.Second}
 			so.RateLimiter = ratelimit.None
 		})
 	}, WithAttemptTimeout(DefaultAttemptTimeout)}, optFns...)
 	return iam.NewFromConfig(cfg, opts...)
+}
+
+// retryBase is the first backoff of a retried IAM call: the n-th retry waits a random time below
+// retryBase * 2^n (full jitter), at most 5 s. The SDK's own backoff starts at a second (a first
+// retry waits up to 2 s, 1 s on average), and a lock session waits for its slowest call: with
+// one call in ten throttled, that second was most of what a burst of new ServiceAccounts waited
+// for. The server's own rate is a few calls a second (one write per role a session touches), so
+// a shorter first wait adds little load on IAM; a throttling that lasts still gets seconds
+// between attempts after a few retries (0.2, 0.4, 0.8, 1.6, 3.2, then 5 s).
+const retryBase = 100 * time.Millisecond
+
+// jitterBackoff is exponential backoff with full jitter from base, capped at max.
+type jitterBackoff struct{ base, max time.Duration }
+
+// BackoffDelay implements retry.BackoffDelayer.
+func (b jitterBackoff) BackoffDelay(attempt int, _ error) (time.Duration, error) {
+	d := b.max
+	if attempt < 30 {
+		d = min(b.max, b.base<<attempt)
+	}
+	if d <= 0 {
+		return 0, nil
+	}
+	return time.Duration(rand.Int64N(int64(d))), nil
 }
 
 // DefaultQuota is IAM's default ACLSizePerRole, used when neither the configuration nor
