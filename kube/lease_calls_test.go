@@ -58,6 +58,10 @@ func TestLockSessionAPICalls(t *testing.T) {
 	if err := l.Bump(ctx, key); err == nil {
 		t.Error("Bump outside a session succeeded")
 	}
+	// The metrics count the same: 4 sessions, 3 + 2*3 calls.
+	if sessions, calls := l.Stats(); sessions != 4 || calls != int64(len(cs.Actions())) || calls != 9 {
+		t.Errorf("Stats() = %d sessions, %d calls; want 4 and 9 (the fake saw %d)", sessions, calls, len(cs.Actions()))
+	}
 }
 
 // A Lease changed by someone else since this replica last saw it (here: at the release) costs

@@ -50,7 +50,7 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 		var until, lastRound time.Time
 		if l, ok := a.locker.(holdLimiter); ok {
 			until = locked.Add(l.HoldLimit() * 2 / 3)
-			lastRound = locked.Add(l.HoldLimit() / holdRounds)
+			lastRound = locked.Add(min(l.HoldLimit()/holdRounds, maxRoundsHold))
 		}
 		for rounds := 0; ; rounds++ {
 			if rounds > 0 && !lastRound.IsZero() && time.Now().After(lastRound) {
@@ -74,6 +74,12 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 // a round is bounded by two thirds of it (assignBatch), so a round started later would be cut
 // short, and the lock is released and taken again instead.
 const holdRounds = 3
+
+// maxRoundsHold bounds how long a session keeps starting rounds even under a long hold limit:
+// another replica waiting for the lock (one finishing what the leader's writer left it) waits
+// no longer than that plus a round, while a burst on one replica pays a Lease take and release
+// every 2 s, not every round.
+const maxRoundsHold = 2 * time.Second
 
 // take returns the requests whose callers still wait, dropping the others; clear also empties
 // the queue. When nobody waits, the drainer's turn ends (under the same lock as enqueueing, so

@@ -1,0 +1,112 @@
+package aws
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/iam"
+
+	"go.klusters.dev/credential-webhook/testenv/moto"
+)
+
+// gatedIAM holds the first CreateRole until open is closed, so a test can queue subjects while
+// a lock session writes.
+type gatedIAM struct {
+	IAMAPI
+	once    sync.Once
+	entered chan struct{}
+	open    chan struct{}
+}
+
+func (g *gatedIAM) CreateRole(ctx context.Context, in *iam.CreateRoleInput, optFns ...func(*iam.Options)) (*iam.CreateRoleOutput, error) {
+	first := false
+	g.once.Do(func() { first = true })
+	if first {
+		close(g.entered)
+		<-g.open
+	}
+	return g.IAMAPI.CreateRole(ctx, in, optFns...)
+}
+
+// sessionCountingLocker counts lock sessions; its lock expires like a Lease (holdLimiter).
+type sessionCountingLocker struct {
+	*LocalLocker
+	locks, unlocks atomic.Int64
+}
+
+func (l *sessionCountingLocker) Lock(ctx context.Context, key string) (func(), int64, error) {
+	unlock, gen, err := l.LocalLocker.Lock(ctx, key)
+	if err != nil {
+		return nil, 0, err
+	}
+	l.locks.Add(1)
+	var once sync.Once
+	return func() { once.Do(func() { l.unlocks.Add(1); unlock() }) }, gen, nil
+}
+
+func (l *sessionCountingLocker) HoldLimit() time.Duration { return time.Minute }
+
+// Subjects that arrive while a lock session writes join its next round: the lock is taken once
+// for the whole burst, every role is written once per round that touches it, and a new role is
+// created with every subject of its round already in its trust policy.
+func TestBurstJoinsTheSessionUnderWay(t *testing.T) {
+	srv := moto.Start(t)
+	srv.SetEnv(t)
+	e := newEnv(t, srv, "burst-seed", 2048)
+	ctx := ctxT(t)
+	gate := &gatedIAM{IAMAPI: e.api, entered: make(chan struct{}), open: make(chan struct{})}
+	locker := &sessionCountingLocker{LocalLocker: NewLocalLocker()}
+	cfg := Config{}
+	cfg.Seeds, _ = ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
+	a := NewAssigner(gate, locker, cfg, nil)
+	per := e.capacity(2048)
+
+	total := per + 4 // round 1: subject 0 creates role 0; round 2: fills role 0, creates role 1
+	results := make([]Assignment, total)
+	errs := make([]error, total)
+	var wg sync.WaitGroup
+	wg.Go(func() { results[0], errs[0] = a.Assign(ctx, e.seed, "demo", sessionSA(0)) })
+	<-gate.entered // round 1 is writing, under the lock
+	for i := 1; i < total; i++ {
+		wg.Go(func() { results[i], errs[i] = a.Assign(ctx, e.seed, "demo", sessionSA(i)) })
+	}
+	st := a.state(e.seed)
+	for queued := 0; queued < total-1; time.Sleep(5 * time.Millisecond) {
+		st.qmu.Lock()
+		queued = len(st.queue)
+		st.qmu.Unlock()
+	}
+	close(gate.open)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	if l, u := locker.locks.Load(), locker.unlocks.Load(); l != 1 || u != 1 {
+		t.Errorf("lock taken %d times, released %d times for one burst; want 1 and 1", l, u)
+	}
+	if r := a.Rounds(); r != 2 {
+		t.Errorf("%d rounds, want 2 (the first subject, then everyone who queued while it wrote)", r)
+	}
+	c := e.calls()
+	if c["iam:CreateRole"] != 2 || c["iam:UpdateAssumeRolePolicy"] != 1 {
+		t.Errorf("IAM calls %v; want 2 CreateRole (each with its round's subjects) and 1 UpdateAssumeRolePolicy (role 0 filled in round 2)", c)
+	}
+	if c["iam:ListRoles"] != 1 {
+		t.Errorf("IAM calls %v; want 1 ListRoles: the cache stays valid across the rounds of one hold", c)
+	}
+	seen := map[string]bool{}
+	for r := range 2 {
+		for _, s := range e.trustOf(derivedName(e.seed, r)).Subjects() {
+			seen[s] = true
+		}
+	}
+	for i := range total {
+		if !seen[sessionSubject(i)] {
+			t.Errorf("subject %d (%+v) not in any trust policy", i, results[i])
+		}
+	}
+}
