@@ -21,7 +21,6 @@ package admission
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -34,7 +33,6 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"golang.org/x/sync/semaphore"
-	"gomodules.xyz/jsonpatch/v2"
 
 	"go.klusters.dev/credential-webhook/patches"
 )
@@ -123,6 +121,8 @@ type Options struct {
 type server struct {
 	opts Options
 	pool sync.Pool
+	// encPool holds *encodeBuffers.
+	encPool sync.Pool
 	// slots holds one token per review in flight; nil: no limit.
 	slots chan struct{}
 	// bytes is the body budget (Options.MaxInFlightBytes); nil: no limit.
@@ -147,7 +147,8 @@ func NewHandler(opts Options) http.Handler {
 	if opts.MaxInFlightBytes == 0 {
 		opts.MaxInFlightBytes = DefaultMaxInFlightBytes
 	}
-	s := &server{opts: opts, pool: sync.Pool{New: func() any { return new(bytes.Buffer) }}}
+	s := &server{opts: opts, pool: sync.Pool{New: func() any { return new(bytes.Buffer) }},
+		encPool: sync.Pool{New: func() any { return new(encodeBuffers) }}}
 	if opts.MaxInFlight > 0 {
 		s.slots = make(chan struct{}, opts.MaxInFlight)
 	}
@@ -274,13 +275,15 @@ func (s *server) review(rt Route) http.HandlerFunc {
 			return
 		}
 		kind, op = in.Kind.Kind, string(in.Operation)
+		enc := s.encPool.Get().(*encodeBuffers)
+		defer s.putEncodeBuffers(enc)
 
 		out := reviewOut{APIVersion: reviewAPIVersion, Kind: reviewKind, Response: responseOut{UID: in.UID, Allowed: true}}
 		log := s.opts.Log.With("uid", in.UID)
 		var patchOps int
 		if in.Kind.Group == rt.Group && in.Kind.Kind == rt.Kind {
 			authn := s.opts.Authenticated != nil && s.opts.Authenticated(hr)
-			c, res, n := s.run(hr.Context(), rt, in, budget(hr.URL.Query()), authn, log)
+			c, res, n := s.run(hr.Context(), rt, in, budget(hr.URL.Query()), authn, log, enc)
 			code = c
 			out.Response = res
 			out.Response.UID = in.UID
@@ -300,14 +303,10 @@ func (s *server) review(rt Route) http.HandlerFunc {
 			m.PatchOps.WithLabelValues(rt.Name).Add(float64(patchOps))
 		}
 
-		body, err := json.Marshal(&out)
-		if err != nil { // cannot happen with these types; answer something the apiserver reads
-			fail(http.StatusInternalServerError, "encoding response: "+err.Error())
-			return
-		}
+		enc.out = appendReview(enc.out[:0], &out)
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(code)
-		_, _ = w.Write(body)
+		_, _ = w.Write(enc.out)
 
 		log.Info("review", "route", rt.Name, "kind", in.Kind.Kind, "namespace", in.Namespace, "name", in.Name,
 			"operation", in.Operation, "user", in.UserInfo.Username, "dryRun", in.DryRun != nil && *in.DryRun,
@@ -318,7 +317,7 @@ func (s *server) review(rt Route) http.HandlerFunc {
 
 // run executes the route's plugins under the derived deadline and turns their outcome into a
 // response. A panic becomes a 500 carrying the uid; the server goes on serving.
-func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.Duration, authenticated bool, log *slog.Logger) (code int, res responseOut, nOps int) {
+func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.Duration, authenticated bool, log *slog.Logger, enc *encodeBuffers) (code int, res responseOut, nOps int) {
 	deadline := time.Now().Add(budget)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
@@ -358,29 +357,23 @@ func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.D
 	}
 	res = responseOut{Allowed: true, Warnings: resp.Warnings}
 	if ops := resp.Patch.Ops(); len(ops) > 0 {
-		b, err := marshalOps(ops)
+		b, err := appendPatch(enc.patch[:0], ops)
 		if err != nil {
 			return http.StatusInternalServerError, responseOut{Allowed: false,
 				Status: &statusOut{Code: http.StatusInternalServerError, Message: "encoding patch: " + err.Error()}}, 0
 		}
+		enc.patch = b
 		pt := jsonPatchType
 		res.Patch, res.PatchType = b, &pt
 	}
 	return http.StatusOK, res, len(resp.Patch.Ops())
 }
 
-// patchOp is the wire form of one operation. Marshalling these plain structs is several times
-// cheaper than jsonpatch.Operation's own MarshalJSON, which builds a map per operation.
-type patchOp struct {
-	Op    string `json:"op"`
-	Path  string `json:"path"`
-	Value any    `json:"value,omitempty"`
-}
+// encodeBuffers are the patch and the response of one review, reused across reviews.
+type encodeBuffers struct{ patch, out []byte }
 
-func marshalOps(ops []jsonpatch.Operation) ([]byte, error) {
-	out := make([]patchOp, len(ops))
-	for i, o := range ops {
-		out[i] = patchOp{Op: o.Operation, Path: o.Path, Value: o.Value}
+func (s *server) putEncodeBuffers(b *encodeBuffers) {
+	if cap(b.patch)+cap(b.out) <= maxPooledBuffer {
+		s.encPool.Put(b)
 	}
-	return json.Marshal(out)
 }
