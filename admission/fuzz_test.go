@@ -88,7 +88,7 @@ func FuzzDecodeReview(f *testing.F) {
 		}
 		var req *requestIn
 		var err error
-		checkAllocs(t, len(body), 64, "decodeReview", func() { req, err = decodeReview(body) })
+		checkAllocs(t, len(body), 64, "decodeReview", func() { req, err = decodeReview(body, nil) })
 		if err != nil {
 			if _, ok := err.(*DecodeError); !ok {
 				t.Fatalf("error %T is not a *DecodeError (the handler answers 400 only for those): %v", err, err)
@@ -106,7 +106,7 @@ func FuzzDecodeReview(f *testing.F) {
 				t.Fatalf("object is not valid JSON: %q", raw)
 			}
 		}
-		again, err := decodeReview(body)
+		again, err := decodeReview(body, nil)
 		if err != nil || again.UID != req.UID || !bytes.Equal(again.Object, req.Object) {
 			t.Fatalf("second decode differs: %v", err)
 		}
@@ -196,7 +196,7 @@ func checkAnswer(t *testing.T, body []byte, rec *httptest.ResponseRecorder) {
 	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
 		t.Fatalf("200 answer is not JSON: %v: %s", err, rec.Body.Bytes())
 	}
-	in, err := decodeReview(body)
+	in, err := decodeReview(body, nil)
 	if err != nil {
 		t.Fatalf("200 for a body decodeReview refuses (%v)", err)
 	}

@@ -26,7 +26,9 @@ type Request struct {
 	Operation admissionv1.Operation
 	UserInfo  authenticationv1.UserInfo
 	DryRun    bool
-	// Object and OldObject are the raw JSON exactly as the apiserver sent them.
+	// Object and OldObject are the raw JSON exactly as the apiserver sent them. They are the
+	// bytes of the review's body, reused once the review is answered: a plugin that keeps any of
+	// it past Admit copies it.
 	Object    []byte
 	OldObject []byte
 	// Deadline is the apiserver's timeout for this call less a safety margin; the context
@@ -40,9 +42,22 @@ type Request struct {
 	// object is persisted. Otherwise a review only plans (see package markers).
 	Authenticated bool
 
+	// decoded is what decodedBy.DecodeObject read from Object (ObjectDecoder).
+	decodedBy ObjectDecoder
+	decoded   any
+
 	ann, oldAnn       map[string]string
 	annErr, oldAnnErr error
 	annDone, oldDone  bool
+}
+
+// Decoded returns what d.DecodeObject read from Object while the server read the review, if
+// d is the route's ObjectDecoder and it succeeded; otherwise d decodes Object itself.
+func (r *Request) Decoded(d ObjectDecoder) (any, bool) {
+	if r.decodedBy == nil || r.decodedBy != d {
+		return nil, false
+	}
+	return r.decoded, true
 }
 
 // Annotations returns the object's metadata.annotations, decoded once per review however many

@@ -1,6 +1,7 @@
 package admission
 
 import (
+	"bytes"
 	"fmt"
 	"net/url"
 	"time"
@@ -23,12 +24,13 @@ const (
 	defaultTimeout = 10 * time.Second
 )
 
-// reviewIn mirrors admissionv1.AdmissionReview but keeps the objects raw (jsontext.Value): the
-// object is validated but never decoded here, only by the plugins that need parts of it.
+// reviewIn mirrors admissionv1.AdmissionReview but keeps the objects raw: each is validated but
+// not decoded here, only located in the body (objectRef), and decoded by the plugins that need
+// parts of it, or by the route's ObjectDecoder in this same pass.
 type reviewIn struct {
 	APIVersion string     `json:"apiVersion"`
 	Kind       string     `json:"kind"`
-	Request    *requestIn `json:"request"`
+	Request    requestRef `json:"request"`
 }
 
 type requestIn struct {
@@ -40,9 +42,76 @@ type requestIn struct {
 	Name        string                      `json:"name"`
 	Operation   admissionv1.Operation       `json:"operation"`
 	UserInfo    userInfo                    `json:"userInfo"`
-	Object      jsontext.Value              `json:"object"`
-	OldObject   jsontext.Value              `json:"oldObject"`
+	RawObject   objectRef                   `json:"object"`
+	RawOld      objectRef                   `json:"oldObject"`
 	DryRun      *bool                       `json:"dryRun"`
+
+	// Object and OldObject are the objects' bytes within the body (not copies: valid while
+	// the body's buffer is, i.e. until the review is answered); nil when absent.
+	Object, OldObject []byte `json:"-"`
+}
+
+// ObjectDecoder is implemented by a plugin that reads the review's object into a view of its
+// own. The server calls it while it reads the review, so the object is validated and decoded in
+// one pass rather than validated by the review's decode and then read again by the plugin, which
+// finds the result with Request.Decoded. The first plugin of a route implementing it is used.
+//
+// DecodeObject must read exactly one JSON value from dec (json.UnmarshalDecode does) and give
+// what decoding Request.Object on its own gives. On any error the server reads the review again
+// without it, and the plugin decodes Request.Object itself: errors, the review's and the
+// plugin's, are the same as without this interface. Requests whose kind the route does not serve
+// are decoded too, and their view discarded.
+type ObjectDecoder interface {
+	DecodeObject(dec *jsontext.Decoder) (any, error)
+}
+
+// requestRef decodes the request, handing the object's decoder to its objectRef.
+type requestRef struct {
+	req    *requestIn
+	decode ObjectDecoder
+}
+
+func (r *requestRef) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
+	if dec.PeekKind() == 'n' {
+		_, err := dec.ReadToken()
+		r.req = nil
+		return err
+	}
+	r.req = &requestIn{RawObject: objectRef{decode: r.decode}}
+	return json.UnmarshalDecode(dec, r.req)
+}
+
+// objectRef locates an object in the body: where its value starts and ends. The value is
+// validated (SkipValue), or decoded by decode, which validates it as well.
+type objectRef struct {
+	start, end int64
+	present    bool
+	decode     ObjectDecoder
+	view       any
+}
+
+func (o *objectRef) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
+	// The offset is just past the member name: the colon and any whitespace come first.
+	start := dec.InputOffset()
+	if o.decode != nil {
+		v, err := o.decode.DecodeObject(dec)
+		if err != nil {
+			return err
+		}
+		o.view = v
+	} else if err := dec.SkipValue(); err != nil {
+		return err
+	}
+	o.start, o.end, o.present = start, dec.InputOffset(), true
+	return nil
+}
+
+// bytesIn is the object's value within body; nil when absent.
+func (o *objectRef) bytesIn(body []byte) []byte {
+	if !o.present || o.start < 0 || o.end > int64(len(body)) || o.start > o.end {
+		return nil
+	}
+	return bytes.TrimLeft(body[o.start:o.end:o.end], " \t\r\n:")
 }
 
 type userInfo struct {
@@ -57,22 +126,35 @@ type DecodeError struct{ Message string }
 
 func (e *DecodeError) Error() string { return e.Message }
 
-// decodeReview parses an AdmissionReview v1 and checks the parts every handler relies on.
-func decodeReview(body []byte) (*requestIn, error) {
-	var in reviewIn
+// decodeReview parses an AdmissionReview v1 and checks the parts every handler relies on. The
+// request's objects point into body. d, when not nil, decodes the object in the same pass
+// (ObjectDecoder); its view is in the request's RawObject.
+func decodeReview(body []byte, d ObjectDecoder) (*requestIn, error) {
+	in, err := decodeReviewWith(body, d)
+	if err != nil && d != nil {
+		// Whatever went wrong, the answer is the one the review gets without d.
+		in, err = decodeReviewWith(body, nil)
+	}
+	return in, err
+}
+
+func decodeReviewWith(body []byte, d ObjectDecoder) (*requestIn, error) {
+	in := reviewIn{Request: requestRef{decode: d}}
 	if err := json.Unmarshal(body, &in); err != nil {
 		return nil, &DecodeError{Message: fmt.Sprintf("malformed AdmissionReview JSON: %v", err)}
 	}
 	if in.Kind != reviewKind || in.APIVersion != reviewAPIVersion {
 		return nil, &DecodeError{Message: fmt.Sprintf("expected apiVersion %s kind %s, got apiVersion %q kind %q", reviewAPIVersion, reviewKind, in.APIVersion, in.Kind)}
 	}
-	if in.Request == nil {
+	req := in.Request.req
+	if req == nil {
 		return nil, &DecodeError{Message: "AdmissionReview has no request"}
 	}
-	if in.Request.UID == "" {
+	if req.UID == "" {
 		return nil, &DecodeError{Message: "AdmissionReview request has no uid"}
 	}
-	return in.Request, nil
+	req.Object, req.OldObject = req.RawObject.bytesIn(body), req.RawOld.bytesIn(body)
+	return req, nil
 }
 
 // budget derives how long plugins may work from the apiserver's ?timeout= query parameter,

@@ -27,6 +27,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"reflect"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -174,6 +175,7 @@ func NewHandler(opts Options) http.Handler {
 
 func (s *server) review(rt Route) http.HandlerFunc {
 	limit := rt.bodyLimit(s.opts.MaxBodyBytes)
+	objectDecoder := routeObjectDecoder(rt)
 	return func(w http.ResponseWriter, hr *http.Request) {
 		start := time.Now()
 		code, decision, kind, op := http.StatusOK, "allowed", "", ""
@@ -269,7 +271,14 @@ func (s *server) review(rt Route) http.HandlerFunc {
 			fail(http.StatusBadRequest, "reading body: "+err.Error())
 			return
 		}
-		in, err := decodeReview(buf.Bytes())
+		// The route's ObjectDecoder reads the object while the review is read, unless the body
+		// could hold an object larger than the route accepts: that one is refused (run) before
+		// any plugin decodes it.
+		d := objectDecoder
+		if rt.MaxObjectBytes > 0 && buf.Len() > rt.MaxObjectBytes {
+			d = nil
+		}
+		in, err := decodeReview(buf.Bytes(), d)
 		if err != nil {
 			fail(http.StatusBadRequest, err.Error())
 			return
@@ -327,6 +336,9 @@ func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.D
 		Deadline: deadline, Log: log.With("kind", in.Kind.Kind, "namespace", in.Namespace, "name", in.Name),
 		Authenticated: authenticated,
 	}
+	if v := in.RawObject.view; v != nil {
+		req.decodedBy, req.decoded = in.RawObject.decode, v
+	}
 	req.UserInfo.Username, req.UserInfo.UID, req.UserInfo.Groups = in.UserInfo.Username, in.UserInfo.UID, in.UserInfo.Groups
 	resp := &Response{Patch: patches.NewBuilder()}
 
@@ -367,6 +379,18 @@ func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.D
 		res.Patch, res.PatchType = b, &pt
 	}
 	return http.StatusOK, res, len(resp.Patch.Ops())
+}
+
+// routeObjectDecoder is the first of the route's plugins that decodes the object itself
+// (ObjectDecoder), if any. Request.Decoded compares plugins as interface values, so a plugin of
+// a type that cannot be compared is not used.
+func routeObjectDecoder(rt Route) ObjectDecoder {
+	for _, p := range rt.Plugins {
+		if d, ok := p.(ObjectDecoder); ok && reflect.TypeOf(p).Comparable() {
+			return d
+		}
+	}
+	return nil
 }
 
 // encodeBuffers are the patch and the response of one review, reused across reviews.

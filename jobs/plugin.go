@@ -19,6 +19,7 @@ import (
 	// One validating pass, case-sensitive like the apiserver's decoder; several times faster
 	// than encoding/json-based decoders on a 5 KB Job (see admission/review.go).
 	json "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 
 	"go.klusters.dev/credential-webhook/admission"
 	"go.klusters.dev/credential-webhook/hold"
@@ -59,7 +60,7 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 	if req.Operation != "" && req.Operation != admissionv1.Create {
 		return nil
 	}
-	job, err := decodeJob(req.Object)
+	job, err := p.job(req)
 	if err != nil {
 		return admission.Deny(http.StatusBadRequest, "decode Job: %v", err)
 	}
@@ -107,7 +108,7 @@ func (p *Plugin) admitUpdate(req *admission.Request, resp *admission.Response) e
 	if err != nil {
 		return admission.Deny(http.StatusBadRequest, "decode old Job: %v", err)
 	}
-	cur, err := decodeJob(req.Object)
+	cur, err := p.job(req)
 	if err != nil {
 		return admission.Deny(http.StatusBadRequest, "decode Job: %v", err)
 	}
@@ -143,6 +144,26 @@ type jobView struct {
 	} `json:"spec"`
 }
 
+// DecodeObject implements admission.ObjectDecoder: the server reads the Job's view while it
+// reads the review, in one pass over the object.
+func (p *Plugin) DecodeObject(dec *jsontext.Decoder) (any, error) {
+	var v jobView
+	if err := json.UnmarshalDecode(dec, &v); err != nil {
+		return nil, err
+	}
+	return v.job(), nil
+}
+
+// job is the review's Job as DecodeObject read it, or decoded from the raw object.
+func (p *Plugin) job(req *admission.Request) (*batchv1.Job, error) {
+	if v, ok := req.Decoded(p); ok {
+		if job, ok := v.(*batchv1.Job); ok {
+			return job, nil
+		}
+	}
+	return decodeJob(req.Object)
+}
+
 // decodeJob reads raw (left untouched) into a skeleton Job holding what hold.Decide reads. The
 // decoder is case-sensitive like the apiserver's, so a key the apiserver would drop is ignored.
 func decodeJob(raw []byte) (*batchv1.Job, error) {
@@ -150,6 +171,10 @@ func decodeJob(raw []byte) (*batchv1.Job, error) {
 	if err := json.Unmarshal(raw, &v); err != nil {
 		return nil, err
 	}
+	return v.job(), nil
+}
+
+func (v *jobView) job() *batchv1.Job {
 	job := &batchv1.Job{}
 	job.Namespace = v.Metadata.Namespace
 	job.Labels = v.Metadata.Labels
@@ -158,5 +183,5 @@ func decodeJob(raw []byte) (*batchv1.Job, error) {
 	job.Spec.ManagedBy = v.Spec.ManagedBy
 	job.Spec.Template.Spec.ServiceAccountName = v.Spec.Template.Spec.ServiceAccountName
 	job.Spec.Template.Spec.DeprecatedServiceAccount = v.Spec.Template.Spec.DeprecatedServiceAccount
-	return job, nil
+	return job
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -32,6 +33,15 @@ func decodePod(raw []byte) (*corev1.Pod, error) {
 	var v podView
 	if err := json.Unmarshal(raw, &v); err != nil {
 		return nil, fmt.Errorf("decoding the Pod: %w", err)
+	}
+	return v.toPod(), nil
+}
+
+// decodePodFrom is decodePod reading the Pod from dec, the review's decoder (Plugin.DecodeObject).
+func decodePodFrom(dec *jsontext.Decoder) (*corev1.Pod, error) {
+	var v podView
+	if err := json.UnmarshalDecode(dec, &v); err != nil {
+		return nil, err
 	}
 	return v.toPod(), nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/go-json-experiment/json/jsontext"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -41,7 +42,7 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 	if req.Operation != "" && req.Operation != admissionv1.Create {
 		return nil
 	}
-	pod, err := decodePod(req.Object)
+	pod, err := p.pod(req)
 	if err != nil {
 		return admission.Deny(http.StatusBadRequest, "decode Pod: %v", err)
 	}
@@ -73,6 +74,20 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 		p.Metrics.injected(sidecar)
 	}
 	return nil
+}
+
+// DecodeObject implements admission.ObjectDecoder: the server reads the Pod's view while it
+// reads the review, in one pass over the object.
+func (p *Plugin) DecodeObject(dec *jsontext.Decoder) (any, error) { return decodePodFrom(dec) }
+
+// pod is the review's Pod as DecodeObject read it, or decoded from the raw object.
+func (p *Plugin) pod(req *admission.Request) (*corev1.Pod, error) {
+	if v, ok := req.Decoded(p); ok {
+		if pod, ok := v.(*corev1.Pod); ok {
+			return pod, nil
+		}
+	}
+	return decodePod(req.Object)
 }
 
 // skipPod: the EKS pod-identity webhook's opt-out label, with its objectSelector's semantics

@@ -1,0 +1,65 @@
+package jobs
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/go-json-experiment/json/jsontext"
+
+	"go.klusters.dev/credential-webhook/admission"
+)
+
+var _ admission.ObjectDecoder = (*Plugin)(nil)
+
+// jobCases are objects beside the fixtures: absent parts, nulls, wrong types, malformed JSON,
+// duplicate keys and invalid UTF-8.
+var jobCases = []string{
+	`{}`, `null`, `{"metadata":null,"spec":null}`, `{"spec":{"suspend":true,"managedBy":"x","template":{"spec":{"serviceAccount":"a"}}}}`,
+	`{"metadata":{"labels":{"a":"b"},"annotations":{}}}`, `{"spec":{"suspend":"yes"}}`, `{"spec":`, `[]`, `"x"`,
+	`{"metadata":{"namespace":"a","namespace":"b"}}`, "{\"metadata\":{\"namespace\":\"\xff\"}}", `{"spec":{"x":{"a":1,"a":2}}}`,
+	`{} {}`,
+}
+
+// checkDecodeObjectMatches: the Job DecodeObject reads from the review's decoder is the Job
+// decodeJob reads from the raw object, and one fails when the other does.
+func checkDecodeObjectMatches(t *testing.T, raw []byte) {
+	t.Helper()
+	want, wantErr := decodeJob(raw)
+	dec := jsontext.NewDecoder(bytes.NewReader(raw))
+	got, err := (&Plugin{}).DecodeObject(dec)
+	if err == nil {
+		if _, err2 := dec.ReadToken(); err2 != io.EOF {
+			err = fmt.Errorf("more after the object (%v)", err2)
+		}
+	}
+	if (err != nil) != (wantErr != nil) {
+		t.Fatalf("DecodeObject(%q): %v; decodeJob: %v", raw, err, wantErr)
+	}
+	if err == nil && !reflect.DeepEqual(got, want) {
+		t.Fatalf("DecodeObject(%q) = %+v, decodeJob = %+v", raw, got, want)
+	}
+}
+
+func TestDecodeObjectMatchesDecodeJob(t *testing.T) {
+	for _, c := range jobCases {
+		checkDecodeObjectMatches(t, []byte(c))
+	}
+	dirs, err := filepath.Glob("testdata/*/job.json")
+	if err != nil || len(dirs) == 0 {
+		t.Fatalf("no fixtures (%v)", err)
+	}
+	for _, dir := range dirs {
+		checkDecodeObjectMatches(t, loadFixture(t, filepath.Dir(dir)).rawJob)
+	}
+}
+
+func FuzzDecodeJobObject(f *testing.F) {
+	for _, c := range jobCases {
+		f.Add([]byte(c))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) { checkDecodeObjectMatches(t, raw) })
+}
