@@ -87,6 +87,9 @@ type Response struct {
 	// PendingMarker writes them into our pending annotation once, for every cloud together, so
 	// no plugin can clear a claim another still needs.
 	Pending markers.Claims
+	// LogAttrs are added to the review's log line (one line per review): what a plugin decided
+	// and why, instead of a line of its own.
+	LogAttrs []slog.Attr
 }
 
 // Defer records an accepted claim whose cloud write follows persistence.

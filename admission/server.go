@@ -288,11 +288,17 @@ func (s *server) review(rt Route) http.HandlerFunc {
 		defer s.putEncodeBuffers(enc)
 
 		out := reviewOut{APIVersion: reviewAPIVersion, Kind: reviewKind, Response: responseOut{UID: in.UID, Allowed: true}}
-		log := s.opts.Log.With("uid", in.UID)
+		// The plugins' logger and the server's own lines about this review carry the uid and the
+		// object's coordinates; deferredAttrs formats them only if something is logged.
+		rl := &reviewLog{h: deferredAttrs{h: s.opts.Log.Handler(), attrs: []slog.Attr{
+			slog.String("uid", string(in.UID)), slog.String("kind", in.Kind.Kind),
+			slog.String("namespace", in.Namespace), slog.String("name", in.Name)}}}
 		var patchOps int
+		var extra []slog.Attr
 		if in.Kind.Group == rt.Group && in.Kind.Kind == rt.Kind {
 			authn := s.opts.Authenticated != nil && s.opts.Authenticated(hr)
-			c, res, n := s.run(hr.Context(), rt, in, budget(hr.URL.Query()), authn, log, enc)
+			c, res, n, attrs := s.run(hr.Context(), rt, in, budget(hr.URL.Query()), authn, rl, enc)
+			extra = attrs
 			code = c
 			out.Response = res
 			out.Response.UID = in.UID
@@ -317,23 +323,52 @@ func (s *server) review(rt Route) http.HandlerFunc {
 		w.WriteHeader(code)
 		_, _ = w.Write(enc.out)
 
-		log.Info("review", "route", rt.Name, "kind", in.Kind.Kind, "namespace", in.Namespace, "name", in.Name,
-			"operation", in.Operation, "user", in.UserInfo.Username, "dryRun", in.DryRun != nil && *in.DryRun,
-			"decision", decision, "patchOps", patchOps, "warnings", len(out.Response.Warnings),
-			"duration", time.Since(start))
+		// The one line per review: typed attributes, no reflection, nothing built when the level
+		// is off.
+		if lg := s.opts.Log; lg.Enabled(context.Background(), slog.LevelInfo) {
+			attrs := append(make([]slog.Attr, 0, 12+len(extra)),
+				slog.String("uid", string(in.UID)), slog.String("route", rt.Name), slog.String("kind", in.Kind.Kind),
+				slog.String("namespace", in.Namespace), slog.String("name", in.Name), slog.String("operation", string(in.Operation)),
+				slog.String("user", in.UserInfo.Username), slog.Bool("dryRun", in.DryRun != nil && *in.DryRun),
+				slog.String("decision", decision), slog.Int("patchOps", patchOps), slog.Int("warnings", len(out.Response.Warnings)))
+			attrs = append(attrs, extra...)
+			attrs = append(attrs, slog.Duration("duration", time.Since(start)))
+			lg.LogAttrs(context.Background(), slog.LevelInfo, "review", attrs...)
+		}
 	}
+}
+
+// reviewLog holds the loggers of one review, made on first use: the plugins' (uid and the
+// object's coordinates) and the server's own (uid).
+type reviewLog struct {
+	h               deferredAttrs
+	plugins, server *slog.Logger
+}
+
+func (l *reviewLog) forPlugins() *slog.Logger {
+	if l.plugins == nil {
+		l.plugins = slog.New(&l.h)
+	}
+	return l.plugins
+}
+
+func (l *reviewLog) forServer() *slog.Logger {
+	if l.server == nil {
+		l.server = slog.New(&deferredAttrs{h: l.h.h, attrs: l.h.attrs[:1:1]})
+	}
+	return l.server
 }
 
 // run executes the route's plugins under the derived deadline and turns their outcome into a
 // response. A panic becomes a 500 carrying the uid; the server goes on serving.
-func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.Duration, authenticated bool, log *slog.Logger, enc *encodeBuffers) (code int, res responseOut, nOps int) {
+func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.Duration, authenticated bool, rl *reviewLog, enc *encodeBuffers) (code int, res responseOut, nOps int, logAttrs []slog.Attr) {
 	deadline := time.Now().Add(budget)
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	req := &Request{
 		UID: in.UID, Kind: in.Kind, Namespace: in.Namespace, Name: in.Name, Operation: in.Operation,
 		DryRun: in.DryRun != nil && *in.DryRun, Object: in.Object, OldObject: in.OldObject,
-		Deadline: deadline, Log: log.With("kind", in.Kind.Kind, "namespace", in.Namespace, "name", in.Name),
+		Deadline: deadline, Log: rl.forPlugins(),
 		Authenticated: authenticated,
 	}
 	if v := in.RawObject.view; v != nil {
@@ -347,7 +382,7 @@ func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.D
 			if m := s.opts.Metrics; m != nil {
 				m.Panics.WithLabelValues(rt.Name).Inc()
 			}
-			log.Error("panic in admission plugin", "route", rt.Name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			rl.forServer().Error("panic in admission plugin", "route", rt.Name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 			code = http.StatusInternalServerError
 			res = responseOut{Allowed: false, Status: &statusOut{Code: http.StatusInternalServerError, Message: "internal error in credential-webhook"}}
 		}
@@ -355,16 +390,16 @@ func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.D
 
 	if rt.MaxObjectBytes > 0 && len(in.Object) > rt.MaxObjectBytes {
 		return http.StatusOK, responseOut{Allowed: false, Status: &statusOut{Code: http.StatusRequestEntityTooLarge,
-			Message: fmt.Sprintf("%s is %d bytes, more than the %d this webhook accepts", rt.Kind, len(in.Object), rt.MaxObjectBytes)}}, 0
+			Message: fmt.Sprintf("%s is %d bytes, more than the %d this webhook accepts", rt.Kind, len(in.Object), rt.MaxObjectBytes)}}, 0, nil
 	}
 	for _, p := range rt.Plugins {
 		if err := p.Admit(ctx, req, resp); err != nil {
 			if d, ok := IsDenied(err); ok {
-				return http.StatusOK, responseOut{Allowed: false, Status: &statusOut{Code: d.Code, Message: d.Message}, Warnings: resp.Warnings}, 0
+				return http.StatusOK, responseOut{Allowed: false, Status: &statusOut{Code: d.Code, Message: d.Message}, Warnings: resp.Warnings}, 0, resp.LogAttrs
 			}
-			log.Error("admission plugin failed", "plugin", p.Name(), "error", err)
+			rl.forServer().Error("admission plugin failed", "plugin", p.Name(), "error", err)
 			return http.StatusInternalServerError, responseOut{Allowed: false,
-				Status: &statusOut{Code: http.StatusInternalServerError, Message: fmt.Sprintf("%s: %v", p.Name(), err)}}, 0
+				Status: &statusOut{Code: http.StatusInternalServerError, Message: fmt.Sprintf("%s: %v", p.Name(), err)}}, 0, resp.LogAttrs
 		}
 	}
 	res = responseOut{Allowed: true, Warnings: resp.Warnings}
@@ -372,13 +407,13 @@ func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.D
 		b, err := appendPatch(enc.patch[:0], ops)
 		if err != nil {
 			return http.StatusInternalServerError, responseOut{Allowed: false,
-				Status: &statusOut{Code: http.StatusInternalServerError, Message: "encoding patch: " + err.Error()}}, 0
+				Status: &statusOut{Code: http.StatusInternalServerError, Message: "encoding patch: " + err.Error()}}, 0, resp.LogAttrs
 		}
 		enc.patch = b
 		pt := jsonPatchType
 		res.Patch, res.PatchType = b, &pt
 	}
-	return http.StatusOK, res, len(resp.Patch.Ops())
+	return http.StatusOK, res, len(resp.Patch.Ops()), resp.LogAttrs
 }
 
 // routeObjectDecoder is the first of the route's plugins that decodes the object itself

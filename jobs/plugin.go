@@ -8,6 +8,7 @@ package jobs
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"time"
 
@@ -90,9 +91,10 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 	}
 	hold.Patch(resp.Patch, job.Annotations, d)
 	resp.Warn("%s", hold.Warning(d))
-	if req.Log != nil {
-		req.Log.Info("holding Job until its credentials work", "serviceaccount", saName, "reason", d.Reason, "detail", d.Detail)
-	}
+	// On the review's one log line rather than a line of its own (a held Job is the common case
+	// on this route).
+	resp.LogAttrs = append(resp.LogAttrs, slog.String("serviceaccount", saName),
+		slog.String("holdReason", d.Reason), slog.String("holdDetail", d.Detail))
 	return nil
 }
 

@@ -63,3 +63,19 @@ func FuzzDecodeJobObject(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) { checkDecodeObjectMatches(t, raw) })
 }
+
+// A held Job's reason goes on the review's log line (Response.LogAttrs), not a line of its own.
+func TestHoldOnTheReviewLogLine(t *testing.T) {
+	f := loadFixture(t, "testdata/backup-aws-role-not-assigned")
+	resp := review(t, f, f.rawJob, false, true)
+	if resp.Patch.Len() == 0 {
+		t.Fatal("the fixture is not held")
+	}
+	got := map[string]string{}
+	for _, a := range resp.LogAttrs {
+		got[a.Key] = a.Value.String()
+	}
+	if got["holdReason"] == "" || got["serviceaccount"] == "" {
+		t.Errorf("log attributes %v, want the hold's reason and ServiceAccount", resp.LogAttrs)
+	}
+}
