@@ -3,6 +3,7 @@ package admission
 import (
 	"bytes"
 	"errors"
+	"net/url"
 	"reflect"
 	"testing"
 
@@ -200,4 +201,31 @@ func TestRequestDecoded(t *testing.T) {
 	if _, ok := (&Request{}).Decoded(d); ok {
 		t.Fatal("a view without a decode")
 	}
+}
+
+var queries = []string{
+	"", "timeout=10s", "timeout=", "timeout", "a=1&timeout=5s&timeout=6s", "timeout=5s&timeout=6s", "&&timeout=1s&",
+	"timeout=1%73", "time%6Fut=2s", "timeout=1s;x", "x;y&timeout=3s", "timeout=a+b", "timeout=%zz&timeout=4s",
+	"timeout=1s=2", "=&=x&timeout=7s", "TIMEOUT=1s", "timeout =1s",
+}
+
+func TestQueryGetMatchesParseQuery(t *testing.T) {
+	for _, raw := range queries {
+		q, _ := url.ParseQuery(raw)
+		if got, want := queryGet(raw, "timeout"), q.Get("timeout"); got != want {
+			t.Errorf("queryGet(%q) = %q, want %q", raw, got, want)
+		}
+	}
+}
+
+func FuzzQueryGet(f *testing.F) {
+	for _, raw := range queries {
+		f.Add(raw)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, _ := url.ParseQuery(raw)
+		if got, want := queryGet(raw, "timeout"), q.Get("timeout"); got != want {
+			t.Fatalf("queryGet(%q) = %q, want %q", raw, got, want)
+		}
+	})
 }

@@ -297,7 +297,7 @@ func (s *server) review(rt Route) http.HandlerFunc {
 		var extra []slog.Attr
 		if in.Kind.Group == rt.Group && in.Kind.Kind == rt.Kind {
 			authn := s.opts.Authenticated != nil && s.opts.Authenticated(hr)
-			c, res, n, attrs := s.run(hr.Context(), rt, in, budget(hr.URL.Query()), authn, rl, enc)
+			c, res, n, attrs := s.run(hr.Context(), rt, in, budgetOf(queryGet(hr.URL.RawQuery, "timeout")), authn, rl, enc)
 			extra = attrs
 			code = c
 			out.Response = res

@@ -141,11 +141,12 @@ func (c containerPatch) apply(b *patches.Builder, base string, ctr *corev1.Conta
 	// The two region variables go together: a container that sets either keeps its region, and
 	// must not get the other one pointing somewhere else.
 	hasRegion := hasEnv(ctr.Env, EnvRegion) || hasEnv(ctr.Env, EnvDefaultRegion)
+	envPath := base + "/env"
 	for _, e := range c.env(joinPath(mountPath, TokenFileName, c.windows)) {
 		if hasEnv(ctr.Env, e.Name) || (hasRegion && (e.Name == EnvRegion || e.Name == EnvDefaultRegion)) {
 			continue
 		}
-		b.Append(base+"/env", nEnv, e)
+		b.Append(envPath, nEnv, e)
 	}
 	nMounts := arrayLen(len(ctr.VolumeMounts), ctr.VolumeMounts == nil)
 	if !hasMount {

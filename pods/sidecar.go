@@ -38,6 +38,9 @@ func resticRequested(podAnn, saAnn map[string]string) (requested, legacy bool) {
 }
 
 func isTrue(v string) bool {
+	if v == "" {
+		return false // the common case (no such annotation): no ParseBool error to allocate
+	}
 	b, err := strconv.ParseBool(strings.TrimSpace(v))
 	return err == nil && b
 }
