@@ -1,6 +1,7 @@
 package pods
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	sigsjson "sigs.k8s.io/json"
@@ -87,6 +89,18 @@ func BenchmarkDecode(b *testing.B) {
 		defer reportCPU(b)()
 		for b.Loop() {
 			if _, err := decodePod(f.rawPod); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("decodePodFrom", func(b *testing.B) {
+		b.ReportAllocs()
+		defer reportCPU(b)()
+		// A *bytes.Buffer is read in place, as json.Unmarshal reads a []byte.
+		var dec jsontext.Decoder
+		for b.Loop() {
+			dec.Reset(bytes.NewBuffer(f.rawPod))
+			if _, err := decodePodFrom(&dec); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -39,7 +39,39 @@ func checkDecodeFromMatches(t *testing.T, raw []byte) {
 	}
 }
 
+// tokenCases exercise the token decoder's mapping of JSON onto the skeleton: nulls, empty and
+// wrong-kind values at every field it reads, escaped and differently cased names, members it
+// skips, and numbers the integer decoder refuses.
+var tokenCases = []string{
+	`null`, `{}`, `[]`, `"x"`, `1`, `true`, `{"metadata":null,"spec":null}`, `{"metadata":{},"spec":{}}`,
+	`{"metadata":[],"spec":{}}`, `{"metadata":{"namespace":null,"annotations":null,"labels":null}}`,
+	`{"metadata":{"namespace":1}}`, `{"metadata":{"namespace":"ns","annotations":{},"labels":{"a":null}}}`,
+	`{"metadata":{"annotations":{"a":"1","b":true}}}`, `{"metadata":{"annotations":[]}}`, `{"metadata":{"labels":"x"}}`,
+	`{"m\u0065tadata":{"n\u0061mespace":"n\u00e9s\"\\"}}`, `{"Metadata":{"Namespace":"x"}}`, `{"METADATA":{}}`,
+	`{"spec":{"serviceAccountName":null,"nodeSelector":null,"os":null,"securityContext":null,"volumes":null,"initContainers":null,"containers":null}}`,
+	`{"spec":{"serviceAccountName":"sa","nodeSelector":{},"os":{},"securityContext":{},"volumes":[],"initContainers":[],"containers":[]}}`,
+	`{"spec":{"os":{"name":null}}}`, `{"spec":{"os":{"name":"windows","x":[1,{"y":2}]}}}`, `{"spec":{"os":"linux"}}`, `{"spec":{"os":{"name":1}}}`,
+	`{"spec":{"securityContext":{"runAsUser":null}}}`, `{"spec":{"securityContext":{"runAsUser":0,"runAsGroup":5}}}`,
+	`{"spec":{"securityContext":{"runAsUser":-1}}}`, `{"spec":{"securityContext":{"runAsUser":1e3}}}`, `{"spec":{"securityContext":{"runAsUser":1.0}}}`,
+	`{"spec":{"securityContext":{"runAsUser":9223372036854775808}}}`, `{"spec":{"securityContext":{"runAsUser":"1"}}}`,
+	`{"spec":{"securityContext":{"runAsUser":-0}}}`, `{"spec":{"securityContext":[]}}`,
+	`{"spec":{"volumes":[null,{},{"name":null},{"name":"v","projected":{"sources":[]}}]}}`, `{"spec":{"volumes":[1]}}`, `{"spec":{"volumes":{}}}`,
+	`{"spec":{"volumes":[{"name":"v"},"x"]}}`, `{"spec":{"containers":[null,{}]}}`, `{"spec":{"containers":"x"}}`, `{"spec":{"containers":[[]]}}`,
+	`{"spec":{"containers":[{"name":"c","env":null,"volumeMounts":null,"securityContext":null}]}}`,
+	`{"spec":{"containers":[{"name":"c","env":[],"volumeMounts":[],"securityContext":{}}]}}`,
+	`{"spec":{"containers":[{"name":"c","env":[null,{},{"name":"A","value":"1","valueFrom":{"x":1}}],"volumeMounts":[null,{"name":"m","mountPath":"/p","readOnly":true}]}]}}`,
+	`{"spec":{"containers":[{"env":[1]}]}}`, `{"spec":{"containers":[{"env":{}}]}}`, `{"spec":{"containers":[{"volumeMounts":[{"mountPath":1}]}]}}`,
+	`{"spec":{"containers":[{"securityContext":{"runAsUser":"x"}}]}}`, `{"spec":{"containers":[{"securityContext":{"runAsUser":7}}]}}`,
+	`{"spec":{"initContainers":[{"name":"i"}],"containers":[{"name":"c"}]},"status":{"phase":"Pending"}}`,
+	`{"spec":{"containers":[{"name":"c"}]}} `, `{"spec":{"containers":[{"name":"c"}]}`, `{"spec":{"containers":[{"name":"c"},]}}`,
+	`{"spec":{"containers":[{"name":"a","name":"b"}]}}`, `{"spec":{"serviceAccountName":"\ud800"}}`, `{"spec":{"serviceAccountName":"\ud83d\ude00"}}`,
+	`{"spec":{"nodeSelector":{"a":"1","a":"2"}}}`, `{"spec":{"nodeSelector":{"a":"1","a":"2"}}}`,
+}
+
 func TestDecodePodFromMatchesDecodePod(t *testing.T) {
+	for _, c := range tokenCases {
+		checkDecodeFromMatches(t, []byte(c))
+	}
 	for _, c := range decodeCases {
 		checkDecodeFromMatches(t, []byte(c))
 	}
@@ -49,6 +81,9 @@ func TestDecodePodFromMatchesDecodePod(t *testing.T) {
 }
 
 func FuzzDecodePodFrom(f *testing.F) {
+	for _, c := range tokenCases {
+		f.Add([]byte(c))
+	}
 	for _, c := range decodeCases {
 		f.Add([]byte(c))
 	}
