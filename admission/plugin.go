@@ -51,8 +51,9 @@ type Request struct {
 	annDone, oldDone  bool
 }
 
-// Decoded returns what d.DecodeObject read from Object while the server read the review, if
-// d is the route's ObjectDecoder and it succeeded; otherwise d decodes Object itself.
+// Decoded returns what d.DecodeObject read from Object while the server read the review, if d
+// is the route's decoder (ObjectReader) and it succeeded; otherwise the plugin decodes Object
+// itself.
 func (r *Request) Decoded(d ObjectDecoder) (any, bool) {
 	if r.decodedBy == nil || r.decodedBy != d {
 		return nil, false

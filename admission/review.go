@@ -52,18 +52,25 @@ type requestIn struct {
 	Object, OldObject []byte `json:"-"`
 }
 
-// ObjectDecoder is implemented by a plugin that reads the review's object into a view of its
-// own. The server calls it while it reads the review, so the object is validated and decoded in
-// one pass rather than validated by the review's decode and then read again by the plugin, which
-// finds the result with Request.Decoded. The first plugin of a route implementing it is used.
+// ObjectDecoder reads a review's object into a view (only the fields some plugins read). The
+// server calls it while it reads the review, so the object is validated and decoded in one pass
+// rather than validated by the review's decode and then read again by each plugin, which find
+// the result with Request.Decoded.
 //
 // DecodeObject must read exactly one JSON value from dec (json.UnmarshalDecode does) and give
 // what decoding Request.Object on its own gives. On any error the server reads the review again
-// without it, and the plugin decodes Request.Object itself: errors, the review's and the
-// plugin's, are the same as without this interface. Requests whose kind the route does not serve
-// are decoded too, and their view discarded.
+// without it, and the plugins decode Request.Object themselves: errors, the review's and the
+// plugins', are the same as without a decoder. Requests whose kind the route does not serve are
+// decoded too, and their view discarded.
 type ObjectDecoder interface {
 	DecodeObject(dec *jsontext.Decoder) (any, error)
+}
+
+// ObjectReader is implemented by a plugin that reads the object through an ObjectDecoder. The
+// server runs the decoder of the route's first ObjectReader; the decoder value is the view's
+// name, so plugins naming the same (comparable) decoder share one view.
+type ObjectReader interface {
+	ObjectDecoder() ObjectDecoder
 }
 
 // requestRef decodes the request, handing the object's decoder to its objectRef.

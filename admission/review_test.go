@@ -2,6 +2,7 @@ package admission
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"net/url"
 	"reflect"
@@ -228,4 +229,38 @@ func FuzzQueryGet(f *testing.F) {
 			t.Fatalf("queryGet(%q) = %q, want %q", raw, got, want)
 		}
 	})
+}
+
+type readerPlugin struct {
+	pluginFunc
+	d ObjectDecoder
+}
+
+func (r readerPlugin) ObjectDecoder() ObjectDecoder { return r.d }
+
+type uncomparableDecoder struct{ _ []int }
+
+func (uncomparableDecoder) DecodeObject(dec *jsontext.Decoder) (any, error) {
+	return nil, dec.SkipValue()
+}
+
+// The route reads the object with its first ObjectReader's decoder; a decoder that cannot be
+// compared (Request.Decoded could not name it) is not used.
+func TestRouteObjectDecoder(t *testing.T) {
+	noop := pluginFunc(func(context.Context, *Request, *Response) error { return nil })
+	d1, d2 := &viewDecoder{}, &viewDecoder{}
+	for _, c := range []struct {
+		plugins []Plugin
+		want    ObjectDecoder
+	}{
+		{nil, nil},
+		{[]Plugin{noop}, nil},
+		{[]Plugin{noop, readerPlugin{noop, d1}, readerPlugin{noop, d2}}, d1},
+		{[]Plugin{readerPlugin{noop, nil}, readerPlugin{noop, d2}}, nil},
+		{[]Plugin{readerPlugin{noop, uncomparableDecoder{}}}, nil},
+	} {
+		if got := routeObjectDecoder(Route{Plugins: c.plugins}); got != c.want {
+			t.Errorf("routeObjectDecoder(%v) = %v, want %v", c.plugins, got, c.want)
+		}
+	}
 }

@@ -416,13 +416,16 @@ func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.D
 	return http.StatusOK, res, len(resp.Patch.Ops()), resp.LogAttrs
 }
 
-// routeObjectDecoder is the first of the route's plugins that decodes the object itself
-// (ObjectDecoder), if any. Request.Decoded compares plugins as interface values, so a plugin of
-// a type that cannot be compared is not used.
+// routeObjectDecoder is the decoder of the route's first ObjectReader, if any. Request.Decoded
+// compares decoders as interface values, so a decoder of a type that cannot be compared is not
+// used.
 func routeObjectDecoder(rt Route) ObjectDecoder {
 	for _, p := range rt.Plugins {
-		if d, ok := p.(ObjectDecoder); ok && reflect.TypeOf(p).Comparable() {
-			return d
+		if r, ok := p.(ObjectReader); ok {
+			if d := r.ObjectDecoder(); d != nil && reflect.TypeOf(d).Comparable() {
+				return d
+			}
+			return nil
 		}
 	}
 	return nil

@@ -125,9 +125,10 @@ func (p *Plugin) admitUpdate(req *admission.Request, resp *admission.Response) e
 	return nil
 }
 
-// jobView is the part of a Job that hold.Decide reads. Decoding a whole batchv1.Job (with its Pod
-// template's resources, probes and managedFields) costs several times more for nothing.
-type jobView struct {
+// View is the part of a Job the Job route's plugins read: what hold.Decide reads, and the pod
+// template's labels and annotations (Azure identity binding). Decoding a whole batchv1.Job (with
+// its Pod template's resources, probes and managedFields) costs several times more for nothing.
+type View struct {
 	Metadata struct {
 		Namespace   string            `json:"namespace"`
 		Labels      map[string]string `json:"labels"`
@@ -138,6 +139,11 @@ type jobView struct {
 		// ManagedBy: hold.ManagedElsewhere reads it (a Job another controller owns is never held).
 		ManagedBy *string `json:"managedBy"`
 		Template  struct {
+			// Metadata is nil when the template has none (a patch then creates it).
+			Metadata *struct {
+				Labels      map[string]string `json:"labels"`
+				Annotations map[string]string `json:"annotations"`
+			} `json:"metadata"`
 			Spec struct {
 				ServiceAccountName       string `json:"serviceAccountName"`
 				DeprecatedServiceAccount string `json:"serviceAccount"`
@@ -146,24 +152,54 @@ type jobView struct {
 	} `json:"spec"`
 }
 
-// DecodeObject implements admission.ObjectDecoder: the server reads the Job's view while it
-// reads the review, in one pass over the object.
-func (p *Plugin) DecodeObject(dec *jsontext.Decoder) (any, error) {
-	var v jobView
+// ObjectDecoder implements admission.ObjectReader: the Job's View is read while the server
+// reads the review, in one pass over the object, for this plugin and the other Job plugins
+// (Azure's) that read it.
+func (p *Plugin) ObjectDecoder() admission.ObjectDecoder { return ViewDecoder }
+
+// ViewDecoder reads a Job's View (admission.ObjectDecoder); Request.Decoded(ViewDecoder) is the
+// *View of the review's Job when the server read it.
+var ViewDecoder admission.ObjectDecoder = viewDecoder{}
+
+type viewDecoder struct{}
+
+func (viewDecoder) DecodeObject(dec *jsontext.Decoder) (any, error) {
+	var v View
 	if err := json.UnmarshalDecode(dec, &v); err != nil {
 		return nil, err
 	}
-	return v.job(), nil
+	return &v, nil
 }
 
-// job is the review's Job as DecodeObject read it, or decoded from the raw object.
+// job is the review's Job as ViewDecoder read it, or decoded from the raw object.
 func (p *Plugin) job(req *admission.Request) (*batchv1.Job, error) {
-	if v, ok := req.Decoded(p); ok {
-		if job, ok := v.(*batchv1.Job); ok {
-			return job, nil
+	if v, ok := req.Decoded(ViewDecoder); ok {
+		if view, ok := v.(*View); ok {
+			return view.job(), nil
 		}
 	}
 	return decodeJob(req.Object)
+}
+
+// jobView is the part of a Job that hold.Decide reads: decodeJob reads only it, so a Job is
+// refused for nothing this plugin does not read (View, a superset, may refuse more; the server
+// then falls back to decodeJob, see admission.ObjectDecoder).
+type jobView struct {
+	Metadata struct {
+		Namespace   string            `json:"namespace"`
+		Labels      map[string]string `json:"labels"`
+		Annotations map[string]string `json:"annotations"`
+	} `json:"metadata"`
+	Spec struct {
+		Suspend   *bool   `json:"suspend"`
+		ManagedBy *string `json:"managedBy"`
+		Template  struct {
+			Spec struct {
+				ServiceAccountName       string `json:"serviceAccountName"`
+				DeprecatedServiceAccount string `json:"serviceAccount"`
+			} `json:"spec"`
+		} `json:"template"`
+	} `json:"spec"`
 }
 
 // decodeJob reads raw (left untouched) into a skeleton Job holding what hold.Decide reads. The
@@ -173,17 +209,19 @@ func decodeJob(raw []byte) (*batchv1.Job, error) {
 	if err := json.Unmarshal(raw, &v); err != nil {
 		return nil, err
 	}
-	return v.job(), nil
+	return skeletonJob(v.Metadata.Namespace, v.Metadata.Labels, v.Metadata.Annotations, v.Spec.Suspend, v.Spec.ManagedBy,
+		v.Spec.Template.Spec.ServiceAccountName, v.Spec.Template.Spec.DeprecatedServiceAccount), nil
 }
 
-func (v *jobView) job() *batchv1.Job {
+func (v *View) job() *batchv1.Job {
+	return skeletonJob(v.Metadata.Namespace, v.Metadata.Labels, v.Metadata.Annotations, v.Spec.Suspend, v.Spec.ManagedBy,
+		v.Spec.Template.Spec.ServiceAccountName, v.Spec.Template.Spec.DeprecatedServiceAccount)
+}
+
+func skeletonJob(namespace string, labels, annotations map[string]string, suspend *bool, managedBy *string, sa, deprecatedSA string) *batchv1.Job {
 	job := &batchv1.Job{}
-	job.Namespace = v.Metadata.Namespace
-	job.Labels = v.Metadata.Labels
-	job.Annotations = v.Metadata.Annotations
-	job.Spec.Suspend = v.Spec.Suspend
-	job.Spec.ManagedBy = v.Spec.ManagedBy
-	job.Spec.Template.Spec.ServiceAccountName = v.Spec.Template.Spec.ServiceAccountName
-	job.Spec.Template.Spec.DeprecatedServiceAccount = v.Spec.Template.Spec.DeprecatedServiceAccount
+	job.Namespace, job.Labels, job.Annotations = namespace, labels, annotations
+	job.Spec.Suspend, job.Spec.ManagedBy = suspend, managedBy
+	job.Spec.Template.Spec.ServiceAccountName, job.Spec.Template.Spec.DeprecatedServiceAccount = sa, deprecatedSA
 	return job
 }

@@ -76,13 +76,18 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 	return nil
 }
 
-// DecodeObject implements admission.ObjectDecoder: the server reads the Pod's view while it
-// reads the review, in one pass over the object.
-func (p *Plugin) DecodeObject(dec *jsontext.Decoder) (any, error) { return decodePodFrom(dec) }
+// podDecoder reads the Pod's view while the server reads the review, in one pass over the
+// object (admission.ObjectDecoder).
+type podDecoder struct{}
 
-// pod is the review's Pod as DecodeObject read it, or decoded from the raw object.
+func (podDecoder) DecodeObject(dec *jsontext.Decoder) (any, error) { return decodePodFrom(dec) }
+
+// ObjectDecoder implements admission.ObjectReader.
+func (p *Plugin) ObjectDecoder() admission.ObjectDecoder { return podDecoder{} }
+
+// pod is the review's Pod as podDecoder read it, or decoded from the raw object.
 func (p *Plugin) pod(req *admission.Request) (*corev1.Pod, error) {
-	if v, ok := req.Decoded(p); ok {
+	if v, ok := req.Decoded(podDecoder{}); ok {
 		if pod, ok := v.(*corev1.Pod); ok {
 			return pod, nil
 		}

@@ -150,4 +150,4 @@ func TestHandlerViewMatchesRawDecode(t *testing.T) {
 	}
 }
 
-var _ admission.ObjectDecoder = (*Plugin)(nil)
+var _ admission.ObjectReader = (*Plugin)(nil)

@@ -13,6 +13,7 @@ import (
 	"go.klusters.dev/credential-webhook/access"
 	"go.klusters.dev/credential-webhook/admission"
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/jobs"
 	"go.klusters.dev/credential-webhook/markers"
 )
 
@@ -178,12 +179,35 @@ type jobView struct {
 	} `json:"spec"`
 }
 
+// ObjectDecoder implements admission.ObjectReader: the Job route reads one view of the Job for
+// all its plugins (jobs.View, a superset of jobView) while it reads the review.
+func (*JobPlugin) ObjectDecoder() admission.ObjectDecoder { return jobs.ViewDecoder }
+
+// readJob is the review's Job as the server read it (jobs.View holds every field of jobView,
+// with the same types), or decoded from the raw object.
+func readJob(req *admission.Request) (*jobView, error) {
+	if v, ok := req.Decoded(jobs.ViewDecoder); ok {
+		if view, ok := v.(*jobs.View); ok {
+			job := &jobView{}
+			job.Metadata.Annotations = view.Metadata.Annotations
+			job.Spec.Template.Metadata = view.Spec.Template.Metadata
+			job.Spec.Template.Spec.ServiceAccountName = view.Spec.Template.Spec.ServiceAccountName
+			return job, nil
+		}
+	}
+	var job jobView
+	if err := json.Unmarshal(req.Object, &job); err != nil {
+		return nil, err
+	}
+	return &job, nil
+}
+
 func (p *JobPlugin) Admit(ctx context.Context, req *admission.Request, resp *admission.Response) error {
 	if req.Operation != admissionv1.Create {
 		return nil
 	}
-	var job jobView
-	if err := json.Unmarshal(req.Object, &job); err != nil {
+	job, err := readJob(req)
+	if err != nil {
 		return admission.Deny(400, "Job is not valid JSON: %v", err)
 	}
 	uses := job.Metadata.Annotations[annotations.AzureMIName] != ""
