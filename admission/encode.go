@@ -142,6 +142,10 @@ func appendValue(dst []byte, v any) ([]byte, error) {
 			}
 		}
 		return append(dst, ']'), nil
+	case *corev1.EnvVar:
+		if v != nil {
+			return appendValue(dst, *v)
+		}
 	case corev1.EnvVar:
 		if v.ValueFrom == nil {
 			dst = append(dst, `{"name":`...)
@@ -170,6 +174,10 @@ func appendValue(dst []byte, v any) ([]byte, error) {
 				dst = appendString(dst, v.SubPathExpr)
 			}
 			return append(dst, '}'), nil
+		}
+	case corev1.Volume:
+		if d, ok := appendTokenVolume(dst, &v); ok {
+			return d, nil
 		}
 	case nil:
 		return append(dst, "null"...), nil
@@ -237,4 +245,57 @@ func appendString(dst []byte, s string) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// appendTokenVolume writes a projected volume of ServiceAccount tokens only (the IRSA token
+// volume every injected Pod gets), the one Volume shape on a hot path; ok is false for any other
+// volume, which encoding/json writes. The struct comparisons make every other source field,
+// present or added by a later k8s.io/api, send the volume to encoding/json.
+func appendTokenVolume(dst []byte, v *corev1.Volume) ([]byte, bool) {
+	p := v.Projected
+	if p == nil || v.VolumeSource != (corev1.VolumeSource{Projected: p}) || p.Sources == nil {
+		return dst, false
+	}
+	for i := range p.Sources {
+		if t := p.Sources[i].ServiceAccountToken; t == nil || p.Sources[i] != (corev1.VolumeProjection{ServiceAccountToken: t}) {
+			return dst, false
+		}
+	}
+	dst = append(dst, `{"name":`...)
+	dst = appendString(dst, v.Name)
+	dst = append(dst, `,"projected":{"sources":[`...)
+	for i := range p.Sources {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		t := p.Sources[i].ServiceAccountToken
+		dst = append(dst, `{"serviceAccountToken":{`...)
+		if t.Audience != "" {
+			dst = append(dst, `"audience":`...)
+			dst = appendString(dst, t.Audience)
+			dst = append(dst, ',')
+		}
+		if t.ExpirationSeconds != nil {
+			dst = append(dst, `"expirationSeconds":`...)
+			dst = strconv.AppendInt(dst, *t.ExpirationSeconds, 10)
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `"path":`...)
+		dst = appendString(dst, t.Path)
+		if t.User != nil {
+			dst = append(dst, `,"user":`...)
+			dst = strconv.AppendInt(dst, *t.User, 10)
+		}
+		dst = append(dst, "}}"...)
+	}
+	dst = append(dst, ']')
+	if p.DefaultMode != nil {
+		dst = append(dst, `,"defaultMode":`...)
+		dst = strconv.AppendInt(dst, int64(*p.DefaultMode), 10)
+	}
+	if p.DefaultUser != nil {
+		dst = append(dst, `,"defaultUser":`...)
+		dst = strconv.AppendInt(dst, *p.DefaultUser, 10)
+	}
+	return append(dst, "}}"...), true
 }

@@ -84,7 +84,8 @@ func refMarshalOps(ops []jsonpatch.Operation) ([]byte, error) {
 func patchValues(s string) []any {
 	mode := corev1.MountPropagationHostToContainer
 	rro := corev1.RecursiveReadOnlyEnabled
-	exp := int64(86400)
+	exp, neg := int64(86400), int64(-1)
+	mode32 := int32(0o440)
 	return []any{
 		s, true, false, nil, (*string)(nil), 42, int64(-7), 1.5,
 		map[string]any{s: s, "b": "2", "a": true, "": "empty", "z" + s: map[string]any{"x": s}},
@@ -98,12 +99,46 @@ func patchValues(s string) []any {
 		corev1.VolumeMount{Name: s, MountPath: s, RecursiveReadOnly: &rro},
 		corev1.VolumeMount{Name: s, MountPath: s, BindMountOptions: []string{s}},
 		corev1.VolumeMount{Name: s, MountPath: s, BindMountOptions: []string{}},
-		&corev1.EnvVar{Name: s},
+		&corev1.EnvVar{Name: s}, &corev1.EnvVar{Name: s, Value: s}, (*corev1.EnvVar)(nil),
+		&corev1.EnvVar{Name: s, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{Key: s}}},
 		corev1.Volume{Name: s, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 			Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: s, ExpirationSeconds: &exp, Path: s}}}}}},
 		corev1.Container{Name: s, Image: s, Env: []corev1.EnvVar{{Name: s, Value: s}}},
+		tokenVolume(s, nil, nil), tokenVolume("", &exp, nil), tokenVolume(s, &exp, &mode32), tokenVolume(s, &neg, &mode32),
+		withUser(tokenVolume(s, &exp, nil)), twoTokens(tokenVolume(s, &exp, nil)),
+		corev1.Volume{Name: s, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{}}},
+		corev1.Volume{Name: s, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{}}}},
+		corev1.Volume{Name: s, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{}}}}},
+		corev1.Volume{Name: s, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{
+			{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: s}, ConfigMap: &corev1.ConfigMapProjection{}}}}}},
+		withSecret(tokenVolume(s, &exp, nil)),
+		corev1.Volume{Name: s, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}},
+		corev1.Volume{Name: s},
 		json.RawMessage(`{"raw" : [1, 2]}`),
 	}
+}
+
+func tokenVolume(audience string, exp *int64, mode *int32) corev1.Volume {
+	return corev1.Volume{Name: "aws-iam-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		DefaultMode: mode,
+		Sources:     []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Audience: audience, ExpirationSeconds: exp, Path: "to\"ken"}}},
+	}}}
+}
+
+func withUser(v corev1.Volume) corev1.Volume {
+	u := int64(1000)
+	v.Projected.DefaultUser, v.Projected.Sources[0].ServiceAccountToken.User = &u, &u
+	return v
+}
+
+func twoTokens(v corev1.Volume) corev1.Volume {
+	v.Projected.Sources = append(v.Projected.Sources, corev1.VolumeProjection{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "second"}})
+	return v
+}
+
+func withSecret(v corev1.Volume) corev1.Volume {
+	v.Secret = &corev1.SecretVolumeSource{SecretName: "s"}
+	return v
 }
 
 func TestAppendPatchMatchesEncodingJSON(t *testing.T) {
@@ -196,6 +231,9 @@ func TestFastPathStructsUnchanged(t *testing.T) {
 		{corev1.EnvVar{}, []string{"name", "value,omitempty", "valueFrom,omitempty"}},
 		{corev1.VolumeMount{}, []string{"name", "readOnly,omitempty", "recursiveReadOnly,omitempty", "mountPath",
 			"subPath,omitempty", "mountPropagation,omitempty", "subPathExpr,omitempty", "bindMountOptions,omitempty"}},
+		{corev1.Volume{}, []string{"name", ""}},
+		{corev1.ProjectedVolumeSource{}, []string{"sources", "defaultMode,omitempty", "defaultUser,omitempty"}},
+		{corev1.ServiceAccountTokenProjection{}, []string{"audience,omitempty", "expirationSeconds,omitempty", "path", "user,omitempty"}},
 	} {
 		typ := reflect.TypeOf(c.v)
 		var tags []string

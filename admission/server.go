@@ -290,9 +290,10 @@ func (s *server) review(rt Route) http.HandlerFunc {
 		out := reviewOut{APIVersion: reviewAPIVersion, Kind: reviewKind, Response: responseOut{UID: in.UID, Allowed: true}}
 		// The plugins' logger and the server's own lines about this review carry the uid and the
 		// object's coordinates; deferredAttrs formats them only if something is logged.
-		rl := &reviewLog{h: deferredAttrs{h: s.opts.Log.Handler(), attrs: []slog.Attr{
+		rl := &reviewLog{attrs: [4]slog.Attr{
 			slog.String("uid", string(in.UID)), slog.String("kind", in.Kind.Kind),
-			slog.String("namespace", in.Namespace), slog.String("name", in.Name)}}}
+			slog.String("namespace", in.Namespace), slog.String("name", in.Name)}}
+		rl.h = deferredAttrs{h: s.opts.Log.Handler(), attrs: rl.attrs[:]}
 		var patchOps int
 		var extra []slog.Attr
 		if in.Kind.Group == rt.Group && in.Kind.Kind == rt.Kind {
@@ -319,7 +320,7 @@ func (s *server) review(rt Route) http.HandlerFunc {
 		}
 
 		enc.out = appendReview(enc.out[:0], &out)
-		w.Header().Set("Content-Type", "application/json")
+		w.Header()["Content-Type"] = jsonContentType
 		w.WriteHeader(code)
 		_, _ = w.Write(enc.out)
 
@@ -338,9 +339,14 @@ func (s *server) review(rt Route) http.HandlerFunc {
 	}
 }
 
+// jsonContentType is the answer's Content-Type header value, shared (Header.Set would make and
+// canonicalise one per review; nothing appends to it in place).
+var jsonContentType = []string{"application/json"}
+
 // reviewLog holds the loggers of one review, made on first use: the plugins' (uid and the
 // object's coordinates) and the server's own (uid).
 type reviewLog struct {
+	attrs           [4]slog.Attr
 	h               deferredAttrs
 	plugins, server *slog.Logger
 }

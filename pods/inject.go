@@ -142,7 +142,9 @@ func (c containerPatch) apply(b *patches.Builder, base string, ctr *corev1.Conta
 	// must not get the other one pointing somewhere else.
 	hasRegion := hasEnv(ctr.Env, EnvRegion) || hasEnv(ctr.Env, EnvDefaultRegion)
 	envPath := base + "/env"
-	for _, e := range c.env(joinPath(mountPath, TokenFileName, c.windows)) {
+	env := c.env(joinPath(mountPath, TokenFileName, c.windows))
+	for i := range env {
+		e := &env[i] // a pointer into env: no copy boxed per variable; the patch's JSON is the same
 		if hasEnv(ctr.Env, e.Name) || (hasRegion && (e.Name == EnvRegion || e.Name == EnvDefaultRegion)) {
 			continue
 		}
