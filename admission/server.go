@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/semaphore"
 
 	"go.klusters.dev/credential-webhook/patches"
@@ -176,13 +177,19 @@ func NewHandler(opts Options) http.Handler {
 func (s *server) review(rt Route) http.HandlerFunc {
 	limit := rt.bodyLimit(s.opts.MaxBodyBytes)
 	objectDecoder := routeObjectDecoder(rt)
+	// The route's own series, looked up once rather than per review.
+	var duration prometheus.Observer
+	var patchOpsTotal prometheus.Counter
+	if m := s.opts.Metrics; m != nil {
+		duration, patchOpsTotal = m.Duration.WithLabelValues(rt.Name), m.PatchOps.WithLabelValues(rt.Name)
+	}
 	return func(w http.ResponseWriter, hr *http.Request) {
 		start := time.Now()
 		code, decision, kind, op := http.StatusOK, "allowed", "", ""
 		defer func() {
 			if m := s.opts.Metrics; m != nil {
 				m.Requests.WithLabelValues(rt.Name, kindLabel(kind), operationLabel(op), decisionLabel(decision), codeLabel(code)).Inc()
-				m.Duration.WithLabelValues(rt.Name).Observe(time.Since(start).Seconds())
+				duration.Observe(time.Since(start).Seconds())
 			}
 		}()
 		fail := func(c int, msg string) {
@@ -241,9 +248,12 @@ func (s *server) review(rt Route) http.HandlerFunc {
 		}
 
 		if ct := hr.Header.Get("Content-Type"); ct != "" {
-			if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-				fail(http.StatusBadRequest, fmt.Sprintf("content type %q is not application/json", ct))
-				return
+			// What the apiserver sends needs no parsing (ParseMediaType accepts it as is).
+			if ct != "application/json" {
+				if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+					fail(http.StatusBadRequest, fmt.Sprintf("content type %q is not application/json", ct))
+					return
+				}
 			}
 		} else {
 			fail(http.StatusBadRequest, "missing content type: expected application/json")
@@ -315,8 +325,8 @@ func (s *server) review(rt Route) http.HandlerFunc {
 		} else {
 			decision = "ignored"
 		}
-		if m := s.opts.Metrics; m != nil && patchOps > 0 {
-			m.PatchOps.WithLabelValues(rt.Name).Add(float64(patchOps))
+		if patchOpsTotal != nil && patchOps > 0 {
+			patchOpsTotal.Add(float64(patchOps))
 		}
 
 		enc.out = appendReview(enc.out[:0], &out)
@@ -338,6 +348,9 @@ func (s *server) review(rt Route) http.HandlerFunc {
 		}
 	}
 }
+
+// jsonPatchTypeValue is every patched answer's patchType (never written through).
+var jsonPatchTypeValue = jsonPatchType
 
 // jsonContentType is the answer's Content-Type header value, shared (Header.Set would make and
 // canonicalise one per review; nothing appends to it in place).
@@ -416,8 +429,7 @@ func (s *server) run(ctx context.Context, rt Route, in *requestIn, budget time.D
 				Status: &statusOut{Code: http.StatusInternalServerError, Message: "encoding patch: " + err.Error()}}, 0, resp.LogAttrs
 		}
 		enc.patch = b
-		pt := jsonPatchType
-		res.Patch, res.PatchType = b, &pt
+		res.Patch, res.PatchType = b, &jsonPatchTypeValue
 	}
 	return http.StatusOK, res, len(resp.Patch.Ops()), resp.LogAttrs
 }
