@@ -23,10 +23,40 @@ type Builder struct {
 	// created maps a map path this builder created to the entries it holds, so later entries
 	// are added into it rather than creating it twice.
 	created map[string]map[string]any
-	// appended counts elements this builder appended per array path.
-	appended map[string]int
-	// arrays records arrays this builder created (absent in the raw object).
-	arrays map[string]bool
+	// arrays are the arrays this builder appended to, with what it appended: a handful per
+	// object (a Pod's containers' env and mounts, its volumes), so a slice searched in order
+	// costs less than the two maps it replaced.
+	arrays []appendedArray
+}
+
+// appendedArray is one array path this builder appended to: how many elements, and whether it
+// created the array (absent in the raw object).
+type appendedArray struct {
+	path    string
+	n       int
+	created bool
+}
+
+// array is the record of path, added if absent.
+func (b *Builder) array(path string) *appendedArray {
+	for i := range b.arrays {
+		if b.arrays[i].path == path {
+			return &b.arrays[i]
+		}
+	}
+	if b.arrays == nil {
+		b.arrays = make([]appendedArray, 0, 8)
+	}
+	b.arrays = append(b.arrays, appendedArray{path: path})
+	return &b.arrays[len(b.arrays)-1]
+}
+
+// add appends op, with room for a Pod's worth of operations at the first one.
+func (b *Builder) add(op jsonpatch.Operation) {
+	if b.ops == nil {
+		b.ops = make([]jsonpatch.Operation, 0, 16)
+	}
+	b.ops = append(b.ops, op)
 }
 
 // NewBuilder returns an empty Builder.
@@ -72,7 +102,7 @@ func (b *Builder) SetMapEntry(path string, existing map[string]string, key, valu
 			b.created = map[string]map[string]any{}
 		}
 		b.created[path] = m
-		b.ops = append(b.ops, jsonpatch.Operation{Operation: "add", Path: path, Value: m})
+		b.add(jsonpatch.Operation{Operation: "add", Path: path, Value: m})
 		return
 	}
 	cur, ok := existing[key]
@@ -97,7 +127,7 @@ func (b *Builder) SetMapEntry(path string, existing map[string]string, key, valu
 	if ok {
 		op = "replace"
 	}
-	b.ops = append(b.ops, jsonpatch.Operation{Operation: op, Path: p, Value: value})
+	b.add(jsonpatch.Operation{Operation: op, Path: p, Value: value})
 }
 
 // RemoveMapEntry removes key from the string map at path when the raw object has it.
@@ -116,35 +146,31 @@ func (b *Builder) RemoveMapEntry(path string, existing map[string]string, key st
 			break
 		}
 	}
-	b.ops = append(b.ops, jsonpatch.Operation{Operation: "remove", Path: p})
+	b.add(jsonpatch.Operation{Operation: "remove", Path: p})
 }
 
 // Append appends v to the array at path, whose length in the raw object is n; n < 0 means the
 // array is absent and is created holding v. Elements are addressed by index, never by rewriting
 // the array.
 func (b *Builder) Append(path string, n int, v any) {
-	if b.appended == nil {
-		b.appended = map[string]int{}
-		b.arrays = map[string]bool{}
-	}
-	if n < 0 && !b.arrays[path] {
-		b.arrays[path] = true
-		b.appended[path] = 1
-		b.ops = append(b.ops, jsonpatch.Operation{Operation: "add", Path: path, Value: []any{v}})
+	a := b.array(path)
+	if n < 0 && !a.created {
+		a.created, a.n = true, 1
+		b.add(jsonpatch.Operation{Operation: "add", Path: path, Value: []any{v}})
 		return
 	}
 	if n < 0 {
 		n = 0
 	}
-	idx := n + b.appended[path]
-	b.appended[path]++
-	b.ops = append(b.ops, jsonpatch.Operation{Operation: "add", Path: path + "/" + strconv.Itoa(idx), Value: v})
+	idx := n + a.n
+	a.n++
+	b.add(jsonpatch.Operation{Operation: "add", Path: path + "/" + strconv.Itoa(idx), Value: v})
 }
 
 // Insert adds v at index i of the array at path (which must exist), shifting later elements.
 // Used where order matters, such as a native sidecar that must start before other init containers.
 func (b *Builder) Insert(path string, i int, v any) {
-	b.ops = append(b.ops, jsonpatch.Operation{Operation: "add", Path: path + "/" + strconv.Itoa(i), Value: v})
+	b.add(jsonpatch.Operation{Operation: "add", Path: path + "/" + strconv.Itoa(i), Value: v})
 }
 
 // Set adds or replaces the leaf at path (an "add" on an existing member replaces it, RFC 6902 4.1).
@@ -155,5 +181,5 @@ func (b *Builder) Set(path string, v any) {
 			return
 		}
 	}
-	b.ops = append(b.ops, jsonpatch.Operation{Operation: "add", Path: path, Value: v})
+	b.add(jsonpatch.Operation{Operation: "add", Path: path, Value: v})
 }
