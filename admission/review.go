@@ -102,7 +102,7 @@ func (o *objectRef) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
 	// The offset is just past the member name: the colon and any whitespace come first.
 	start := dec.InputOffset()
 	if o.decode != nil {
-		v, err := o.decode.DecodeObject(dec)
+		v, err := decodeObject(o.decode, dec)
 		if err != nil {
 			return err
 		}
@@ -112,6 +112,18 @@ func (o *objectRef) UnmarshalJSONFrom(dec *jsontext.Decoder) error {
 	}
 	o.start, o.end, o.present = start, dec.InputOffset(), true
 	return nil
+}
+
+// decodeObject runs a plugin's decoder, a panic in it becoming an error: the review is then read
+// again without it, and the plugin, decoding the raw object itself, panics under the server's
+// recovery (a 500 carrying the uid), as it would without a decoder.
+func decodeObject(d ObjectDecoder, dec *jsontext.Decoder) (v any, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			v, err = nil, fmt.Errorf("object decoder panicked: %v", p)
+		}
+	}()
+	return d.DecodeObject(dec)
 }
 
 // bytesIn is the object's value within body; nil when absent.

@@ -264,3 +264,17 @@ func TestRouteObjectDecoder(t *testing.T) {
 		}
 	}
 }
+
+type panickingDecoder struct{}
+
+func (panickingDecoder) DecodeObject(*jsontext.Decoder) (any, error) { panic("boom") }
+
+// A decoder that panics costs the review its view, not its answer: the server reads it again
+// without the decoder.
+func TestDecodeReviewSurvivesAPanickingDecoder(t *testing.T) {
+	body := []byte(reviewBodies[0])
+	in, err := decodeReview(body, panickingDecoder{})
+	if err != nil || in.RawObject.view != nil || !bytes.Contains(body, in.Object) || len(in.Object) == 0 {
+		t.Fatalf("decodeReview with a panicking decoder: %+v, %v", in, err)
+	}
+}
