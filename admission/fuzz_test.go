@@ -4,16 +4,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime/metrics"
 	"strings"
 	"testing"
 
+	jsonv2 "github.com/go-json-experiment/json"
 	jsonpatch "gopkg.in/evanphx/json-patch.v4"
 
 	"go.klusters.dev/credential-webhook/annotations"
@@ -133,7 +136,33 @@ func fuzzRoutes() []Route {
 	return []Route{
 		{Path: "/mutate/serviceaccounts", Name: "serviceaccounts", Kind: "ServiceAccount", Plugins: []Plugin{guard, annotate}},
 		{Path: "/mutate/jobs", Name: "jobs", Group: "batch", Kind: "Job", Plugins: []Plugin{guard}},
+		// A route whose object is read while the review is (ObjectReader): the plugin finds the
+		// view the server read equal to its own decode of the raw object, or answers 500.
+		{Path: "/mutate/viewed", Name: "serviceaccounts", Kind: "ServiceAccount", Plugins: []Plugin{guard, viewChecker{}, annotate}},
 	}
+}
+
+// viewChecker is an ObjectReader whose Admit fails (HTTP 500, which FuzzHandler refuses) when
+// the view the server decoded differs from decoding Request.Object alone, or when there is no
+// view although the object decodes alone.
+type viewChecker struct{}
+
+var fuzzViewDecoder = &viewDecoder{}
+
+func (viewChecker) Name() string                 { return "view-checker" }
+func (viewChecker) ObjectDecoder() ObjectDecoder { return fuzzViewDecoder }
+
+func (viewChecker) Admit(_ context.Context, req *Request, _ *Response) error {
+	var alone testView
+	errAlone := jsonv2.Unmarshal(req.Object, &alone)
+	v, ok := req.Decoded(fuzzViewDecoder)
+	switch {
+	case ok && (errAlone != nil || !reflect.DeepEqual(v, &alone)):
+		return fmt.Errorf("view %+v, the object alone %+v (%v)", v, alone, errAlone)
+	case !ok && errAlone == nil && len(req.Object) > 0:
+		return fmt.Errorf("no view, but the object decodes alone: %s", req.Object)
+	}
+	return nil
 }
 
 const fuzzSelf = "system:serviceaccount:credential-webhook:credential-webhook"
@@ -156,7 +185,7 @@ func FuzzHandler(f *testing.F) {
 		if len(body) > maxFuzzBody || len(contentType) > 256 || len(timeout) > 64 {
 			return
 		}
-		for _, path := range []string{"/mutate/serviceaccounts", "/mutate/jobs"} {
+		for _, path := range []string{"/mutate/serviceaccounts", "/mutate/jobs", "/mutate/viewed"} {
 			rec := httptest.NewRecorder()
 			checkAllocs(t, len(body), 64, "the handler", func() {
 				req := httptest.NewRequest(http.MethodPost, path+"?"+url.Values{"timeout": {timeout}}.Encode(), bytes.NewReader(body))
