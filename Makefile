@@ -19,7 +19,7 @@ demo:
 demo-cluster:
 	bash scripts/demo-cluster.sh
 
-## bench: Go benchmarks, profiles, packing, the thirty-day simulation, IAM calls (moto), hey load on the real binary; writes docs/benchmarks.md (~10 min)
+## bench: Go benchmarks, profiles, packing, the thirty-day simulation, IAM calls (moto), hey load on the real binary, memory and a burst of new ServiceAccounts (e2e harness); writes docs/benchmarks.md (~17 min)
 bench:
 	bash bench/run.sh
 
