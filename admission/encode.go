@@ -87,6 +87,26 @@ func appendPatch(dst []byte, ops []jsonpatch.Operation) ([]byte, error) {
 	return append(dst, ']'), nil
 }
 
+// appendObject appends m as encoding/json.Marshal writes a map: null when nil, keys sorted.
+func appendObject[V any](dst []byte, m map[string]V, appendV func([]byte, V) ([]byte, error)) ([]byte, error) {
+	if m == nil {
+		return append(dst, "null"...), nil
+	}
+	dst = append(dst, '{')
+	for i, k := range slices.Sorted(maps.Keys(m)) {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, k)
+		dst = append(dst, ':')
+		var err error
+		if dst, err = appendV(dst, m[k]); err != nil {
+			return nil, err
+		}
+	}
+	return append(dst, '}'), nil
+}
+
 // appendValue appends v as encoding/json.Marshal(v) writes it, by hand for the values patches
 // carry on the hot paths (strings, booleans, string maps, one-element arrays, env vars and
 // volume mounts), through encoding/json for anything else.
@@ -97,36 +117,9 @@ func appendValue(dst []byte, v any) ([]byte, error) {
 	case bool:
 		return strconv.AppendBool(dst, v), nil
 	case map[string]string:
-		if v == nil {
-			return append(dst, "null"...), nil
-		}
-		dst = append(dst, '{')
-		for i, k := range slices.Sorted(maps.Keys(v)) {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			dst = appendString(dst, k)
-			dst = append(dst, ':')
-			dst = appendString(dst, v[k])
-		}
-		return append(dst, '}'), nil
+		return appendObject(dst, v, func(dst []byte, s string) ([]byte, error) { return appendString(dst, s), nil })
 	case map[string]any:
-		if v == nil {
-			return append(dst, "null"...), nil
-		}
-		dst = append(dst, '{')
-		for i, k := range slices.Sorted(maps.Keys(v)) {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			dst = appendString(dst, k)
-			dst = append(dst, ':')
-			var err error
-			if dst, err = appendValue(dst, v[k]); err != nil {
-				return nil, err
-			}
-		}
-		return append(dst, '}'), nil
+		return appendObject(dst, v, appendValue)
 	case []any:
 		if v == nil {
 			return append(dst, "null"...), nil
