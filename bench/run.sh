@@ -346,49 +346,49 @@ for n in "${NOTES[@]}"; do meta_args+=(-note "$n"); done
 phase "done: $REPORT"
 
 # ---------------------------------------------------------------------------------------------
-# Memory of one replica (e2e/memory_bench_test.go, BenchmarkServeMemory): 10,000 ServiceAccounts
-# and 2,000 suspended KubeStash Jobs in a real control plane from the e2e cache, then VmRSS and
-# the Go heap of `serve` with the sweeper on and off. About 4 minutes; appended to the report
-# above. Skip with BENCH_SKIP=memory; needs the e2e cache (make k8s-binaries), never builds it.
-if ! skip memory; then
-  phase "memory: one replica with 10,000 ServiceAccounts and 2,000 Jobs (e2e harness)"
-  MEM_KB="${KUBE_BINARIES:-${CREDENTIAL_WEBHOOK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/credential-webhook}/k8s/v1.37.2}"
-  {
-    echo
-    echo "## Memory of one replica (10,000 ServiceAccounts, 2,000 KubeStash Jobs)"
-    echo
-  } >>"$REPORT"
-  if [ -x "$MEM_KB/kube-controller-manager" ] && [ -x "$MEM_KB/kube-apiserver" ] && [ -x "$MEM_KB/etcd" ]; then
-    echo "cd e2e && go test -run '^\$' -bench ServeMemory -benchtime 1x -timeout 30m ." >>"$RAW/commands.txt"
-    if (cd e2e && KUBE_BINARIES="$MEM_KB" CREDENTIAL_WEBHOOK_BINARY="$BIN" go test -run '^$' -bench ServeMemory -benchtime 1x -timeout 30m .) >"$RAW/memory.txt" 2>&1; then
-      {
-        echo "\`cd e2e && go test -run '^\$' -bench ServeMemory -benchtime 1x\` (e2e/memory_bench_test.go): the real binary,"
-        echo "\`serve\` as the e2e harness runs it, after its informer caches synced and its memory settled. Target ≤ 64 MiB resident."
-        echo
-        echo "| figure | value |"
-        echo "|---|---|"
-        grep '^BenchmarkServeMemory' "$RAW/memory.txt" | awk '{ for (i = 5; i < NF; i += 2) printf "| %s | %s |\n", $(i+1), $i }'
-        echo
-        echo '```'
-        grep 'memory_bench_test.go' "$RAW/memory.txt" | sed 's/^ *memory_bench_test.go:[0-9]*: //'
-        echo '```'
-      } >>"$REPORT"
-    else
-      tail -n 30 "$RAW/memory.txt"
-      echo "The memory benchmark failed: see bench-raw/memory.txt." >>"$REPORT"
-    fi
-  else
-    echo "Not measured: no kube-controller-manager, kube-apiserver and etcd in $MEM_KB (run make k8s-binaries)." >>"$REPORT"
+# Benchmarks of the e2e harness (a real control plane from the e2e cache, the real binary),
+# appended to the report above. They need the e2e cache (make k8s-binaries) and never build it.
+E2E_KB="${KUBE_BINARIES:-${CREDENTIAL_WEBHOOK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/credential-webhook}/k8s/v1.37.2}"
+
+# e2e_bench NAME TITLE BENCH RENDER: runs `go test -bench BENCH` in e2e into bench-raw/NAME.txt
+# and appends a section TITLE to the report, rendered by `RENDER file`.
+e2e_bench() {
+  local name=$1 title=$2 bench=$3 render=$4
+  printf '\n## %s\n\n' "$title" >>"$REPORT"
+  if ! [ -x "$E2E_KB/kube-controller-manager" ] || ! [ -x "$E2E_KB/kube-apiserver" ] || ! [ -x "$E2E_KB/etcd" ]; then
+    echo "Not measured: no kube-controller-manager, kube-apiserver and etcd in $E2E_KB (run make k8s-binaries)." >>"$REPORT"
+    return
   fi
-  phase "done: memory appended to $REPORT"
-fi
+  echo "cd e2e && go test -run '^\$' -bench $bench -benchtime 1x -timeout 30m ." >>"$RAW/commands.txt"
+  if (cd e2e && KUBE_BINARIES="$E2E_KB" CREDENTIAL_WEBHOOK_BINARY="$BIN" go test -run '^$' -bench "$bench" -benchtime 1x -timeout 30m .) >"$RAW/$name.txt" 2>&1; then
+    "$render" "$RAW/$name.txt" >>"$REPORT"
+  else
+    tail -n 30 "$RAW/$name.txt"
+    echo "The $name benchmark failed: see bench-raw/$name.txt." >>"$REPORT"
+  fi
+}
+
+# Memory of one replica (e2e/memory_bench_test.go, BenchmarkServeMemory): 10,000 ServiceAccounts
+# and 2,000 suspended KubeStash Jobs, then VmRSS and the Go heap of `serve` with the sweeper on
+# and off. About 4 minutes. Skip with BENCH_SKIP=memory.
+memory_report() {
+  echo "\`cd e2e && go test -run '^\$' -bench ServeMemory -benchtime 1x\` (e2e/memory_bench_test.go): the real binary,"
+  echo "\`serve\` as the e2e harness runs it, after its informer caches synced and its memory settled. Target ≤ 64 MiB resident."
+  echo
+  echo "| figure | value |"
+  echo "|---|---|"
+  grep '^BenchmarkServeMemory' "$1" | awk '{ for (i = 5; i < NF; i += 2) printf "| %s | %s |\n", $(i+1), $i }'
+  echo
+  echo '```'
+  grep 'memory_bench_test.go' "$1" | sed 's/^ *memory_bench_test.go:[0-9]*: //'
+  echo '```'
+}
 
 # A burst of new ServiceAccounts through the apiserver (e2e/latency_bench_test.go,
 # BenchmarkFlowCreationToTrust): 1,000 per-session ServiceAccounts from 16 clients as the
 # KubeStash operator, two replicas of the real binary, moto behind the IAM proxy with 10 %
-# throttling, IAM latency 0 and 100 ms. Appended to the report like memory. Skip with
-# BENCH_SKIP=burst; needs the e2e cache.
-# burst_report renders the benchmark's output: one column per IAM latency, then its log lines.
+# throttling, IAM latency 0 and 100 ms. Skip with BENCH_SKIP=burst. Rendered with one column per
+# IAM latency, then its log lines.
 burst_report() {
   echo "\`cd e2e && go test -run '^\$' -bench FlowCreationToTrust -benchtime 1x\` (e2e/latency_bench_test.go): 1,000 per-session"
   echo "ServiceAccounts created by 16 clients as the KubeStash operator, 100 Jobs, two replicas of the real binary"
@@ -411,24 +411,13 @@ burst_report() {
   echo '```'
 }
 
+if ! skip memory; then
+  phase "memory: one replica with 10,000 ServiceAccounts and 2,000 Jobs (e2e harness)"
+  e2e_bench memory "Memory of one replica (10,000 ServiceAccounts, 2,000 KubeStash Jobs)" ServeMemory memory_report
+  phase "done: memory appended to $REPORT"
+fi
 if ! skip burst; then
   phase "burst: 1,000 new ServiceAccounts through the apiserver, two replicas (e2e harness)"
-  BURST_KB="${KUBE_BINARIES:-${CREDENTIAL_WEBHOOK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/credential-webhook}/k8s/v1.37.2}"
-  {
-    echo
-    echo "## A burst of new ServiceAccounts through the apiserver (issue 18)"
-    echo
-  } >>"$REPORT"
-  if [ -x "$BURST_KB/kube-controller-manager" ] && [ -x "$BURST_KB/kube-apiserver" ] && [ -x "$BURST_KB/etcd" ]; then
-    echo "cd e2e && go test -run '^\$' -bench FlowCreationToTrust -benchtime 1x -timeout 30m ." >>"$RAW/commands.txt"
-    if (cd e2e && KUBE_BINARIES="$BURST_KB" CREDENTIAL_WEBHOOK_BINARY="$BIN" go test -run '^$' -bench FlowCreationToTrust -benchtime 1x -timeout 30m .) >"$RAW/burst.txt" 2>&1; then
-      burst_report "$RAW/burst.txt" >>"$REPORT"
-    else
-      tail -n 30 "$RAW/burst.txt"
-      echo "The burst benchmark failed: see bench-raw/burst.txt." >>"$REPORT"
-    fi
-  else
-    echo "Not measured: no kube-controller-manager, kube-apiserver and etcd in $BURST_KB (run make k8s-binaries)." >>"$REPORT"
-  fi
+  e2e_bench burst "A burst of new ServiceAccounts through the apiserver (issue 18)" FlowCreationToTrust burst_report
   phase "done: burst appended to $REPORT"
 fi

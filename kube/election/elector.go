@@ -21,6 +21,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 )
 
 // Leases is the part of a namespace's Lease client the elector calls.
@@ -317,7 +318,7 @@ func (e *Elector) hold(l *coordinationv1.Lease, now metav1.MicroTime) {
 	if l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != e.Identity {
 		l.Spec.AcquireTime = &now
 		if l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "" {
-			l.Spec.LeaseTransitions = new(ptrValue(l.Spec.LeaseTransitions) + 1)
+			l.Spec.LeaseTransitions = new(ptr.Deref(l.Spec.LeaseTransitions, 0) + 1)
 		}
 		l.Spec.HolderIdentity = new(e.Identity)
 	}
@@ -326,13 +327,6 @@ func (e *Elector) hold(l *coordinationv1.Lease, now metav1.MicroTime) {
 	}
 	l.Spec.RenewTime = &now
 	l.Spec.LeaseDurationSeconds = new(int32(e.LeaseDuration / time.Second))
-}
-
-func ptrValue(p *int32) int32 {
-	if p == nil {
-		return 0
-	}
-	return *p
 }
 
 // release gives the Lease up if this replica still holds it: no holder, a one-second duration,

@@ -74,12 +74,7 @@ func TestBurstJoinsTheSessionUnderWay(t *testing.T) {
 	for i := 1; i < total; i++ {
 		wg.Go(func() { results[i], errs[i] = a.Assign(ctx, e.seed, "demo", sessionSA(i)) })
 	}
-	st := a.state(e.seed)
-	for queued := 0; queued < total-1; time.Sleep(5 * time.Millisecond) {
-		st.qmu.Lock()
-		queued = len(st.queue)
-		st.qmu.Unlock()
-	}
+	waitQueued(a, e.seed, total-1)
 	close(gate.open)
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
@@ -108,5 +103,16 @@ func TestBurstJoinsTheSessionUnderWay(t *testing.T) {
 		if !seen[sessionSubject(i)] {
 			t.Errorf("subject %d (%+v) not in any trust policy", i, results[i])
 		}
+	}
+}
+
+// waitQueued returns once n Assign calls wait in the seed's queue (the lock session in front of
+// them holds it).
+func waitQueued(a *Assigner, seed RoleARN, n int) {
+	st := a.state(seed)
+	for queued := 0; queued < n; time.Sleep(5 * time.Millisecond) {
+		st.qmu.Lock()
+		queued = len(st.queue)
+		st.qmu.Unlock()
 	}
 }

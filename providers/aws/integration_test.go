@@ -418,12 +418,7 @@ func TestAssignerAgainstMoto(t *testing.T) {
 		for i := 1; i < total; i++ {
 			wg.Go(func() { results[i], errs[i] = a.Assign(ctx, e.seed, "demo", sessionSA(i)) })
 		}
-		st := a.state(e.seed)
-		for queued := 0; queued < total-1; time.Sleep(5 * time.Millisecond) {
-			st.qmu.Lock()
-			queued = len(st.queue)
-			st.qmu.Unlock()
-		}
+		waitQueued(a, e.seed, total-1)
 		e.proxy.ResetCalls()
 		unlock()
 		wg.Wait()
@@ -476,12 +471,7 @@ func TestAssignerAgainstMoto(t *testing.T) {
 		got := make(chan error, 1)
 		var res Assignment
 		go func() { var err error; res, err = a.Assign(ctx, e.seed, "demo", sessionSA(2)); got <- err }()
-		st := a.state(e.seed)
-		for queued := 0; queued < 2; time.Sleep(5 * time.Millisecond) {
-			st.qmu.Lock()
-			queued = len(st.queue)
-			st.qmu.Unlock()
-		}
+		waitQueued(a, e.seed, 2)
 		cancel()
 		if err := <-shortErr; !errors.Is(err, context.Canceled) {
 			t.Errorf("the caller that left got %v, want context.Canceled", err)
