@@ -37,6 +37,8 @@ type serveConfig struct {
 	clientCAFile, clientNames                            string
 	maxInFlight                                          int
 	maxInFlightBytes                                     byteSize
+	kubeQPS                                              float64
+	kubeBurst                                            int
 }
 
 // byteSize is a flag holding a byte count written as a Kubernetes quantity ("32Mi", "1G",
@@ -75,6 +77,8 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.maxInFlight, "max-inflight-reviews", admission.DefaultMaxInFlight, "admission reviews read or answered at once, whatever their size; beyond it a review is answered 429 before its body is read (the apiserver applies the webhook's failurePolicy); negative: no limit")
 	c.maxInFlightBytes = admission.DefaultMaxInFlightBytes
 	fs.Var(&c.maxInFlightBytes, "max-inflight-review-bytes", "byte budget shared by the bodies of the reviews read or answered at once (a quantity: 32Mi); a review whose Content-Length does not fit is answered 429 before its body is read. A body costs about 3.5 times its size at peak: the default fits the chart's 256Mi memory limit with the caches; negative: no limit")
+	fs.Float64Var(&c.kubeQPS, "kube-api-qps", 200, "sustained Kubernetes API requests per second this replica sends (client-side limit; the apiserver's priority and fairness still applies). The sweeper leader writes every new ServiceAccount of a burst: at 50, a burst of 1,000 waited ~20 s for its patches and Events")
+	fs.IntVar(&c.kubeBurst, "kube-api-burst", 400, "Kubernetes API requests this replica may send at once above --kube-api-qps")
 	fs.StringVar(&c.selfUsernames, "self-usernames", "", "comma-separated usernames this server acts as (its ServiceAccount, system:serviceaccount:NS:NAME); empty: derived from POD_NAMESPACE and SERVICE_ACCOUNT_NAME")
 }
 
@@ -98,6 +102,10 @@ func (c *serveConfig) validate() error {
 	if c.shutdownTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--shutdown-timeout %s: must be positive", c.shutdownTimeout))
 	}
+	if c.kubeQPS <= 0 || c.kubeBurst < 1 {
+		// client-go reads a QPS of 0 as its default of 5, which would starve the sweeper.
+		errs = append(errs, fmt.Errorf("--kube-api-qps %v and --kube-api-burst %d: both must be positive", c.kubeQPS, c.kubeBurst))
+	}
 	return errors.Join(errs...)
 }
 
@@ -111,7 +119,7 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 
 // kubeClient builds a client from --kubeconfig, else the in-cluster config; nil when neither
 // exists (local runs: no informers, local locks).
-func kubeClient(path string) (kube.Client, *rest.Config, error) {
+func kubeClient(path string, qps float32, burst int) (kube.Client, *rest.Config, error) {
 	var cfg *rest.Config
 	var err error
 	switch {
@@ -126,7 +134,7 @@ func kubeClient(path string) (kube.Client, *rest.Config, error) {
 		return nil, nil, fmt.Errorf("kubernetes client config: %w", err)
 	}
 	cfg.UserAgent = "credential-webhook/" + version
-	cfg.QPS, cfg.Burst = 50, 100
+	cfg.QPS, cfg.Burst = qps, burst
 	cs, err := kube.NewClient(cfg)
 	if err != nil {
 		return nil, nil, fmt.Errorf("kubernetes client: %w", err)
@@ -178,7 +186,7 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), src)
 	metrics := admission.NewMetrics(reg)
 
-	cs, restCfg, err := kubeClient(c.kubeconfig)
+	cs, restCfg, err := kubeClient(c.kubeconfig, float32(c.kubeQPS), c.kubeBurst)
 	if err != nil {
 		return err
 	}

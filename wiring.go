@@ -191,7 +191,7 @@ func (p *providerConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&p.gcInterval, "gc-interval", sweeper.DefaultGCInterval, "how often the sweeper compares every derived role and binding with the ServiceAccounts that exist")
 	fs.DurationVar(&p.gcGrace, "gc-grace", sweeper.DefaultGCGrace, "how long a ServiceAccount must be gone before its cloud subjects are removed (a delete-and-recreate within it keeps them)")
 	fs.DurationVar(&p.gcEmptyRoleGrace, "gc-empty-role-grace", awsp.DefaultEmptyRoleGrace, "how long a derived IAM role must have listed no ServiceAccount before garbage collection (every --gc-interval) deletes it; 0 keeps empty roles")
-	fs.DurationVar(&p.handoff, "writer-handoff", sweeper.DefaultHandoff, "how long the sweeper leader leaves a pending ServiceAccount to the replica that planned it before writing it itself")
+	fs.DurationVar(&p.handoff, "writer-handoff", sweeper.DefaultHandoff, "how long the sweeper leader's finisher leaves a pending ServiceAccount to its writer (with --sweeper=false: to the replica that planned it) before retrying it, with backoff")
 	fs.BoolVar(&p.podIdentity, "aws-inject-pod-identity", false, "inject IRSA credentials (env and a projected token) into Pods whose ServiceAccount has eks.amazonaws.com/role-arn, for clusters without the EKS pod-identity webhook")
 	fs.StringVar(&p.pods.Region, "aws-region", "", "AWS_REGION and AWS_DEFAULT_REGION injected into Pods (when absent)")
 	fs.BoolVar(&p.pods.RegionalSTS, "aws-sts-regional-endpoints", true, "inject AWS_STS_REGIONAL_ENDPOINTS=regional into Pods")

@@ -117,7 +117,7 @@ func TestProviderConfigValidate(t *testing.T) {
 
 func TestServeConfigValidate(t *testing.T) {
 	good := func() serveConfig {
-		return serveConfig{certFile: "tls.crt", keyFile: "tls.key", logLevel: "info", certPoll: time.Second, shutdownTimeout: time.Second}
+		return serveConfig{certFile: "tls.crt", keyFile: "tls.key", logLevel: "info", certPoll: time.Second, shutdownTimeout: time.Second, kubeQPS: 200, kubeBurst: 400}
 	}
 	for _, tc := range []struct {
 		name   string
@@ -127,6 +127,8 @@ func TestServeConfigValidate(t *testing.T) {
 		{"good", func(*serveConfig) {}, nil},
 		{"client names with a CA", func(c *serveConfig) { c.clientCAFile, c.clientNames = "ca.crt", "kube-apiserver" }, nil},
 		{"no key", func(c *serveConfig) { c.keyFile = "" }, []string{"--tls-key-file"}},
+		{"no API rate", func(c *serveConfig) { c.kubeQPS = 0 }, []string{"--kube-api-qps"}},
+		{"no API burst", func(c *serveConfig) { c.kubeBurst = 0 }, []string{"--kube-api-burst"}},
 		{"client names without a CA", func(c *serveConfig) { c.clientNames = "kube-apiserver" }, []string{"--allowed-client-names needs --client-ca-file"}},
 		{"everything wrong", func(c *serveConfig) { c.certFile, c.logLevel, c.certPoll, c.shutdownTimeout = "", "loud", 0, -1 },
 			[]string{"--tls-cert-file", "--log-level", "--tls-poll-interval", "--shutdown-timeout"}},

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -18,6 +20,7 @@ import (
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/e2e/harness"
+	"go.klusters.dev/credential-webhook/sweeper/awscheck"
 	"go.klusters.dev/credential-webhook/testenv/iamproxy"
 	"go.klusters.dev/credential-webhook/testenv/moto"
 )
@@ -104,20 +107,18 @@ func creationToTrust(b *testing.B, n, clients int, iamLatency time.Duration, thr
 	direct := iam.NewFromConfig(cluster.AWSConfig()) // moto itself: neither counted nor delayed
 	watchers.Go(func() {
 		every(stop, 50*time.Millisecond, func() {
-			for i := 0; ; i++ {
-				subs, err := flowTrustedSubjects(ctx, direct, fmt.Sprintf("%s-%d", seed, i))
-				if err != nil || len(subs) == 0 {
-					break
-				}
-				now := time.Now()
-				mu.Lock()
-				for _, s := range subs {
-					if _, seen := trusted[s]; !seen {
-						trusted[s] = now
-					}
-				}
-				mu.Unlock()
+			subs, err := listTrustedSubjects(ctx, direct, seedName+"-")
+			if err != nil {
+				return
 			}
+			now := time.Now()
+			mu.Lock()
+			for _, s := range subs {
+				if _, seen := trusted[s]; !seen {
+					trusted[s] = now
+				}
+			}
+			mu.Unlock()
 		})
 	})
 	watchers.Go(func() {
@@ -254,6 +255,38 @@ func creationToTrust(b *testing.B, n, clients int, iamLatency time.Duration, thr
 	b.Logf("%d ServiceAccounts from %d clients in %s (%d Jobs), IAM latency %s, throttled %.0f%%: last trusted %s after the last creation; %.0f lock sessions, %.0f Lease calls; IAM %s; throttled %v",
 		n, clients, lastCreated.Sub(firstCreated).Round(time.Millisecond), len(jobNames), iamLatency, throttle*100,
 		lastTrusted.Sub(lastCreated).Round(time.Millisecond), sessions, lockCalls, flowFormatCalls(calls), cluster.IAM.Faults().Throttled)
+}
+
+// listTrustedSubjects returns the subjects trusted by every role whose name starts with prefix,
+// from moto's ListRoles, which carries each role's trust policy: one paginated call per poll. One
+// GetRole per role instead kept moto busy with the benchmark's own reads (70 roles every 50 ms),
+// slowing the very IAM calls it measures, and a pass over all roles took longer than the period.
+func listTrustedSubjects(ctx context.Context, client *iam.Client, prefix string) ([]string, error) {
+	var out []string
+	pages := iam.NewListRolesPaginator(client, &iam.ListRolesInput{MaxItems: aws.Int32(1000)})
+	for pages.HasMorePages() {
+		page, err := pages.NextPage(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range page.Roles {
+			if !strings.HasPrefix(aws.ToString(r.RoleName), prefix) {
+				continue
+			}
+			doc := aws.ToString(r.AssumeRolePolicyDocument)
+			if !strings.HasPrefix(doc, "{") { // real IAM URL-encodes it
+				if doc, err = url.QueryUnescape(doc); err != nil {
+					return nil, err
+				}
+			}
+			subs, err := awscheck.TrustedSubjects(doc)
+			if err != nil {
+				return nil, fmt.Errorf("trust policy of %s: %w", aws.ToString(r.RoleName), err)
+			}
+			out = append(out, subs...)
+		}
+	}
+	return out, nil
 }
 
 // every runs fn every d until stop is closed.

@@ -126,8 +126,8 @@ type Config struct {
 	// cache (or even etcd) has the ServiceAccount; without a grace period a collection running
 	// at that moment would take the fresh subject away again.
 	GCGrace time.Duration
-	// Handoff is how long the leader leaves a pending ServiceAccount to the replica that planned
-	// it before finishing it itself (that replica may have restarted or failed).
+	// Handoff is how long the leader's finisher leaves a pending ServiceAccount to the writer (its
+	// own, or without a sweeper the planning replica's) before retrying it with backoff.
 	Handoff time.Duration
 	// GCScopeInterval and GCScopeBurst are the token bucket of event-driven collections per
 	// scope (per seed role): at most GCScopeBurst at once, then one per GCScopeInterval. The
@@ -159,8 +159,10 @@ type Config struct {
 	// finishes for one seed share a lock session (the Assigner commits them together), so more
 	// workers mean fewer IAM writes per ServiceAccount, not more.
 	FinishWorkers int
-	// WriterWorkers is the number of planned ServiceAccounts one replica's writer finishes at
-	// once. They mostly wait for a seed's lock session, where they are written together.
+	// WriterWorkers is the number of pending ServiceAccounts the writer finishes at once. They
+	// mostly wait for a seed's lock session, where they are written together: a round takes
+	// everyone waiting, so in a burst the workers bound a round's batch (32 made a round of 100 ms
+	// IAM calls carry too few of a burst's 100 new ServiceAccounts a second).
 	WriterWorkers int
 }
 
@@ -187,7 +189,7 @@ const (
 	// throttling a third of the calls, 2 workers released 300 Jobs in minutes.
 	DefaultWorkers       = 8
 	DefaultFinishWorkers = 4
-	DefaultWriterWorkers = 32
+	DefaultWriterWorkers = 128
 	DefaultHandoff       = 5 * time.Second
 	// A deletion is collected after GCGrace (1 min): two passes (the one that sees it missing,
 	// the one after the grace) fit the burst; a steady stream of deletions costs one read of the

@@ -9,9 +9,10 @@ import (
 	"go.klusters.dev/credential-webhook/hold"
 )
 
-// The leader's fallback for pending ServiceAccounts: the replica whose admission planned one
-// writes it at once (writer.go); the leader finishes every one still pending after
-// Config.Handoff, with backoff (finish.go does the work for both).
+// The leader's fallback for pending ServiceAccounts: the writer (writer.go; the leader's own, or
+// without a sweeper the planning replica's) writes one at once and tries once; the finisher
+// retries every one still pending after Config.Handoff, with backoff (finish.go does the work for
+// both).
 
 // pendingSeen schedules the finishing of sa when it is still pending.
 func (t *term) pendingSeen(sa *corev1.ServiceAccount) {

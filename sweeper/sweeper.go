@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -39,6 +40,10 @@ type Sweeper struct {
 
 	eventsOnce sync.Once
 	strip      *Stripper
+
+	// campaigning: Run campaigns for the leader Lease in this process; leading: this replica
+	// leads now. Together they decide which replica's writer writes (writer.go).
+	campaigning, leading atomic.Bool
 }
 
 // New returns a Sweeper. It registers its metrics on deps.Registerer (once per registry).
@@ -83,8 +88,9 @@ func (s *Sweeper) startEvents() {
 // Ready is the cache of proven ServiceAccounts, for the Job admission plugin.
 func (s *Sweeper) Ready() *ReadyCache { return s.ready }
 
-// RunWriter writes what admission on this replica planned, as soon as the ServiceAccount is
-// seen persisted (every replica runs it; see writer.go). It blocks until ctx ends. Without
+// RunWriter writes pending ServiceAccounts as soon as they are seen persisted: every one while
+// this replica leads, none while another does, what admission here planned without a sweeper
+// (every replica runs it; see writer.go). It blocks until ctx ends. Without
 // Deps.ServiceAccounts or clouds it returns at once. The error is for the composition root's
 // runnables; the writer has no failure of its own to report (it retries and logs).
 func (s *Sweeper) RunWriter(ctx context.Context) error {
@@ -98,8 +104,9 @@ func (s *Sweeper) RunWriter(ctx context.Context) error {
 	return nil
 }
 
-// Run campaigns for the leader Lease and, while it holds it, releases held Jobs, finishes the
-// pending ServiceAccounts the writers left (after Config.Handoff) and collects garbage. It
+// Run campaigns for the leader Lease and, while it holds it, releases held Jobs, writes every
+// pending ServiceAccount (RunWriter's writer at once, the finisher after Config.Handoff) and
+// collects garbage. It
 // blocks until ctx ends, or returns an error at once when it cannot campaign at all (a sweeper
 // that silently does nothing would leave every held Job held until max-hold). A term ends when
 // the Lease may no longer be held: no renewal succeeded within the elector's budget, which ends
@@ -114,6 +121,8 @@ func (s *Sweeper) Run(ctx context.Context) error {
 	if err := el.Validate(); err != nil {
 		return fmt.Errorf("sweeper: invalid leader election configuration: %w", err)
 	}
+	s.campaigning.Store(true)
+	defer s.campaigning.Store(false)
 	s.log.Info("sweeper campaigning for leadership", "lease", s.cfg.Namespace+"/"+s.cfg.LeaseName, "identity", s.cfg.Identity)
 	return el.Run(ctx, s.lead)
 }
@@ -144,7 +153,10 @@ func (s *Sweeper) elector() *election.Elector {
 func (s *Sweeper) lead(ctx context.Context) {
 	s.log.Info("sweeper leading", "identity", s.cfg.Identity)
 	s.m.leader.Set(1)
+	s.leading.Store(true)
+	s.writer.leadingStarted()
 	s.work(ctx)
+	s.leading.Store(false)
 	s.m.leader.Set(0)
 	s.log.Info("sweeper stopped leading", "identity", s.cfg.Identity)
 }

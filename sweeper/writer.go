@@ -13,11 +13,23 @@ import (
 	"go.klusters.dev/credential-webhook/annotations"
 )
 
-// The writer runs on every replica, leader or not. Admission tells it which ServiceAccounts it
-// planned (Planned); when the shared informer delivers one of them persisted and still pending,
-// the writer finishes it at once. It tries once (and again after a stale read): a failure is left
-// to the leader, which finishes every pending ServiceAccount after Config.Handoff with backoff,
-// so a cloud outage is retried by one replica, not by all of them.
+// The writer finishes pending ServiceAccounts as soon as the shared informer delivers them
+// persisted: it runs on every replica, but only one of them writes.
+//
+//   - With a sweeper campaigning in this process (Run), the writer of the replica that leads
+//     writes every pending ServiceAccount, whichever replica's admission planned it, and the
+//     other replicas' writers write nothing. One writer per cluster means one lock session per
+//     seed at a time, from a cache nobody else changed: when every replica wrote what it planned,
+//     the replicas took each seed's Lease in turns, and every turn after the other's write began
+//     with a reload of the seed's roles, so a burst of 1,000 ServiceAccounts took ~20 s to trust
+//     at 100 ms of IAM latency. Held Jobs are released by the leader anyway, so writing there adds
+//     no replica that a Job waits on.
+//   - Without a sweeper (--sweeper=false) nobody leads: each replica writes what its own
+//     admission planned (Planned).
+//
+// The writer tries once (and again after a stale read): a failure is left to the leader's
+// finisher, which finishes every pending ServiceAccount after Config.Handoff with backoff, so a
+// cloud outage is retried by one replica, not by all of them.
 
 // plannedTTL bounds how long a plan waits to be seen persisted: a review whose object was never
 // stored (refused later in the chain, or forged) is forgotten after it.
@@ -38,6 +50,9 @@ type writer struct {
 // Planned records that admission on this replica planned namespace/name; the writer finishes it
 // when the informer shows it persisted. Safe to call before Run and from any goroutine.
 func (s *Sweeper) Planned(namespace, name string) {
+	if s.campaigning.Load() {
+		return // the leader's writer writes every pending ServiceAccount
+	}
 	w := s.writer
 	now := s.now()
 	w.mu.Lock()
@@ -71,7 +86,7 @@ func (w *writer) has(k string) bool {
 	return ok
 }
 
-func (w *writer) onServiceAccount(obj any) {
+func (w *writer) onServiceAccount(oldObj, obj any) {
 	sa, ok := obj.(*corev1.ServiceAccount)
 	if !ok || sa.DeletionTimestamp != nil {
 		return
@@ -79,8 +94,48 @@ func (w *writer) onServiceAccount(obj any) {
 	if _, pending := sa.Annotations[annotations.Pending]; !pending {
 		return
 	}
-	if k := key(sa.Namespace, sa.Name); w.has(k) {
+	if old, ok := oldObj.(*corev1.ServiceAccount); ok && w.s.leading.Load() && old.Annotations[annotations.Pending] == sa.Annotations[annotations.Pending] {
+		// The leader takes a ServiceAccount when it appears, and again only when admission planned
+		// it anew: any other update (a label) would retry a failing cloud at once, outside the
+		// finisher's backoff, as often as someone updates it.
+		return
+	}
+	if k := key(sa.Namespace, sa.Name); writes(w.s.leading.Load(), w.s.campaigning.Load(), w.has(k)) {
 		w.q.Add(k)
+	}
+}
+
+// writes decides whether this replica's writer writes a pending ServiceAccount (see the top of
+// this file): the leader writes every one; where a sweeper campaigns, another replica leads (or
+// will) and writes it; without a sweeper, each replica writes what it planned.
+func writes(leading, campaigning, planned bool) bool {
+	switch {
+	case leading:
+		return true
+	case campaigning:
+		return false
+	}
+	return planned
+}
+
+// mayWrite reports whether this replica's writer writes k now, and forgets k's plan either way.
+func (w *writer) mayWrite(k string) bool {
+	return writes(w.s.leading.Load(), w.s.campaigning.Load(), w.take(k))
+}
+
+// leadingStarted queues every pending ServiceAccount the informer holds: the informer delivered
+// them before this replica led, when its writer left them to the leader of the time.
+func (w *writer) leadingStarted() {
+	informer := w.s.deps.ServiceAccounts
+	if informer == nil || len(w.s.clouds) == 0 {
+		return // RunWriter does not run: nobody would take them from the queue
+	}
+	for _, obj := range informer.GetStore().List() {
+		if sa, ok := obj.(*corev1.ServiceAccount); ok && sa.DeletionTimestamp == nil {
+			if _, pending := sa.Annotations[annotations.Pending]; pending {
+				w.q.Add(key(sa.Namespace, sa.Name))
+			}
+		}
 	}
 }
 
@@ -88,8 +143,8 @@ func (w *writer) onServiceAccount(obj any) {
 // started by its owner).
 func (w *writer) run(ctx context.Context, informer cache.SharedIndexInformer) {
 	reg, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    w.onServiceAccount,
-		UpdateFunc: func(_, obj any) { w.onServiceAccount(obj) },
+		AddFunc:    func(obj any) { w.onServiceAccount(nil, obj) },
+		UpdateFunc: w.onServiceAccount,
 	})
 	if err != nil {
 		w.s.log.Error("writer disabled: cannot watch ServiceAccounts", "error", err)
@@ -107,7 +162,7 @@ func (w *writer) run(ctx context.Context, informer cache.SharedIndexInformer) {
 }
 
 func (w *writer) process(ctx context.Context, k string) {
-	if !w.take(k) {
+	if !w.mayWrite(k) {
 		return
 	}
 	ns, name := splitKey(k)
@@ -122,6 +177,9 @@ func (w *writer) process(ctx context.Context, k string) {
 	case err != nil:
 		w.s.m.finishes.WithLabelValues("writer_error").Inc()
 		w.s.log.Warn("writing a planned ServiceAccount failed; the sweeper leader retries it", "serviceaccount", k, "error", err)
+	case out == stale && w.s.leading.Load():
+		// Someone changed it between our read and our patch: look again once the cache caught up.
+		w.q.AddAfter(k, w.s.cfg.BackoffInitial)
 	case out == stale:
 		// Someone changed it between our read and our patch (admission re-planned it): the
 		// informer delivers the new version, which we take again.

@@ -353,3 +353,99 @@ func TestWriterLeavesCloudErrorsToTheLeader(t *testing.T) {
 		}
 	}
 }
+
+// Which replica's writer writes: the leader every pending ServiceAccount; a replica where a
+// sweeper campaigns but another leads, none (two writers would take the seed's Lease in turns and
+// reload after each other's writes); without a sweeper, what this replica planned.
+func TestWriterWritesOnOneReplica(t *testing.T) {
+	for _, tc := range []struct {
+		leading, campaigning, planned, want bool
+	}{
+		{leading: true, campaigning: true, planned: false, want: true},
+		{leading: true, campaigning: true, planned: true, want: true},
+		{leading: false, campaigning: true, planned: true, want: false},
+		{leading: false, campaigning: true, planned: false, want: false},
+		{leading: false, campaigning: false, planned: true, want: true},
+		{leading: false, campaigning: false, planned: false, want: false},
+	} {
+		if got := writes(tc.leading, tc.campaigning, tc.planned); got != tc.want {
+			t.Errorf("writes(leading=%v, campaigning=%v, planned=%v) = %v, want %v", tc.leading, tc.campaigning, tc.planned, got, tc.want)
+		}
+	}
+}
+
+// lead makes h's replica the leader as Run does when its term starts.
+func (h *writerHarness) lead() {
+	h.s.campaigning.Store(true)
+	h.s.leading.Store(true)
+	h.s.writer.leadingStarted()
+}
+
+// The leader's writer writes a ServiceAccount no admission on this replica planned, at once (not
+// after the finisher's handoff: no finisher runs here).
+func TestLeaderWriterWritesUnplannedServiceAccounts(t *testing.T) {
+	aws := awsCloud()
+	h := startWriter(t, Config{}, aws)
+	h.lead()
+	sa := claimSA("planned-elsewhere", "u-elsewhere", map[string]string{annotations.SeedRole: seedA, annotations.Pending: pending(awsA)})
+	h.create(t, sa)
+	got := h.waitFinished(t, sa.Namespace, sa.Name)
+	if got.Annotations[annotations.Granted] != granted("u-elsewhere", awsA) {
+		t.Errorf("annotations %v, want it granted", got.Annotations)
+	}
+	if n := aws.callsFor(sa.Namespace, sa.Name); n != 1 {
+		t.Errorf("aws Finish called %d times, want 1", n)
+	}
+}
+
+// A replica that starts leading writes what was pending before (its writer left those to the
+// leader of the time); Planned on a campaigning replica records nothing.
+func TestLeaderWriterTakesWhatWasPendingBefore(t *testing.T) {
+	aws := awsCloud()
+	h := startWriter(t, Config{}, aws)
+	h.s.campaigning.Store(true) // another replica leads
+	sa := claimSA("pending-before", "u-before", map[string]string{annotations.SeedRole: seedA, annotations.Pending: pending(awsA)})
+	h.s.Planned(sa.Namespace, sa.Name)
+	if h.s.writer.has(key(sa.Namespace, sa.Name)) {
+		t.Fatal("a campaigning replica recorded a plan: the leader writes every pending ServiceAccount")
+	}
+	h.create(t, sa)
+	eventually(t, "the informer holds it", func() (bool, string) {
+		_, ok, _ := h.s.deps.ServiceAccounts.GetStore().GetByKey(key(sa.Namespace, sa.Name))
+		return ok, "not in the informer's store"
+	})
+	h.lead()
+	h.waitFinished(t, sa.Namespace, sa.Name)
+	if n := aws.callsFor(sa.Namespace, sa.Name); n != 1 {
+		t.Errorf("aws Finish called %d times, want 1", n)
+	}
+}
+
+// The leader's writer tries a failing ServiceAccount once: an update that does not plan it anew
+// (a label) does not retry it at once, outside the finisher's backoff.
+func TestLeaderWriterDoesNotRetryOnEveryUpdate(t *testing.T) {
+	aws := awsCloud()
+	h := startWriter(t, Config{WriterWorkers: 1}, aws)
+	h.lead()
+	failing := claimSA("app-backup", "u-failing", map[string]string{annotations.SeedRole: seedA, annotations.Pending: pending(awsA)})
+	aws.failFor(failing.Name, errors.New("operation error IAM: UpdateAssumeRolePolicy, api error Throttling: Rate exceeded"))
+	h.create(t, failing)
+	eventually(t, "the writer's failed attempt", func() (bool, string) {
+		n := testutil.ToFloat64(h.s.m.finishes.WithLabelValues("writer_error"))
+		return n == 1, fmt.Sprintf("finishes{result=writer_error} = %v", n)
+	})
+	for i := range 3 {
+		cur := storedSA(t, h.cs, failing.Namespace, failing.Name)
+		cur.Labels = map[string]string{"attempt": fmt.Sprint(i)}
+		if _, err := h.cs.CoreV1().ServiceAccounts(cur.Namespace).Update(context.Background(), cur, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One worker: a ServiceAccount created after the updates is taken after anything they queued.
+	sentinel := claimSA("app-restore", "u-sentinel", map[string]string{annotations.SeedRole: seedA, annotations.Pending: pending(awsA)})
+	h.create(t, sentinel)
+	h.waitFinished(t, sentinel.Namespace, sentinel.Name)
+	if n := aws.callsFor(failing.Namespace, failing.Name); n != 1 {
+		t.Errorf("aws Finish called %d times for the failing ServiceAccount, want 1", n)
+	}
+}
