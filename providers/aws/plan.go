@@ -3,6 +3,7 @@ package aws
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -197,4 +198,47 @@ func dropOldest(m map[string]reservation) {
 		}
 	}
 	delete(m, oldest)
+}
+
+// Expect tells the writer which role admission planned for namespace/name: the role ARN the
+// persisted ServiceAccount carries. The lock session then places the subject there when it
+// still fits (PlaceOptions.Hints), as for a plan made on this replica. The sweeper leader writes
+// every pending ServiceAccount, so the plan was often made on another replica, whose reservation
+// this one never saw; without the hint the writer placed such subjects by first fit and
+// corrected their annotation. The annotation is the ServiceAccount owner's to edit, which is
+// harmless here: it only picks among the seed's derived roles, which all carry the seed's
+// permissions, and only a role with room. A plan made on this replica wins, and nothing is
+// recorded for a seed that is not allowed, or for a role that is not one of its derived roles in
+// the published view (a reservation for a role that does not exist would steer other plans to
+// that index for as long as it lives).
+func (a *Assigner) Expect(seed RoleARN, namespace, name, roleARN string) {
+	subject, err := Subject(namespace, name)
+	if err != nil || a.allowed(seed) != nil {
+		return
+	}
+	role, err := ParseRoleARN(roleARN)
+	if err != nil {
+		return
+	}
+	idx, ok := DerivedIndex(role, seed)
+	if !ok {
+		return
+	}
+	st := a.state(seed)
+	now := a.now()
+	st.plan.mu.Lock()
+	defer st.plan.mu.Unlock()
+	if r, ok := st.plan.reserved[subject]; ok && !now.After(r.until) {
+		return
+	}
+	if v := st.plan.view; v == nil || !slices.ContainsFunc(v.roles, func(r RoleView) bool { return r.Index == idx && !r.Foreign && !r.Broken }) {
+		return
+	}
+	if st.plan.reserved == nil {
+		st.plan.reserved = map[string]reservation{}
+	}
+	if len(st.plan.reserved) >= maxReservations {
+		dropOldest(st.plan.reserved)
+	}
+	st.plan.reserved[subject] = reservation{index: idx, until: now.Add(reservationTTL)}
 }

@@ -31,6 +31,7 @@ func (c Cloud) Finish(ctx context.Context, sa *corev1.ServiceAccount) (map[strin
 	if err != nil {
 		return nil, fmt.Errorf("%w: seed role annotation: %w", markers.ErrRefused, err)
 	}
+	c.Assigner.Expect(seed, sa.Namespace, sa.Name, sa.Annotations[annotations.AWSRoleARN])
 	res, err := c.Assigner.Assign(ctx, seed, sa.Namespace, sa.Name)
 	if Permanent(err) {
 		return nil, fmt.Errorf("%w: %w", markers.ErrRefused, err)

@@ -1,0 +1,72 @@
+package aws
+
+import (
+	"testing"
+	"time"
+)
+
+// Expect turns the role ARN a persisted ServiceAccount carries into the writer's hint, only for a
+// derived role of that seed in the published view, and never over this replica's own plan.
+func TestExpect(t *testing.T) {
+	const seedARN = "arn:aws:iam::123456789012:role/kubestash/seed"
+	seed, err := ParseRoleARN(seedARN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow, err := ParseAllowlist(seedARN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	role := func(i int) string {
+		r, err := Derived(seed, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.String()
+	}
+	for _, tc := range []struct {
+		name    string
+		seed    string
+		roleARN string
+		own     int // a reservation this replica made, -1: none
+		want    int // the hint, -1: none
+	}{
+		{"a derived role in the view", seedARN, role(1), -1, 1},
+		{"the first one", seedARN, role(0), -1, 0},
+		{"this replica's plan wins", seedARN, role(1), 0, 0},
+		{"a role the view does not have", seedARN, role(7), -1, -1},
+		{"a foreign role", seedARN, role(2), -1, -1},
+		{"another seed's role", seedARN, "arn:aws:iam::123456789012:role/kubestash/other-1", -1, -1},
+		{"another path", seedARN, "arn:aws:iam::123456789012:role/elsewhere/seed-1", -1, -1},
+		{"the seed itself", seedARN, seedARN, -1, -1},
+		{"no annotation", seedARN, "", -1, -1},
+		{"garbage", seedARN, "seed-1", -1, -1},
+		{"a seed not allowed", "arn:aws:iam::123456789012:role/kubestash/other", "arn:aws:iam::123456789012:role/kubestash/other-1", -1, -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := NewAssigner(nil, NewLocalLocker(), Config{Seeds: allow}, nil)
+			st := a.state(seed)
+			st.roles = []*roleState{{index: 0}, {index: 1}, {index: 2, owner: ownerOther}}
+			st.publish()
+			sub, err := Subject("backups", "session-1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.own >= 0 {
+				st.plan.reserved = map[string]reservation{sub: {index: tc.own, until: time.Now().Add(time.Minute)}}
+			}
+			s, err := ParseRoleARN(tc.seed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.Expect(s, "backups", "session-1", tc.roleARN)
+			got, ok := a.state(s).hints([]string{sub}, time.Now())[sub]
+			if !ok {
+				got = -1
+			}
+			if got != tc.want {
+				t.Errorf("hint %d, want %d", got, tc.want)
+			}
+		})
+	}
+}
