@@ -132,7 +132,7 @@ func (a *Assigner) state(seed RoleARN) *seedState {
 	defer a.mu.Unlock()
 	st, ok := a.seeds[seed.String()]
 	if !ok {
-		st = &seedState{sem: make(chan struct{}, 1)}
+		st = &seedState{sem: make(chan struct{}, 1), arrived: make(chan struct{}, 1)}
 		a.seeds[seed.String()] = st
 	}
 	return st
@@ -225,6 +225,10 @@ func (a *Assigner) Assign(ctx context.Context, seed RoleARN, namespace, name str
 	start := !st.draining
 	st.draining = true
 	st.qmu.Unlock()
+	select {
+	case st.arrived <- struct{}{}: // a session waiting on its tail takes it in another round
+	default:
+	}
 	if start {
 		go a.drain(seed, st)
 	}

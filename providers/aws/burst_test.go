@@ -3,11 +3,14 @@ package aws
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 
 	"go.klusters.dev/credential-webhook/testenv/moto"
@@ -80,6 +83,11 @@ func TestBurstJoinsTheSessionUnderWay(t *testing.T) {
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
+	// Callers are answered before the session ends (it releases the lock once the last new
+	// role's policies are attached and nobody else queued): wait for the release.
+	for deadline := time.Now().Add(30 * time.Second); locker.unlocks.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	if l, u := locker.locks.Load(), locker.unlocks.Load(); l != 1 || u != 1 {
 		t.Errorf("lock taken %d times, released %d times for one burst; want 1 and 1", l, u)
 	}
@@ -114,5 +122,99 @@ func waitQueued(a *Assigner, seed RoleARN, n int) {
 		st.qmu.Lock()
 		queued = len(st.queue)
 		st.qmu.Unlock()
+	}
+}
+
+// gatedAttach holds every AttachRolePolicy until open is closed, failing the first one with
+// failFirst set.
+type gatedAttach struct {
+	IAMAPI
+	entered   chan struct{}
+	open      chan struct{}
+	once      sync.Once
+	failFirst bool
+	failed    atomic.Bool
+}
+
+func (g *gatedAttach) AttachRolePolicy(ctx context.Context, in *iam.AttachRolePolicyInput, optFns ...func(*iam.Options)) (*iam.AttachRolePolicyOutput, error) {
+	g.once.Do(func() { close(g.entered) })
+	<-g.open
+	if g.failFirst && g.failed.CompareAndSwap(false, true) {
+		return nil, errors.New("AccessDenied: injected by the test")
+	}
+	return g.IAMAPI.AttachRolePolicy(ctx, in, optFns...)
+}
+
+// A new role's policies are attached while the session's next round places what queued: the
+// round does not wait for them, but nobody placed in the role is answered before they are
+// attached. If attaching fails, its subjects get the error (they stay pending) and the next
+// session completes the role before answering them.
+func TestNewRolePoliciesAttachWhileTheNextRoundWrites(t *testing.T) {
+	srv := moto.Start(t)
+	srv.SetEnv(t)
+	for _, fail := range []bool{false, true} {
+		name := "attached"
+		if fail {
+			name = "attaching fails"
+		}
+		t.Run(name, func(t *testing.T) {
+			seedName := "pipelined-seed"
+			if fail {
+				seedName = "pipelined-failing-seed"
+			}
+			e := newEnv(t, srv, seedName, 2048)
+			ctx := ctxT(t)
+			gate := &gatedAttach{IAMAPI: e.api, entered: make(chan struct{}), open: make(chan struct{}), failFirst: fail}
+			cfg := Config{}
+			cfg.Seeds, _ = ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
+			a := NewAssigner(gate, &sessionCountingLocker{LocalLocker: NewLocalLocker()}, cfg, nil)
+
+			var answered atomic.Int64
+			errs := make([]error, 2)
+			var wg sync.WaitGroup
+			wg.Go(func() { _, errs[0] = a.Assign(ctx, e.seed, "demo", sessionSA(0)); answered.Add(1) })
+			<-gate.entered // role 0 is created and its policy is being attached
+			wg.Go(func() { _, errs[1] = a.Assign(ctx, e.seed, "demo", sessionSA(1)); answered.Add(1) })
+			// The next round adds subject 1 to role 0 while the attach is held.
+			deadline := time.Now().Add(30 * time.Second)
+			for e.calls()["iam:UpdateAssumeRolePolicy"] < 1 {
+				if time.Now().After(deadline) {
+					t.Fatalf("the next round did not write while role 0's policies were attached: IAM calls %v", e.calls())
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			if n := answered.Load(); n != 0 {
+				t.Fatalf("%d subjects answered before role 0's policies were attached", n)
+			}
+			close(gate.open)
+			wg.Wait()
+			if !fail {
+				if err := errors.Join(errs...); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				for i, err := range errs {
+					if err == nil || !strings.Contains(err.Error(), "not complete") {
+						t.Errorf("subject %d: error %v, want the role reported incomplete", i, err)
+					}
+				}
+				// The next attempt completes the role, then answers the subject as listed.
+				got, err := a.Assign(ctx, e.seed, "demo", sessionSA(0))
+				if err != nil || !got.AlreadyListed {
+					t.Fatalf("retry: %+v, %v; want the subject already listed in the completed role", got, err)
+				}
+			}
+			out, err := e.direct.ListAttachedRolePolicies(ctx, &iam.ListAttachedRolePoliciesInput{RoleName: aws.String(derivedName(e.seed, 0))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(out.AttachedPolicies) == 0 {
+				t.Error("role 0 has no attached policy")
+			}
+			subs := e.trustOf(derivedName(e.seed, 0)).Subjects()
+			if !slices.Contains(subs, sessionSubject(0)) || !slices.Contains(subs, sessionSubject(1)) {
+				t.Errorf("role 0 trusts %v, want subjects 0 and 1", subs)
+			}
+		})
 	}
 }

@@ -17,6 +17,9 @@ type assignReq struct {
 type assignResult struct {
 	a   Assignment
 	err error
+	// wait: the answer waits for the role's policies to be attached (a role this session
+	// created), and carries that error if attaching failed.
+	wait *attachment
 }
 
 // maxBatchWait bounds a batch whose callers have no deadline.
@@ -58,14 +61,35 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 			}
 			batch := st.take(true)
 			if len(batch) == 0 {
+				batch = s.awaitTail(st) // queued while new roles' policies were being attached
+			}
+			if len(batch) == 0 {
 				break
 			}
 			a.assignBatch(s, batch, until)
 			a.rounds.Add(1)
 			st.publish() // admission plans from what this round wrote
 		}
+		s.tail.Wait() // policies still being attached are written under the lock too
 		done()
 		cancelLock()
+	}
+}
+
+// awaitTail waits, with the queue empty, until the session's tail is done (nil: the session can
+// end) or someone queues: they join this session in another round (the batch returned), instead
+// of waiting for the tail and then for the next session.
+func (s *session) awaitTail(st *seedState) []*assignReq {
+	idle := s.tail.Idle()
+	for {
+		select {
+		case <-idle:
+			return nil
+		case <-st.arrived:
+			if batch := st.take(true); len(batch) > 0 {
+				return batch
+			}
+		}
 	}
 }
 
@@ -165,10 +189,11 @@ func earlier(a, b time.Time) time.Time {
 	return b
 }
 
-// assignBatch places batch in the lock session s and answers every caller.
+// assignBatch places batch in the lock session s and answers every caller: at once, or once the
+// policies of the new role it went to are attached, which goes on while the session's next round
+// places what queued meanwhile (the batch's context lasts until then).
 func (a *Assigner) assignBatch(s *session, batch []*assignReq, until time.Time) {
 	ctx, cancel := batchContext(batch, until)
-	defer cancel()
 	subjects := make([]string, 0, len(batch))
 	for _, r := range batch {
 		if !slices.Contains(subjects, r.subject) {
@@ -176,8 +201,28 @@ func (a *Assigner) assignBatch(s *session, batch []*assignReq, until time.Time) 
 		}
 	}
 	results := s.placeBatch(ctx, subjects)
+	var later []*assignReq
 	for _, r := range batch {
-		r.done <- results[r.subject]
+		if res := results[r.subject]; res.wait == nil {
+			r.done <- res
+		} else {
+			later = append(later, r)
+		}
+	}
+	if len(later) == 0 {
+		cancel()
+	} else {
+		s.tail.Go(func() {
+			defer cancel()
+			for _, r := range later {
+				res := results[r.subject]
+				if err := res.wait.wait(); err != nil && res.err == nil {
+					res.err = err
+				}
+				res.wait = nil
+				r.done <- res
+			}
+		})
 	}
 	if len(subjects) > 1 {
 		a.log.Debug("assigned a batch of subjects in one lock session", "seed", s.seed.String(), "subjects", len(subjects))

@@ -21,9 +21,77 @@ type session struct {
 	// locked: the distributed lock is held, so writes are allowed.
 	locked bool
 	bumped bool
-	// mu guards the cache (st) while a round's writes run at once (placeRound); the session is
-	// otherwise used by one goroutine.
+	// mu guards the cache (st) while a round's writes run at once (placeRound), and while the
+	// policies of new roles are attached (tail); the session is otherwise used by one goroutine.
 	mu sync.Mutex
+	// tail runs what goes on past a round: attaching new roles' policies and answering their
+	// subjects. The lock is released only after it (drain).
+	tail tail
+}
+
+// tail counts the goroutines a session runs past its rounds. Unlike a sync.WaitGroup it can be
+// waited on in a select (idle) while more are started.
+type tail struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0
+}
+
+// Go runs f in the tail.
+func (t *tail) Go(f func()) {
+	t.mu.Lock()
+	if t.n == 0 {
+		t.idle = make(chan struct{})
+	}
+	t.n++
+	t.mu.Unlock()
+	go func() {
+		defer func() {
+			t.mu.Lock()
+			if t.n--; t.n == 0 {
+				close(t.idle)
+			}
+			t.mu.Unlock()
+		}()
+		f()
+	}()
+}
+
+// Idle returns a channel closed once nothing runs in the tail (already closed when nothing does).
+func (t *tail) Idle() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == 0 {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return t.idle
+}
+
+// Wait returns once nothing runs in the tail.
+func (t *tail) Wait() { <-t.Idle() }
+
+// attachment is the attaching of a new role's policies, run in the session's tail.
+type attachment struct {
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// wait returns once the policies are attached, with the error if they could not be.
+func (at *attachment) wait() error {
+	<-at.done
+	return at.err
+}
+
+// pending reports whether the attaching still runs.
+func (at *attachment) pending() bool {
+	select {
+	case <-at.done:
+		return false
+	default:
+		return true
+	}
 }
 
 // newSession starts a session over st; without locked every write is refused (bump), which is
@@ -107,7 +175,7 @@ func (s *session) refresh(ctx context.Context) error {
 	for _, l := range listed {
 		r := &roleState{index: l.index, arn: l.arn, id: l.id}
 		if prev, ok := old[l.id]; ok {
-			r.owner, r.complete, r.foreignAt = prev.owner, prev.complete, prev.foreignAt
+			r.owner, r.complete, r.foreignAt, r.attach = prev.owner, prev.complete, prev.foreignAt, prev.attach
 		}
 		doc := l.doc
 		if doc == "" { // not every IAM implementation includes it in ListRoles
@@ -209,8 +277,22 @@ func (s *session) ensureComplete(ctx context.Context, r *roleState) error {
 	if r.owner == ownerOther {
 		return fmt.Errorf("%w: %s", errForeign, r.arn)
 	}
-	if r.complete {
+	s.mu.Lock()
+	complete, at := r.complete, r.attach
+	s.mu.Unlock()
+	if complete {
 		return nil
+	}
+	if at != nil {
+		if at.pending() || at.err == nil {
+			// Created by this session and being attached (or attached): whoever is placed in it
+			// is answered once that is done (assignResult.wait).
+			return nil
+		}
+		// Attaching failed: read the role and finish it here, as for any incomplete role.
+		s.mu.Lock()
+		r.attach = nil
+		s.mu.Unlock()
 	}
 	target, err := readRoleFor(ctx, s.a.api, r.arn.Name, s.a.provider(s.seed), false)
 	if err != nil {
@@ -231,7 +313,9 @@ func (s *session) ensureComplete(ctx context.Context, r *roleState) error {
 	if n > 0 {
 		s.a.log.Info("completed a half-created derived role", "role", r.arn.String(), "writes", n)
 	}
+	s.mu.Lock()
 	r.complete = true
+	s.mu.Unlock()
 	return nil
 }
 
@@ -278,9 +362,10 @@ func (s *session) placeBatch(ctx context.Context, subjects []string) map[string]
 		if len(todo) == 0 {
 			return out
 		}
-		if !s.st.loaded {
+		if !s.cacheLoaded() {
 			// A write of the previous round has an unknown outcome: read IAM again before
-			// placing anyone else (the lock is still held).
+			// placing anyone else (the lock is still held), once the tail's writes are done.
+			s.tail.Wait()
 			if err := s.refresh(ctx); err != nil {
 				for _, sub := range todo {
 					out[sub] = assignResult{err: err}
@@ -367,7 +452,7 @@ func (s *session) placeRound(ctx context.Context, todo []string, out map[string]
 	if seed != nil {
 		for _, c := range pl.Creates {
 			wg.Go(func() {
-				created, retry, err := s.createFor(ctx, c, seed, quota)
+				created, at, retry, err := s.createFor(ctx, c, seed, quota)
 				exists := s.cached(c.Index)
 				mu.Lock()
 				defer mu.Unlock()
@@ -379,11 +464,12 @@ func (s *session) placeRound(ctx context.Context, todo []string, out map[string]
 						out[sub] = assignResult{err: err}
 					}
 				default:
-					// With an error here the role exists, lists them all, but is incomplete: the
-					// error keeps them pending (so their Jobs stay held), and the next session that
-					// uses the role completes it (ensureComplete) before answering them as listed.
+					// The role exists and lists them all; they are answered once its policies are
+					// attached (at), an error keeping them pending (so their Jobs stay held) and
+					// the role incomplete, for the next session that uses it to complete
+					// (ensureComplete) before answering them as listed.
 					for i, sub := range c.Subjects {
-						out[sub] = assignResult{a: Assignment{RoleARN: created.String(), Created: i == 0}, err: err}
+						out[sub] = assignResult{a: Assignment{RoleARN: created.String(), Created: i == 0}, err: err, wait: at}
 					}
 				}
 			})
@@ -395,6 +481,9 @@ func (s *session) placeRound(ctx context.Context, todo []string, out map[string]
 		wg.Go(func() {
 			size, _ := w.Trust.Size()
 			err := s.writeTrust(ctx, r, w.Trust)
+			s.mu.Lock()
+			at := r.attach // a role created earlier in this session: answer once it is complete
+			s.mu.Unlock()
 			mu.Lock()
 			defer mu.Unlock()
 			if named, full := trustQuotaError(err); full {
@@ -411,13 +500,20 @@ func (s *session) placeRound(ctx context.Context, todo []string, out map[string]
 					out[sub] = assignResult{err: err}
 					continue
 				}
-				out[sub] = assignResult{a: Assignment{RoleARN: r.arn.String()}}
+				out[sub] = assignResult{a: Assignment{RoleARN: r.arn.String()}, wait: at}
 				log.Info("assigned ServiceAccount to derived role", "subject", sub, "role", r.arn.String(), "chars", size, "quota", quota, "batch", len(w.Added))
 			}
 		})
 	}
 	wg.Wait()
 	return again
+}
+
+// cacheLoaded reports whether the cache still matches IAM (safe while the tail writes).
+func (s *session) cacheLoaded() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.st.loaded
 }
 
 // cached reports whether the cache has a role at index idx (safe while writes run).
@@ -472,44 +568,47 @@ func (s *session) decide(ctx context.Context, todo []string, quota int) (pl Plac
 // read); again asks for another placement after the cache was corrected (IAM found the role full
 // at creation, or the role already existed). Several run at once in a round: the cache is
 // changed under s.mu only.
-func (s *session) createFor(ctx context.Context, c RoleCreate, seed *roleSpec, quota int) (arn RoleARN, again bool, err error) {
+func (s *session) createFor(ctx context.Context, c RoleCreate, seed *roleSpec, quota int) (arn RoleARN, at *attachment, again bool, err error) {
 	arn, err = Derived(s.seed, c.Index)
 	if err != nil {
-		return arn, false, err
+		return arn, nil, false, err
 	}
 	size, err := c.Trust.Size()
 	if err != nil {
-		return arn, false, err
+		return arn, nil, false, err
 	}
-	err = s.create(ctx, arn, c.Index, seed, c.Trust)
+	at, err = s.create(ctx, arn, c.Index, seed, c.Trust)
 	switch named, full := trustQuotaError(err); {
 	case full:
 		s.a.learnQuota(named, size)
-		return arn, true, nil
+		return arn, nil, true, nil
 	case isAlreadyExists(err):
 		// Our listing missed it (another writer outside the protocol, or IAM's eventual
 		// consistency): look at it and place again.
 		if err := s.adopt(ctx, arn, c.Index); err != nil {
-			return arn, false, err
+			return arn, nil, false, err
 		}
-		return arn, true, nil
-	case err != nil && !s.cached(c.Index):
-		return arn, false, err
+		return arn, nil, true, nil
+	case err != nil:
+		return arn, nil, false, err
 	}
-	// Here the role exists and lists every subject (err: its policies are not all attached yet).
+	// Here the role exists and lists every subject; its policies are being attached (at).
 	s.a.log.Info("created derived role", "seed", s.seed.String(), "role", arn.String(), "subjects", len(c.Subjects), "first", c.Subjects[0], "chars", size, "quota", quota)
 	s.st.placed(c.Subjects)
-	return arn, false, err
+	return arn, at, false, nil
 }
 
 // create makes a full clone of the seed. The seed tag goes in CreateRole itself, so a role that
 // exists is always recognisable as ours; every subject of the round goes in too, which saves a write, and is safe
 // because the role only gains permissions (policies attached after) and never more than the seed.
-// If attaching fails, the role stays in the cache as incomplete and the next attempt finishes it.
-func (s *session) create(ctx context.Context, arn RoleARN, idx int, seed *roleSpec, trust TrustPolicy) error {
+// The policies are attached in the session's tail (at): the round ends with its trust writes, so
+// the next one starts a round trip or more sooner, while whoever is placed in the role is answered
+// only once they are attached. If attaching fails, the role stays in the cache as incomplete and
+// the next attempt finishes it.
+func (s *session) create(ctx context.Context, arn RoleARN, idx int, seed *roleSpec, trust TrustPolicy) (*attachment, error) {
 	js, err := trust.JSON()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	tags := copiedTags(seed)
 	in := &iam.CreateRoleInput{
@@ -525,7 +624,7 @@ func (s *session) create(ctx context.Context, arn RoleARN, idx int, seed *roleSp
 		in.MaxSessionDuration = aws.Int32(seed.maxSession)
 	}
 	if seed.boundary == "" { // readSeed refuses such a seed; never create a role without one
-		return refuseSeed(s.seed, "no permissions boundary for derived roles")
+		return nil, refuseSeed(s.seed, "no permissions boundary for derived roles")
 	}
 	in.PermissionsBoundary = aws.String(seed.boundary)
 	var id string
@@ -535,26 +634,32 @@ func (s *session) create(ctx context.Context, arn RoleARN, idx int, seed *roleSp
 			s.st.loaded = false
 			s.mu.Unlock()
 		}
-		return err
+		return nil, err
 	}
-	r := &roleState{index: idx, arn: arn, id: id, trust: trust, owner: ownerUs}
+	at := &attachment{done: make(chan struct{})}
+	r := &roleState{index: idx, arn: arn, id: id, trust: trust, owner: ownerUs, attach: at}
 	s.mu.Lock()
 	s.st.insert(r)
 	s.mu.Unlock()
-	// What CreateRole set (the boundary included): policyDiff adds the rest, which does not
-	// depend on its order, so it is sent at once (one IAM round trip instead of one per policy).
-	target := &roleSpec{arn: arn, boundary: seed.boundary, tags: tags, inline: map[string]string{}}
-	ws, err := policyDiff(seed, target, false)
-	if err == nil {
-		err = s.w.applyUnordered(ctx, ws...)
-	}
-	if err != nil {
-		return fmt.Errorf("derived role %s created but not complete (the next attempt completes it): %w", arn, err)
-	}
-	s.mu.Lock()
-	r.complete = true
-	s.mu.Unlock()
-	return nil
+	s.tail.Go(func() {
+		// What CreateRole set (the boundary included): policyDiff adds the rest, which does not
+		// depend on its order, so it is sent at once (one IAM round trip instead of one per
+		// policy).
+		target := &roleSpec{arn: arn, boundary: seed.boundary, tags: tags, inline: map[string]string{}}
+		ws, err := policyDiff(seed, target, false)
+		if err == nil {
+			err = s.w.applyUnordered(ctx, ws...)
+		}
+		s.mu.Lock()
+		if err != nil {
+			at.err = fmt.Errorf("derived role %s created but not complete (the next attempt completes it): %w", arn, err)
+		} else {
+			r.complete = true
+		}
+		s.mu.Unlock()
+		close(at.done)
+	})
+	return at, nil
 }
 
 // adopt loads a role that exists although the listing did not show it.
