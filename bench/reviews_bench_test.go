@@ -29,6 +29,7 @@ import (
 	"go.klusters.dev/credential-webhook/kube/kubeadapter"
 	"go.klusters.dev/credential-webhook/pods"
 	awsp "go.klusters.dev/credential-webhook/providers/aws"
+	"go.klusters.dev/credential-webhook/providers/azure"
 )
 
 // The reviews the load runs send, from a KubeStash backup session.
@@ -66,8 +67,9 @@ func backupServiceAccount() *corev1.ServiceAccount {
 }
 
 // reviewHandler builds the admission handler as serve wires it (wiring.go): the own-annotations
-// guard first on every route, IRSA injection on Pods, the Job hold, the AWS seed-role plugin on
-// ServiceAccounts; ServiceAccounts come from kube.ServiceAccounts' informer cache (fed by
+// guard first on every route, IRSA injection on Pods, Azure's pod-template labels then the Job
+// hold on Jobs (the chain serve runs with both AWS and Azure on, as make bench's load phase
+// does), the AWS seed-role plugin on ServiceAccounts; ServiceAccounts come from kube.ServiceAccounts' informer cache (fed by
 // client-go's fake clientset) and every review logs one JSON line, as in production.
 func reviewHandler(b *testing.B) http.Handler {
 	b.Helper()
@@ -97,7 +99,7 @@ func reviewHandler(b *testing.B) http.Handler {
 		Metrics: admission.NewMetrics(reg),
 		Routes: []admission.Route{
 			{Path: "/mutate/serviceaccounts", Name: "serviceaccounts", Kind: "ServiceAccount", Plugins: []admission.Plugin{guard, saPlugin}},
-			{Path: "/mutate/jobs", Name: "jobs", Group: "batch", Kind: "Job", Plugins: []admission.Plugin{guard, jobs.NewPlugin(sas, nil)}},
+			{Path: "/mutate/jobs", Name: "jobs", Group: "batch", Kind: "Job", Plugins: []admission.Plugin{guard, &azure.JobPlugin{ServiceAccounts: sas}, jobs.NewPlugin(sas, nil)}},
 			{Path: "/mutate/pods", Name: "pods", Kind: "Pod", Plugins: []admission.Plugin{guard, pods.NewPlugin(sas, podCfg)}},
 		},
 	})
