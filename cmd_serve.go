@@ -170,10 +170,15 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 	if err := errors.Join(c.validate(), p.validateOnly()); err != nil {
 		return err
 	}
-	log, err := newLogger(stderr, c.logLevel)
+	// One write system call per batch of lines rather than per line (logsink.go); every way
+	// out of serve flushes after its last line, and WARN and above are written at once.
+	sink := newLineBuffer(stderr, logFlushInterval, logFlushBytes)
+	defer func() { _ = sink.Flush() }()
+	log, err := newLogger(sink, c.logLevel)
 	if err != nil {
 		return err
 	}
+	log = slog.New(flushOnLevel{Handler: log.Handler(), min: slog.LevelWarn, flush: sink.Flush})
 	src, err := certs.NewFileSource(c.certFile, c.keyFile, c.certPoll, log)
 	if err != nil {
 		return fmt.Errorf("serving certificate: %w", err)
