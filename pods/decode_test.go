@@ -10,57 +10,10 @@ import (
 	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	sigsjson "sigs.k8s.io/json"
 )
-
-// skeleton copies from a fully decoded Pod exactly the fields decodePod fills.
-func skeleton(full *corev1.Pod) *corev1.Pod {
-	p := &corev1.Pod{}
-	p.Namespace, p.Annotations, p.Labels = full.Namespace, full.Annotations, full.Labels
-	s, f := &p.Spec, &full.Spec
-	s.ServiceAccountName, s.NodeSelector = f.ServiceAccountName, f.NodeSelector
-	if f.OS != nil {
-		s.OS = &corev1.PodOS{Name: f.OS.Name}
-	}
-	if f.SecurityContext != nil {
-		s.SecurityContext = &corev1.PodSecurityContext{RunAsUser: f.SecurityContext.RunAsUser}
-	}
-	if f.Volumes != nil {
-		s.Volumes = make([]corev1.Volume, len(f.Volumes))
-		for i := range f.Volumes {
-			s.Volumes[i].Name = f.Volumes[i].Name
-		}
-	}
-	s.InitContainers, s.Containers = skeletonContainers(f.InitContainers), skeletonContainers(f.Containers)
-	return p
-}
-
-func skeletonContainers(fs []corev1.Container) []corev1.Container {
-	if fs == nil {
-		return nil
-	}
-	cs := make([]corev1.Container, len(fs))
-	for i, f := range fs {
-		c := &cs[i]
-		c.Name = f.Name
-		if f.Env != nil {
-			c.Env = make([]corev1.EnvVar, len(f.Env))
-			for j := range f.Env {
-				c.Env[j].Name = f.Env[j].Name
-			}
-		}
-		if f.VolumeMounts != nil {
-			c.VolumeMounts = make([]corev1.VolumeMount, len(f.VolumeMounts))
-			for j, m := range f.VolumeMounts {
-				c.VolumeMounts[j] = corev1.VolumeMount{Name: m.Name, MountPath: m.MountPath}
-			}
-		}
-		if f.SecurityContext != nil {
-			c.SecurityContext = &corev1.SecurityContext{RunAsUser: f.SecurityContext.RunAsUser}
-		}
-	}
-	return cs
-}
 
 // checkDecodeMatches fails when raw decodes fully but decodePod disagrees or fails.
 func checkDecodeMatches(t *testing.T, raw []byte) {
@@ -73,7 +26,9 @@ func checkDecodeMatches(t *testing.T, raw []byte) {
 	if err != nil {
 		t.Fatalf("decodePod failed where json.Unmarshal succeeded: %v\n%s", err, raw)
 	}
-	if want := skeleton(&full); !reflect.DeepEqual(got, want) {
+	// fromPod is what Inject reads of a decoded Pod: the view must hold the same, and a field
+	// fromPod forgot to copy differs here for the inputs that set it.
+	if want := fromPod(&full); !reflect.DeepEqual(got, want) {
 		g, _ := json.Marshal(got)
 		w, _ := json.Marshal(want)
 		t.Fatalf("decodePod differs from json.Unmarshal:\ngot  %s\nwant %s\ninput %s", g, w, raw)
@@ -185,5 +140,45 @@ func hasDuplicateKeys(raw []byte) bool {
 		} else {
 			stack[n-1].wantKey = true
 		}
+	}
+}
+
+// TestFromPodKeepsAbsentApart: fromPod keeps nil (absent) and empty (present) slices apart, as
+// decodePod does, since the patches for the two differ; and shares the maps.
+func TestFromPodKeepsAbsentApart(t *testing.T) {
+	ann := map[string]string{"a": "1"}
+	tests := []struct {
+		name string
+		pod  corev1.Pod
+		want string // decodePod's view of the same Pod, as JSON
+	}{
+		{"absent", corev1.Pod{}, `{}`},
+		{"empty", corev1.Pod{Spec: corev1.PodSpec{Volumes: []corev1.Volume{}, InitContainers: []corev1.Container{}, Containers: []corev1.Container{}}},
+			`{"spec":{"volumes":[],"initContainers":[],"containers":[]}}`},
+		{"container lists", corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a"}, {Name: "b", Env: []corev1.EnvVar{}, VolumeMounts: []corev1.VolumeMount{}}}}},
+			`{"spec":{"containers":[{"name":"a"},{"name":"b","env":[],"volumeMounts":[]}]}}`},
+		{"everything inject reads", corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Annotations: ann, Labels: map[string]string{}},
+			Spec: corev1.PodSpec{ServiceAccountName: "sa", NodeSelector: map[string]string{"k": "v"}, OS: &corev1.PodOS{Name: corev1.Windows},
+				SecurityContext: &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](7)}, Volumes: []corev1.Volume{{Name: "v"}},
+				InitContainers: []corev1.Container{{Name: "i", Env: []corev1.EnvVar{{Name: "E", Value: "x"}},
+					VolumeMounts: []corev1.VolumeMount{{Name: "v", MountPath: "/m", ReadOnly: true}}, SecurityContext: &corev1.SecurityContext{RunAsUser: ptr.To[int64](0)}}}}},
+			`{"metadata":{"namespace":"ns","annotations":{"a":"1"},"labels":{}},"spec":{"serviceAccountName":"sa","nodeSelector":{"k":"v"},"os":{"name":"windows"},` +
+				`"securityContext":{"runAsUser":7},"volumes":[{"name":"v"}],"initContainers":[{"name":"i","env":[{"name":"E","value":"x"}],` +
+				`"volumeMounts":[{"name":"v","mountPath":"/m","readOnly":true}],"securityContext":{"runAsUser":0}}]}}`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := fromPod(&tc.pod)
+			want, err := decodePod([]byte(tc.want))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("fromPod = %+v\ndecodePod = %+v", got, want)
+			}
+		})
+	}
+	if v := fromPod(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: ann}}); reflect.ValueOf(v.Metadata.Annotations).UnsafePointer() != reflect.ValueOf(ann).UnsafePointer() {
+		t.Error("fromPod copied the annotations map instead of sharing it")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -314,7 +315,7 @@ func TestUnknownFieldsSurvive(t *testing.T) {
 		s.InitContainers[0].FutureContainerField["mode"] != "shiny" || len(s.InitContainers[0].FutureContainerField["list"].([]any)) != 3 {
 		t.Errorf("native sidecar changed: %+v", s.InitContainers)
 	}
-	if !hasEnv(s.InitContainers[0].Env, EnvRoleARN) {
+	if !slices.ContainsFunc(s.InitContainers[0].Env, func(e corev1.EnvVar) bool { return e.Name == EnvRoleARN }) {
 		t.Errorf("native sidecar did not get %s: %v", EnvRoleARN, s.InitContainers[0].Env)
 	}
 	if s.Containers[0].FutureContainerField["mode"] != "plain" || s.Containers[0].VolumeMounts[0]["futureMountField"] != "x" {
@@ -325,9 +326,9 @@ func TestUnknownFieldsSurvive(t *testing.T) {
 	}
 }
 
-// TestDecodeViewEquivalent: the plugin decodes only what Inject reads (decodePod); on every
-// fixture, Inject must produce the same operations and warnings from that skeleton as from the
-// fully decoded Pod.
+// TestDecodeViewEquivalent: the plugin decodes only what inject reads (decodePod); on every
+// fixture, inject must produce the same operations and warnings from that view as Inject from
+// the fully decoded Pod.
 func TestDecodeViewEquivalent(t *testing.T) {
 	for _, dir := range fixtureDirs(t) {
 		f := loadFixture(t, dir)
@@ -341,7 +342,7 @@ func TestDecodeViewEquivalent(t *testing.T) {
 		}
 		b1, b2 := patches.NewBuilder(), patches.NewBuilder()
 		w1 := Inject(&full, f.sa, f.cfg, b1)
-		w2 := Inject(skel, f.sa, f.cfg, b2)
+		w2, _ := inject(skel, f.sa, f.cfg, b2)
 		j1, _ := json.Marshal(b1.Ops())
 		j2, _ := json.Marshal(b2.Ops())
 		if !bytes.Equal(j1, j2) || !reflect.DeepEqual(w1, w2) {

@@ -17,17 +17,18 @@ import (
 // annotations, a sidecar that cannot be added). A ServiceAccount without
 // eks.amazonaws.com/role-arn leaves the Pod alone.
 func Inject(pod *corev1.Pod, sa *corev1.ServiceAccount, cfg Config, b *patches.Builder) (warnings []string) {
-	warnings, _ = inject(pod, sa, cfg, b)
+	warnings, _ = inject(fromPod(pod), sa, cfg, b)
 	return warnings
 }
 
-// inject is Inject that also reports whether it added the sidecar, for the metrics.
-func inject(pod *corev1.Pod, sa *corev1.ServiceAccount, cfg Config, b *patches.Builder) (warnings []string, sidecarAdded bool) {
+// inject is Inject on the Pod's view (what the plugin decodes), also reporting whether it added
+// the sidecar, for the metrics.
+func inject(pod *podView, sa *corev1.ServiceAccount, cfg Config, b *patches.Builder) (warnings []string, sidecarAdded bool) {
 	if sa == nil {
 		return nil, false
 	}
 	roleARN := sa.Annotations[annotations.AWSRoleARN]
-	restic, legacy := resticRequested(pod.Annotations, sa.Annotations)
+	restic, legacy := resticRequested(pod.Metadata.Annotations, sa.Annotations)
 	if legacy {
 		warnings = append(warnings, fmt.Sprintf("%s is deprecated: use %s", annotations.LegacyResticCredentials, annotations.ResticCredentials))
 	}
@@ -43,7 +44,7 @@ func inject(pod *corev1.Pod, sa *corev1.ServiceAccount, cfg Config, b *patches.B
 	if windows {
 		tokenDir = cfg.windowsMountPath()
 	}
-	exp, asked, w := tokenExpiration(sa.Annotations, pod.Annotations, cfg.defaultExpiration())
+	exp, asked, w := tokenExpiration(sa.Annotations, pod.Metadata.Annotations, cfg.defaultExpiration())
 	warnings = appendNonEmpty(warnings, w)
 	regional, w := regionalSTS(cfg.RegionalSTS, sa.Annotations)
 	warnings = appendNonEmpty(warnings, w)
@@ -58,7 +59,7 @@ func inject(pod *corev1.Pod, sa *corev1.ServiceAccount, cfg Config, b *patches.B
 		}
 	}
 
-	skip := skipSet(pod.Annotations[annotations.AWSSkipContainers])
+	skip := skipSet(pod.Metadata.Annotations[annotations.AWSSkipContainers])
 	c := containerPatch{
 		roleARN:  roleARN,
 		tokenDir: tokenDir,
@@ -135,7 +136,7 @@ func (c containerPatch) env(tokenFile string) []corev1.EnvVar {
 
 // apply appends to one container (at JSON pointer base) whatever of the IRSA env and mounts it
 // lacks.
-func (c containerPatch) apply(b *patches.Builder, base string, ctr *corev1.Container) {
+func (c containerPatch) apply(b *patches.Builder, base string, ctr *containerView) {
 	mountPath, hasMount := tokenMount(ctr.VolumeMounts, TokenVolumeName, c.tokenDir)
 	nEnv := arrayLen(len(ctr.Env), ctr.Env == nil)
 	// The two region variables go together: a container that sets either keeps its region, and
@@ -192,7 +193,7 @@ func skipSet(v string) map[string]bool {
 }
 
 // isWindows: the EKS webhook keys on the nodeSelector; spec.os is the newer, explicit field.
-func isWindows(spec *corev1.PodSpec) bool {
+func isWindows(spec *podSpecView) bool {
 	if spec.OS != nil && spec.OS.Name == corev1.Windows {
 		return true
 	}
@@ -262,7 +263,7 @@ func regionalSTS(def bool, saAnn map[string]string) (bool, string) {
 	return b, ""
 }
 
-func hasEnv(env []corev1.EnvVar, name string) bool {
+func hasEnv(env []nameView, name string) bool {
 	for i := range env {
 		if env[i].Name == name {
 			return true
@@ -271,7 +272,7 @@ func hasEnv(env []corev1.EnvVar, name string) bool {
 	return false
 }
 
-func hasVolume(vols []corev1.Volume, name string) bool {
+func hasVolume(vols []nameView, name string) bool {
 	for i := range vols {
 		if vols[i].Name == name {
 			return true
@@ -283,7 +284,7 @@ func hasVolume(vols []corev1.Volume, name string) bool {
 // tokenMount finds a mount of volume name, or any mount at dir, and returns its path; else dir.
 // A mount of the volume at another path (a customised EKS webhook) wins, so the token file env
 // var points where the token really is.
-func tokenMount(mounts []corev1.VolumeMount, name, dir string) (string, bool) {
+func tokenMount(mounts []mountView, name, dir string) (string, bool) {
 	for i := range mounts {
 		if mounts[i].Name == name {
 			return mounts[i].MountPath, true

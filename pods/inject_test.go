@@ -43,7 +43,7 @@ func TestIsWindows(t *testing.T) {
 		{"spec.os linux", corev1.PodSpec{OS: &corev1.PodOS{Name: corev1.Linux}}, false},
 	}
 	for _, tt := range tests {
-		if got := isWindows(&tt.spec); got != tt.want {
+		if got := isWindows(&fromPod(&corev1.Pod{Spec: tt.spec}).Spec); got != tt.want {
 			t.Errorf("%s: isWindows = %v, want %v", tt.name, got, tt.want)
 		}
 	}
@@ -348,7 +348,8 @@ func TestTokenMount(t *testing.T) {
 		{"another volume at the path", []corev1.VolumeMount{{Name: "mine", MountPath: TokenMountPath}}, TokenMountPath, true},
 	}
 	for _, tt := range tests {
-		path, found := tokenMount(tt.mounts, TokenVolumeName, TokenMountPath)
+		ctr := fromPod(&corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{VolumeMounts: tt.mounts}}}}).Spec.Containers[0]
+		path, found := tokenMount(ctr.VolumeMounts, TokenVolumeName, TokenMountPath)
 		if path != tt.wantPath || found != tt.wantFound {
 			t.Errorf("%s: tokenMount = %q, %v; want %q, %v", tt.name, path, found, tt.wantPath, tt.wantFound)
 		}
@@ -418,7 +419,7 @@ func TestSidecarUser(t *testing.T) {
 			map[string]bool{"istio": true}, uid(1000), false},
 	}
 	for _, tt := range tests {
-		got, warn := sidecarUser(&tt.spec, tt.skip)
+		got, warn := sidecarUser(&fromPod(&corev1.Pod{Spec: tt.spec}).Spec, tt.skip)
 		if !reflect.DeepEqual(got, tt.want) || (warn != "") != tt.wantWarn {
 			t.Errorf("%s: sidecarUser = %v, %q; want %v, warning %v", tt.name, got, warn, tt.want, tt.wantWarn)
 		}

@@ -46,7 +46,7 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 	if err != nil {
 		return admission.Deny(http.StatusBadRequest, "decode Pod: %v", err)
 	}
-	if skipPod(pod.Labels) {
+	if skipPod(pod.Metadata.Labels) {
 		// The webhook's objectSelector keeps such Pods away; this is the second line, for a
 		// configuration without it (static manifests edited by hand, another registration).
 		return nil
@@ -57,7 +57,7 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 	}
 	ns := req.Namespace
 	if ns == "" {
-		ns = pod.Namespace
+		ns = pod.Metadata.Namespace
 	}
 	sa, err := p.ServiceAccounts.Get(ctx, ns, name)
 	if err != nil {
@@ -86,9 +86,9 @@ func (podDecoder) DecodeObject(dec *jsontext.Decoder) (any, error) { return deco
 func (p *Plugin) ObjectDecoder() admission.ObjectDecoder { return podDecoder{} }
 
 // pod is the review's Pod as podDecoder read it, or decoded from the raw object.
-func (p *Plugin) pod(req *admission.Request) (*corev1.Pod, error) {
+func (p *Plugin) pod(req *admission.Request) (*podView, error) {
 	if v, ok := req.Decoded(podDecoder{}); ok {
-		if pod, ok := v.(*corev1.Pod); ok {
+		if pod, ok := v.(*podView); ok {
 			return pod, nil
 		}
 	}

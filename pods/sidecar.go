@@ -45,7 +45,7 @@ func isTrue(v string) bool {
 	return err == nil && b
 }
 
-func hasContainer(spec *corev1.PodSpec, name string) bool {
+func hasContainer(spec *podSpecView, name string) bool {
 	for i := range spec.InitContainers {
 		if spec.InitContainers[i].Name == name {
 			return true
@@ -64,13 +64,13 @@ func hasContainer(spec *corev1.PodSpec, name string) bool {
 // one non-root user, the sidecar runs as that user too; otherwise it keeps its image's non-root
 // user, which root consumers can still read, and containers of several other users cannot:
 // that case is warned about.
-func sidecarUser(spec *corev1.PodSpec, skip map[string]bool) (*int64, string) {
+func sidecarUser(spec *podSpecView, skip map[string]bool) (*int64, string) {
 	var podUID *int64
 	if spec.SecurityContext != nil {
 		podUID = spec.SecurityContext.RunAsUser
 	}
 	uids := map[int64]bool{}
-	collect := func(cs []corev1.Container) {
+	collect := func(cs []containerView) {
 		for i := range cs {
 			if skip[cs[i].Name] {
 				continue
