@@ -185,6 +185,10 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if tuneGC(os.Getenv) {
+		startGCTuner(ctx, heapGoalFloor)
+		log.Info("GOGC is unset: the GC percent follows the live heap so that the heap goal is at least the floor (GOMEMLIMIT still caps it)", "heapGoalFloorBytes", heapGoalFloor)
+	}
 	go src.Run(ctx)
 
 	reg := prometheus.NewRegistry()
