@@ -191,6 +191,8 @@ func Simulate(ctx context.Context, api awsp.IAMAPI, calls CallCounter, seed awsp
 		return res, err
 	}
 	a := awsp.NewAssigner(api, awsp.NewLocalLocker(), awsp.Config{Seeds: allow, Quota: cfg.Quota, RoleCreationLimit: cfg.RoleCreationLimit, Clock: clock}, nil)
+	callers := newAssignPool(ctx, a, seed)
+	defer callers.stop()
 	gc := awsp.Collector{Assigner: a, EmptyRoleGrace: cfg.EmptyRoleGrace}
 	scope := sweeper.Scope{Key: seed.String(), Claim: awsp.SeedClaim(seed)}
 	if res.Capacity, err = simCapacity(ctx, api, seed, cfg.Quota); err != nil {
@@ -275,7 +277,7 @@ func Simulate(ctx context.Context, api awsp.IAMAPI, calls CallCounter, seed awsp
 				sampleAt[(tick+cfg.Spread)/cfg.Step*cfg.Step+cfg.Step] = true // once the burst is placed
 			}
 		}
-		refused, failed := assignAll(ctx, a, seed, born, cfg.Sequential)
+		refused, failed := callers.assignAll(born, cfg.Sequential)
 		day.Refused += refused
 		day.Failed += failed
 		if refused > 0 && res.LimitHitAt == 0 {
@@ -356,20 +358,66 @@ func Simulate(ctx context.Context, api awsp.IAMAPI, calls CallCounter, seed awsp
 	return res, nil
 }
 
-// assignAll assigns every ServiceAccount born in one step, concurrently as the writer's workers
-// do (the Assigner batches them into lock sessions), or one by one.
-func assignAll(ctx context.Context, a *awsp.Assigner, seed awsp.RoleARN, born []*simSA, sequential bool) (refused, failed int) {
+// assignPool is the simulation's callers of Assign: one goroutine per ServiceAccount of a step,
+// all calling at once as the writer's workers do (the Assigner batches them into lock sessions),
+// but kept from step to step. A fresh goroutine per ServiceAccount grew its stack to the depth of
+// a lock session every time: a tenth of the month's CPU (runtime.newstack in the profile).
+type assignPool struct {
+	assign  func(name string) error
+	jobs    chan assignJob
+	workers int
+	wg      sync.WaitGroup // the workers
+}
+
+// assignJob is one Assign for a worker; err is its slot in the step's results.
+type assignJob struct {
+	name string
+	err  *error
+	done *sync.WaitGroup
+}
+
+func newAssignPool(ctx context.Context, a *awsp.Assigner, seed awsp.RoleARN) *assignPool {
+	return &assignPool{
+		assign: func(name string) error { _, err := a.Assign(ctx, seed, "demo", name); return err },
+		jobs:   make(chan assignJob),
+	}
+}
+
+// grow starts workers until n can call at once.
+func (p *assignPool) grow(n int) {
+	for ; p.workers < n; p.workers++ {
+		p.wg.Go(func() {
+			for j := range p.jobs {
+				*j.err = p.assign(j.name)
+				j.done.Done()
+			}
+		})
+	}
+}
+
+// stop ends the workers once they are idle.
+func (p *assignPool) stop() {
+	close(p.jobs)
+	p.wg.Wait()
+}
+
+// assignAll assigns every ServiceAccount born in one step, all at once, or one by one.
+func (p *assignPool) assignAll(born []*simSA, sequential bool) (refused, failed int) {
 	errs := make([]error, len(born))
 	if sequential {
 		for i, sa := range born {
-			_, errs[i] = a.Assign(ctx, seed, "demo", sa.name)
+			errs[i] = p.assign(sa.name)
 		}
 	} else {
-		var wg sync.WaitGroup
+		// A worker per ServiceAccount, each handed its job before any waits on another, so every
+		// Assign of the step is in flight together as with a goroutine each.
+		p.grow(len(born))
+		var done sync.WaitGroup
+		done.Add(len(born))
 		for i, sa := range born {
-			wg.Go(func() { _, errs[i] = a.Assign(ctx, seed, "demo", sa.name) })
+			p.jobs <- assignJob{name: sa.name, err: &errs[i], done: &done}
 		}
-		wg.Wait()
+		done.Wait()
 	}
 	for _, err := range errs {
 		switch {

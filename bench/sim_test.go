@@ -2,8 +2,11 @@ package bench
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"maps"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -129,5 +132,49 @@ func TestSimulationLeakHitsTheCeiling(t *testing.T) {
 	// 100 × 288 sessions a day, 5 % leaked: 1,440 a day against a ceiling of 10 × capacity.
 	if want := time.Duration(float64(10*r.Capacity) / 1440 * float64(24*time.Hour)); r.LimitHitAt > want {
 		t.Errorf("ceiling hit after %v, later than the leaked subjects alone would fill it (%v)", r.LimitHitAt, want)
+	}
+}
+
+// The pool keeps every ServiceAccount of a step in flight together, as a goroutine each did (so
+// the Assigner can batch them): no call returns before the last one has started. Its workers
+// outlive the step, and the results are counted like the Assigner's errors.
+func TestAssignPoolCallsAtOnce(t *testing.T) {
+	const n = 200
+	var mu sync.Mutex
+	started := 0
+	all := make(chan struct{})
+	p := &assignPool{jobs: make(chan assignJob)}
+	p.assign = func(name string) error {
+		mu.Lock()
+		if started++; started == n {
+			close(all)
+		}
+		mu.Unlock()
+		select {
+		case <-all:
+		case <-time.After(10 * time.Second):
+			return errors.New("not every call of the step was in flight at once")
+		}
+		switch {
+		case strings.HasSuffix(name, "-0"):
+			return fmt.Errorf("refused: %w", awsp.ErrRoleLimitReached)
+		case strings.HasSuffix(name, "-1"):
+			return errors.New("failed")
+		}
+		return nil
+	}
+	defer p.stop()
+	var born []*simSA
+	for i := range n {
+		born = append(born, &simSA{name: fmt.Sprintf("pool-%03d-%d", i, i%10)})
+	}
+	if refused, failed := p.assignAll(born, false); refused != n/10 || failed != n/10 {
+		t.Fatalf("%d refused, %d failed; want %d each", refused, failed, n/10)
+	}
+	if p.workers != n {
+		t.Errorf("%d workers for %d callers", p.workers, n)
+	}
+	if refused, failed := p.assignAll(born[2:12], false); refused != 1 || failed != 1 || p.workers != n {
+		t.Errorf("again: %d refused, %d failed, %d workers (want 1, 1 and the %d kept)", refused, failed, p.workers, n)
 	}
 }

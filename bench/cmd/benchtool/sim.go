@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -32,8 +33,15 @@ func runSim(ctx context.Context, args []string) error {
 	leakDays := fs.Int("leak-days", 30, "longest a leak run may go")
 	out := fs.String("out", "", "output JSON file")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the runs here")
+	parallel := fs.Bool("parallel", true, "run the healthy month and the leak runs at the same time (they share nothing)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if os.Getenv("GOGC") == "" {
+		// The simulation's live heap is a few MiB and it allocates a few GB a day: at the default
+		// GOGC of 100 the collector and the scavenger cost a third of the month's CPU (a day:
+		// 14.5 s at 100, 9.4 s at 400, measured at 9026342), for ~10 MiB more resident memory.
+		debug.SetGCPercent(400)
 	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -50,30 +58,58 @@ func runSim(ctx context.Context, args []string) error {
 		return errors.New("-days must be positive")
 	}
 	cfg.Duration = time.Duration(*days * float64(24*time.Hour))
-	var runs []bench.SimResult
-	run := func(c bench.SimConfig) error {
-		r, err := bench.SimulateOnModel(ctx, c)
-		if err != nil {
-			return err
-		}
-		fmt.Println(bench.SimSummary(r))
-		runs = append(runs, r)
-		return nil
-	}
-	if err := run(cfg); err != nil {
-		return err
-	}
+	cfgs := []bench.SimConfig{cfg}
 	for _, leak := range splitFloats(*leaks) {
 		c := cfg
 		c.Leak, c.StopAtLimit, c.Duration = leak, true, time.Duration(*leakDays)*24*time.Hour
-		if err := run(c); err != nil {
-			return err
-		}
+		cfgs = append(cfgs, c)
+	}
+	runs, err := simulateAll(ctx, cfgs, *parallel, func(r bench.SimResult) { fmt.Println(bench.SimSummary(r)) })
+	if err != nil {
+		return err
 	}
 	if *out == "" {
 		return nil
 	}
 	return writeJSON(*out, runs)
+}
+
+// simulateAll runs every configuration on its own model and returns the results in the order of
+// cfgs, calling show with each in that order as soon as it and those before it are done. In
+// parallel, the leak runs take the second core while the healthy month, one simulated clock
+// stepping through the month, keeps the first: the sim phase lasts as long as its longest run
+// rather than their sum (at 9026342: 4m45s + 1m1s + 6s).
+func simulateAll(ctx context.Context, cfgs []bench.SimConfig, parallel bool, show func(bench.SimResult)) ([]bench.SimResult, error) {
+	runs := make([]bench.SimResult, len(cfgs))
+	errs := make([]error, len(cfgs))
+	done := make([]chan struct{}, len(cfgs))
+	for i := range cfgs {
+		done[i] = make(chan struct{})
+	}
+	run := func(i int) {
+		defer close(done[i])
+		runs[i], errs[i] = bench.SimulateOnModel(ctx, cfgs[i])
+	}
+	if parallel {
+		for i := range cfgs {
+			go run(i)
+		}
+	}
+	for i := range cfgs {
+		if !parallel {
+			run(i)
+		}
+		<-done[i]
+		if errs[i] != nil {
+			// The others still run: wait for them, so none outlives the command's profile.
+			for _, d := range done[i+1:] {
+				<-d
+			}
+			return nil, fmt.Errorf("simulation %d of %d (leak %g): %w", i+1, len(cfgs), cfgs[i].Leak, errs[i])
+		}
+		show(runs[i])
+	}
+	return runs, nil
 }
 
 func splitFloats(s string) []float64 {
