@@ -1,0 +1,238 @@
+package iammodel
+
+import "unicode/utf8"
+
+// maxJSONDepth is encoding/json's nesting limit: a document nested deeper is not valid JSON to
+// json.Compact, so not to the model either.
+const maxJSONDepth = 10000
+
+// compactSize is utf8.RuneCount of json.Compact(doc) and whether doc is valid JSON (as
+// json.Valid decides), in one pass that allocates nothing. Every trust policy write is measured
+// against the quota: json.Compact into a buffer was a tenth of the simulated month's CPU, for
+// documents the Assigner already renders compact. Compacting drops only whitespace outside
+// strings, all ASCII, so the size is the document's characters minus those.
+func compactSize(doc string) (size int, ok bool) {
+	v := jsonValidator{s: doc}
+	v.space()
+	if !v.value(0) {
+		return 0, false
+	}
+	v.space()
+	if v.i != len(doc) {
+		return 0, false
+	}
+	return utf8.RuneCountInString(doc) - v.ws, true
+}
+
+// jsonValidator walks a document by the grammar of RFC 8259 as encoding/json's scanner accepts
+// it (any byte from 0x20 up inside strings, valid UTF-8 or not), counting whitespace outside
+// strings in ws.
+type jsonValidator struct {
+	s  string
+	i  int
+	ws int
+}
+
+func (v *jsonValidator) space() {
+	for v.i < len(v.s) {
+		switch v.s[v.i] {
+		case ' ', '\t', '\n', '\r':
+			v.i++
+			v.ws++
+		default:
+			return
+		}
+	}
+}
+
+// value reads one value at v.i; depth is how many objects and arrays enclose it.
+func (v *jsonValidator) value(depth int) bool {
+	if v.i >= len(v.s) {
+		return false
+	}
+	switch c := v.s[v.i]; {
+	case c == '{':
+		return v.object(depth + 1)
+	case c == '[':
+		return v.array(depth + 1)
+	case c == '"':
+		return v.str()
+	case c == '-' || c >= '0' && c <= '9':
+		return v.number()
+	case c == 't':
+		return v.literal("true")
+	case c == 'f':
+		return v.literal("false")
+	case c == 'n':
+		return v.literal("null")
+	}
+	return false
+}
+
+func (v *jsonValidator) literal(lit string) bool {
+	if len(v.s)-v.i < len(lit) || v.s[v.i:v.i+len(lit)] != lit {
+		return false
+	}
+	v.i += len(lit)
+	return true
+}
+
+func (v *jsonValidator) object(depth int) bool {
+	if depth > maxJSONDepth {
+		return false
+	}
+	v.i++ // {
+	v.space()
+	if v.i < len(v.s) && v.s[v.i] == '}' {
+		v.i++
+		return true
+	}
+	for {
+		if v.i >= len(v.s) || v.s[v.i] != '"' || !v.str() {
+			return false
+		}
+		v.space()
+		if v.i >= len(v.s) || v.s[v.i] != ':' {
+			return false
+		}
+		v.i++
+		v.space()
+		if !v.value(depth) {
+			return false
+		}
+		v.space()
+		if v.i >= len(v.s) {
+			return false
+		}
+		switch v.s[v.i] {
+		case ',':
+			v.i++
+			v.space()
+		case '}':
+			v.i++
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+func (v *jsonValidator) array(depth int) bool {
+	if depth > maxJSONDepth {
+		return false
+	}
+	v.i++ // [
+	v.space()
+	if v.i < len(v.s) && v.s[v.i] == ']' {
+		v.i++
+		return true
+	}
+	for {
+		if !v.value(depth) {
+			return false
+		}
+		v.space()
+		if v.i >= len(v.s) {
+			return false
+		}
+		switch v.s[v.i] {
+		case ',':
+			v.i++
+			v.space()
+		case ']':
+			v.i++
+			return true
+		default:
+			return false
+		}
+	}
+}
+
+// str reads a string from its opening quote.
+func (v *jsonValidator) str() bool {
+	v.i++ // "
+	for v.i < len(v.s) {
+		for v.i < len(v.s) && v.s[v.i] >= 0x20 && v.s[v.i] != '"' && v.s[v.i] != '\\' {
+			v.i++ // the bulk of a string, held as it is
+		}
+		if v.i >= len(v.s) {
+			return false
+		}
+		c := v.s[v.i]
+		switch {
+		case c == '"':
+			v.i++
+			return true
+		case c < 0x20:
+			return false
+		case c == '\\':
+			v.i++
+			if v.i >= len(v.s) {
+				return false
+			}
+			switch v.s[v.i] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				v.i++
+			case 'u':
+				if len(v.s)-v.i < 5 {
+					return false
+				}
+				for _, h := range []byte(v.s[v.i+1 : v.i+5]) {
+					if !isHex(h) {
+						return false
+					}
+				}
+				v.i += 5
+			default:
+				return false
+			}
+		default:
+			v.i++
+		}
+	}
+	return false
+}
+
+func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
+
+func (v *jsonValidator) digits() int {
+	n := 0
+	for v.i < len(v.s) && v.s[v.i] >= '0' && v.s[v.i] <= '9' {
+		v.i++
+		n++
+	}
+	return n
+}
+
+// number reads -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?.
+func (v *jsonValidator) number() bool {
+	if v.s[v.i] == '-' {
+		v.i++
+	}
+	switch {
+	case v.i >= len(v.s):
+		return false
+	case v.s[v.i] == '0':
+		v.i++
+	case v.s[v.i] >= '1' && v.s[v.i] <= '9':
+		v.digits()
+	default:
+		return false
+	}
+	if v.i < len(v.s) && v.s[v.i] == '.' {
+		v.i++
+		if v.digits() == 0 {
+			return false
+		}
+	}
+	if v.i < len(v.s) && (v.s[v.i] == 'e' || v.s[v.i] == 'E') {
+		v.i++
+		if v.i < len(v.s) && (v.s[v.i] == '+' || v.s[v.i] == '-') {
+			v.i++
+		}
+		if v.digits() == 0 {
+			return false
+		}
+	}
+	return true
+}
