@@ -33,3 +33,30 @@ func TestDNSChecksMatchTheExpressions(t *testing.T) {
 		}
 	}
 }
+
+// ParseSubject accepts exactly what Subject builds, with Subject's errors.
+func TestParseSubjectChecksLikeSubject(t *testing.T) {
+	const alphabet = "ab09-.*:A_ü"
+	rng := rand.New(rand.NewPCG(3, 5))
+	part := func() string {
+		var b strings.Builder
+		for range rng.IntN(7) {
+			b.WriteString(string([]rune(alphabet)[rng.IntN(len([]rune(alphabet)))]))
+		}
+		return b.String()
+	}
+	for range 20000 {
+		ns, name := part(), part()
+		if strings.Contains(ns, ":") {
+			continue // the subject would split elsewhere
+		}
+		sub, err := Subject(ns, name)
+		gotNS, gotName, perr := ParseSubject(SubjectPrefix + ns + ":" + name)
+		switch {
+		case (err == nil) != (perr == nil) || err != nil && err.Error() != perr.Error():
+			t.Fatalf("Subject(%q, %q): %v; ParseSubject: %v", ns, name, err, perr)
+		case err == nil && (gotNS != ns || gotName != name || sub != SubjectPrefix+ns+":"+name):
+			t.Fatalf("ParseSubject(%q) = %q, %q", sub, gotNS, gotName)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"math/rand/v2"
 	"net/url"
 	"slices"
 	"strings"
@@ -286,5 +287,47 @@ func TestTrustPolicyPinnedToOneProvider(t *testing.T) {
 	}
 	if _, err := DeriveTrustPolicy(other, nil); !errors.Is(err, ErrSeedNotOIDC) {
 		t.Errorf("seed with no statement for the pinned provider: %v", err)
+	}
+}
+
+// marshalSubjects writes what encoding/json writes (without HTML escaping) for any list.
+func TestMarshalSubjectsMatchesEncodingJSON(t *testing.T) {
+	cases := [][]string{nil, {}, {""}, {"system:serviceaccount:demo:a"}, {"a", "b<>&", "c'd"}, {`q"`}, {`b\s`}, {"t\tab"}, {"\x7f"}, {"é"}, {"\u2028"}, {"\xff"}, {"~", " ", "!"}}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 5000 {
+		var list []string
+		for range rng.IntN(4) {
+			b := make([]byte, rng.IntN(6))
+			for i := range b {
+				b[i] = byte(rng.IntN(256))
+				if rng.IntN(3) > 0 {
+					b[i] = byte(0x20 + rng.IntN(0x5f))
+				}
+			}
+			list = append(list, string(b))
+		}
+		cases = append(cases, list)
+	}
+	for _, list := range cases {
+		got, err1 := marshalSubjects(list)
+		want, err2 := marshalCompact(list)
+		if string(got) != string(want) || (err1 == nil) != (err2 == nil) {
+			t.Fatalf("marshalSubjects(%q) = %s, %v; encoding/json: %s, %v", list, got, err1, want, err2)
+		}
+	}
+}
+
+// stringOrList reads a list by its first byte; anything else reads as before.
+func TestStringOrList(t *testing.T) {
+	for raw, want := range map[string][]string{`"a"`: {"a"}, ` ["a","b"]`: {"a", "b"}, `[]`: {}, `null`: {""}, `["a",null]`: {"a", ""}} {
+		got, err := stringOrList(json.RawMessage(raw))
+		if err != nil || !slices.Equal(got, want) {
+			t.Errorf("stringOrList(%s) = %q, %v; want %q", raw, got, err, want)
+		}
+	}
+	for _, raw := range []string{`[1]`, `["a"`, `1`, `{}`, `[`, ``} {
+		if got, err := stringOrList(json.RawMessage(raw)); err == nil {
+			t.Errorf("stringOrList(%s) = %q, want an error", raw, got)
+		}
 	}
 }
