@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
+
 	"go.klusters.dev/credential-webhook/bench/iammodel"
 	awsp "go.klusters.dev/credential-webhook/providers/aws"
 	"go.klusters.dev/credential-webhook/testenv/iamproxy"
@@ -176,5 +179,73 @@ func TestAssignPoolCallsAtOnce(t *testing.T) {
 	}
 	if refused, failed := p.assignAll(born[2:12], false); refused != 1 || failed != 1 || p.workers != n {
 		t.Errorf("again: %d refused, %d failed, %d workers (want 1, 1 and the %d kept)", refused, failed, p.workers, n)
+	}
+}
+
+// The sample's reading of a trust policy agrees with the production parser on what the Assigner
+// writes (full, partly emptied and emptied roles, read back URL-encoded by ListRoles) and on
+// documents of other shapes.
+func TestListsSubjectAgreesWithParseTrustPolicy(t *testing.T) {
+	ctx := context.Background()
+	model := iammodel.New(iammodel.Options{})
+	seed, err := iammodel.CreateSeed(ctx, model, iammodel.SeedSetup{Name: "sample-seed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow, err := awsp.ParseAllowlist(seed.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := awsp.NewAssigner(model, awsp.NewLocalLocker(), awsp.Config{Seeds: allow}, nil)
+	var subs []string
+	for i := range 60 {
+		if _, err := a.Assign(ctx, seed, "demo", fmt.Sprintf("sa-%02d", i)); err != nil {
+			t.Fatal(err)
+		}
+		subs = append(subs, fmt.Sprintf("%sdemo:sa-%02d", awsp.SubjectPrefix, i))
+	}
+	if _, err := a.Remove(ctx, seed, subs[:10]); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range model.Roles() {
+		if r.Name == "sample-seed-0" { // emptied
+			tp, err := awsp.ParseTrustPolicy(r.Trust)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := a.Remove(ctx, seed, tp.Subjects()); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	docs := []string{
+		`{"Version":"2012-10-17","Statement":{"Effect":"Allow","Principal":{"Federated":"arn:aws:iam::1:oidc-provider/x"},"Condition":{"StringLike":{"x:sub":"system:serviceaccount:a:b"}}}}`,
+		`{"Statement":[{"Effect":"Allow","Principal":"*","Action":"sts:AssumeRole"}]}`,
+		`{"Statement":[{"Effect":"Deny","Principal":{"Federated":"arn:aws:iam::1:oidc-provider/x"},"Condition":{"StringLike":{"x:sub":["system:serviceaccount:a:b"]}}}]}`,
+		`{"Statement":[{"Effect":"Allow","Principal":{"Federated":"arn:aws:iam::1:oidc-provider/x"},"Condition":{"StringEquals":{"x:SUB":["` + noSubject + `"]}}}]}`,
+	}
+	empty := 0
+	out, err := model.ListRoles(ctx, &iam.ListRolesInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range out.Roles {
+		docs = append(docs, aws.ToString(r.AssumeRolePolicyDocument)) // URL-encoded
+	}
+	for _, r := range model.Roles() {
+		docs = append(docs, r.Trust)
+		if strings.Contains(r.Trust, noSubject) {
+			empty++
+		}
+	}
+	if empty == 0 || len(out.Roles) < 3 {
+		t.Fatalf("%d roles, %d empty: the case of an emptied role is missing", len(out.Roles), empty)
+	}
+	for _, doc := range docs {
+		got, err := listsSubject(doc)
+		tp, perr := awsp.ParseTrustPolicy(doc)
+		if want := tp.Len() > 0; got != want || (err == nil) != (perr == nil) {
+			t.Errorf("listsSubject(%.80s…) = %v, %v; ParseTrustPolicy: %v, %v", doc, got, err, want, perr)
+		}
 	}
 }
