@@ -71,10 +71,17 @@ func (a *Assigner) RemoveUnless(ctx context.Context, seed RoleARN, keep func(sub
 		}
 		// Always one session, even with nothing gone: its generation check is what reveals
 		// subjects another replica wrote (the ServiceAccount just deleted may be one of them).
+		goneSet := make(map[string]bool, len(gone))
+		for _, sub := range gone {
+			goneSet[sub] = true
+		}
 		n, err := a.removeWhere(ctx, seed, func(t TrustPolicy) []string {
+			// A role's ~20 subjects looked up in the set, rather than every gone subject
+			// searched for in every role: with 40 roles and 30 deletions per collection, the
+			// searches' comparisons of long common prefixes were 8 % of the simulated month.
 			var in []string
-			for _, sub := range gone {
-				if t.Has(sub) {
+			for _, sub := range t.subjects {
+				if goneSet[sub] {
 					in = append(in, sub)
 				}
 			}
