@@ -169,11 +169,18 @@ func tagList(m map[string]string) []types.Tag {
 // specFromRole fills the fields GetRole returns; provider pins the trust policy's subject
 // statements (ParseTrustPolicyFor; "" for none).
 func specFromRole(r *types.Role, provider string) (*roleSpec, error) {
+	return specFromRoleKnown(r, provider, TrustPolicy{})
+}
+
+// specFromRoleKnown is specFromRole that takes known, a policy parsed or derived for the same
+// provider, as the role's trust policy when the role's document is the one known renders
+// (parseTrustKnown).
+func specFromRoleKnown(r *types.Role, provider string, known TrustPolicy) (*roleSpec, error) {
 	arn, err := ParseRoleARN(aws.ToString(r.Arn))
 	if err != nil {
 		return nil, err
 	}
-	trust, err := ParseTrustPolicyFor(aws.ToString(r.AssumeRolePolicyDocument), provider)
+	trust, err := parseTrustKnown(aws.ToString(r.AssumeRolePolicyDocument), provider, known)
 	if err != nil {
 		return nil, fmt.Errorf("trust policy of %s: %w", arn, err)
 	}
@@ -202,11 +209,16 @@ func readRole(ctx context.Context, api IAMAPI, name string, withDocs bool) (*rol
 
 // readRoleFor is readRole with the trust policy pinned to provider (specFromRole).
 func readRoleFor(ctx context.Context, api IAMAPI, name, provider string, withDocs bool) (*roleSpec, error) {
+	return readRoleKnown(ctx, api, name, provider, withDocs, TrustPolicy{})
+}
+
+// readRoleKnown is readRoleFor with specFromRoleKnown's known trust policy.
+func readRoleKnown(ctx context.Context, api IAMAPI, name, provider string, withDocs bool, known TrustPolicy) (*roleSpec, error) {
 	out, err := api.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(name)})
 	if err != nil {
 		return nil, fmt.Errorf("iam:GetRole %s: %w", name, err)
 	}
-	spec, err := specFromRole(out.Role, provider)
+	spec, err := specFromRoleKnown(out.Role, provider, known)
 	if err != nil {
 		return nil, err
 	}

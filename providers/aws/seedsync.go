@@ -48,7 +48,8 @@ func (a *Assigner) SyncFromSeed(ctx context.Context, seed RoleARN) (SyncReport, 
 		if r.bad != nil || r.owner == ownerOther {
 			continue
 		}
-		target, err := readRoleFor(ctx, a.api, r.arn.Name, a.provider(seed), true)
+		// r.trust is usually what this process last wrote, and what IAM returns: not parsed again.
+		target, err := readRoleKnown(ctx, a.api, r.arn.Name, a.provider(seed), true, r.trust)
 		if err != nil {
 			errs = append(errs, err)
 			continue

@@ -237,6 +237,25 @@ func ParseTrustPolicyFor(doc, provider string) (TrustPolicy, error) {
 	return p, nil
 }
 
+// parseTrustKnown is ParseTrustPolicyFor(doc, provider), except that it returns known itself
+// when doc is the document known renders: parsing the rendering of a policy gives that policy
+// back (same statements, top-level fields and subjects; TestParseOfRenderingIsThePolicy), so a
+// string comparison replaces a parse. known must have been parsed or derived for the same
+// provider (the provider decides which statements carry subjects). A zero known, or one without
+// an OIDC statement for its provider (whose rendering does not show its subjects), is never used.
+// The garbage collection's full pass reads back every role this process wrote (SyncFromSeed,
+// Roles): those parses were a tenth of the simulated month's CPU (benchtool sim).
+func parseTrustKnown(doc, provider string, known TrustPolicy) (TrustPolicy, error) {
+	if known.tmpl != nil && known.OIDCStatements() > 0 {
+		if js, err := DecodePolicyDocument(doc); err == nil {
+			if kjs, err := known.JSON(); err == nil && kjs == js {
+				return known, nil
+			}
+		}
+	}
+	return ParseTrustPolicyFor(doc, provider)
+}
+
 func parseStatement(raw json.RawMessage, provider string) (*statement, []string, error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &fields); err != nil {

@@ -331,3 +331,85 @@ func TestStringOrList(t *testing.T) {
 		}
 	}
 }
+
+// Parsing the rendering of a policy gives the policy back, for the provider it was parsed or
+// derived for: what lets parseTrustKnown skip the parse.
+func TestParseOfRenderingIsThePolicy(t *testing.T) {
+	operator := "system:serviceaccount:kubestash:kubestash-operator"
+	deny := `{"Effect": "Deny", "Principal": {"Federated": "` + providerA + `"}, "Action": "sts:AssumeRoleWithWebIdentity", "Condition": {"StringLike": {"` + issuerA + `:sub": "system:serviceaccount:kube-system:*"}}}`
+	other := `{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}`
+	docs := []string{
+		seedDoc(oidcStmt(providerA, issuerA, operator)),
+		seedDoc(oidcStmt(providerA, issuerA, operator), deny, other),
+		seedDoc(oidcStmt(providerA, issuerA, operator), oidcStmt(providerB, issuerB, operator)),
+		`{"Statement": ` + oidcStmt(providerA, issuerA, operator) + `}`, // a single statement object
+	}
+	for _, provider := range []string{"", providerA, providerB} {
+		for _, doc := range docs {
+			seed, err := ParseTrustPolicyFor(doc, provider)
+			if err != nil {
+				continue // no statement for this provider
+			}
+			two, _ := seed.WithSubject("system:serviceaccount:demo:b")
+			none, _ := two.WithoutSubjects(two.Subjects()...)
+			policies := []TrustPolicy{seed, two, none}
+			if d, err := DeriveTrustPolicy(seed, []string{"system:serviceaccount:demo:a", "system:serviceaccount:demo:c"}); err == nil {
+				empty, _ := d.WithoutSubjects(d.Subjects()...)
+				policies = append(policies, d, empty)
+			}
+			for _, p := range policies {
+				js := mustJSON(t, p)
+				if p.OIDCStatements() == 0 {
+					// Its subjects are in no statement, so not in its rendering: never taken as known.
+					if got, err := parseTrustKnown(js, provider, p); err != nil || got.tmpl == p.tmpl {
+						t.Errorf("provider %q: a policy without OIDC statement was taken as known (%v)", provider, err)
+					}
+					continue
+				}
+				back, err := ParseTrustPolicyFor(js, provider)
+				if err != nil {
+					t.Fatalf("provider %q: parsing the rendering %s: %v", provider, js, err)
+				}
+				backJS := mustJSON(t, back)
+				ps, _ := p.Size()
+				bs, _ := back.Size()
+				if backJS != js || !slices.Equal(back.Subjects(), p.Subjects()) || !slices.Equal(back.Issuers(), p.Issuers()) || ps != bs {
+					t.Errorf("provider %q: %s\nparsed back renders %s, subjects %q (want %q), size %d (want %d)", provider, js, backJS, back.Subjects(), p.Subjects(), bs, ps)
+				}
+				// Edits of either give the same documents too.
+				pa, _ := p.WithSubject("system:serviceaccount:demo:z")
+				ba, _ := back.WithSubject("system:serviceaccount:demo:z")
+				if mustJSON(t, pa) != mustJSON(t, ba) {
+					t.Errorf("provider %q: adding a subject to %s differs after parsing it back", provider, js)
+				}
+			}
+		}
+	}
+}
+
+// parseTrustKnown returns the known policy only for its own document, URL-encoded or not.
+func TestParseTrustKnown(t *testing.T) {
+	seed := mustParse(t, seedDoc(oidcStmt(providerA, issuerA, "system:serviceaccount:kubestash:op")))
+	known, err := DeriveTrustPolicy(seed, []string{"system:serviceaccount:demo:a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := mustJSON(t, known)
+	for _, doc := range []string{js, iamEncode(js)} {
+		got, err := parseTrustKnown(doc, "", known)
+		if err != nil || got.tmpl != known.tmpl {
+			t.Errorf("its own document (%.30s…): %v, known returned: %v", doc, err, got.tmpl == known.tmpl)
+		}
+	}
+	more, _ := known.WithSubject("system:serviceaccount:demo:b")
+	got, err := parseTrustKnown(mustJSON(t, more), "", known)
+	if err != nil || got.tmpl == known.tmpl || !slices.Equal(got.Subjects(), more.Subjects()) {
+		t.Errorf("another document: %v, subjects %q, known returned: %v", err, got.Subjects(), got.tmpl == known.tmpl)
+	}
+	if got, err := parseTrustKnown(js, "", TrustPolicy{}); err != nil || !slices.Equal(got.Subjects(), known.Subjects()) {
+		t.Errorf("no known policy: %v, subjects %q", err, got.Subjects())
+	}
+	if _, err := parseTrustKnown(`{"Statement": 1`, "", known); err == nil {
+		t.Error("a broken document parsed")
+	}
+}
