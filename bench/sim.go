@@ -8,6 +8,7 @@ import (
 	"maps"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -192,8 +193,10 @@ func Simulate(ctx context.Context, api awsp.IAMAPI, calls CallCounter, seed awsp
 	if err != nil {
 		return res, err
 	}
-	a := awsp.NewAssigner(api, awsp.NewLocalLocker(), awsp.Config{Seeds: allow, Quota: cfg.Quota, RoleCreationLimit: cfg.RoleCreationLimit, Clock: clock}, nil)
+	gate := &gatedLocker{LocalLocker: awsp.NewLocalLocker(), open: closedChan()}
+	a := awsp.NewAssigner(api, gate, awsp.Config{Seeds: allow, Quota: cfg.Quota, RoleCreationLimit: cfg.RoleCreationLimit, Clock: clock}, nil)
 	callers := newAssignPool(ctx, a, seed)
+	callers.gate = gate
 	defer callers.stop()
 	gc := awsp.Collector{Assigner: a, EmptyRoleGrace: cfg.EmptyRoleGrace}
 	scope := sweeper.Scope{Key: seed.String(), Claim: awsp.SeedClaim(seed)}
@@ -365,7 +368,10 @@ func Simulate(ctx context.Context, api awsp.IAMAPI, calls CallCounter, seed awsp
 // but kept from step to step. A fresh goroutine per ServiceAccount grew its stack to the depth of
 // a lock session every time: a tenth of the month's CPU (runtime.newstack in the profile).
 type assignPool struct {
-	assign  func(name string) error
+	assign func(name string) error
+	// gate, when set, keeps lock sessions from starting until every caller of the step has
+	// called: see gatedLocker.
+	gate    *gatedLocker
 	jobs    chan assignJob
 	workers int
 	wg      sync.WaitGroup // the workers
@@ -373,9 +379,54 @@ type assignPool struct {
 
 // assignJob is one Assign for a worker; err is its slot in the step's results.
 type assignJob struct {
-	name string
-	err  *error
-	done *sync.WaitGroup
+	name    string
+	err     *error
+	entered *sync.WaitGroup // done as the worker calls
+	done    *sync.WaitGroup
+}
+
+// gatedLocker is the simulation's Locker: a LocalLocker whose Lock waits while the gate is held.
+// The simulation holds it while a step's ServiceAccounts are handed to their callers, so the
+// lock session that places them starts once they have all queued, as they do in production
+// while the session waits for the Lease and IAM answers in tens of milliseconds. Without it, the
+// in-memory IAM answers in microseconds, the first caller's session starts before the others
+// queue, and how many rounds (trust policy writes) a burst took depended on how the scheduler
+// interleaved the goroutines: the month's IAM calls a day ran from 182,000 to 266,000 with the
+// machine's load (at f255dde, load 6-12).
+type gatedLocker struct {
+	*awsp.LocalLocker
+	mu   sync.Mutex
+	open chan struct{} // closed while sessions may start
+}
+
+func closedChan() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
+func (g *gatedLocker) Lock(ctx context.Context, key string) (func(), int64, error) {
+	g.mu.Lock()
+	open := g.open
+	g.mu.Unlock()
+	select {
+	case <-open:
+	case <-ctx.Done():
+		return nil, 0, ctx.Err()
+	}
+	return g.LocalLocker.Lock(ctx, key)
+}
+
+func (g *gatedLocker) hold() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.open = make(chan struct{})
+}
+
+func (g *gatedLocker) release() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	close(g.open)
 }
 
 func newAssignPool(ctx context.Context, a *awsp.Assigner, seed awsp.RoleARN) *assignPool {
@@ -390,6 +441,7 @@ func (p *assignPool) grow(n int) {
 	for ; p.workers < n; p.workers++ {
 		p.wg.Go(func() {
 			for j := range p.jobs {
+				j.entered.Done()
 				*j.err = p.assign(j.name)
 				j.done.Done()
 			}
@@ -414,10 +466,25 @@ func (p *assignPool) assignAll(born []*simSA, sequential bool) (refused, failed 
 		// A worker per ServiceAccount, each handed its job before any waits on another, so every
 		// Assign of the step is in flight together as with a goroutine each.
 		p.grow(len(born))
-		var done sync.WaitGroup
+		if p.gate != nil {
+			p.gate.hold()
+		}
+		var entered, done sync.WaitGroup
+		entered.Add(len(born))
 		done.Add(len(born))
 		for i, sa := range born {
-			p.jobs <- assignJob{name: sa.name, err: &errs[i], done: &done}
+			p.jobs <- assignJob{name: sa.name, err: &errs[i], entered: &entered, done: &done}
+		}
+		if p.gate != nil {
+			// Every caller is in Assign; a few yields let the last ones reach its queue (a few
+			// map and slice operations) before the session may take it. A caller preempted in
+			// between joins the next round, as it could in production: rare, and not worth a
+			// hook in the Assigner. (A 50 µs sleep here doubled a loaded machine's wall time.)
+			entered.Wait()
+			for range 4 {
+				runtime.Gosched()
+			}
+			p.gate.release()
 		}
 		done.Wait()
 	}
