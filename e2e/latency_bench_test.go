@@ -102,6 +102,7 @@ func creationToTrust(b *testing.B, n, clients int, iamLatency time.Duration, thr
 	trusted := map[string]time.Time{} // subject -> first seen in a trust policy
 	released := map[string]time.Time{}
 	planned := map[string]string{} // ServiceAccount name -> the role ARN admission answered with
+	var createCalls []time.Duration // how long each ServiceAccount's CREATE took (admission included)
 	roles := 0                     // derived roles of the seed, as last polled
 	var jobNames []string
 	stop := make(chan struct{})
@@ -174,6 +175,7 @@ func creationToTrust(b *testing.B, n, clients int, iamLatency time.Duration, thr
 				if err == nil {
 					mu.Lock()
 					planned[name] = got.Annotations[annotations.AWSRoleARN]
+					createCalls = append(createCalls, time.Since(t0))
 					mu.Unlock()
 				}
 				if err == nil && withJob {
@@ -248,6 +250,28 @@ func creationToTrust(b *testing.B, n, clients int, iamLatency time.Duration, thr
 	for _, j := range jobNames {
 		toRelease = append(toRelease, released[j].Sub(started[j]))
 	}
+	// Where the slow ones are: creation -> trust per tenth of the burst, in creation order (a
+	// slow start, a stall in the middle or a backlog at the end read differently).
+	type created struct {
+		t0 time.Time
+		d  time.Duration
+	}
+	var order []created
+	for name, t0 := range started {
+		order = append(order, created{t0, trusted[flowSubject(ns, name)].Sub(t0)})
+	}
+	slices.SortFunc(order, func(a, b created) int { return a.t0.Compare(b.t0) })
+	var tenths []string
+	for i := range 10 {
+		part := order[i*len(order)/10 : (i+1)*len(order)/10]
+		ds := make([]time.Duration, len(part))
+		for j, c := range part {
+			ds[j] = c.d
+		}
+		tenths = append(tenths, fmt.Sprintf("%s/%s", packPercentile(ds, 0.5).Round(10*time.Millisecond), slices.Max(ds).Round(10*time.Millisecond)))
+	}
+	b.Logf("creation -> trust, p50/max per tenth of the burst in creation order: %s; the CREATE calls themselves took p50 %s, p99 %s",
+		strings.Join(tenths, " "), packPercentile(createCalls, 0.5).Round(time.Millisecond), packPercentile(createCalls, 0.99).Round(time.Millisecond))
 	writes, trustWrites, all, throttledTrust := 0, 0, 0, 0
 	for action, c := range calls {
 		if !strings.HasPrefix(action, "iam:") {
