@@ -101,9 +101,9 @@ func creationToTrust(b *testing.B, n, clients int, iamLatency time.Duration, thr
 	started := map[string]time.Time{} // ServiceAccount name -> creation call start
 	trusted := map[string]time.Time{} // subject -> first seen in a trust policy
 	released := map[string]time.Time{}
-	planned := map[string]string{} // ServiceAccount name -> the role ARN admission answered with
+	planned := map[string]string{}  // ServiceAccount name -> the role ARN admission answered with
 	var createCalls []time.Duration // how long each ServiceAccount's CREATE took (admission included)
-	roles := 0                     // derived roles of the seed, as last polled
+	roles := 0                      // derived roles of the seed, as last polled
 	var jobNames []string
 	stop := make(chan struct{})
 	var watchers sync.WaitGroup

@@ -33,7 +33,7 @@ const (
 type seedState struct {
 	qmu      sync.Mutex
 	queue    []*assignReq
-	draining bool // a goroutine runs sessions until queue is empty
+	draining bool          // a goroutine runs sessions until queue is empty
 	arrived  chan struct{} // signalled (without blocking) whenever a request is queued
 
 	sem    chan struct{}
@@ -53,12 +53,12 @@ type roleState struct {
 	id       string
 	trust    TrustPolicy
 	owner    ownership
-	complete bool  // its permissions were checked (or made) to include the seed's, in this process
+	complete bool // its permissions were checked (or made) to include the seed's, in this process
 	// attach is the attaching of the seed's policies to a role this process just created, which
 	// runs while the lock session's next rounds place subjects (session.attachNew); nil otherwise.
 	attach *attachment
-	bad      error // its trust policy could not be parsed: never written to
-	mark     emptyMark
+	bad    error // its trust policy could not be parsed: never written to
+	mark   emptyMark
 	// foreignAt is when the role was last found foreign (owner ownerOther); zero keeps that
 	// finding for good (a derived name taken under another path, see session.adopt).
 	foreignAt time.Time
