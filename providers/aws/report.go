@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"io"
 	"text/tabwriter"
-
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/iam"
 )
 
 // RoleInfo describes one derived role for the roles table.
@@ -42,7 +39,7 @@ func (a *Assigner) Roles(ctx context.Context, seed RoleARN) ([]RoleInfo, error) 
 			info.Chars, _ = r.trust.Size()
 			info.Fill = float64(info.Chars) / float64(quota)
 		}
-		if err := s.readOwner(ctx, r); err == nil {
+		if err := s.ensureOwned(ctx, r); err == nil {
 			info.Owned = true
 		} else if !errors.Is(err, errForeign) {
 			return nil, err
@@ -50,28 +47,6 @@ func (a *Assigner) Roles(ctx context.Context, seed RoleARN) ([]RoleInfo, error) 
 		out = append(out, info)
 	}
 	return out, nil
-}
-
-// readOwner is ensureOwned for Roles' fresh cache, where no owner is known yet: one GetRole,
-// whose trust policy is the listing's parse when the document is the same (parseTrustKnown), as
-// it is unless a write came between. The full garbage collection pass runs Roles every
-// --gc-interval; parsing each role a second time was 4 % of the simulated month's CPU.
-func (s *session) readOwner(ctx context.Context, r *roleState) error {
-	if r.owner == ownerUnknown {
-		out, err := s.a.api.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(r.arn.Name)})
-		if err != nil {
-			return fmt.Errorf("iam:GetRole %s: %w", r.arn.Name, err)
-		}
-		spec, err := specFromRoleKnown(out.Role, s.a.provider(s.seed), r.trust)
-		if err != nil {
-			return err
-		}
-		s.setOwner(r, spec)
-	}
-	if r.owner == ownerOther {
-		return fmt.Errorf("%w: %s", errForeign, r.arn)
-	}
-	return nil
 }
 
 // WriteRolesTable prints roles as an aligned table, one line per role, for the roles subcommand.
