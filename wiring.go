@@ -66,12 +66,6 @@ type settings struct {
 }
 
 // validateOnly is validate for callers that need only the verdict (serve, before starting).
-// planViewMaxAge: how old the roles a replica plans from may get before it reads them again in
-// the background (awsp.Config.ViewMaxAge). Only the sweeper leader writes, so the others would
-// otherwise plan from the roles as they were when they first planned. A few seconds keeps their
-// plans close while costing at most one ListRoles per seed every few seconds of reviews.
-const planViewMaxAge = 5 * time.Second
-
 func (p *providerConfig) validateOnly() error {
 	_, err := p.validate()
 	return err
@@ -281,7 +275,7 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 			return nil, fmt.Errorf("AWS configuration: %w", err)
 		}
 		iamClient := awsp.NewIAMClient(cfg, awsp.CallMetrics(d.reg))
-		assigner := awsp.NewAssigner(iamClient, awsp.NewSeedGuard(p.locker(d), seeds.Allows, iamClient, sweeper.SeedLeaseExists(d.kube, p.leaseNamespace)), awsp.Config{Seeds: seeds, Quota: p.awsQuota, RoleCreationLimit: p.roleCreationLimit, PermissionsBoundary: p.awsBoundary, OIDCIssuer: issuer, ViewMaxAge: planViewMaxAge}, d.log)
+		assigner := awsp.NewAssigner(iamClient, awsp.NewSeedGuard(p.locker(d), seeds.Allows, iamClient, sweeper.SeedLeaseExists(d.kube, p.leaseNamespace)), awsp.Config{Seeds: seeds, Quota: p.awsQuota, RoleCreationLimit: p.roleCreationLimit, PermissionsBoundary: p.awsBoundary, OIDCIssuer: issuer}, d.log)
 		if d.reg != nil {
 			d.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "credential_webhook_assign_rounds_total",

@@ -77,11 +77,6 @@ type Config struct {
 	// days pass in seconds, and every expiry must follow the simulated clock, not the machine's.
 	// Lock deadlines and IAM timeouts stay on the machine's clock.
 	Clock func() time.Time
-	// ViewMaxAge: a plan made from a view older than this reads the seed's roles again in the
-	// background, for the next plans (0: never). A replica that does not write (not the sweeper
-	// leader) publishes no view of its own otherwise, so its plans would follow the roles as they
-	// were when it first planned.
-	ViewMaxAge time.Duration
 }
 
 // Assignment is the outcome of Assign.

@@ -35,8 +35,7 @@ type PlaceOptions struct {
 	// subject too, when Seed is known.
 	Reserved map[int][]string
 	// Hints is the role index admission answered for a subject (the writer only): that role is
-	// tried first, or created at that index when it does not exist yet and the index is free, so
-	// the ARN the review returned comes true whenever it still fits.
+	// tried first, so the ARN the review returned comes true whenever it still fits.
 	Hints map[string]int
 }
 
@@ -118,15 +117,13 @@ func Place(roles []RoleView, subjects []string, quota, limit int, opt PlaceOptio
 		d := Decision{Subject: sub}
 		if b := listing(bins, sub); b != nil {
 			d.Index, d.Listed = b.index, true
-		} else if idx, ok := hintedNew(bins, planned, sub, limit, opt.Hints); ok {
-			d = openRoleAt(&bins, idx, sub, quota, opt.Seed)
 		} else if b := firstFit(bins, planned, sub, quota, opt.Hints); b != nil {
 			d.Index = b.index
 		} else {
 			d = openRole(&bins, planned, sub, quota, limit, opt.Seed)
-		}
-		if d.Creates && opt.Seed == nil {
-			out.NeedSeed = true
+			if d.Creates && opt.Seed == nil {
+				out.NeedSeed = true
+			}
 		}
 		out.Decisions = append(out.Decisions, d)
 	}
@@ -215,31 +212,13 @@ func (b *bin) add(sub string, quota int) bool {
 	return true
 }
 
-// hintedNew reports the index of a role admission planned for sub that does not exist yet and is
-// free (no role, none planned, under limit): the writer creates it there, so the plan comes true.
-// A burst's plans are mostly for roles not created yet, each reserving room by index; placed by
-// first fit instead, nearly every plan of a burst was corrected (the benchmark's plan misses).
-func hintedNew(bins, planned []*bin, sub string, limit int, hints map[string]int) (int, bool) {
-	idx, ok := hints[sub]
-	if !ok || idx < 0 || idx >= limit {
-		return 0, false
-	}
-	taken := func(b *bin) bool { return b.index == idx }
-	return idx, !slices.ContainsFunc(bins, taken) && !slices.ContainsFunc(planned, taken)
-}
-
-// openRole places sub in a new role at the lowest free index.
+// openRole places sub in a new role at the lowest free index, inserted among bins by index so
+// the next subjects can join it.
 func openRole(bins *[]*bin, planned []*bin, sub string, quota, limit int, seed *TrustPolicy) Decision {
 	idx := freeIndex(*bins, planned)
 	if idx >= limit {
 		return Decision{Subject: sub, Err: fmt.Errorf("%w: all %d derived roles are full or planned (raise --role-creation-limit or the ACLSizePerRole quota)", ErrRoleLimitReached, limit)}
 	}
-	return openRoleAt(bins, idx, sub, quota, seed)
-}
-
-// openRoleAt places sub in a new role at idx, inserted among bins by index so the next subjects
-// can join it.
-func openRoleAt(bins *[]*bin, idx int, sub string, quota int, seed *TrustPolicy) Decision {
 	b := &bin{index: idx, created: true, added: []string{sub}}
 	if seed != nil {
 		p, err := DeriveTrustPolicy(*seed, []string{sub})

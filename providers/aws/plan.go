@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -30,7 +29,6 @@ const maxReservations = 4096
 type planView struct {
 	roles []RoleView // an immutable copy taken at the end of a lock session
 	seed  *roleSpec  // nil until a session read the seed
-	at    time.Time  // when it was published (machine clock)
 }
 
 type reservation struct {
@@ -44,13 +42,11 @@ type planner struct {
 	mu       sync.Mutex
 	view     *planView
 	reserved map[string]reservation // subject -> planned role index
-	// refreshing: a background read of the roles runs (Config.ViewMaxAge).
-	refreshing atomic.Bool
 }
 
 // publish replaces the view; called with the seed's session semaphore held.
 func (st *seedState) publish() {
-	v := &planView{roles: st.views(), seed: st.spec, at: time.Now()}
+	v := &planView{roles: st.views(), seed: st.spec}
 	st.plan.mu.Lock()
 	st.plan.view = v
 	st.plan.mu.Unlock()
@@ -157,9 +153,6 @@ func (a *Assigner) viewOf(ctx context.Context, seed RoleARN, st *seedState) (*pl
 	v := st.plan.view
 	st.plan.mu.Unlock()
 	if v != nil {
-		if max := a.cfg.ViewMaxAge; max > 0 && time.Since(v.at) > max {
-			a.refreshView(seed, st)
-		}
 		return v, nil
 	}
 	release, err := st.acquire(ctx)
@@ -182,38 +175,6 @@ func (a *Assigner) viewOf(ctx context.Context, seed RoleARN, st *seedState) (*pl
 	defer st.plan.mu.Unlock()
 	return st.plan.view, nil
 }
-
-// refreshView reads the seed's roles again in the background and publishes them, unless a lock
-// session runs here (it publishes when it ends). The plan at hand is answered from the view as it
-// is: a review never waits for IAM. Only a replica that does not write needs this: the sweeper
-// leader's writer publishes after every round, while the other replicas' views would otherwise
-// stay as they were when they first planned. Reads only, at most one at a time per seed, and
-// only for seeds already allowed.
-func (a *Assigner) refreshView(seed RoleARN, st *seedState) {
-	if !st.plan.refreshing.CompareAndSwap(false, true) {
-		return
-	}
-	go func() {
-		defer st.plan.refreshing.Store(false)
-		select {
-		case st.sem <- struct{}{}:
-		default:
-			return // a session holds the seed's state; it publishes when it ends
-		}
-		defer func() { <-st.sem }()
-		ctx, cancel := context.WithTimeout(context.Background(), viewRefreshTimeout)
-		defer cancel()
-		if err := a.newSession(seed, st, false).refresh(ctx); err != nil {
-			a.log.Warn("reading the derived roles again for planning failed; plans use the older view", "seed", seed.String(), "error", err)
-			return
-		}
-		st.gen = -1 // loaded without the lock: the next lock session reloads
-		st.publish()
-	}()
-}
-
-// viewRefreshTimeout bounds refreshView's reads.
-const viewRefreshTimeout = 30 * time.Second
 
 // liveReservations drops expired reservations from m and returns the live ones by role index.
 func liveReservations(m map[string]reservation, now time.Time) map[int][]string {

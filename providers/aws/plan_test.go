@@ -1,11 +1,8 @@
 package aws
 
 import (
-	"slices"
 	"testing"
 	"time"
-
-	"go.klusters.dev/credential-webhook/testenv/moto"
 )
 
 // Expect turns the role ARN a persisted ServiceAccount carries into the writer's hint, only for a
@@ -71,66 +68,5 @@ func TestExpect(t *testing.T) {
 				t.Errorf("hint %d, want %d", got, tc.want)
 			}
 		})
-	}
-}
-
-// A replica that plans but does not write reads the roles again, in the background, once its
-// view is older than ViewMaxAge: its later plans see the roles the writer created since.
-func TestStaleViewIsReadAgain(t *testing.T) {
-	srv := moto.Start(t)
-	srv.SetEnv(t)
-	e := newEnv(t, srv, "view-seed", 2048)
-	ctx := ctxT(t)
-	writer := e.assigner(NewLocalLocker(), Config{})
-	planner := e.assigner(NewLocalLocker(), Config{ViewMaxAge: time.Nanosecond})
-	if _, err := writer.Assign(ctx, e.seed, "demo", sessionSA(0)); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := planner.Reserve(ctx, e.seed, "demo", sessionSA(1)); err != nil { // loads its view: role 0
-		t.Fatal(err)
-	}
-	per := e.capacity(2048)
-	for i := 2; i < per+2; i++ { // fills role 0 and creates role 1
-		if _, err := writer.Assign(ctx, e.seed, "demo", sessionSA(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, _, err := planner.Plan(ctx, e.seed, "demo", sessionSA(1000)); err != nil {
-			t.Fatal(err)
-		}
-		v := planner.state(e.seed).publishedView()
-		if v != nil && slices.ContainsFunc(v.roles, func(r RoleView) bool { return r.Index == 1 }) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the planner's view never showed role 1, created after it first planned")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if c := e.calls(); c["iam:CreateRole"] != 2 || c["iam:UpdateAssumeRolePolicy"] == 0 {
-		t.Errorf("IAM calls %v: the writer's, and reads only from the planner", c)
-	}
-}
-
-// Without ViewMaxAge the view stays as first read (the sweeper leader's writer publishes its own).
-func TestViewWithoutMaxAgeIsNotReadAgain(t *testing.T) {
-	srv := moto.Start(t)
-	srv.SetEnv(t)
-	e := newEnv(t, srv, "still-view-seed", 2048)
-	ctx := ctxT(t)
-	planner := e.assigner(NewLocalLocker(), Config{})
-	if _, _, err := planner.Plan(ctx, e.seed, "demo", sessionSA(0)); err != nil {
-		t.Fatal(err)
-	}
-	e.proxy.ResetCalls()
-	for i := range 20 {
-		if _, _, err := planner.Plan(ctx, e.seed, "demo", sessionSA(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if c := e.calls(); len(c) != 0 {
-		t.Errorf("plans from a published view cost IAM calls: %v", c)
 	}
 }
