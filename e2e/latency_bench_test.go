@@ -225,10 +225,17 @@ func creationToTrust(b *testing.B, n, clients int, iamLatency time.Duration, thr
 		b.Fatal(err)
 	}
 	missed := 0
+	var misses []string
 	for _, sa := range final.Items {
 		if p, ok := planned[sa.Name]; ok && p != sa.Annotations[annotations.AWSRoleARN] {
 			missed++
+			if len(misses) < 3 {
+				misses = append(misses, fmt.Sprintf("%s planned %s, got %s", sa.Name, p[strings.LastIndexByte(p, '/')+1:], sa.Annotations[annotations.AWSRoleARN]))
+			}
 		}
+	}
+	if len(misses) > 0 {
+		b.Logf("plans that did not come true, for example: %s", strings.Join(misses, "; "))
 	}
 	sessionsAfter, lockCallsAfter := lockStats()
 	sessions, lockCalls := sessionsAfter-sessionsBefore, lockCallsAfter-lockCallsBefore
