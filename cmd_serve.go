@@ -39,6 +39,7 @@ type serveConfig struct {
 	maxInFlightBytes                                     byteSize
 	kubeQPS                                              float64
 	kubeBurst                                            int
+	logFlush                                             time.Duration
 }
 
 // byteSize is a flag holding a byte count written as a Kubernetes quantity ("32Mi", "1G",
@@ -72,6 +73,7 @@ func (c *serveConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.clientCAFile, "client-ca-file", "", "CA bundle for client certificates; when set, /mutate/* requires a client certificate it signed (configure the apiserver's AdmissionConfiguration to present one). Strongly recommended: without it anything that reaches the port can post a forged review")
 	fs.StringVar(&c.clientNames, "allowed-client-names", "", "comma-separated client certificate names (common name or DNS SAN) allowed on /mutate/* with --client-ca-file; a review over such a connection is known to come from the apiserver, so admission writes IAM and RBAC at once instead of when the ServiceAccount is seen persisted. Empty: any certificate the CA signed is accepted, and admission only plans")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.DurationVar(&c.logFlush, "log-flush-interval", logFlushInterval, "longest an INFO or DEBUG log line waits to be written with others (one write system call per batch; WARN and above are written at once, and every way out flushes): what a killed process can lose. 0 writes every line at once")
 	fs.DurationVar(&c.certPoll, "tls-poll-interval", 10*time.Second, "how often to re-read the certificate files besides watching them")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 25*time.Second, "time to finish in-flight reviews after SIGTERM")
 	fs.IntVar(&c.maxInFlight, "max-inflight-reviews", admission.DefaultMaxInFlight, "admission reviews read or answered at once, whatever their size; beyond it a review is answered 429 before its body is read (the apiserver applies the webhook's failurePolicy); negative: no limit")
@@ -101,6 +103,9 @@ func (c *serveConfig) validate() error {
 	}
 	if c.shutdownTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--shutdown-timeout %s: must be positive", c.shutdownTimeout))
+	}
+	if c.logFlush < 0 {
+		errs = append(errs, fmt.Errorf("--log-flush-interval %s: must not be negative", c.logFlush))
 	}
 	if c.kubeQPS <= 0 || c.kubeBurst < 1 {
 		// client-go reads a QPS of 0 as its default of 5, which would starve the sweeper.
@@ -171,14 +176,21 @@ func runServe(ctx context.Context, args []string, _ io.Writer, stderr io.Writer)
 		return err
 	}
 	// One write system call per batch of lines rather than per line (logsink.go); every way
-	// out of serve flushes after its last line, and WARN and above are written at once.
-	sink := newLineBuffer(stderr, logFlushInterval, logFlushBytes)
-	defer func() { _ = sink.Flush() }()
-	log, err := newLogger(sink, c.logLevel)
+	// out of serve flushes after its last line, and WARN and above are written at once. Tools
+	// that read the log while the server runs (the e2e harness) set --log-flush-interval=0.
+	var out io.Writer = stderr
+	if c.logFlush > 0 {
+		sink := newLineBuffer(stderr, c.logFlush, logFlushBytes)
+		defer func() { _ = sink.Flush() }()
+		out = sink
+	}
+	log, err := newLogger(out, c.logLevel)
 	if err != nil {
 		return err
 	}
-	log = slog.New(flushOnLevel{Handler: log.Handler(), min: slog.LevelWarn, flush: sink.Flush})
+	if sink, ok := out.(*lineBuffer); ok {
+		log = slog.New(flushOnLevel{Handler: log.Handler(), min: slog.LevelWarn, flush: sink.Flush})
+	}
 	src, err := certs.NewFileSource(c.certFile, c.keyFile, c.certPoll, log)
 	if err != nil {
 		return fmt.Errorf("serving certificate: %w", err)

@@ -128,6 +128,7 @@ func TestServeConfigValidate(t *testing.T) {
 		{"client names with a CA", func(c *serveConfig) { c.clientCAFile, c.clientNames = "ca.crt", "kube-apiserver" }, nil},
 		{"no key", func(c *serveConfig) { c.keyFile = "" }, []string{"--tls-key-file"}},
 		{"no API rate", func(c *serveConfig) { c.kubeQPS = 0 }, []string{"--kube-api-qps"}},
+		{"negative log flush interval", func(c *serveConfig) { c.logFlush = -time.Second }, []string{"--log-flush-interval"}},
 		{"no API burst", func(c *serveConfig) { c.kubeBurst = 0 }, []string{"--kube-api-burst"}},
 		{"client names without a CA", func(c *serveConfig) { c.clientNames = "kube-apiserver" }, []string{"--allowed-client-names needs --client-ca-file"}},
 		{"everything wrong", func(c *serveConfig) { c.certFile, c.logLevel, c.certPoll, c.shutdownTimeout = "", "loud", 0, -1 },

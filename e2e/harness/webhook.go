@@ -27,7 +27,7 @@ type WebhookOptions struct {
 	// Name identifies the replica in logs and WireReview.Backend. Default: webhook-N.
 	Name string
 	// Args are appended to `serve --listen ... --tls-cert-file ... --tls-key-file ...
-	// --kubeconfig ... --metrics-listen ...` (a later flag wins).
+	// --kubeconfig ... --metrics-listen ... --log-flush-interval=0` (a later flag wins).
 	Args []string
 	// Env is appended to the replica's environment: PATH, HOME, TMPDIR, POD_NAMESPACE, POD_NAME,
 	// SERVICE_ACCOUNT_NAME (as the Deployment sets them) and WebhookAWSEnv (later entries win).
@@ -106,6 +106,9 @@ func (w *Webhook) start(ctx context.Context) error {
 		"--tls-key-file", filepath.Join(c.WebhookCertDir, "tls.key"),
 		"--kubeconfig", c.WebhookKubeconfig,
 		"--metrics-listen", w.MetricsAddr,
+		// Tests read the log while the replica runs, right after what they observed through the
+		// API: every line must be in the file by then, not up to the batching interval later.
+		"--log-flush-interval=0",
 	}
 	args = append(args, w.opts.Args...)
 	home := filepath.Join(c.Dir, "home", w.Name)
