@@ -41,7 +41,8 @@ import (
 // ServiceAccount as the proxy counted them (every attempt, throttled ones included): all writes,
 // trust policy writes (CreateRole, UpdateAssumeRolePolicy) and all calls; and, from the replicas'
 // /metrics, lock sessions and Lease API calls per lock session. The same benchmark runs against
-// any binary (CREDENTIAL_WEBHOOK_BINARY); a binary without the lock metrics reports 0 for them.
+// any binary that knows --log-flush-interval (CREDENTIAL_WEBHOOK_BINARY; see e2e/README.md); a
+// binary without the lock metrics reports 0 for them.
 // Run with:
 //
 //	go test -run '^$' -bench FlowCreationToTrust -benchtime 1x -timeout 30m
