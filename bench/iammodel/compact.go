@@ -100,19 +100,8 @@ func (v *jsonValidator) object(depth int) bool {
 		if !v.value(depth) {
 			return false
 		}
-		v.space()
-		if v.i >= len(v.s) {
-			return false
-		}
-		switch v.s[v.i] {
-		case ',':
-			v.i++
-			v.space()
-		case '}':
-			v.i++
-			return true
-		default:
-			return false
+		if done, ok := v.after('}'); done || !ok {
+			return ok
 		}
 	}
 }
@@ -131,21 +120,29 @@ func (v *jsonValidator) array(depth int) bool {
 		if !v.value(depth) {
 			return false
 		}
-		v.space()
-		if v.i >= len(v.s) {
-			return false
-		}
-		switch v.s[v.i] {
-		case ',':
-			v.i++
-			v.space()
-		case ']':
-			v.i++
-			return true
-		default:
-			return false
+		if done, ok := v.after(']'); done || !ok {
+			return ok
 		}
 	}
+}
+
+// after reads what follows a member of an object or an element of an array: a comma (another
+// one follows: done false) or the closing byte (done true); anything else is invalid (ok false).
+func (v *jsonValidator) after(closing byte) (done, ok bool) {
+	v.space()
+	if v.i >= len(v.s) {
+		return false, false
+	}
+	switch v.s[v.i] {
+	case ',':
+		v.i++
+		v.space()
+		return false, true
+	case closing:
+		v.i++
+		return true, true
+	}
+	return false, false
 }
 
 // str reads a string from its opening quote.
