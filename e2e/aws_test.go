@@ -275,6 +275,20 @@ func packParseTrust(t *testing.T, role, encoded string) (doc string, subjects, f
 	return compact.String(), subjects, federated, audience
 }
 
+// packSettled waits until wh leads the sweeper and its term's first full garbage collection is
+// over, so that a test counting IAM calls counts only its own. A replica of an earlier test may
+// hold the sweeper Lease until it expires; the new term's full pass then ran beside the test's
+// first assignments, and its reads (ListRoles, every derived role, the seed for drift) were
+// counted against them (a CI failure of TestAWSSteadyStateAssignmentCostsOneIAMCall). The next
+// full pass is --gc-interval (10 min) away.
+func packSettled(t *testing.T, wh *harness.Webhook) {
+	t.Helper()
+	flowPoll(t, 60*time.Second, wh.Name+" leading, its first full garbage collection done", func() (bool, error) {
+		return flowMetric(t, wh, "credential_webhook_sweeper_leader", nil) == 1 &&
+			flowMetric(t, wh, "credential_webhook_gc_last_full_success_timestamp_seconds", nil) > 0, nil
+	})
+}
+
 // packCallsSince returns the proxy's per-action call counts minus before.
 func packCallsSince(before map[string]int) map[string]int {
 	diff := map[string]int{}
@@ -400,7 +414,7 @@ func TestAWSOperatorServiceAccountGetsDerivedRole(t *testing.T) {
 	packEnforceQuota(t)
 	ns := cluster.Namespace(t)
 	seed := packSeed(t, "kubestash-e2e")
-	cluster.StartWebhook(t, harness.WebhookOptions{Name: "aws-single", Args: packArgs(seed, "aws-single")})
+	packSettled(t, cluster.StartWebhook(t, harness.WebhookOptions{Name: "aws-single", Args: packArgs(seed, "aws-single")}))
 	ctx := context.Background()
 
 	opWarn := &harness.Warnings{}
@@ -684,7 +698,7 @@ func TestAWSSteadyStateAssignmentCostsOneIAMCall(t *testing.T) {
 	packEnforceQuota(t)
 	ns := cluster.Namespace(t)
 	seed := packSeed(t, "kubestash-e2e")
-	cluster.StartWebhook(t, harness.WebhookOptions{Name: "aws-steady", Args: packArgs(seed, "aws-steady")})
+	packSettled(t, cluster.StartWebhook(t, harness.WebhookOptions{Name: "aws-steady", Args: packArgs(seed, "aws-steady")}))
 	operator := packClient(t, ns, packOperator, packOperatorGroups, nil)
 	ctx := context.Background()
 	want := packDerivedARN(t, seed, 0)

@@ -225,6 +225,10 @@ func (t *term) collect(ctx context.Context, full bool) time.Duration {
 	}
 	t.mu.Unlock()
 
+	if full && len(errs) == 0 {
+		// Even a pass that found no scope (no seed written to yet) is a finished full pass.
+		t.m.gcLastFull.Set(float64(t.now().UnixNano()) / 1e9)
+	}
 	if ran == 0 && len(errs) == 0 {
 		return next
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/client-go/kubernetes/fake"
@@ -85,4 +86,42 @@ func TestMaintenanceRunsOnFullCollectionsOnly(t *testing.T) {
 			t.Fatalf("gc_runs_total{result=error} = %v, want 1", got)
 		}
 	})
+}
+
+// The last-full-success gauge moves on a full pass that ended without error, even one that
+// found no scope (no seed written to yet), and on nothing else: an event-driven collection or a
+// failed full pass leaves it where it was.
+func TestLastFullCollectionGauge(t *testing.T) {
+	claim := markers.For(markers.AWS, "arn:aws:iam::123456789012:role/seed")
+	ctx := context.Background()
+	c := &maintainingCollector{}
+	tm := newTerm(New(kubeadapter.Wrap(fake.NewClientset()), Config{}, Deps{Collectors: []Collector{c}}, nil))
+	at := time.Unix(1_800_000_000, 0)
+	tm.now = func() time.Time { return at }
+	gauge := func() float64 { return testutil.ToFloat64(tm.m.gcLastFull) }
+
+	if got := gauge(); got != 0 {
+		t.Fatalf("before any pass: %v, want 0", got)
+	}
+	tm.collect(ctx, true)
+	if got := gauge(); got != 1_800_000_000 {
+		t.Fatalf("after a full pass with no scope: %v, want %v", got, 1_800_000_000)
+	}
+	c.scopes = []Scope{{Key: "seed", Claim: claim}}
+	at = at.Add(time.Minute)
+	tm.makeDue(markers.Claims{claim}, false)
+	tm.collect(ctx, false)
+	if got := gauge(); got != 1_800_000_000 {
+		t.Errorf("an event-driven collection moved it to %v", got)
+	}
+	c.maintainErr = errors.New("throttled")
+	tm.collect(ctx, true)
+	if got := gauge(); got != 1_800_000_000 {
+		t.Errorf("a failed full pass moved it to %v", got)
+	}
+	c.maintainErr = nil
+	tm.collect(ctx, true)
+	if got := gauge(); got != 1_800_000_060 {
+		t.Errorf("after a successful full pass: %v, want %v", got, 1_800_000_060)
+	}
 }

@@ -17,6 +17,7 @@ type metrics struct {
 	checks            *prometheus.CounterVec
 	finishes          *prometheus.CounterVec
 	gcRuns            *prometheus.CounterVec
+	gcLastFull        prometheus.Gauge
 	leader            prometheus.Gauge
 	// state are the gauges computed at scrape time from the leader's caches (gauges.go).
 	state *stateCollector
@@ -54,6 +55,10 @@ func newMetrics(reg prometheus.Registerer, usage UsageReporter) *metrics {
 			Name: "credential_webhook_gc_runs_total",
 			Help: "Garbage collection runs by result (ok, error).",
 		}, []string{"result"}),
+		gcLastFull: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "credential_webhook_gc_last_full_success_timestamp_seconds",
+			Help: "When this replica last finished a full garbage collection (every configured seed's derived roles, drift repair, empty roles) without error, in Unix seconds; 0 until it has. Full passes run when a term starts and every --gc-interval: alert when it falls far behind.",
+		}),
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "credential_webhook_sweeper_leader",
 			Help: "1 while this replica is the active sweeper.",
@@ -63,7 +68,7 @@ func newMetrics(reg prometheus.Registerer, usage UsageReporter) *metrics {
 		m.releases.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(m.heldJobs, m.holdDuration, m.releases, m.subjectsCollected, m.checks, m.finishes, m.gcRuns, m.leader, m.state)
+		reg.MustRegister(m.heldJobs, m.holdDuration, m.releases, m.subjectsCollected, m.checks, m.finishes, m.gcRuns, m.gcLastFull, m.leader, m.state)
 	}
 	return m
 }

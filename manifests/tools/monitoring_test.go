@@ -470,6 +470,7 @@ func TestPrometheusRule(t *testing.T) {
 		"CredentialWebhookCertificateExpiringSoon":       "< 21",
 		"CredentialWebhookCertificateExpiryCritical":     "< 7",
 		"CredentialWebhookIAMThrottled":                  "> 0",
+		"CredentialWebhookGarbageCollectionStale":        "credential_webhook_gc_last_full_success_timestamp_seconds{namespace=\"credential-webhook\"}) > 3600",
 	} {
 		if !strings.Contains(alerts[alert].Expr, want) {
 			t.Errorf("alert %s: %q not in %s", alert, want, alerts[alert].Expr)
@@ -486,8 +487,10 @@ func TestPrometheusRule(t *testing.T) {
 	}
 	vals := ruleValues(map[string]any{"enabled": true})
 	vals["sweeper"] = map[string]any{"enabled": false}
-	if _, ok := checkRule(t, renderMonitoring(t, vals))["CredentialWebhookNoSweeper"]; ok {
-		t.Error("CredentialWebhookNoSweeper with sweeper.enabled false")
+	for _, a := range []string{"CredentialWebhookNoSweeper", "CredentialWebhookGarbageCollectionStale"} {
+		if _, ok := checkRule(t, renderMonitoring(t, vals))[a]; ok {
+			t.Errorf("%s with sweeper.enabled false", a)
+		}
 	}
 }
 
@@ -509,6 +512,7 @@ func TestPrometheusRuleValues(t *testing.T) {
 				"certificateExpiryWarningDays":  30,
 				"certificateExpiryCriticalDays": 3,
 				"iamThrottledCalls":             5,
+				"gcStaleMinutes":                tc.minutes * 12,
 				"seriesSelector":                `job="cw", cluster=~"prod-.*"`,
 			})), labels.MustNewMatcher(labels.MatchEqual, "job", "cw"), labels.MustNewMatcher(labels.MatchRegexp, "cluster", "prod-.*"))
 			if want := fmt.Sprintf("> %d", tc.minutes*60); !strings.HasSuffix(alerts["CredentialWebhookJobsHeldLong"].Expr, want) {
@@ -522,6 +526,9 @@ func TestPrometheusRuleValues(t *testing.T) {
 				t.Errorf("seedLimitForecastDays %d: forecast alert rendered %v", tc.days, ok)
 			} else if want := fmt.Sprintf("[12h], %d)) >= 1", tc.days*86400); ok && !strings.HasSuffix(forecast.Expr, want) {
 				t.Errorf("%q does not end %s", forecast.Expr, want)
+			}
+			if want := fmt.Sprintf("> %d\nand on", tc.minutes*12*60); !strings.Contains(alerts["CredentialWebhookGarbageCollectionStale"].Expr, want) {
+				t.Errorf("%q not in %s", want, alerts["CredentialWebhookGarbageCollectionStale"].Expr)
 			}
 			if got := alerts["CredentialWebhookServiceAccountsPending"].For; got != model.Duration(90*60e9) {
 				t.Errorf("CredentialWebhookServiceAccountsPending for %v", got)
