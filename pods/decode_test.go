@@ -3,6 +3,7 @@ package pods
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"reflect"
 	"strings"
@@ -13,6 +14,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	sigsjson "sigs.k8s.io/json"
+
+	"go.klusters.dev/credential-webhook/annotations"
 )
 
 // checkDecodeMatches fails when raw decodes fully but decodePod disagrees or fails.
@@ -144,9 +147,9 @@ func hasDuplicateKeys(raw []byte) bool {
 }
 
 // TestFromPodKeepsAbsentApart: fromPod keeps nil (absent) and empty (present) slices apart, as
-// decodePod does, since the patches for the two differ; and shares the maps.
+// decodePod does, since the patches for the two differ; and picks the same map entries.
 func TestFromPodKeepsAbsentApart(t *testing.T) {
-	ann := map[string]string{"a": "1"}
+	ann := map[string]string{"a": "1", annotations.AWSSkipContainers: "x"}
 	tests := []struct {
 		name string
 		pod  corev1.Pod
@@ -158,11 +161,11 @@ func TestFromPodKeepsAbsentApart(t *testing.T) {
 		{"container lists", corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a"}, {Name: "b", Env: []corev1.EnvVar{}, VolumeMounts: []corev1.VolumeMount{}}}}},
 			`{"spec":{"containers":[{"name":"a"},{"name":"b","env":[],"volumeMounts":[]}]}}`},
 		{"everything inject reads", corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Annotations: ann, Labels: map[string]string{}},
-			Spec: corev1.PodSpec{ServiceAccountName: "sa", NodeSelector: map[string]string{"k": "v"}, OS: &corev1.PodOS{Name: corev1.Windows},
+			Spec: corev1.PodSpec{ServiceAccountName: "sa", NodeSelector: map[string]string{"k": "v", corev1.LabelOSStable: "linux"}, OS: &corev1.PodOS{Name: corev1.Windows},
 				SecurityContext: &corev1.PodSecurityContext{RunAsUser: ptr.To[int64](7)}, Volumes: []corev1.Volume{{Name: "v"}},
 				InitContainers: []corev1.Container{{Name: "i", Env: []corev1.EnvVar{{Name: "E", Value: "x"}},
 					VolumeMounts: []corev1.VolumeMount{{Name: "v", MountPath: "/m", ReadOnly: true}}, SecurityContext: &corev1.SecurityContext{RunAsUser: ptr.To[int64](0)}}}}},
-			`{"metadata":{"namespace":"ns","annotations":{"a":"1"},"labels":{}},"spec":{"serviceAccountName":"sa","nodeSelector":{"k":"v"},"os":{"name":"windows"},` +
+			`{"metadata":{"namespace":"ns","annotations":{"a":"1","eks.amazonaws.com/skip-containers":"x"},"labels":{}},"spec":{"serviceAccountName":"sa","nodeSelector":{"k":"v","kubernetes.io/os":"linux"},"os":{"name":"windows"},` +
 				`"securityContext":{"runAsUser":7},"volumes":[{"name":"v"}],"initContainers":[{"name":"i","env":[{"name":"E","value":"x"}],` +
 				`"volumeMounts":[{"name":"v","mountPath":"/m","readOnly":true}],"securityContext":{"runAsUser":0}}]}}`},
 	}
@@ -178,7 +181,56 @@ func TestFromPodKeepsAbsentApart(t *testing.T) {
 			}
 		})
 	}
-	if v := fromPod(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: ann}}); reflect.ValueOf(v.Metadata.Annotations).UnsafePointer() != reflect.ValueOf(ann).UnsafePointer() {
-		t.Error("fromPod copied the annotations map instead of sharing it")
+	v := fromPod(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Annotations: ann}})
+	if want := (podStrings{annotations.AWSSkipContainers: "x"}); !reflect.DeepEqual(v.Metadata.Annotations, want) {
+		t.Errorf("fromPod annotations = %v, want %v", v.Metadata.Annotations, want)
+	}
+}
+
+// podStrings keeps the keys inject reads, however the JSON spells them, and checks the rest
+// as the map decoder would: every value a string or null, no duplicate key.
+func TestPodStrings(t *testing.T) {
+	long := strings.Repeat(`\u0061`, 80) // 480 bytes spelling 80 "a"s: read, then dropped
+	escaped := ""
+	for _, r := range annotations.AWSSkipPodIdentityLabel {
+		escaped += fmt.Sprintf(`\u%04x`, r) // 258 bytes spelling the opt-out label
+	}
+	for _, tc := range []struct {
+		in      string
+		want    podStrings
+		wantErr bool
+	}{
+		{in: `null`},
+		{in: `{}`},
+		{in: `{"app":"x","team":"y"}`},
+		{in: `{"app":"x","eks.amazonaws.com/skip-pod-identity-webhook":""}`, want: podStrings{annotations.AWSSkipPodIdentityLabel: ""}},
+		{in: `{"eks.amazonaws.com\/skip-pod-identity-webhook":"t\u0072ue"}`, want: podStrings{annotations.AWSSkipPodIdentityLabel: "true"}},
+		{in: `{"` + escaped + `":"1"}`, want: podStrings{annotations.AWSSkipPodIdentityLabel: "1"}},
+		{in: `{"` + long + `":"1","go.klusters.dev/restic-credentials":null}`, want: podStrings{annotations.ResticCredentials: ""}},
+		{in: `{"kubernetes.io/os":"windows","eks.amazonaws.com/token-expiration":"3600","eks.amazonaws.com/skip-containers":"a,b"}`,
+			want: podStrings{corev1.LabelOSStable: "windows", annotations.AWSTokenExpiration: "3600", annotations.AWSSkipContainers: "a,b"}},
+		{in: `{"a":1}`, wantErr: true},
+		{in: `{"a":{}}`, wantErr: true},
+		{in: `{"kubernetes.io/os":true}`, wantErr: true},
+		{in: `{"a":"1","a":"2"}`, wantErr: true},
+		{in: `{"kubernetes.io/os":"a","kubernetes.io\/os":"b"}`, wantErr: true},
+		{in: `["a"]`, wantErr: true},
+		{in: `"a"`, wantErr: true},
+		{in: `{"a":"1"`, wantErr: true},
+	} {
+		got, err := decodePod([]byte(`{"metadata":{"labels":` + tc.in + `}}`))
+		if tc.wantErr {
+			if err == nil {
+				t.Errorf("%s: decoded to %v, want an error", tc.in, got.Metadata.Labels)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.in, err)
+			continue
+		}
+		if !reflect.DeepEqual(got.Metadata.Labels, tc.want) {
+			t.Errorf("%s: %#v, want %#v", tc.in, got.Metadata.Labels, tc.want)
+		}
 	}
 }
