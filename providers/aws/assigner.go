@@ -77,6 +77,11 @@ type Config struct {
 	// days pass in seconds, and every expiry must follow the simulated clock, not the machine's.
 	// Lock deadlines and IAM timeouts stay on the machine's clock.
 	Clock func() time.Time
+	// BatchLinger is how long a lock session that is already writing a burst may hold queued
+	// subjects back so that each role is written once, full, instead of once per round
+	// (--aws-batch-linger; 0 writes every round's subjects at once). It bounds what a subject
+	// of a burst waits beyond its round, never a lone one.
+	BatchLinger time.Duration
 }
 
 // Assignment is the outcome of Assign.
@@ -251,7 +256,7 @@ func (a *Assigner) Assign(ctx context.Context, seed RoleARN, namespace, name str
 		return Assignment{}, err
 	}
 	st := a.state(seed)
-	req := &assignReq{ctx: ctx, subject: subject, done: make(chan assignResult, 1)}
+	req := &assignReq{ctx: ctx, subject: subject, queued: time.Now(), done: make(chan assignResult, 1)}
 	st.qmu.Lock()
 	st.queue = append(st.queue, req)
 	start := !st.draining

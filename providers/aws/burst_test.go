@@ -218,3 +218,66 @@ func TestNewRolePoliciesAttachWhileTheNextRoundWrites(t *testing.T) {
 		})
 	}
 }
+
+// With Config.BatchLinger, a session already writing a burst holds back subjects that would
+// leave a role half filled until more arrive to fill it, so each role is written once: two
+// waves that fill role 0 between them cost one UpdateAssumeRolePolicy, not one per wave. A wave
+// that never fills its role is written once the linger is over.
+func TestBurstLingersUntilTheRoleFills(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		secondWave  bool
+		wantRounds  int64
+		wantUpdates int
+	}{
+		{name: "second wave fills the role", secondWave: true, wantRounds: 2, wantUpdates: 1},
+		{name: "linger runs out", secondWave: false, wantRounds: 2, wantUpdates: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := moto.Start(t)
+			srv.SetEnv(t)
+			e := newEnv(t, srv, "linger-seed", 2048)
+			ctx := ctxT(t)
+			gate := &gatedIAM{IAMAPI: e.api, entered: make(chan struct{}), open: make(chan struct{})}
+			cfg := Config{BatchLinger: 500 * time.Millisecond}
+			cfg.Seeds, _ = ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
+			a := NewAssigner(gate, NewLocalLocker(), cfg, nil)
+			per := e.capacity(2048)
+			first := (per - 1) / 2 // room left in role 0 after round 1, split in two waves
+			total := per
+			if !tc.secondWave {
+				total = 1 + first
+			}
+
+			errs := make([]error, total)
+			var wg sync.WaitGroup
+			wg.Go(func() { _, errs[0] = a.Assign(ctx, e.seed, "demo", sessionSA(0)) })
+			<-gate.entered // round 1 creates role 0 with subject 0, under the lock
+			for i := 1; i <= first; i++ {
+				wg.Go(func() { _, errs[i] = a.Assign(ctx, e.seed, "demo", sessionSA(i)) })
+			}
+			waitQueued(a, e.seed, first)
+			close(gate.open)
+			for a.Rounds() < 1 {
+				time.Sleep(time.Millisecond)
+			}
+			for i := first + 1; i < total; i++ { // the second wave, while the first lingers
+				wg.Go(func() { _, errs[i] = a.Assign(ctx, e.seed, "demo", sessionSA(i)) })
+			}
+			wg.Wait()
+			if err := errors.Join(errs...); err != nil {
+				t.Fatal(err)
+			}
+			c := e.calls()
+			if c["iam:CreateRole"] != 1 || c["iam:UpdateAssumeRolePolicy"] != tc.wantUpdates {
+				t.Errorf("IAM calls %v; want 1 CreateRole and %d UpdateAssumeRolePolicy", c, tc.wantUpdates)
+			}
+			if r := a.Rounds(); r != tc.wantRounds {
+				t.Errorf("%d rounds, want %d", r, tc.wantRounds)
+			}
+			if got := e.trustOf(derivedName(e.seed, 0)).Len(); got != total {
+				t.Errorf("role 0 lists %d subjects, want all %d", got, total)
+			}
+		})
+	}
+}

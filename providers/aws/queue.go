@@ -11,6 +11,7 @@ import (
 type assignReq struct {
 	ctx     context.Context
 	subject string
+	queued  time.Time         // machine clock: how long it has waited (Config.BatchLinger)
 	done    chan assignResult // buffered: the drainer never blocks on a caller that left
 }
 
@@ -21,6 +22,10 @@ type assignResult struct {
 	// created), and carries that error if attaching failed.
 	wait *attachment
 }
+
+// DefaultBatchLinger is --aws-batch-linger: at 100 new ServiceAccounts a second a role of 15
+// fills in 150 ms, and a burst's p99 from creation to trust written stays under 2 s.
+const DefaultBatchLinger = 250 * time.Millisecond
 
 // maxBatchWait bounds a batch whose callers have no deadline.
 const maxBatchWait = 2 * time.Minute
@@ -59,6 +64,9 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 			if rounds > 0 && !lastRound.IsZero() && time.Now().After(lastRound) {
 				break // what is queued is taken by the next session
 			}
+			if rounds > 0 {
+				s.gather(st, a.cfg.BatchLinger)
+			}
 			batch := st.take(true)
 			if len(batch) == 0 {
 				batch = s.awaitTail(st) // queued while new roles' policies were being attached
@@ -91,6 +99,98 @@ func (s *session) awaitTail(st *seedState) []*assignReq {
 			}
 		}
 	}
+}
+
+// gather runs before every round of a session but its first: while subjects keep arriving, it
+// waits until what is queued leaves no role of the round with room for another subject, or
+// until the oldest queued subject has waited linger (0: never waits). A round lasts about one
+// IAM round trip, so during a burst each round's subjects half filled a new role and the next
+// round topped it up: 1.4 trust policy writes per role touched at 100 ServiceAccounts a second
+// (e2e BenchmarkFlowCreationToTrust). A lone ServiceAccount never waits: its session's first
+// round takes it at once, and a session whose queue stays empty for linger ends.
+func (s *session) gather(st *seedState, linger time.Duration) {
+	if linger <= 0 {
+		return
+	}
+	start := time.Now()
+	for {
+		oldest, subjects := st.peek()
+		from := oldest
+		if len(subjects) == 0 {
+			from = start // nothing queued: wait for an arrival as long as for a fill
+		}
+		wait := time.Until(from.Add(linger))
+		if wait <= 0 || (len(subjects) > 0 && !s.leavesRoom(subjects)) {
+			return
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-st.arrived:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+// leavesRoom reports whether placing subjects now would write a role (new or not) that could
+// still take another subject as long as the longest of them. Whatever placement cannot decide
+// without I/O (the seed not read yet, a subject it refuses) does not wait: the round reads and
+// answers it.
+func (s *session) leavesRoom(subjects []string) bool {
+	now := s.a.now()
+	spec := s.st.seed(now)
+	if spec == nil {
+		return false
+	}
+	quota := s.a.quotaFor(context.Background()) // known once a round has run: no I/O
+	pl := Place(s.st.views(), subjects, quota, s.a.cfg.RoleCreationLimit, PlaceOptions{Seed: &spec.trust, Hints: s.st.hints(subjects, now)})
+	if pl.NeedSeed {
+		return false
+	}
+	probe := ""
+	for _, d := range pl.Decisions {
+		if d.Err != nil {
+			return false
+		}
+		if len(d.Subject) > len(probe) {
+			probe = d.Subject
+		}
+	}
+	probe += "~" // listed nowhere, and one character longer than any of them
+	open := func(p TrustPolicy) bool {
+		_, _, ok, err := Fit(p, probe, quota)
+		return ok && err == nil
+	}
+	for _, c := range pl.Creates {
+		if open(c.Trust) {
+			return true
+		}
+	}
+	for _, w := range pl.Writes {
+		if open(w.Trust) {
+			return true
+		}
+	}
+	return false
+}
+
+// peek returns when the oldest live request was queued and the subjects queued, leaving the
+// queue as it is.
+func (st *seedState) peek() (oldest time.Time, subjects []string) {
+	st.qmu.Lock()
+	defer st.qmu.Unlock()
+	for _, r := range st.queue {
+		if r.ctx.Err() != nil {
+			continue
+		}
+		if oldest.IsZero() || r.queued.Before(oldest) {
+			oldest = r.queued
+		}
+		if !slices.Contains(subjects, r.subject) {
+			subjects = append(subjects, r.subject)
+		}
+	}
+	return oldest, subjects
 }
 
 // holdRounds: a session starts another round only within the first 1/holdRounds of the lock's
