@@ -277,7 +277,8 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 			return nil, fmt.Errorf("AWS configuration: %w", err)
 		}
 		iamClient := awsp.NewIAMClient(cfg, awsp.CallMetrics(d.reg))
-		assigner := awsp.NewAssigner(iamClient, awsp.NewSeedGuard(p.locker(d), seeds.Allows, iamClient, sweeper.SeedLeaseExists(d.kube, p.leaseNamespace)), awsp.Config{Seeds: seeds, Quota: p.awsQuota, RoleCreationLimit: p.roleCreationLimit, PermissionsBoundary: p.awsBoundary, OIDCIssuer: issuer, BatchLinger: p.awsBatchLinger}, d.log)
+		locker := p.locker(d) // the one per-seed lock of this process: the assigner's, primed by the sweeper below
+		assigner := awsp.NewAssigner(iamClient, awsp.NewSeedGuard(locker, seeds.Allows, iamClient, sweeper.SeedLeaseExists(d.kube, p.leaseNamespace)), awsp.Config{Seeds: seeds, Quota: p.awsQuota, RoleCreationLimit: p.roleCreationLimit, PermissionsBoundary: p.awsBoundary, OIDCIssuer: issuer, BatchLinger: p.awsBatchLinger}, d.log)
 		if d.reg != nil {
 			d.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "credential_webhook_assign_rounds_total",
@@ -296,6 +297,10 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 			sw.AWS = check
 			sw.Collectors = append(sw.Collectors, awsp.Collector{Assigner: assigner, Seeds: p.seedsInUse(d, sas), EmptyRoleGrace: p.gcEmptyRoleGrace, Metrics: awsp.NewGCMetrics(d.reg)})
 			sw.SeedLeaseAllowed = seeds.Allows
+			if ll, ok := locker.(*kube.LeaseLocker); ok {
+				// The leader's list of lock Leases spares its first lock session of each seed a Get.
+				sw.SeedLeasesListed = ll.Observe
+			}
 			sw.Usage = assigner // the leader's per-seed gauges, from its role cache
 		}
 	}

@@ -39,11 +39,22 @@ type LeaseLocker struct {
 
 	mu    sync.Mutex
 	local map[string]chan struct{} // in-process serialisation before touching the API
-	// last is the Lease as this replica last wrote or read it, per key. Acquire updates from it
-	// directly, without a Get, and a conflict (someone else changed it since) costs the Get it
-	// saved: a lock session is two API calls, take and release, whenever the same replica locks
-	// a seed twice in a row, which is what a burst on one replica looks like.
+	// last is the Lease as this replica last wrote or read it, per key, or as the sweeper's
+	// latest list showed it (Observe) when the replica had not seen it itself. Acquire updates
+	// from it directly, without a Get, and a conflict (someone else changed it since) costs the
+	// Get it saved: a lock session is two API calls, take and release, whenever the same replica
+	// locks a seed twice in a row, which is what a burst on one replica looks like, and, once a
+	// list was observed, from its first session on.
 	last map[string]*coordinationv1.Lease
+	// listed holds the keys of the seed lock Leases in the latest complete list (Observe); nil
+	// until a list is observed. A key missing from it, and from last, was absent at the list,
+	// so its first acquire creates the Lease without the Get that would only answer NotFound (a
+	// stale absence costs that Get after all: AlreadyExists). Acquire adds the key when it
+	// relies on the absence, so it does so once.
+	listed map[string]bool
+	// fromList holds the keys whose entry in last came from a list, not from this replica's own
+	// reads and writes: a later list, being newer, replaces or removes those.
+	fromList map[string]bool
 	// bumps counts the Bumps of the session holding key; release adds them to the generation.
 	bumps map[string]int64
 	// heldAt is when this replica took key (monotonic clock), while it holds it.
@@ -96,11 +107,72 @@ func (l *LeaseLocker) remembered(key string) *coordinationv1.Lease {
 func (l *LeaseLocker) remember(key string, lease *coordinationv1.Lease) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	delete(l.fromList, key)
 	if lease == nil {
 		delete(l.last, key)
 		return
 	}
 	l.last[key] = lease
+}
+
+// presumedAbsent reports whether the latest observed list says key has no Lease and this
+// replica remembers none either (one it wrote after the list). It answers true once per key
+// and list: if the Create it leads to fails (AlreadyExists: the list was stale), the next
+// attempt reads the Lease.
+func (l *LeaseLocker) presumedAbsent(key string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.listed == nil || l.listed[key] || l.last[key] != nil {
+		return false
+	}
+	l.listed[key] = true
+	return true
+}
+
+// Observe takes in a complete list of the managed Leases (label annotations.ManagedLabel=true)
+// of namespace, as the sweeper leader reads it on every full collection, so that this
+// replica's first lock session of a seed costs two API calls, as its later ones do, instead of
+// three: a free Lease in the list is updated without the Get, and a seed whose Lease the list
+// lacks is created without the Get that would answer NotFound. The list costs nothing extra,
+// and stale information stays safe: an Update of a Lease changed since fails with Conflict and
+// a Create of a Lease created since with AlreadyExists, and acquire reads the Lease then.
+//
+// Observe never replaces a Lease this replica wrote or read itself (that may be newer than the
+// list, and no resourceVersion may be compared but for equality) nor one it holds; it does
+// replace, or forget when the list lacks it, what an earlier list showed. A list of another
+// namespace says nothing about this locker's Leases: it is ignored. The caller must leave out
+// the Leases it deleted after listing, or this replica's next session of such a seed would
+// update a Lease that is gone (NotFound) before reading and creating it.
+func (l *LeaseLocker) Observe(namespace string, leases []coordinationv1.Lease) {
+	if namespace != l.namespace {
+		return
+	}
+	listed := make(map[string]bool, len(leases))
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fromList == nil {
+		l.fromList = map[string]bool{}
+	}
+	for i := range leases {
+		lease := &leases[i]
+		key := lease.Annotations[keyAnnotation]
+		if key == "" || lease.Name != LeaseName(key) || (lease.Namespace != "" && lease.Namespace != l.namespace) {
+			continue // not a seed lock Lease of this locker
+		}
+		listed[key] = true
+		if _, held := l.heldAt[key]; held || (l.last[key] != nil && !l.fromList[key]) {
+			continue
+		}
+		// A copy: the caller's list is not ours to keep, and acquire modifies what it updates.
+		l.last[key], l.fromList[key] = lease.DeepCopy(), true
+	}
+	for key := range l.fromList {
+		if !listed[key] {
+			delete(l.last, key) // gone since the earlier list showed it (the sweeper deleted it)
+			delete(l.fromList, key)
+		}
+	}
+	l.listed = listed
 }
 
 func (l *LeaseLocker) localChan(key string) chan struct{} {
@@ -157,19 +229,25 @@ func (l *LeaseLocker) acquire(ctx context.Context, key string) (int64, time.Time
 	if cached != nil && cached.Spec.HolderIdentity != nil {
 		cached = nil // last seen held: only the API can say whether it still is
 	}
+	absent := cached == nil && l.presumedAbsent(key)
 	for {
 		at := time.Now() // the RenewTime written below: the hold is measured from here
 		now := metav1.NewMicroTime(at)
 		var lease *coordinationv1.Lease
 		var err error
-		if cached != nil {
+		notFound, guessed := false, false
+		switch {
+		case cached != nil:
 			lease, cached = cached, nil // trusted once: a conflict below reads the API
-		} else {
+		case absent:
+			notFound, guessed, absent = true, true, false // trusted once: AlreadyExists below reads the API
+		default:
 			l.calls.Add(1)
 			lease, err = leases.Get(ctx, name, metav1.GetOptions{})
+			notFound = apierrors.IsNotFound(err)
 		}
 		switch {
-		case apierrors.IsNotFound(err):
+		case notFound:
 			lease = &coordinationv1.Lease{
 				ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: l.namespace,
 					Labels:      map[string]string{annotations.ManagedLabel: "true"},
@@ -182,6 +260,8 @@ func (l *LeaseLocker) acquire(ctx context.Context, key string) (int64, time.Time
 				return 0, at, nil
 			} else if !apierrors.IsAlreadyExists(err) {
 				return 0, time.Time{}, fmt.Errorf("creating lease %s: %w", name, err)
+			} else if guessed {
+				continue // the observed list was stale: read the Lease at once, it may well be free
 			}
 		case err != nil:
 			return 0, time.Time{}, fmt.Errorf("reading lease %s: %w", name, err)

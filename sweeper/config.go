@@ -13,7 +13,8 @@
 //
 //   - config.go: Config, Deps and the interfaces the clouds implement (Checker, Cloud,
 //     Collector, ScopedCollector).
-//   - sweeper.go, lease.go: leader election, one term per Lease held; seed lock Lease pruning.
+//   - sweeper.go, lease.go: leader election, one term per Lease held; seed lock Lease pruning,
+//     whose list primes the leader's lock (Deps.SeedLeasesListed).
 //   - term.go: one leadership term: its state, and run, which starts the loops below.
 //   - informers.go: the term's Job and ServiceAccount informers; their handlers only enqueue.
 //   - jobloop.go: held Jobs: events, the worker, hold.Plan, backoff. When the sweeper releases.
@@ -35,6 +36,7 @@ import (
 	"context"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 
 	"go.klusters.dev/credential-webhook/hold"
@@ -279,4 +281,9 @@ type Deps struct {
 	// server created (managed label, name derived from the key) whose key it does not allow and
 	// that nobody holds. nil: lock Leases are left alone.
 	SeedLeaseAllowed func(key string) bool
+	// SeedLeasesListed receives the managed Leases of Config.Namespace (the namespace first)
+	// after each listing for the pruning above, without those it deleted: the leader's lock
+	// (kube.LeaseLocker.Observe) learns which seed Leases exist and in what state, so its first
+	// lock session of a seed saves a Get, at no extra API call. nil: the list is not shared.
+	SeedLeasesListed func(namespace string, leases []coordinationv1.Lease)
 }
