@@ -77,10 +77,9 @@ type Config struct {
 	// days pass in seconds, and every expiry must follow the simulated clock, not the machine's.
 	// Lock deadlines and IAM timeouts stay on the machine's clock.
 	Clock func() time.Time
-	// BatchLinger is how long a lock session that is already writing a burst may hold queued
-	// subjects back so that each role is written once, full, instead of once per round
-	// (--aws-batch-linger; 0 writes every round's subjects at once). It bounds what a subject
-	// of a burst waits beyond its round, never a lone one.
+	// BatchLinger: a lock session already writing a burst holds back the subjects that would
+	// leave a role half full, unless they were queued longer ago than this (--aws-batch-linger;
+	// 0 holds nothing back). See holdBack.
 	BatchLinger time.Duration
 }
 

@@ -3,6 +3,7 @@ package aws
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -219,51 +220,135 @@ func TestNewRolePoliciesAttachWhileTheNextRoundWrites(t *testing.T) {
 	}
 }
 
-// With Config.BatchLinger, a session already writing a burst holds back subjects that would
-// leave a role half filled until more arrive to fill it, so each role is written once: two
-// waves that fill role 0 between them cost one UpdateAssumeRolePolicy, not one per wave. A wave
-// that never fills its role is written once the linger is over.
-func TestBurstLingersUntilTheRoleFills(t *testing.T) {
+// gatedUpdate holds the first UpdateAssumeRolePolicy until open is closed.
+type gatedUpdate struct {
+	IAMAPI
+	once    sync.Once
+	entered chan struct{}
+	open    chan struct{}
+}
+
+func (g *gatedUpdate) UpdateAssumeRolePolicy(ctx context.Context, in *iam.UpdateAssumeRolePolicyInput, optFns ...func(*iam.Options)) (*iam.UpdateAssumeRolePolicyOutput, error) {
+	first := false
+	g.once.Do(func() { first = true })
+	if first {
+		close(g.entered)
+		<-g.open
+	}
+	return g.IAMAPI.UpdateAssumeRolePolicy(ctx, in, optFns...)
+}
+
+// With Config.BatchLinger, a round of a burst holds back, once, the subjects that would leave a
+// role with room, and the next round creates that role with them and those who queued
+// meanwhile: one write per role. Without it (linger 0) the role is created half full and
+// topped up. Round 1: subject 0 creates role 0. Round 2: wave A fills role 0 and has k subjects
+// over; those are held back while role 0 is written. Round 3: the k and wave B create role 1.
+func TestBurstHoldsBackAHalfFilledRole(t *testing.T) {
 	for _, tc := range []struct {
-		name        string
-		secondWave  bool
-		wantRounds  int64
+		linger      time.Duration
 		wantUpdates int
+		wantRounds  int64
 	}{
-		{name: "second wave fills the role", secondWave: true, wantRounds: 2, wantUpdates: 1},
-		{name: "linger runs out", secondWave: false, wantRounds: 2, wantUpdates: 1},
+		{linger: time.Minute, wantUpdates: 1, wantRounds: 3},
+		{linger: 0, wantUpdates: 2, wantRounds: 3},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
+		t.Run(fmt.Sprintf("linger=%s", tc.linger), func(t *testing.T) {
 			srv := moto.Start(t)
 			srv.SetEnv(t)
 			e := newEnv(t, srv, "linger-seed", 2048)
 			ctx := ctxT(t)
-			gate := &gatedIAM{IAMAPI: e.api, entered: make(chan struct{}), open: make(chan struct{})}
-			cfg := Config{BatchLinger: 500 * time.Millisecond}
+			create := &gatedIAM{IAMAPI: e.api, entered: make(chan struct{}), open: make(chan struct{})}
+			update := &gatedUpdate{IAMAPI: create, entered: make(chan struct{}), open: make(chan struct{})}
+			cfg := Config{BatchLinger: tc.linger}
 			cfg.Seeds, _ = ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
-			a := NewAssigner(gate, NewLocalLocker(), cfg, nil)
+			a := NewAssigner(update, NewLocalLocker(), cfg, nil)
 			per := e.capacity(2048)
-			first := (per - 1) / 2 // room left in role 0 after round 1, split in two waves
-			total := per
-			if !tc.secondWave {
-				total = 1 + first
-			}
+			const k = 3
+			waveA := per - 1 + k // fills role 0, k over
+			total := 2 * per     // wave B fills role 1
 
 			errs := make([]error, total)
 			var wg sync.WaitGroup
-			wg.Go(func() { _, errs[0] = a.Assign(ctx, e.seed, "demo", sessionSA(0)) })
-			<-gate.entered // round 1 creates role 0 with subject 0, under the lock
-			for i := 1; i <= first; i++ {
-				wg.Go(func() { _, errs[i] = a.Assign(ctx, e.seed, "demo", sessionSA(i)) })
+			assign := func(from, to int) {
+				for i := from; i < to; i++ {
+					wg.Go(func() { _, errs[i] = a.Assign(ctx, e.seed, "demo", sessionSA(i)) })
+				}
 			}
-			waitQueued(a, e.seed, first)
-			close(gate.open)
-			for a.Rounds() < 1 {
-				time.Sleep(time.Millisecond)
+			assign(0, 1)
+			<-create.entered // round 1 creates role 0 with subject 0
+			assign(1, 1+waveA)
+			waitQueued(a, e.seed, waveA)
+			close(create.open)
+			<-update.entered // round 2 writes role 0
+			assign(1+waveA, total)
+			waitQueued(a, e.seed, total-1-waveA)
+			close(update.open)
+			wg.Wait()
+			if err := errors.Join(errs...); err != nil {
+				t.Fatal(err)
 			}
-			for i := first + 1; i < total; i++ { // the second wave, while the first lingers
-				wg.Go(func() { _, errs[i] = a.Assign(ctx, e.seed, "demo", sessionSA(i)) })
+			c := e.calls()
+			if c["iam:CreateRole"] != 2 || c["iam:UpdateAssumeRolePolicy"] != tc.wantUpdates {
+				t.Errorf("IAM calls %v; want 2 CreateRole and %d UpdateAssumeRolePolicy", c, tc.wantUpdates)
 			}
+			if r := a.Rounds(); r != tc.wantRounds {
+				t.Errorf("%d rounds, want %d", r, tc.wantRounds)
+			}
+			for r, want := range []int{per, per} {
+				if got := e.trustOf(derivedName(e.seed, r)).Len(); got != want {
+					t.Errorf("role %d lists %d subjects, want %d", r, got, want)
+				}
+			}
+		})
+	}
+}
+
+// When everything queued would go to a role left with room, the session waits for arrivals
+// (until linger) instead of writing it half full: round 1 creates role 0 with subject 0, wave A
+// (a few subjects) waits, and wave B fills role 0 with it in one UpdateAssumeRolePolicy. With
+// linger 0 wave A is written alone and wave B tops it up.
+func TestBurstWaitsForArrivalsToFillTheRole(t *testing.T) {
+	for _, tc := range []struct {
+		linger      time.Duration
+		wantUpdates int
+	}{
+		{linger: time.Minute, wantUpdates: 1},
+		{linger: 0, wantUpdates: 2},
+	} {
+		t.Run(fmt.Sprintf("linger=%s", tc.linger), func(t *testing.T) {
+			srv := moto.Start(t)
+			srv.SetEnv(t)
+			e := newEnv(t, srv, "linger-seed", 2048)
+			ctx := ctxT(t)
+			create := &gatedIAM{IAMAPI: e.api, entered: make(chan struct{}), open: make(chan struct{})}
+			cfg := Config{BatchLinger: tc.linger}
+			cfg.Seeds, _ = ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
+			a := NewAssigner(create, NewLocalLocker(), cfg, nil)
+			per := e.capacity(2048)
+			const waveA = 3
+			errs := make([]error, per)
+			var wg sync.WaitGroup
+			assign := func(from, to int) {
+				for i := from; i < to; i++ {
+					wg.Go(func() { _, errs[i] = a.Assign(ctx, e.seed, "demo", sessionSA(i)) })
+				}
+			}
+			assign(0, 1)
+			<-create.entered
+			assign(1, 1+waveA)
+			waitQueued(a, e.seed, waveA)
+			close(create.open)
+			if tc.linger == 0 {
+				// Let round 2 write wave A before wave B arrives, as it does without holding.
+				for e.calls()["iam:UpdateAssumeRolePolicy"] == 0 {
+					time.Sleep(time.Millisecond)
+				}
+			} else {
+				for a.Rounds() < 1 {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			assign(1+waveA, per)
 			wg.Wait()
 			if err := errors.Join(errs...); err != nil {
 				t.Fatal(err)
@@ -272,11 +357,8 @@ func TestBurstLingersUntilTheRoleFills(t *testing.T) {
 			if c["iam:CreateRole"] != 1 || c["iam:UpdateAssumeRolePolicy"] != tc.wantUpdates {
 				t.Errorf("IAM calls %v; want 1 CreateRole and %d UpdateAssumeRolePolicy", c, tc.wantUpdates)
 			}
-			if r := a.Rounds(); r != tc.wantRounds {
-				t.Errorf("%d rounds, want %d", r, tc.wantRounds)
-			}
-			if got := e.trustOf(derivedName(e.seed, 0)).Len(); got != total {
-				t.Errorf("role 0 lists %d subjects, want all %d", got, total)
+			if got := e.trustOf(derivedName(e.seed, 0)).Len(); got != per {
+				t.Errorf("role 0 lists %d subjects, want %d", got, per)
 			}
 		})
 	}

@@ -12,6 +12,7 @@ type assignReq struct {
 	ctx     context.Context
 	subject string
 	queued  time.Time         // machine clock: how long it has waited (Config.BatchLinger)
+	held    bool              // held back from a round already (holdBack)
 	done    chan assignResult // buffered: the drainer never blocks on a caller that left
 }
 
@@ -23,9 +24,10 @@ type assignResult struct {
 	wait *attachment
 }
 
-// DefaultBatchLinger is --aws-batch-linger: at 100 new ServiceAccounts a second a role of 15
-// fills in 150 ms, and a burst's p99 from creation to trust written stays under 2 s.
-const DefaultBatchLinger = 250 * time.Millisecond
+// DefaultBatchLinger is --aws-batch-linger: a subject queued longer ago than that is never held
+// back (holdBack), so holding adds at most that to the wait of the subjects that would have
+// left a role half full, and nothing to the others.
+const DefaultBatchLinger = 500 * time.Millisecond
 
 // maxBatchWait bounds a batch whose callers have no deadline.
 const maxBatchWait = 2 * time.Minute
@@ -64,12 +66,12 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 			if rounds > 0 && !lastRound.IsZero() && time.Now().After(lastRound) {
 				break // what is queued is taken by the next session
 			}
-			if rounds > 0 {
-				s.gather(st, a.cfg.BatchLinger)
-			}
 			batch := st.take(true)
 			if len(batch) == 0 {
 				batch = s.awaitTail(st) // queued while new roles' policies were being attached
+			}
+			if rounds > 0 {
+				batch = s.holdBack(st, batch, a.cfg.BatchLinger)
 			}
 			if len(batch) == 0 {
 				break
@@ -101,96 +103,139 @@ func (s *session) awaitTail(st *seedState) []*assignReq {
 	}
 }
 
-// gather runs before every round of a session but its first: while subjects keep arriving, it
-// waits until what is queued leaves no role of the round with room for another subject, or
-// until the oldest queued subject has waited linger (0: never waits). A round lasts about one
-// IAM round trip, so during a burst each round's subjects half filled a new role and the next
-// round topped it up: 1.4 trust policy writes per role touched at 100 ServiceAccounts a second
-// (e2e BenchmarkFlowCreationToTrust). A lone ServiceAccount never waits: its session's first
-// round takes it at once, and a session whose queue stays empty for linger ends.
-func (s *session) gather(st *seedState, linger time.Duration) {
+// holdBack runs before every round of a session but its first, during a burst: it leaves out
+// of batch the subjects that placement would put in a role left with room for another subject,
+// queueing them again, so that the subjects arriving meanwhile fill the role and it is written
+// once, full. A round lasts about one IAM round trip, and before this each round's last role
+// was written half full and topped up by the next: 1.4 to 1.7 trust policy writes per role
+// touched at 60 to 100 ServiceAccounts a second (e2e BenchmarkFlowCreationToTrust).
+//
+// A role's subjects are held back together, and only while every one of them is fresh: none
+// queued linger ago (0: nothing is held back) and, while the rest of the batch makes a round,
+// none held back from a round before. So a subject sits out one round at most, and when the
+// whole batch would be held back the session waits for arrivals, until linger, instead of
+// running an empty round. (Holding a role back round after round until linger doubled the
+// burst's p99 from creation to trust.)
+func (s *session) holdBack(st *seedState, batch []*assignReq, linger time.Duration) []*assignReq {
 	if linger <= 0 {
-		return
+		return batch
 	}
-	start := time.Now()
-	for {
-		oldest, subjects := st.peek()
-		from := oldest
-		if len(subjects) == 0 {
-			from = start // nothing queued: wait for an arrival as long as for a fill
+	for len(batch) > 0 {
+		hold, oldest := s.freshOpen(batch, linger)
+		if len(hold) == 0 {
+			return batch
 		}
-		wait := time.Until(from.Add(linger))
-		if wait <= 0 || (len(subjects) > 0 && !s.leavesRoom(subjects)) {
-			return
+		var keep, held []*assignReq
+		for _, r := range batch {
+			if hold[r.subject] {
+				held = append(held, r)
+			} else {
+				keep = append(keep, r)
+			}
 		}
-		t := time.NewTimer(wait)
+		if len(keep) > 0 {
+			for _, r := range held {
+				r.held = true
+			}
+		}
+		st.qmu.Lock()
+		st.queue = append(held, st.queue...)
+		st.qmu.Unlock()
+		if len(keep) > 0 {
+			return keep
+		}
+		t := time.NewTimer(time.Until(oldest.Add(linger)))
 		select {
 		case <-st.arrived:
 		case <-t.C:
 		}
 		t.Stop()
+		batch = st.take(true)
 	}
+	return batch
 }
 
-// leavesRoom reports whether placing subjects now would write a role (new or not) that could
-// still take another subject as long as the longest of them. Whatever placement cannot decide
-// without I/O (the seed not read yet, a subject it refuses) does not wait: the round reads and
-// answers it.
-func (s *session) leavesRoom(subjects []string) bool {
+// freshOpen returns the subjects of batch that would go to a role left with room (openGroups)
+// whose every subject is fresh (holdBack), and when the oldest of them was queued.
+func (s *session) freshOpen(batch []*assignReq, linger time.Duration) (hold map[string]bool, oldest time.Time) {
+	subjects := make([]string, 0, len(batch))
+	for _, r := range batch {
+		if !slices.Contains(subjects, r.subject) {
+			subjects = append(subjects, r.subject)
+		}
+	}
+	now := time.Now()
+	for _, g := range s.openGroups(subjects) {
+		fresh, first := true, now
+		for _, r := range batch {
+			if !slices.Contains(g, r.subject) {
+				continue
+			}
+			if r.held || now.Sub(r.queued) >= linger {
+				fresh = false // written now, the whole role: holding the rest would split it
+				break
+			}
+			if r.queued.Before(first) {
+				first = r.queued
+			}
+		}
+		if !fresh {
+			continue
+		}
+		if hold == nil {
+			hold = map[string]bool{}
+		}
+		for _, sub := range g {
+			hold[sub] = true
+		}
+		if oldest.IsZero() || first.Before(oldest) {
+			oldest = first
+		}
+	}
+	return hold, oldest
+}
+
+// openGroups returns, for every role (new or not) that placing subjects now would leave with
+// room for another subject as long as the longest of them, the subjects it would get.
+// Whatever placement cannot decide without I/O (the seed not read yet, a subject it refuses)
+// holds nothing back: the round reads and answers it.
+func (s *session) openGroups(subjects []string) [][]string {
 	now := s.a.now()
 	spec := s.st.seed(now)
 	if spec == nil {
-		return false
+		return nil
 	}
 	quota := s.a.quotaFor(context.Background()) // known once a round has run: no I/O
 	pl := Place(s.st.views(), subjects, quota, s.a.cfg.RoleCreationLimit, PlaceOptions{Seed: &spec.trust, Hints: s.st.hints(subjects, now)})
 	if pl.NeedSeed {
-		return false
+		return nil
 	}
 	probe := ""
 	for _, d := range pl.Decisions {
 		if d.Err != nil {
-			return false
+			return nil
 		}
 		if len(d.Subject) > len(probe) {
 			probe = d.Subject
 		}
 	}
 	probe += "~" // listed nowhere, and one character longer than any of them
-	open := func(p TrustPolicy) bool {
+	roomy := func(p TrustPolicy) bool {
 		_, _, ok, err := Fit(p, probe, quota)
 		return ok && err == nil
 	}
+	var open [][]string
 	for _, c := range pl.Creates {
-		if open(c.Trust) {
-			return true
+		if roomy(c.Trust) {
+			open = append(open, c.Subjects)
 		}
 	}
 	for _, w := range pl.Writes {
-		if open(w.Trust) {
-			return true
+		if roomy(w.Trust) {
+			open = append(open, w.Added)
 		}
 	}
-	return false
-}
-
-// peek returns when the oldest live request was queued and the subjects queued, leaving the
-// queue as it is.
-func (st *seedState) peek() (oldest time.Time, subjects []string) {
-	st.qmu.Lock()
-	defer st.qmu.Unlock()
-	for _, r := range st.queue {
-		if r.ctx.Err() != nil {
-			continue
-		}
-		if oldest.IsZero() || r.queued.Before(oldest) {
-			oldest = r.queued
-		}
-		if !slices.Contains(subjects, r.subject) {
-			subjects = append(subjects, r.subject)
-		}
-	}
-	return oldest, subjects
+	return open
 }
 
 // holdRounds: a session starts another round only within the first 1/holdRounds of the lock's
