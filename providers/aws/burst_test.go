@@ -17,22 +17,33 @@ import (
 	"go.klusters.dev/credential-webhook/testenv/moto"
 )
 
-// gatedIAM holds the first CreateRole until open is closed, so a test can queue subjects while
-// a lock session writes.
-type gatedIAM struct {
-	IAMAPI
+// gate holds the first call that passes it until open is closed (entered says it is held).
+type gate struct {
 	once    sync.Once
 	entered chan struct{}
 	open    chan struct{}
 }
 
-func (g *gatedIAM) CreateRole(ctx context.Context, in *iam.CreateRoleInput, optFns ...func(*iam.Options)) (*iam.CreateRoleOutput, error) {
+func newGate() *gate { return &gate{entered: make(chan struct{}), open: make(chan struct{})} }
+
+func (g *gate) pass() {
 	first := false
 	g.once.Do(func() { first = true })
 	if first {
 		close(g.entered)
 		<-g.open
 	}
+}
+
+// gatedIAM holds the first CreateRole until its gate opens, so a test can queue subjects while
+// a lock session writes.
+type gatedIAM struct {
+	IAMAPI
+	*gate
+}
+
+func (g *gatedIAM) CreateRole(ctx context.Context, in *iam.CreateRoleInput, optFns ...func(*iam.Options)) (*iam.CreateRoleOutput, error) {
+	g.pass()
 	return g.IAMAPI.CreateRole(ctx, in, optFns...)
 }
 
@@ -62,7 +73,7 @@ func TestBurstJoinsTheSessionUnderWay(t *testing.T) {
 	srv.SetEnv(t)
 	e := newEnv(t, srv, "burst-seed", 2048)
 	ctx := ctxT(t)
-	gate := &gatedIAM{IAMAPI: e.api, entered: make(chan struct{}), open: make(chan struct{})}
+	gate := &gatedIAM{IAMAPI: e.api, gate: newGate()}
 	locker := &sessionCountingLocker{LocalLocker: NewLocalLocker()}
 	cfg := Config{}
 	cfg.Seeds, _ = ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
@@ -220,21 +231,14 @@ func TestNewRolePoliciesAttachWhileTheNextRoundWrites(t *testing.T) {
 	}
 }
 
-// gatedUpdate holds the first UpdateAssumeRolePolicy until open is closed.
+// gatedUpdate holds the first UpdateAssumeRolePolicy until its gate opens.
 type gatedUpdate struct {
 	IAMAPI
-	once    sync.Once
-	entered chan struct{}
-	open    chan struct{}
+	*gate
 }
 
 func (g *gatedUpdate) UpdateAssumeRolePolicy(ctx context.Context, in *iam.UpdateAssumeRolePolicyInput, optFns ...func(*iam.Options)) (*iam.UpdateAssumeRolePolicyOutput, error) {
-	first := false
-	g.once.Do(func() { first = true })
-	if first {
-		close(g.entered)
-		<-g.open
-	}
+	g.pass()
 	return g.IAMAPI.UpdateAssumeRolePolicy(ctx, in, optFns...)
 }
 
@@ -257,8 +261,8 @@ func TestBurstHoldsBackAHalfFilledRole(t *testing.T) {
 			srv.SetEnv(t)
 			e := newEnv(t, srv, "linger-seed", 2048)
 			ctx := ctxT(t)
-			create := &gatedIAM{IAMAPI: e.api, entered: make(chan struct{}), open: make(chan struct{})}
-			update := &gatedUpdate{IAMAPI: create, entered: make(chan struct{}), open: make(chan struct{})}
+			create := &gatedIAM{IAMAPI: e.api, gate: newGate()}
+			update := &gatedUpdate{IAMAPI: create, gate: newGate()}
 			cfg := Config{BatchLinger: tc.linger}
 			cfg.Seeds, _ = ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
 			a := NewAssigner(update, NewLocalLocker(), cfg, nil)
@@ -320,7 +324,7 @@ func TestBurstWaitsForArrivalsToFillTheRole(t *testing.T) {
 			srv.SetEnv(t)
 			e := newEnv(t, srv, "linger-seed", 2048)
 			ctx := ctxT(t)
-			create := &gatedIAM{IAMAPI: e.api, entered: make(chan struct{}), open: make(chan struct{})}
+			create := &gatedIAM{IAMAPI: e.api, gate: newGate()}
 			cfg := Config{BatchLinger: tc.linger}
 			cfg.Seeds, _ = ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
 			a := NewAssigner(create, NewLocalLocker(), cfg, nil)
