@@ -3,6 +3,7 @@ package aws
 import (
 	"fmt"
 	"slices"
+	"unicode/utf8"
 )
 
 // Placement decides which derived role each subject goes into. It is the only place a role is
@@ -86,6 +87,12 @@ type bin struct {
 	padded  bool        // measure differs from trust
 	added   []string
 	created bool
+	planned bool // planned by reservations (plannedBins), not existing
+	// measured: size and stmts hold measure's Size (or its error) and OIDCStatements, for add.
+	measured bool
+	size     int
+	sizeErr  error
+	stmts    int
 }
 
 // Place decides, by first fit, where each subject goes: a role that already lists it; else the
@@ -112,12 +119,14 @@ func Place(roles []RoleView, subjects []string, quota, limit int, opt PlaceOptio
 		bins = append(bins, b)
 	}
 	planned := plannedBins(bins, opt)
+	lists := newListings(bins, len(subjects))
 	out := Placement{Decisions: make([]Decision, 0, len(subjects))}
 	for _, sub := range subjects {
 		d := Decision{Subject: sub}
-		if b := listing(bins, sub); b != nil {
+		if b := lists.find(bins, sub); b != nil {
 			d.Index, d.Listed = b.index, true
 		} else if b := firstFit(bins, planned, sub, quota, opt.Hints); b != nil {
+			lists.added(b, sub)
 			d.Index = b.index
 		} else {
 			d = openRole(&bins, planned, sub, quota, limit, opt.Seed)
@@ -147,7 +156,7 @@ func plannedBins(bins []*bin, opt PlaceOptions) []*bin {
 		if slices.ContainsFunc(bins, func(b *bin) bool { return b.index == idx }) {
 			continue
 		}
-		b := &bin{index: idx}
+		b := &bin{index: idx, planned: true}
 		if opt.Seed != nil {
 			if p, err := DeriveTrustPolicy(*opt.Seed, subs); err == nil {
 				b.usable, b.trust, b.measure = true, p, p
@@ -169,40 +178,106 @@ func listing(bins []*bin, sub string) *bin {
 	return nil
 }
 
+// listings answers listing for a batch from an index of every subject the roles list, lowest
+// index first: a burst's subjects were each searched for in every role (45 roles, ~330 subjects
+// a step in benchtool sim), a quarter of Place. Only existing usable roles are indexed, as
+// listing looks at no other; a subject a round adds to one joins the index (added).
+type listings struct {
+	index map[string]*bin // nil: too few subjects to pay for it, listing searches
+}
+
+// indexFrom is the batch size from which the index pays for itself: building it hashes every
+// listed subject (~1,000 in benchtool sim), about what 16 subjects' searches cost over 45 roles.
+const indexFrom = 16
+
+func newListings(bins []*bin, subjects int) listings {
+	if subjects < indexFrom {
+		return listings{}
+	}
+	n := 0
+	for _, b := range bins {
+		n += b.trust.Len()
+	}
+	l := listings{index: make(map[string]*bin, n+subjects)}
+	for _, b := range bins { // by index: the lowest role listing a subject is kept
+		if !b.usable || b.created {
+			continue
+		}
+		for _, sub := range b.trust.subjects {
+			if _, ok := l.index[sub]; !ok {
+				l.index[sub] = b
+			}
+		}
+	}
+	return l
+}
+
+// find is listing(bins, sub).
+func (l listings) find(bins []*bin, sub string) *bin {
+	if l.index == nil {
+		return listing(bins, sub)
+	}
+	return l.index[sub]
+}
+
+// added records that firstFit put sub into b, which lists it from now on (a role this placement
+// creates is not listed: listing skips it). firstFit only runs for a subject listed nowhere, so
+// b is the lowest role listing it.
+func (l listings) added(b *bin, sub string) {
+	if l.index != nil && b.usable && !b.created && !b.planned {
+		l.index[sub] = b
+	}
+}
+
 // firstFit adds sub to the first role that can take it: the hinted one, then every role by
-// index, then the planned ones.
+// index, then the planned ones. It runs only for a subject listing found in no role, so the
+// existing roles' trust policies lack it (see bin.add).
 func firstFit(bins, planned []*bin, sub string, quota int, hints map[string]int) *bin {
+	runes := utf8.RuneCountInString(sub)
 	var hinted *bin
 	if idx, ok := hints[sub]; ok {
-		if i := slices.IndexFunc(bins, func(b *bin) bool { return b.index == idx }); i >= 0 && bins[i].add(sub, quota) {
+		if i := slices.IndexFunc(bins, func(b *bin) bool { return b.index == idx }); i >= 0 && bins[i].add(sub, runes, quota) {
 			return bins[i]
 		} else if i >= 0 {
 			hinted = bins[i]
 		}
 	}
 	for _, b := range bins {
-		if b != hinted && b.add(sub, quota) {
+		if b != hinted && b.add(sub, runes, quota) {
 			return b
 		}
 	}
 	for _, b := range planned {
-		if b.add(sub, quota) {
+		if b.add(sub, runes, quota) {
 			return b
 		}
 	}
 	return nil
 }
 
-// add puts sub into b when it fits under quota.
-func (b *bin) add(sub string, quota int) bool {
+// add puts sub (of runes characters) into b when it fits under quota. Only for a subject that no
+// existing usable role lists (firstFit).
+func (b *bin) add(sub string, runes, quota int) bool {
 	if !b.usable {
 		return false
+	}
+	if !b.created && !b.planned && !b.padded && b.measure.Len() > 0 {
+		// Fit's test for a full role, without its search for sub (measure is trust, which lacks
+		// sub) nor its count of sub's characters for every role: a burst's subject is tried
+		// against every full role before the one with room, and these were half of Place.
+		if !b.measured {
+			b.size, b.sizeErr = b.measure.Size()
+			b.stmts, b.measured = b.measure.OIDCStatements(), true
+		}
+		if b.sizeErr != nil || b.size+b.stmts*(runes+3) > quota {
+			return false
+		}
 	}
 	next, _, ok, err := Fit(b.measure, sub, quota)
 	if err != nil || !ok {
 		return false
 	}
-	b.measure = next
+	b.measure, b.measured = next, false
 	if b.padded {
 		b.trust, _ = b.trust.WithSubject(sub)
 	} else {
