@@ -27,6 +27,7 @@ func (a *Assigner) Roles(ctx context.Context, seed RoleARN) ([]RoleInfo, error) 
 		return nil, err
 	}
 	s := a.newSession(seed, &seedState{}, false)
+	s.known = a.publishedTrust(seed)
 	if err := s.refresh(ctx); err != nil {
 		return nil, err
 	}
@@ -47,6 +48,29 @@ func (a *Assigner) Roles(ctx context.Context, seed RoleARN) ([]RoleInfo, error) 
 		out = append(out, info)
 	}
 	return out, nil
+}
+
+// publishedTrust is the trust policy of every role in seed's published view, by index (nil
+// when this replica has none): what Roles may take instead of parsing a document that is the
+// same. The cache itself is not read: it belongs to the lock session that may be running.
+func (a *Assigner) publishedTrust(seed RoleARN) map[int]TrustPolicy {
+	a.mu.Lock()
+	st := a.seeds[seed.String()]
+	a.mu.Unlock()
+	if st == nil {
+		return nil
+	}
+	v := st.publishedView()
+	if v == nil {
+		return nil
+	}
+	out := make(map[int]TrustPolicy, len(v.roles))
+	for _, r := range v.roles {
+		if !r.Broken {
+			out[r.Index] = r.Trust
+		}
+	}
+	return out
 }
 
 // WriteRolesTable prints roles as an aligned table, one line per role, for the roles subcommand.
