@@ -477,14 +477,18 @@ func (p TrustPolicy) WithSubject(subject string) (q TrustPolicy, added bool) {
 
 // WithoutSubjects returns p without the given subjects and how many of them it held.
 func (p TrustPolicy) WithoutSubjects(subjects ...string) (q TrustPolicy, removed int) {
-	drop := make(map[string]bool, len(subjects))
-	for _, s := range subjects {
-		drop[s] = true
+	dropped := func(s string) bool { return slices.Contains(subjects, s) }
+	if len(subjects) > dropScanMax {
+		drop := make(map[string]bool, len(subjects))
+		for _, s := range subjects {
+			drop[s] = true
+		}
+		dropped = func(s string) bool { return drop[s] }
 	}
 	kept := make([]string, 0, len(p.subjects))
 	delta := 0
 	for _, s := range p.subjects {
-		if drop[s] {
+		if dropped(s) {
 			removed++
 			delta -= jsonListItemLen(s)
 		} else {
@@ -500,6 +504,11 @@ func (p TrustPolicy) WithoutSubjects(subjects ...string) (q TrustPolicy, removed
 	p.size = resized(p, old, ok, before, delta)
 	return p, removed
 }
+
+// dropScanMax is the most subjects WithoutSubjects looks for by scanning rather than in a set:
+// a collection after a deletion removes one or two subjects from a role, and building a map for
+// them cost more than the scan (benchtool sim).
+const dropScanMax = 8
 
 // JSON renders the compact document that is sent to IAM: the policy's template (everything but
 // the subject lists, rendered once per set of statements) joined around the subject list.

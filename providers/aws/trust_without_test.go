@@ -1,0 +1,51 @@
+package aws
+
+import (
+	"slices"
+	"testing"
+	"unicode/utf8"
+)
+
+// TestWithoutSubjectsScanAndSet: WithoutSubjects removes the same subjects and measures the same
+// size whether it scans the few it is given (up to dropScanMax) or puts them in a set, with
+// subjects given twice and subjects the policy does not hold.
+func TestWithoutSubjectsScanAndSet(t *testing.T) {
+	seed := mustParse(t, seedDoc(oidcStmt(providerA, issuerA, "system:serviceaccount:kubestash:op")))
+	var all []string
+	for i := range 30 {
+		all = append(all, subjectOfLen(50+i%7, i))
+	}
+	p, err := DeriveTrustPolicy(seed, all)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Size(); err != nil { // measured: WithoutSubjects computes the new size
+		t.Fatal(err)
+	}
+	for n := 0; n <= 2*dropScanMax+2; n++ {
+		var drop []string
+		for i := range n {
+			switch i % 3 {
+			case 0:
+				drop = append(drop, all[(i*7)%len(all)])
+			case 1:
+				drop = append(drop, subjectOfLen(60, 1000+i)) // not held
+			default:
+				drop = append(drop, drop[0]) // given twice
+			}
+		}
+		q, removed := p.WithoutSubjects(drop...)
+		want := slices.DeleteFunc(slices.Clone(all), func(s string) bool { return slices.Contains(drop, s) })
+		slices.Sort(want)
+		if !slices.Equal(q.Subjects(), want) || removed != len(all)-len(want) {
+			t.Errorf("%d given: %d removed, left %v; want %d removed, left %v", n, removed, q.Subjects(), len(all)-len(want), want)
+		}
+		js, err := q.JSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if size, err := q.Size(); err != nil || size != utf8.RuneCountInString(js) {
+			t.Errorf("%d given: size %d (%v), the document has %d", n, size, err, utf8.RuneCountInString(js))
+		}
+	}
+}
