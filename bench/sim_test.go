@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -305,5 +307,134 @@ func TestGatedLockerPlacesAStepInOneRound(t *testing.T) {
 	// (see assignAll); ungated, such a step took dozens of rounds on a busy machine.
 	if writes := calls["CreateRole"] + calls["UpdateAssumeRolePolicy"]; writes > roles+2 {
 		t.Errorf("%d trust writes for %d roles: the step was not placed in one round (%v)", writes, roles, calls)
+	}
+}
+
+// listRolesOnly hides the model's Trusts: the sampler reads it with ListRoles, as moto.
+type listRolesOnly struct{ awsp.IAMAPI }
+
+// The sample counts the same roles in use whether it reads the model's documents directly
+// (Trusts) or through ListRoles, before and after roles change, fill and empty, and counts no
+// IAM call through Trusts.
+func TestInUseSamplerReadsTrustsAsListRoles(t *testing.T) {
+	ctx := context.Background()
+	model := iammodel.New(iammodel.Options{})
+	seed, err := iammodel.CreateSeed(ctx, model, iammodel.SeedSetup{Name: "sample-seed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow, err := awsp.ParseAllowlist(seed.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := awsp.NewAssigner(model, awsp.NewLocalLocker(), awsp.Config{Seeds: allow}, nil)
+	var direct, listed inUseSampler
+	check := func(want int) {
+		t.Helper()
+		before := model.Calls()["ListRoles"]
+		got, err := direct.rolesInUse(ctx, model, seed)
+		if err != nil || got != want || model.Calls()["ListRoles"] != before {
+			t.Fatalf("through Trusts: %d roles in use (%v, %d ListRoles), want %d and no call", got, err, model.Calls()["ListRoles"]-before, want)
+		}
+		if got, err := listed.rolesInUse(ctx, listRolesOnly{model}, seed); err != nil || got != want {
+			t.Fatalf("through ListRoles: %d roles in use (%v), want %d", got, err, want)
+		}
+	}
+	check(0)
+	var subs []string
+	for i := range 60 {
+		if _, err := a.Assign(ctx, seed, "demo", fmt.Sprintf("sa-%02d", i)); err != nil {
+			t.Fatal(err)
+		}
+		subs = append(subs, fmt.Sprintf("%sdemo:sa-%02d", awsp.SubjectPrefix, i))
+	}
+	roles := 0
+	for _, r := range model.Roles() {
+		if awsp.IsDerivedFrom(r.ARN, seed.String()) {
+			roles++
+		}
+	}
+	if roles < 2 {
+		t.Fatalf("%d derived roles, want several", roles)
+	}
+	check(roles)
+	check(roles) // unchanged documents: the remembered verdicts
+	if _, err := a.Remove(ctx, seed, subs); err != nil {
+		t.Fatal(err)
+	}
+	check(0) // every role emptied, none deleted yet
+	if _, err := a.Assign(ctx, seed, "demo", "sa-again"); err != nil {
+		t.Fatal(err)
+	}
+	check(1)
+}
+
+// subjectTemplates answers as listsSubject does for documents the Assigner writes, with every
+// subject list, and for documents of other shapes: two subject lists, a list in a Deny
+// statement, lists with escapes, whitespace, numbers, the placeholder alone or twice, empty.
+func TestSubjectTemplatesAgreeWithListsSubject(t *testing.T) {
+	ctx := context.Background()
+	model := iammodel.New(iammodel.Options{})
+	seed, err := iammodel.CreateSeed(ctx, model, iammodel.SeedSetup{Name: "sample-seed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow, err := awsp.ParseAllowlist(seed.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := awsp.NewAssigner(model, awsp.NewLocalLocker(), awsp.Config{Seeds: allow}, nil)
+	for i := range 30 {
+		if _, err := a.Assign(ctx, seed, "demo", fmt.Sprintf("sa-%02d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var docs []string
+	for _, r := range model.Roles() {
+		docs = append(docs, r.Trust, url.PathEscape(r.Trust))
+	}
+	fed := `{"Federated":"arn:aws:iam::1:oidc-provider/x"}`
+	docs = append(docs,
+		`{"Statement":[{"Effect":"Allow","Principal":`+fed+`,"Condition":{"StringLike":{"x:sub":["`+noSubject+`"]}}},{"Effect":"Allow","Principal":`+fed+`,"Condition":{"StringLike":{"x:sub":["system:serviceaccount:a:b"]}}}]}`,
+		`{"Statement":[{"Effect":"Deny","Principal":`+fed+`,"Condition":{"StringLike":{"x:sub":["system:serviceaccount:a:b"]}}}]}`,
+		`{"Statement":[{"Effect":"Allow","Principal":`+fed+`,"Condition":{"StringLike":{"x:sub":["system:serviceaccount:a:b"],"x:aud":"sts.amazonaws.com"}}},{"Effect":"Allow","Principal":`+fed+`,"Condition":{"StringLike":{"y:sub":"system:serviceaccount:c:d"}}}]}`,
+		`{"Statement":[{"Effect":"Allow","Principal":"*","Condition":{"StringLike":{"x:sub":["system:serviceaccount:a:b"]}}}]}`,
+	)
+	lists := []string{
+		`[]`, `["` + noSubject + `"]`, `["` + noSubject + `","` + noSubject + `"]`, `["system:serviceaccount:a:b"]`,
+		`["` + noSubject + `","system:serviceaccount:a:b"]`, `["a,b]c"]`, `["x\"y"]`, `["credential-webhook:no-subjec\u0074"]`,
+		`[ "system:serviceaccount:a:b" ]`, `[1]`, `["é"]`, `[""]`, `["a"`, `["a"]]`,
+	}
+	var all []string
+	for _, doc := range docs {
+		all = append(all, doc)
+		js, err := awsp.DecodePolicyDocument(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := strings.Index(js, subjectList)
+		if i < 0 {
+			continue
+		}
+		start := i + len(subjectList) - 1
+		end := start + strings.IndexByte(js[start:], ']') + 1
+		for _, l := range lists {
+			all = append(all, js[:start]+l+js[end:])
+		}
+	}
+	rng := rand.New(rand.NewPCG(3, 5))
+	var tmpl subjectTemplates
+	for round := range 4 {
+		rng.Shuffle(len(all), func(i, j int) { all[i], all[j] = all[j], all[i] })
+		for _, doc := range all {
+			got, err := tmpl.listsSubject(doc)
+			want, werr := listsSubject(doc)
+			if got != want || (err == nil) != (werr == nil) {
+				t.Errorf("round %d: templates %v, %v; listsSubject %v, %v for %.300s", round, got, err, want, werr, doc)
+			}
+		}
+	}
+	if len(tmpl.known) == 0 {
+		t.Error("no template learnt from the Assigner's documents")
 	}
 }

@@ -589,6 +589,25 @@ type RoleSnapshot struct {
 	Attached                []string          // policy ARNs, sorted; nil for none
 }
 
+// RoleTrust is one role's ARN and trust policy document, as sent (not URL-encoded).
+type RoleTrust struct{ ARN, Trust string }
+
+// Trusts returns the ARN and trust policy of every role whose path starts with pathPrefix, in
+// name order, without counting a call: a caller's own measurements (benchtool sim's sample of the
+// roles in use after each burst). ListRoles URL-encoded every document only for the sample to
+// decode it again; Roles copies every role's tags and policies.
+func (m *IAM) Trusts(pathPrefix string) []RoleTrust {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]RoleTrust, 0, len(m.sorted))
+	for _, r := range m.sorted {
+		if strings.HasPrefix(r.path, pathPrefix) {
+			out = append(out, RoleTrust{ARN: "arn:aws:iam::" + m.account + ":role" + r.path + r.name, Trust: r.trust})
+		}
+	}
+	return out
+}
+
 // Roles returns every role of the account in name order, without counting a call.
 func (m *IAM) Roles() []RoleSnapshot {
 	m.mu.Lock()
