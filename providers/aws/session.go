@@ -508,13 +508,14 @@ func (s *session) placeRound(ctx context.Context, todo []string, out map[string]
 			if err == nil {
 				s.st.placed(w.Added)
 			}
+			arn := r.arn.String() // once per role, not twice per subject: 1 % of benchtool sim's CPU
 			for _, sub := range w.Added {
 				if err != nil {
 					out[sub] = assignResult{err: err}
 					continue
 				}
-				out[sub] = assignResult{a: Assignment{RoleARN: r.arn.String()}, wait: at}
-				log.Info("assigned ServiceAccount to derived role", "subject", sub, "role", r.arn.String(), "chars", size, "quota", quota, "batch", len(w.Added))
+				out[sub] = assignResult{a: Assignment{RoleARN: arn}, wait: at}
+				log.Info("assigned ServiceAccount to derived role", "subject", sub, "role", arn, "chars", size, "quota", quota, "batch", len(w.Added))
 			}
 		})
 	}
