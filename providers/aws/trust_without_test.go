@@ -49,3 +49,24 @@ func TestWithoutSubjectsScanAndSet(t *testing.T) {
 		}
 	}
 }
+
+// jsonListItemLen is what a subject adds to a non-empty list as encoding/json writes it, for
+// plain subjects (its fast path) and for escapes, control characters, DEL, UTF-8, invalid UTF-8
+// and U+2028 anywhere in them.
+func TestJSONListItemLen(t *testing.T) {
+	pieces := []string{"system:serviceaccount:demo:sa", `"`, `\`, "\b", "\f", "\n", "\r", "\t", "\x01", "\x1f", "\x7f", "é", "😀", "\xff", "\u2028", "\u2029", "<&>", " ", ""}
+	for _, a := range pieces {
+		for _, b := range pieces {
+			for _, sub := range []string{a + b, "x" + a + "y" + b + "z"} {
+				one, err1 := marshalCompact([]string{"first"})
+				two, err2 := marshalCompact([]string{"first", sub})
+				if err1 != nil || err2 != nil {
+					t.Fatal(err1, err2)
+				}
+				if got, want := jsonListItemLen(sub), utf8.RuneCount(two)-utf8.RuneCount(one); got != want {
+					t.Errorf("jsonListItemLen(%q) = %d, encoding/json adds %d", sub, got, want)
+				}
+			}
+		}
+	}
+}
