@@ -21,7 +21,19 @@ func compactSize(doc string) (size int, ok bool) {
 	if v.i != len(doc) {
 		return 0, false
 	}
-	return utf8.RuneCountInString(doc) - v.ws, true
+	return runeCount(doc) - v.ws, true
+}
+
+// runeCount is utf8.RuneCountInString(s), eight bytes at a time while they are ASCII: a trust
+// policy is, and counting it rune by rune was 3 % of benchtool sim's CPU.
+func runeCount(s string) int {
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		if s[i]|s[i+1]|s[i+2]|s[i+3]|s[i+4]|s[i+5]|s[i+6]|s[i+7] >= utf8.RuneSelf {
+			break
+		}
+	}
+	return i + utf8.RuneCountInString(s[i:])
 }
 
 // jsonValidator walks a document by the grammar of RFC 8259 as encoding/json's scanner accepts

@@ -71,3 +71,18 @@ func BenchmarkMeasure(b *testing.B) {
 		}
 	})
 }
+
+// runeCount counts as utf8.RuneCountInString does, with non-ASCII bytes (valid or not) at every
+// offset of ASCII text, and around eight-byte boundaries.
+func TestRuneCount(t *testing.T) {
+	for _, piece := range []string{"", "a", "é", "😀", "\xff", "\xe2\x82", "\u2028"} {
+		for n := range 20 {
+			for at := 0; at <= n; at++ {
+				s := strings.Repeat("x", at) + piece + strings.Repeat("y", n-at)
+				if got, want := runeCount(s), utf8.RuneCountInString(s); got != want {
+					t.Errorf("runeCount(%q) = %d, want %d", s, got, want)
+				}
+			}
+		}
+	}
+}
