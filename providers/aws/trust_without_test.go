@@ -1,7 +1,9 @@
 package aws
 
 import (
+	"net/url"
 	"slices"
+	"strings"
 	"testing"
 	"unicode/utf8"
 )
@@ -68,5 +70,36 @@ func TestJSONListItemLen(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// decodesTo agrees with DecodePolicyDocument: true exactly when the document decodes, without an
+// error, to the JSON given, for plain and URL-encoded documents (either hex case), with '+',
+// malformed or truncated escapes, whitespace around them (encoded or not), one byte more or
+// less, or over the size limit. Where DecodePolicyDocument trims Unicode whitespace, false is
+// allowed: the caller parses then.
+func TestDecodesToAgreesWithDecodePolicyDocument(t *testing.T) {
+	js := `{"Statement":[{"Effect":"Allow","Condition":{"StringLike":{"x:sub":["a+b c%d"]}}}],"Version":"2012-10-17"}`
+	upper := iamEncode(js)
+	lower := strings.NewReplacer("%7B", "%7b", "%7D", "%7d", "%2B", "%2b", "%3A", "%3a", "%2C", "%2c", "%5B", "%5b", "%5D", "%5d").Replace(upper)
+	docs := []string{js, " " + js + "\n", url.PathEscape(js), upper, lower, "  " + upper + "\t", "%20" + upper + "%0A%0d",
+		upper[:len(upper)-1], upper[:len(upper)-2], upper + "%", upper + "%2", upper + "%zz", "%zz" + upper, upper + "x", "x" + upper,
+		strings.Replace(upper, "%20", "+", 1), strings.Replace(upper, "%2B", "+", 1),
+		js[:len(js)-1], js + "}", "", "%7B%7D", strings.Repeat(" ", maxPolicyDocLen) + js}
+	unicodeSpace := []string{"%C2%A0" + upper, upper + "%C2%85"}
+	same := 0
+	for _, doc := range append(docs, unicodeSpace...) {
+		dec, err := DecodePolicyDocument(doc)
+		want := err == nil && dec == js
+		got := decodesTo(doc, js)
+		if got && !want || !got && want && !slices.Contains(unicodeSpace, doc) {
+			t.Errorf("decodesTo(%.60q…) = %v; DecodePolicyDocument gives %.60q, %v", doc, got, dec, err)
+		}
+		if got {
+			same++
+		}
+	}
+	if same < 6 {
+		t.Errorf("only %d documents decode to the JSON: the cases that should are missing", same)
 	}
 }
