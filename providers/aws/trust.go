@@ -547,7 +547,13 @@ func (p TrustPolicy) WithSubject(subject string) (q TrustPolicy, added bool) {
 	}
 	old, ok := p.size.known()
 	before := len(p.subjects)
-	p.subjects = slices.Insert(slices.Clone(p.subjects), i, subject)
+	// One allocation of the final length: slices.Insert on a clone (whose capacity is its
+	// length) allocated and copied the list twice, for every subject placement tries.
+	subs := make([]string, before+1)
+	copy(subs, p.subjects[:i])
+	subs[i] = subject
+	copy(subs[i+1:], p.subjects[i:])
+	p.subjects = subs
 	p.size = resized(p, old, ok, before, jsonListItemLen(subject))
 	return p, true
 }

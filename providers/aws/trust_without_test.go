@@ -103,3 +103,27 @@ func TestDecodesToAgreesWithDecodePolicyDocument(t *testing.T) {
 		t.Errorf("only %d documents decode to the JSON: the cases that should are missing", same)
 	}
 }
+
+// WithSubject inserts in order at the start, middle and end, leaves the policy it was called on
+// as it was, and shares no list with it.
+func TestWithSubjectInsertsInACopy(t *testing.T) {
+	seed := mustParse(t, seedDoc(oidcStmt(providerA, issuerA, "system:serviceaccount:kubestash:op")))
+	p, err := DeriveTrustPolicy(seed, []string{"system:serviceaccount:demo:b", "system:serviceaccount:demo:d"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sub := range []string{"system:serviceaccount:demo:a", "system:serviceaccount:demo:c", "system:serviceaccount:demo:e"} {
+		q, added := p.WithSubject(sub)
+		want := slices.Sorted(slices.Values(append(p.Subjects(), sub)))
+		if !added || !slices.Equal(q.Subjects(), want) {
+			t.Errorf("WithSubject(%s) = %v, %v; want %v", sub, q.Subjects(), added, want)
+		}
+		if !slices.Equal(p.Subjects(), []string{"system:serviceaccount:demo:b", "system:serviceaccount:demo:d"}) {
+			t.Fatalf("WithSubject(%s) changed the original: %v", sub, p.Subjects())
+		}
+		q.subjects[0] = "changed"
+		if p.subjects[0] == "changed" {
+			t.Fatalf("WithSubject(%s) shares its list with the original", sub)
+		}
+	}
+}
