@@ -367,3 +367,21 @@ func TestBurstWaitsForArrivalsToFillTheRole(t *testing.T) {
 		})
 	}
 }
+
+// batchSubjects keeps the first of each subject, in order, on both sides of its map threshold.
+func TestBatchSubjects(t *testing.T) {
+	for _, n := range []int{0, 1, 5, 16, 17, 40} {
+		var batch []*assignReq
+		var want []string
+		for i := range n {
+			sub := fmt.Sprintf("s%d", i/2) // every subject twice
+			batch = append(batch, &assignReq{subject: sub})
+			if i%2 == 0 {
+				want = append(want, sub)
+			}
+		}
+		if got := batchSubjects(batch); !slices.Equal(got, want) {
+			t.Errorf("%d requests: %v, want %v", n, got, want)
+		}
+	}
+}
