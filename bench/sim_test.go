@@ -189,16 +189,7 @@ func TestAssignPoolCallsAtOnce(t *testing.T) {
 // documents of other shapes.
 func TestListsSubjectAgreesWithParseTrustPolicy(t *testing.T) {
 	ctx := context.Background()
-	model := iammodel.New(iammodel.Options{})
-	seed, err := iammodel.CreateSeed(ctx, model, iammodel.SeedSetup{Name: "sample-seed"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	allow, err := awsp.ParseAllowlist(seed.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := awsp.NewAssigner(model, awsp.NewLocalLocker(), awsp.Config{Seeds: allow}, nil)
+	model, seed, a := sampleAssigner(t)
 	var subs []string
 	for i := range 60 {
 		if _, err := a.Assign(ctx, seed, "demo", fmt.Sprintf("sa-%02d", i)); err != nil {
@@ -318,16 +309,7 @@ type listRolesOnly struct{ awsp.IAMAPI }
 // IAM call through Trusts.
 func TestInUseSamplerReadsTrustsAsListRoles(t *testing.T) {
 	ctx := context.Background()
-	model := iammodel.New(iammodel.Options{})
-	seed, err := iammodel.CreateSeed(ctx, model, iammodel.SeedSetup{Name: "sample-seed"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	allow, err := awsp.ParseAllowlist(seed.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := awsp.NewAssigner(model, awsp.NewLocalLocker(), awsp.Config{Seeds: allow}, nil)
+	model, seed, a := sampleAssigner(t)
 	var direct, listed inUseSampler
 	check := func(want int) {
 		t.Helper()
@@ -374,16 +356,7 @@ func TestInUseSamplerReadsTrustsAsListRoles(t *testing.T) {
 // statement, lists with escapes, whitespace, numbers, the placeholder alone or twice, empty.
 func TestSubjectTemplatesAgreeWithListsSubject(t *testing.T) {
 	ctx := context.Background()
-	model := iammodel.New(iammodel.Options{})
-	seed, err := iammodel.CreateSeed(ctx, model, iammodel.SeedSetup{Name: "sample-seed"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	allow, err := awsp.ParseAllowlist(seed.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := awsp.NewAssigner(model, awsp.NewLocalLocker(), awsp.Config{Seeds: allow}, nil)
+	model, seed, a := sampleAssigner(t)
 	for i := range 30 {
 		if _, err := a.Assign(ctx, seed, "demo", fmt.Sprintf("sa-%02d", i)); err != nil {
 			t.Fatal(err)
@@ -437,4 +410,19 @@ func TestSubjectTemplatesAgreeWithListsSubject(t *testing.T) {
 	if len(tmpl.known) == 0 {
 		t.Error("no template learnt from the Assigner's documents")
 	}
+}
+
+// sampleAssigner is an Assigner over a fresh in-memory IAM with one seed, sample-seed, allowed.
+func sampleAssigner(t *testing.T) (*iammodel.IAM, awsp.RoleARN, *awsp.Assigner) {
+	t.Helper()
+	model := iammodel.New(iammodel.Options{})
+	seed, err := iammodel.CreateSeed(context.Background(), model, iammodel.SeedSetup{Name: "sample-seed"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow, err := awsp.ParseAllowlist(seed.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return model, seed, awsp.NewAssigner(model, awsp.NewLocalLocker(), awsp.Config{Seeds: allow}, nil)
 }

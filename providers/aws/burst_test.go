@@ -271,26 +271,17 @@ func TestBurstHoldsBackAHalfFilledRole(t *testing.T) {
 			waveA := per - 1 + k // fills role 0, k over
 			total := 2 * per     // wave B fills role 1
 
-			errs := make([]error, total)
-			var wg sync.WaitGroup
-			assign := func(from, to int) {
-				for i := from; i < to; i++ {
-					wg.Go(func() { _, errs[i] = a.Assign(ctx, e.seed, "demo", sessionSA(i)) })
-				}
-			}
-			assign(0, 1)
+			calls := newAssigns(ctx, a, e.seed, total)
+			calls.start(0, 1)
 			<-create.entered // round 1 creates role 0 with subject 0
-			assign(1, 1+waveA)
+			calls.start(1, 1+waveA)
 			waitQueued(a, e.seed, waveA)
 			close(create.open)
 			<-update.entered // round 2 writes role 0
-			assign(1+waveA, total)
+			calls.start(1+waveA, total)
 			waitQueued(a, e.seed, total-1-waveA)
 			close(update.open)
-			wg.Wait()
-			if err := errors.Join(errs...); err != nil {
-				t.Fatal(err)
-			}
+			calls.wait(t)
 			c := e.calls()
 			if c["iam:CreateRole"] != 2 || c["iam:UpdateAssumeRolePolicy"] != tc.wantUpdates {
 				t.Errorf("IAM calls %v; want 2 CreateRole and %d UpdateAssumeRolePolicy", c, tc.wantUpdates)
@@ -330,16 +321,10 @@ func TestBurstWaitsForArrivalsToFillTheRole(t *testing.T) {
 			a := NewAssigner(create, NewLocalLocker(), cfg, nil)
 			per := e.capacity(2048)
 			const waveA = 3
-			errs := make([]error, per)
-			var wg sync.WaitGroup
-			assign := func(from, to int) {
-				for i := from; i < to; i++ {
-					wg.Go(func() { _, errs[i] = a.Assign(ctx, e.seed, "demo", sessionSA(i)) })
-				}
-			}
-			assign(0, 1)
+			calls := newAssigns(ctx, a, e.seed, per)
+			calls.start(0, 1)
 			<-create.entered
-			assign(1, 1+waveA)
+			calls.start(1, 1+waveA)
 			waitQueued(a, e.seed, waveA)
 			close(create.open)
 			if tc.linger == 0 {
@@ -352,11 +337,8 @@ func TestBurstWaitsForArrivalsToFillTheRole(t *testing.T) {
 					time.Sleep(time.Millisecond)
 				}
 			}
-			assign(1+waveA, per)
-			wg.Wait()
-			if err := errors.Join(errs...); err != nil {
-				t.Fatal(err)
-			}
+			calls.start(1+waveA, per)
+			calls.wait(t)
 			c := e.calls()
 			if c["iam:CreateRole"] != 1 || c["iam:UpdateAssumeRolePolicy"] != tc.wantUpdates {
 				t.Errorf("IAM calls %v; want 1 CreateRole and %d UpdateAssumeRolePolicy", c, tc.wantUpdates)
@@ -365,6 +347,35 @@ func TestBurstWaitsForArrivalsToFillTheRole(t *testing.T) {
 				t.Errorf("role 0 lists %d subjects, want %d", got, per)
 			}
 		})
+	}
+}
+
+// assigns runs Assign for the session ServiceAccounts of a test in the background.
+type assigns struct {
+	ctx  context.Context
+	a    *Assigner
+	seed RoleARN
+	wg   sync.WaitGroup
+	errs []error
+}
+
+func newAssigns(ctx context.Context, a *Assigner, seed RoleARN, n int) *assigns {
+	return &assigns{ctx: ctx, a: a, seed: seed, errs: make([]error, n)}
+}
+
+// start assigns sessionSA(from) to sessionSA(to-1), each in its own goroutine.
+func (s *assigns) start(from, to int) {
+	for i := from; i < to; i++ {
+		s.wg.Go(func() { _, s.errs[i] = s.a.Assign(s.ctx, s.seed, "demo", sessionSA(i)) })
+	}
+}
+
+// wait returns once every assignment returned, failing t if any failed.
+func (s *assigns) wait(t *testing.T) {
+	t.Helper()
+	s.wg.Wait()
+	if err := errors.Join(s.errs...); err != nil {
+		t.Fatal(err)
 	}
 }
 
