@@ -75,9 +75,7 @@ func TestBurstJoinsTheSessionUnderWay(t *testing.T) {
 	ctx := ctxT(t)
 	gate := &gatedIAM{IAMAPI: e.api, gate: newGate()}
 	locker := &sessionCountingLocker{LocalLocker: NewLocalLocker()}
-	cfg := Config{}
-	cfg.Seeds, _ = ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
-	a := NewAssigner(gate, locker, cfg, nil)
+	a := e.assignerOver(gate, locker, Config{})
 	per := e.capacity(2048)
 
 	total := per + 4 // round 1: subject 0 creates role 0; round 2: fills role 0, creates role 1
@@ -177,9 +175,7 @@ func TestNewRolePoliciesAttachWhileTheNextRoundWrites(t *testing.T) {
 			e := newEnv(t, srv, seedName, 2048)
 			ctx := ctxT(t)
 			gate := &gatedAttach{IAMAPI: e.api, entered: make(chan struct{}), open: make(chan struct{}), failFirst: fail}
-			cfg := Config{}
-			cfg.Seeds, _ = ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
-			a := NewAssigner(gate, &sessionCountingLocker{LocalLocker: NewLocalLocker()}, cfg, nil)
+			a := e.assignerOver(gate, &sessionCountingLocker{LocalLocker: NewLocalLocker()}, Config{})
 
 			var answered atomic.Int64
 			errs := make([]error, 2)
@@ -263,9 +259,7 @@ func TestBurstHoldsBackAHalfFilledRole(t *testing.T) {
 			ctx := ctxT(t)
 			create := &gatedIAM{IAMAPI: e.api, gate: newGate()}
 			update := &gatedUpdate{IAMAPI: create, gate: newGate()}
-			cfg := Config{BatchLinger: tc.linger}
-			cfg.Seeds, _ = ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
-			a := NewAssigner(update, NewLocalLocker(), cfg, nil)
+			a := e.assignerOver(update, NewLocalLocker(), Config{BatchLinger: tc.linger})
 			per := e.capacity(2048)
 			const k = 3
 			waveA := per - 1 + k // fills role 0, k over
@@ -316,9 +310,7 @@ func TestBurstWaitsForArrivalsToFillTheRole(t *testing.T) {
 			e := newEnv(t, srv, "linger-seed", 2048)
 			ctx := ctxT(t)
 			create := &gatedIAM{IAMAPI: e.api, gate: newGate()}
-			cfg := Config{BatchLinger: tc.linger}
-			cfg.Seeds, _ = ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
-			a := NewAssigner(create, NewLocalLocker(), cfg, nil)
+			a := e.assignerOver(create, NewLocalLocker(), Config{BatchLinger: tc.linger})
 			per := e.capacity(2048)
 			const waveA = 3
 			calls := newAssigns(ctx, a, e.seed, per)

@@ -58,11 +58,16 @@ func newEnv(t *testing.T, srv *moto.Server, seedName string, quota int) *env {
 }
 
 func (e *env) assigner(locker Locker, cfg Config) *Assigner {
+	return e.assignerOver(e.api, locker, cfg)
+}
+
+// assignerOver is assigner calling IAM through api (a test's wrapper of e.api).
+func (e *env) assignerOver(api IAMAPI, locker Locker, cfg Config) *Assigner {
 	if cfg.Seeds.String() == "" {
 		cfg.Seeds, _ = ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
 	}
 	log := slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	return NewAssigner(e.api, locker, cfg, log)
+	return NewAssigner(api, locker, cfg, log)
 }
 
 type testWriter struct{ t *testing.T }
