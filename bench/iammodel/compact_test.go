@@ -86,3 +86,28 @@ func TestRuneCount(t *testing.T) {
 		}
 	}
 }
+
+// TestStringsAgreeWithJSONCompact: a string holding every byte value at every offset around the
+// eight-byte words stringBody reads, and next to bytes that borrow, validated and measured as
+// encoding/json does.
+func TestStringsAgreeWithJSONCompact(t *testing.T) {
+	for n := 1; n <= 17; n++ {
+		for at := 0; at < n; at++ {
+			for c := 0; c < 256; c++ {
+				for _, next := range []byte{'x', 0x00, 0x1f, '"', '\\', 0x80} {
+					b := []byte(`"` + strings.Repeat("x", n) + `"`)
+					b[1+at] = byte(c)
+					if at+1 < n {
+						b[2+at] = next
+					}
+					doc := string(b)
+					n1, ok1 := compactSize(doc)
+					n2, ok2 := oracleSize(doc)
+					if n1 != n2 || ok1 != ok2 {
+						t.Fatalf("compactSize(%q) = %d, %v; json.Compact: %d, %v", doc, n1, ok1, n2, ok2)
+					}
+				}
+			}
+		}
+	}
+}

@@ -2,6 +2,7 @@ package aws
 
 import (
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -262,6 +263,43 @@ func TestParsePolicyARN(t *testing.T) {
 	} {
 		if _, err := ParsePolicyARN(arn); (err == nil) != ok {
 			t.Errorf("ParsePolicyARN(%q) = %v, want ok %v", arn, err, ok)
+		}
+	}
+}
+
+// TestIAMNameAlphabet checks the byte loops that replaced regular expressions against IAM's
+// documented patterns, byte by byte and at the length limits.
+func TestIAMNameAlphabet(t *testing.T) {
+	one := regexp.MustCompile(`^[A-Za-z0-9_+=,.@-]$`)
+	for c := 0; c < 256; c++ {
+		s := string([]byte{byte(c)})
+		if got, want := isIAMName(s, 1), one.MatchString(s); got != want {
+			t.Errorf("isIAMName(%q) = %v, the pattern says %v", s, got, want)
+		}
+	}
+	cases := []struct {
+		s    string
+		max  int
+		want bool
+	}{
+		{"", 64, false},
+		{"", 0, false},
+		{strings.Repeat("a", 64), 64, true},
+		{strings.Repeat("a", 65), 64, false},
+		{strings.Repeat("a", 600), 0, true},
+		{"kubestash-backup-0", 64, true},
+		{"a/b", 0, false},
+		{"tab\there", 0, false},
+		{"caf\u00e9", 0, false},
+	}
+	for _, c := range cases {
+		if got := isIAMName(c.s, c.max); got != c.want {
+			t.Errorf("isIAMName(%.20q, %d) = %v, want %v", c.s, c.max, got, c.want)
+		}
+	}
+	for s, want := range map[string]bool{"123456789012": true, "12345678901": false, "1234567890123": false, "12345678901a": false, "": false, "-12345678901": false} {
+		if got := isAccountID(s); got != want {
+			t.Errorf("isAccountID(%q) = %v, want %v", s, got, want)
 		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -12,6 +14,9 @@ import (
 
 	"go.klusters.dev/credential-webhook/annotations"
 )
+
+// removeWriters is how many derived roles a collection writes at once.
+const removeWriters = 8
 
 // EmptySinceTag marks a derived role that lists no subject with the time (RFC 3339, UTC) it
 // became empty. It lives on the role itself so that the time survives restarts and is the same
@@ -29,7 +34,7 @@ func (a *Assigner) Remove(ctx context.Context, seed RoleARN, subjects []string) 
 			return 0, err
 		}
 	}
-	return a.removeWhere(ctx, seed, func(TrustPolicy) []string { return subjects })
+	return a.removeWhere(ctx, seed, func(int) []string { return subjects })
 }
 
 // RemoveUnless takes out of seed's derived roles every subject keep refuses, deciding on the
@@ -45,63 +50,85 @@ func (a *Assigner) RemoveUnless(ctx context.Context, seed RoleARN, keep func(sub
 		return 0, err
 	}
 	st := a.state(seed)
-	var judged map[string]bool
 	removed := 0
+	var judged *planView // the view the previous round judged
 	for round := 0; round < 3; round++ {
-		var gone []string
-		fresh := false
-		if v := st.publishedView(); v != nil {
-			if judged == nil {
-				// Sized for every subject at once: grown step by step, the map's rehashing was
-				// half of its cost, a tenth of the collections' CPU in benchtool sim.
-				n := 0
-				for _, r := range v.roles {
-					n += r.Trust.Len()
-				}
-				judged = make(map[string]bool, n)
+		v := st.publishedView()
+		gone := map[int][]string{} // by role index
+		fresh := unjudged(judged, v, func(index int, sub string) {
+			if !keep(sub) {
+				gone[index] = append(gone[index], sub)
 			}
-			for _, r := range v.roles {
-				if !r.usable() {
-					continue
-				}
-				for _, sub := range r.Trust.subjects {
-					if judged[sub] {
-						continue
-					}
-					judged[sub], fresh = true, true
-					if !keep(sub) {
-						gone = append(gone, sub)
-					}
-				}
-			}
-		}
+		})
 		if round > 0 && !fresh {
 			break // the lock session showed nothing this replica had not judged
 		}
+		judged = v
 		// Always one session, even with nothing gone: its generation check is what reveals
 		// subjects another replica wrote (the ServiceAccount just deleted may be one of them).
-		goneSet := make(map[string]bool, len(gone))
-		for _, sub := range gone {
-			goneSet[sub] = true
-		}
-		n, err := a.removeWhere(ctx, seed, func(t TrustPolicy) []string {
-			// A role's ~20 subjects looked up in the set, rather than every gone subject
-			// searched for in every role: with 40 roles and 30 deletions per collection, the
-			// searches' comparisons of long common prefixes were 8 % of the simulated month.
-			var in []string
-			for _, sub := range t.subjects {
-				if goneSet[sub] {
-					in = append(in, sub)
-				}
-			}
-			return in
-		})
+		// Each role is searched for the subjects judged gone in it: a subject is never moved
+		// from one role to another, and one the session's reload shows in a role it was not
+		// judged in is judged there in the next round. (Searching every role for every gone
+		// subject, and keeping a set of the judged ones, hashed or compared each ~60-byte
+		// subject twice a collection: 7 % of benchtool sim's CPU.)
+		n, err := a.removeWhere(ctx, seed, func(index int) []string { return gone[index] })
 		removed += n
 		if err != nil {
 			return removed, err
 		}
 	}
 	return removed, nil
+}
+
+// unjudged calls judge with the index of the role and every subject of v's usable roles that prev (nil: none) did not list
+// in the same role, and reports whether there was one. Only a lock session that reloaded roles
+// written by another replica, or placed subjects, shows a subject its previous view did not: the
+// sessions of RemoveUnless itself only take subjects out.
+func unjudged(prev, v *planView, judge func(index int, sub string)) (fresh bool) {
+	if v == nil {
+		return false
+	}
+	var before map[int][]string
+	if prev != nil {
+		before = make(map[int][]string, len(prev.roles))
+		for _, r := range prev.roles {
+			if r.usable() {
+				before[r.Index] = r.Trust.subjects
+			}
+		}
+	}
+	for _, r := range v.roles {
+		if !r.usable() {
+			continue
+		}
+		old, cur := before[r.Index], r.Trust.subjects
+		if len(cur) == 0 || len(old) == len(cur) && &old[0] == &cur[0] {
+			continue // the same list: every subject of it was judged
+		}
+		for _, sub := range sortedMinus(cur, old) {
+			fresh = true
+			judge(r.Index, sub)
+		}
+	}
+	return fresh
+}
+
+// sortedMinus returns the strings of a that b lacks; a and b are sorted.
+func sortedMinus(a, b []string) []string {
+	if len(b) == 0 {
+		return a
+	}
+	var out []string
+	j := 0
+	for _, s := range a {
+		for j < len(b) && b[j] < s {
+			j++
+		}
+		if j == len(b) || b[j] != s {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // publishedView is the view the last lock session left, nil before the first.
@@ -111,49 +138,72 @@ func (st *seedState) publishedView() *planView {
 	return st.plan.view
 }
 
-// removeWhere removes from each derived role of seed the subjects gone picks from its trust
-// policy, under the seed's lock.
-func (a *Assigner) removeWhere(ctx context.Context, seed RoleARN, gone func(TrustPolicy) []string) (int, error) {
+// removeWhere removes from each derived role of seed the subjects gone names for its index (those
+// the role does not list are ignored), under the seed's lock.
+func (a *Assigner) removeWhere(ctx context.Context, seed RoleARN, gone func(index int) []string) (int, error) {
 	s, done, err := a.begin(ctx, seed)
 	if err != nil {
 		return 0, err
 	}
 	defer done()
-	removed := 0
-	var errs []error
+	type removal struct {
+		r    *roleState
+		cand TrustPolicy
+		n    int
+	}
+	var todo []removal
 	for _, r := range s.st.roles {
 		if r.bad != nil || r.owner == ownerOther {
 			continue
 		}
-		subjects := gone(r.trust)
+		subjects := gone(r.index)
 		if len(subjects) == 0 {
 			continue
 		}
-		cand, n := r.trust.WithoutSubjects(subjects...)
-		if n == 0 {
-			continue
-		}
-		if err := s.ensureOwned(ctx, r); errors.Is(err, errForeign) {
-			continue
-		} else if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if err := s.writeTrust(ctx, r, cand); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		removed += n
-		a.log.Info("removed ServiceAccounts from derived role", "role", r.arn.String(), "removed", n, "left", cand.Len())
-		if cand.Len() == 0 {
-			// Stamped every time a role becomes empty, so a mark left from an earlier emptiness
-			// (the role filled up and emptied again since) never shortens the grace. A failure
-			// is no failure of the removal: the next ExpireEmpty marks the role.
-			if err := s.markEmpty(ctx, r, a.now()); err != nil {
-				a.log.Warn("cannot mark an emptied derived role; the next garbage collection does", "role", r.arn.String(), "err", err)
-			}
+		if cand, n := r.trust.WithoutSubjects(subjects...); n > 0 {
+			todo = append(todo, removal{r: r, cand: cand, n: n})
 		}
 	}
+	// The roles' writes run removeWriters at a time: one after the other, a collection that
+	// touched 25 roles held the seed's lock for 25 IAM round trips (2.5 s at 100 ms), and every
+	// assignment queued behind it waited that long. A few workers rather than a goroutine per
+	// role: each new goroutine grew its stack to a write's depth (3.5 % of benchtool sim's CPU).
+	var mu sync.Mutex // guards removed
+	errs := make([]error, len(todo))
+	removed := 0
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(len(todo), removeWriters) {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(todo); i = int(next.Add(1) - 1) {
+				t := todo[i]
+				if err := s.ensureOwned(ctx, t.r); errors.Is(err, errForeign) {
+					continue
+				} else if err != nil {
+					errs[i] = err
+					continue
+				}
+				if err := s.writeTrust(ctx, t.r, t.cand); err != nil {
+					errs[i] = err
+					continue
+				}
+				mu.Lock()
+				removed += t.n
+				mu.Unlock()
+				a.log.Info("removed ServiceAccounts from derived role", "role", t.r.arn.String(), "removed", t.n, "left", t.cand.Len())
+				if t.cand.Len() == 0 {
+					// Stamped every time a role becomes empty, so a mark left from an earlier
+					// emptiness (the role filled up and emptied again since) never shortens
+					// the grace. A failure is no failure of the removal: the next ExpireEmpty
+					// marks it.
+					if err := s.markEmpty(ctx, t.r, a.now()); err != nil {
+						a.log.Warn("cannot mark an emptied derived role; the next garbage collection does", "role", t.r.arn.String(), "err", err)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return removed, fmt.Errorf("removing subjects from derived roles of %s: %w", seed, err)
 	}

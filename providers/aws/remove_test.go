@@ -2,6 +2,7 @@ package aws
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -323,5 +324,56 @@ func TestSeedCacheExpiresAgainstMoto(t *testing.T) {
 	}
 	if !has(2) {
 		t.Error("a role created after SeedTTL lacks the seed's new inline policy")
+	}
+}
+
+func TestSortedMinus(t *testing.T) {
+	for _, tc := range []struct {
+		a, b  []string
+		minus []string
+	}{
+		{a: nil, b: nil, minus: nil},
+		{a: []string{"a", "b"}, b: nil, minus: []string{"a", "b"}},
+		{a: nil, b: []string{"a"}, minus: nil},
+		{a: []string{"a", "b", "c"}, b: []string{"b"}, minus: []string{"a", "c"}},
+		{a: []string{"a", "c", "e"}, b: []string{"b", "c", "d", "e", "f"}, minus: []string{"a"}},
+		{a: []string{"b", "d"}, b: []string{"a", "c", "e"}, minus: []string{"b", "d"}},
+		{a: []string{"x:1", "x:10", "x:2"}, b: []string{"x:1", "x:2"}, minus: []string{"x:10"}},
+	} {
+		if got := sortedMinus(tc.a, tc.b); !slices.Equal(got, tc.minus) {
+			t.Errorf("sortedMinus(%q, %q) = %q, want %q", tc.a, tc.b, got, tc.minus)
+		}
+	}
+}
+
+// TestUnjudged: a round judges what its view lists that the previous round's view did not list
+// in the same role (RemoveUnless), nothing of a list it already judged, nothing of unusable roles.
+func TestUnjudged(t *testing.T) {
+	trust := func(subs ...string) TrustPolicy { return TrustPolicy{subjects: subs} }
+	r0 := trust("s:a", "s:b")
+	prev := &planView{roles: []RoleView{{Index: 0, Trust: r0}, {Index: 1, Trust: trust("s:c")}, {Index: 2, Trust: trust("s:z"), Broken: true}}}
+	for _, tc := range []struct {
+		name string
+		prev *planView
+		v    *planView
+		want []string
+	}{
+		{name: "no view yet", prev: nil, v: nil, want: nil},
+		{name: "first round judges every usable role", prev: nil, v: prev, want: []string{"0/s:a", "0/s:b", "1/s:c"}},
+		{name: "the same view", prev: prev, v: prev, want: nil},
+		{name: "subjects only removed", prev: prev, v: &planView{roles: []RoleView{{Index: 0, Trust: trust("s:b")}, {Index: 1, Trust: trust()}}}, want: nil},
+		{name: "a subject added beside judged ones", prev: prev, v: &planView{roles: []RoleView{{Index: 0, Trust: r0}, {Index: 1, Trust: trust("s:c", "s:d")}}}, want: []string{"1/s:d"}},
+		{name: "a subject moved to another role", prev: prev, v: &planView{roles: []RoleView{{Index: 0, Trust: trust("s:a")}, {Index: 1, Trust: trust("s:b", "s:c")}}}, want: []string{"1/s:b"}},
+		{name: "a new role", prev: prev, v: &planView{roles: []RoleView{{Index: 0, Trust: r0}, {Index: 3, Trust: trust("s:e")}}}, want: []string{"3/s:e"}},
+		{name: "a broken role becomes readable", prev: prev, v: &planView{roles: []RoleView{{Index: 2, Trust: trust("s:z")}}}, want: []string{"2/s:z"}},
+		{name: "a foreign role is not judged", prev: nil, v: &planView{roles: []RoleView{{Index: 0, Trust: r0, Foreign: true}}}, want: nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			fresh := unjudged(tc.prev, tc.v, func(index int, sub string) { got = append(got, fmt.Sprintf("%d/%s", index, sub)) })
+			if !slices.Equal(got, tc.want) || fresh != (len(tc.want) > 0) {
+				t.Errorf("judged %q (fresh %v), want %q", got, fresh, tc.want)
+			}
+		})
 	}
 }

@@ -760,10 +760,8 @@ func marshalSubjects(subjects []string) (json.RawMessage, error) {
 func plainListLen(subjects []string) (n int, plain bool) {
 	n = 2 // []
 	for i, s := range subjects {
-		for j := 0; j < len(s); j++ {
-			if c := s[j]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
-				return 0, false
-			}
+		if !isPlainJSON(s) {
+			return 0, false
 		}
 		if n += len(s) + 2; i > 0 {
 			n++ // ,
@@ -771,6 +769,41 @@ func plainListLen(subjects []string) (n int, plain bool) {
 	}
 	return n, true
 }
+
+// Bytes repeated in every lane of a 64-bit word, for isPlainJSON.
+const (
+	lanes01 = 0x0101010101010101
+	lanes80 = 0x8080808080808080
+)
+
+// isPlainJSON reports whether every byte of s is printable ASCII (0x20-0x7e) other than '"' and
+// '\\': a JSON string of s is s in quotes. Eight bytes at a time (the tests check it against the
+// byte-by-byte rule): every trust policy write checks every subject, and byte by byte it was
+// 4.6 % of benchtool sim's CPU.
+func isPlainJSON(s string) bool {
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		x := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		// Any lane below 0x20, from 0x80 up, or 0x7f, '"' or '\\' (a zero lane of x^c) leaves
+		// its top bit set here. (A borrow only leaves a lane that matched, so no match is missed;
+		// the byte loop below decides.)
+		below := (x - 0x20*lanes01) &^ x
+		if (below|x|zeroLanes(x^0x7f*lanes01)|zeroLanes(x^'"'*lanes01)|zeroLanes(x^'\\'*lanes01))&lanes80 != 0 {
+			break
+		}
+	}
+	for ; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+// zeroLanes sets the top bit of a lane of its result only if x has a zero lane (the lowest
+// zero lane's for sure; the lanes above it may follow from its borrow).
+func zeroLanes(x uint64) uint64 { return (x - lanes01) &^ x }
 
 // writePlainList writes the JSON array of subjects that plainListLen found plain.
 func writePlainList(b *strings.Builder, subjects []string) {

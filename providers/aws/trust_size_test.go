@@ -2,6 +2,7 @@ package aws
 
 import (
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -60,5 +61,43 @@ func TestSizeArithmeticMatchesRender(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestIsPlainJSON checks the eight-bytes-at-a-time scan against the byte-by-byte rule: every
+// byte value at every position of strings around the word size, and next to every other byte
+// value (a borrow out of one lane must not hide its neighbour).
+func TestIsPlainJSON(t *testing.T) {
+	rule := func(s string) bool {
+		for i := 0; i < len(s); i++ {
+			if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+				return false
+			}
+		}
+		return true
+	}
+	check := func(s string) {
+		t.Helper()
+		if got, want := isPlainJSON(s), rule(s); got != want {
+			t.Fatalf("isPlainJSON(%q) = %v, want %v", s, got, want)
+		}
+	}
+	check("")
+	check("system:serviceaccount:demo:sample-backup-0001-session-1796625434")
+	for _, n := range []int{1, 7, 8, 9, 16, 17, 63} {
+		base := []byte(strings.Repeat("a", n))
+		for pos := 0; pos < n; pos++ {
+			for c := 0; c < 256; c++ {
+				b := slices.Clone(base)
+				b[pos] = byte(c)
+				check(string(b))
+				if pos+1 < n {
+					for _, d := range []byte{0x00, 0x1f, 0x20, 0x21, 0x7e, 0x7f, 0x80, 0xff} {
+						b[pos+1] = d
+						check(string(b))
+					}
+				}
+			}
+		}
 	}
 }
