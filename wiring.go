@@ -176,7 +176,7 @@ func (p *providerConfig) register(fs *flag.FlagSet) {
 
 	fs.StringVar(&p.awsSeeds, "aws-seed-roles", "", "comma-separated seed role ARN globs that may be cloned (e.g. arn:aws:iam::123456789012:role/kubestash-*); empty disables AWS")
 	fs.IntVar(&p.awsQuota, "aws-trust-policy-quota", 0, "trust policy size quota in characters; 0 reads AssumeRolePolicySizeQuota from iam:GetAccountSummary once (else 2048)")
-	fs.DurationVar(&p.awsBatchLinger, "aws-batch-linger", awsp.DefaultBatchLinger, "during a burst of new ServiceAccounts, the writer holds back those that would leave a derived role half full (one round while others are written, or until more arrive) so that its trust policy is written once, full; none that has waited this long is held; 0 holds nothing")
+	fs.DurationVar(&p.awsBatchLinger, "aws-batch-linger", awsp.DefaultBatchLinger, "during a burst of new ServiceAccounts, the writer holds back those that would leave a derived role part full (while others are written, or until more arrive) so that its trust policy is written once, full; none that has waited this long is held; 0 holds nothing")
 	fs.IntVar(&p.roleCreationLimit, "role-creation-limit", awsp.DefaultRoleCreationLimit, "maximum derived roles per seed")
 	fs.StringVar(&p.awsBoundary, "aws-permissions-boundary", "", "managed policy ARN every derived role carries as its permissions boundary; empty: the seed's own (a seed without one is refused)")
 	fs.StringVar(&p.awsOIDCIssuer, "aws-oidc-issuer", "", "this cluster's OIDC issuer URL (e.g. https://oidc.eks.eu-west-1.amazonaws.com/id/ABC): only seed trust statements for its OIDC provider receive subjects; empty: every OIDC statement of the seed does")

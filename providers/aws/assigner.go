@@ -118,11 +118,16 @@ type Assigner struct {
 
 	// rounds counts the placement rounds of Assign's lock sessions (Rounds).
 	rounds atomic.Int64
+	// heldBack counts the subjects holdBack left out of a round (HeldBack).
+	heldBack atomic.Int64
 }
 
 // Rounds is how many placement rounds Assign's lock sessions ran: a session holding the lock
 // through a burst runs several, one per group of subjects that queued while the previous wrote.
 func (a *Assigner) Rounds() int64 { return a.rounds.Load() }
+
+// HeldBack is how many times a round held a subject back to fill its role (holdBack).
+func (a *Assigner) HeldBack() int64 { return a.heldBack.Load() }
 
 // NewAssigner returns an Assigner. log may be nil.
 func NewAssigner(api IAMAPI, locker Locker, cfg Config, log *slog.Logger) *Assigner {

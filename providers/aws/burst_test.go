@@ -238,7 +238,7 @@ func (g *gatedUpdate) UpdateAssumeRolePolicy(ctx context.Context, in *iam.Update
 	return g.IAMAPI.UpdateAssumeRolePolicy(ctx, in, optFns...)
 }
 
-// With Config.BatchLinger, a round of a burst holds back, once, the subjects that would leave a
+// With Config.BatchLinger, a round of a burst holds back the subjects that would leave a
 // role with room, and the next round creates that role with them and those who queued
 // meanwhile: one write per role. Without it (linger 0) the role is created half full and
 // topped up. Round 1: subject 0 creates role 0. Round 2: wave A fills role 0 and has k subjects
@@ -386,5 +386,64 @@ func TestBatchSubjects(t *testing.T) {
 		if got := batchSubjects(batch); !slices.Equal(got, want) {
 			t.Errorf("%d requests: %v, want %v", n, got, want)
 		}
+	}
+}
+
+// In a lull (a session's first round, or a round of what queued while the session waited for its
+// tail) only a new role's subjects are held back. ServiceAccounts joining a role that exists,
+// one by one, are written at once (held for the linger of a minute, they would outlast the
+// test's deadline), while a lone one that needs a new role waits
+// for company and the role is created once with all of them. With linger 0 it is created alone
+// and topped up.
+func TestFirstRoundHoldsOnlyNewRoles(t *testing.T) {
+	for _, tc := range []struct {
+		linger time.Duration
+		topUps bool
+	}{
+		{linger: time.Minute, topUps: false},
+		{linger: 0, topUps: true},
+	} {
+		t.Run(fmt.Sprintf("linger=%s", tc.linger), func(t *testing.T) {
+			srv := moto.Start(t)
+			srv.SetEnv(t)
+			e := newEnv(t, srv, "first-round-seed", 2048)
+			ctx, cancel := context.WithTimeout(ctxT(t), 30*time.Second)
+			defer cancel()
+			locker := &sessionCountingLocker{LocalLocker: NewLocalLocker()}
+			a := e.assignerOver(e.api, locker, Config{BatchLinger: tc.linger})
+			per := e.capacity(2048)
+			for i := range per { // role 0, then one session per subject joining it
+				if _, err := a.Assign(ctx, e.seed, "demo", sessionSA(i)); err != nil {
+					t.Fatalf("assigning %d: %v", i, err)
+				}
+			}
+			before := e.calls()
+			calls := newAssigns(ctx, a, e.seed, 2*per)
+			calls.start(per, per+1) // needs role 1
+			if tc.linger > 0 {
+				// Its session holds it back.
+				for a.HeldBack() == 0 {
+					if ctx.Err() != nil {
+						t.Fatalf("the ServiceAccount that needs a new role was never held back (IAM calls %v)", e.calls())
+					}
+					time.Sleep(time.Millisecond)
+				}
+			} else {
+				for e.calls()["iam:CreateRole"] == before["iam:CreateRole"] && ctx.Err() == nil {
+					time.Sleep(time.Millisecond)
+				}
+			}
+			calls.start(per+1, 2*per)
+			calls.wait(t)
+			after := e.calls()
+			creates := after["iam:CreateRole"] - before["iam:CreateRole"]
+			updates := after["iam:UpdateAssumeRolePolicy"] - before["iam:UpdateAssumeRolePolicy"]
+			if creates != 1 || (updates > 0) != tc.topUps {
+				t.Errorf("role 1 took %d CreateRole and %d UpdateAssumeRolePolicy; want 1 and top-ups %v", creates, updates, tc.topUps)
+			}
+			if got := e.trustOf(derivedName(e.seed, 1)).Len(); got != per {
+				t.Errorf("role 1 lists %d subjects, want %d", got, per)
+			}
+		})
 	}
 }

@@ -12,7 +12,6 @@ type assignReq struct {
 	ctx     context.Context
 	subject string
 	queued  time.Time         // machine clock: how long it has waited (Config.BatchLinger)
-	held    bool              // held back from a round already (holdBack)
 	done    chan assignResult // buffered: the drainer never blocks on a caller that left
 }
 
@@ -26,8 +25,10 @@ type assignResult struct {
 
 // DefaultBatchLinger is --aws-batch-linger: a subject queued longer ago than that is never held
 // back (holdBack), so holding adds at most that to the wait of the subjects that would have
-// left a role half full, and nothing to the others.
-const DefaultBatchLinger = 500 * time.Millisecond
+// left a role part full, and nothing to the others. A second: at 50 to 90 new ServiceAccounts a
+// second a role of 15 fills in 200 to 500 ms, and with 500 ms one role in ten still ran out of
+// time, was created part full and had its trust policy written a second time.
+const DefaultBatchLinger = time.Second
 
 // maxBatchWait bounds a batch whose callers have no deadline.
 const maxBatchWait = 2 * time.Minute
@@ -67,12 +68,12 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 				break // what is queued is taken by the next session
 			}
 			batch := st.take(true)
+			lull := rounds == 0 // no burst under way yet: hold only what would create a role
 			if len(batch) == 0 {
 				batch = s.awaitTail(st) // queued while new roles' policies were being attached
+				lull = true
 			}
-			if rounds > 0 {
-				batch = s.holdBack(st, batch, a.cfg.BatchLinger)
-			}
+			batch = s.holdBack(st, batch, a.cfg.BatchLinger, lull)
 			if len(batch) == 0 {
 				break
 			}
@@ -103,25 +104,30 @@ func (s *session) awaitTail(st *seedState) []*assignReq {
 	}
 }
 
-// holdBack runs before every round of a session but its first, during a burst: it leaves out
-// of batch the subjects that placement would put in a role left with room for another subject,
-// queueing them again, so that the subjects arriving meanwhile fill the role and it is written
-// once, full. A round lasts about one IAM round trip, and before this each round's last role
-// was written half full and topped up by the next: 1.4 to 1.7 trust policy writes per role
-// touched at 60 to 100 ServiceAccounts a second (e2e BenchmarkFlowCreationToTrust).
+// holdBack runs before every round of a session: it leaves out of batch the subjects that
+// placement would put in a role left with room for another subject, queueing them again, so that
+// the subjects arriving meanwhile fill the role and its trust policy is written once, full. In a
+// round that starts a lull (a session's first, or one of subjects that queued while the session
+// had nothing left to place), only the subjects of new roles are held: a lone ServiceAccount
+// joining a role that exists is written at once, and a burst's first round does not leave its
+// new roles part full. A round lasts about one IAM round trip, and before this each round's last role was
+// written half full and topped up by the next: 1.4 to 1.7 trust policy writes per role touched at
+// 60 to 100 ServiceAccounts a second (e2e BenchmarkFlowCreationToTrust).
 //
-// A role's subjects are held back together, and only while every one of them is fresh: none
-// queued linger ago (0: nothing is held back) and, while the rest of the batch makes a round,
-// none held back from a round before. So a subject sits out one round at most, and when the
-// whole batch would be held back the session waits for arrivals, until linger, instead of
-// running an empty round. (Holding a role back round after round until linger doubled the
-// burst's p99 from creation to trust.)
-func (s *session) holdBack(st *seedState, batch []*assignReq, linger time.Duration) []*assignReq {
+// A role's subjects are held back together, round after round, while every one of them is fresh:
+// none queued linger ago (0: nothing is held back). When the whole batch would be held back the
+// session waits for arrivals, until linger, instead of running an empty round. So holding adds
+// at most linger to the wait of the subjects of a role left part full, and nothing to the others.
+// (Holding a role back for one round at most, with a linger of 500 ms, still wrote 1.07 to 1.27
+// trust policies per role at 50 to 90 new ServiceAccounts a second: a role takes 200 to 500 ms
+// to fill at that rate, the informer delivers them in lumps, and a group that ran out of time
+// was created part full and topped up by the next round.)
+func (s *session) holdBack(st *seedState, batch []*assignReq, linger time.Duration, lull bool) []*assignReq {
 	if linger <= 0 {
 		return batch
 	}
 	for len(batch) > 0 {
-		hold, oldest := s.freshOpen(batch, linger)
+		hold, oldest := s.freshOpen(batch, linger, lull)
 		if len(hold) == 0 {
 			return batch
 		}
@@ -133,11 +139,7 @@ func (s *session) holdBack(st *seedState, batch []*assignReq, linger time.Durati
 				keep = append(keep, r)
 			}
 		}
-		if len(keep) > 0 {
-			for _, r := range held {
-				r.held = true
-			}
-		}
+		s.a.heldBack.Add(int64(len(held)))
 		st.qmu.Lock()
 		st.queue = append(held, st.queue...)
 		st.qmu.Unlock()
@@ -157,16 +159,16 @@ func (s *session) holdBack(st *seedState, batch []*assignReq, linger time.Durati
 
 // freshOpen returns the subjects of batch that would go to a role left with room (openGroups)
 // whose every subject is fresh (holdBack), and when the oldest of them was queued.
-func (s *session) freshOpen(batch []*assignReq, linger time.Duration) (hold map[string]bool, oldest time.Time) {
+func (s *session) freshOpen(batch []*assignReq, linger time.Duration, newOnly bool) (hold map[string]bool, oldest time.Time) {
 	subjects := batchSubjects(batch)
 	now := time.Now()
-	for _, g := range s.openGroups(subjects) {
+	for _, g := range s.openGroups(subjects, newOnly) {
 		fresh, first := true, now
 		for _, r := range batch {
 			if !slices.Contains(g, r.subject) {
 				continue
 			}
-			if r.held || now.Sub(r.queued) >= linger {
+			if now.Sub(r.queued) >= linger {
 				fresh = false // written now, the whole role: holding the rest would split it
 				break
 			}
@@ -194,7 +196,7 @@ func (s *session) freshOpen(batch []*assignReq, linger time.Duration) (hold map[
 // room for another subject as long as the longest of them, the subjects it would get.
 // Whatever placement cannot decide without I/O (the seed not read yet, a subject it refuses)
 // holds nothing back: the round reads and answers it.
-func (s *session) openGroups(subjects []string) [][]string {
+func (s *session) openGroups(subjects []string, newOnly bool) [][]string {
 	now := s.a.now()
 	spec := s.st.seed(now)
 	if spec == nil {
@@ -226,7 +228,7 @@ func (s *session) openGroups(subjects []string) [][]string {
 		}
 	}
 	for _, w := range pl.Writes {
-		if roomy(w.Trust) {
+		if !newOnly && roomy(w.Trust) {
 			open = append(open, w.Added)
 		}
 	}
@@ -263,10 +265,12 @@ func batchSubjects(batch []*assignReq) []string {
 const holdRounds = 3
 
 // maxRoundsHold bounds how long a session keeps starting rounds even under a long hold limit:
-// another replica waiting for the lock (one finishing what the leader's writer left it) waits
-// no longer than that plus a round, while a burst on one replica pays a Lease take and release
-// every 2 s, not every round.
-const maxRoundsHold = 2 * time.Second
+// another replica waiting for the lock (one finishing what the leader's writer left it, rare:
+// the sweeper leader writes) waits no longer than that plus a round. Between two sessions the
+// writer waits for the last round's policies to be attached and takes the Lease again, 0.3 to
+// 0.9 s at 100 ms of IAM latency, while subjects queue: at 2 s, a 15 s burst paid seven such
+// gaps and they were most of its p99 from creation to trust (e2e BenchmarkFlowCreationToTrust).
+const maxRoundsHold = 10 * time.Second
 
 // take returns the requests whose callers still wait, dropping the others; clear also empties
 // the queue. When nobody waits, the drainer's turn ends (under the same lock as enqueueing, so
