@@ -110,9 +110,9 @@ func (s *session) awaitTail(st *seedState) []*assignReq {
 // round that starts a lull (a session's first, or one of subjects that queued while the session
 // had nothing left to place), only the subjects of new roles are held: a lone ServiceAccount
 // joining a role that exists is written at once, and a burst's first round does not leave its
-// new roles part full. A round lasts about one IAM round trip, and before this each round's last role was
-// written half full and topped up by the next: 1.4 to 1.7 trust policy writes per role touched at
-// 60 to 100 ServiceAccounts a second (e2e BenchmarkFlowCreationToTrust).
+// new roles part full. A round lasts about one IAM round trip, and before this each round's last
+// role was written half full and topped up by the next: 1.4 to 1.7 trust policy writes per role
+// touched at 60 to 100 ServiceAccounts a second (e2e BenchmarkFlowCreationToTrust).
 //
 // A role's subjects are held back together, round after round, while every one of them is fresh:
 // none queued linger ago (0: nothing is held back). When the whole batch would be held back the
