@@ -29,10 +29,10 @@ func isNameChar(c byte) bool {
 		c == '_' || c == '+' || c == '=' || c == ',' || c == '.' || c == '@' || c == '-'
 }
 
-// isIAMName reports whether s is 1 to max characters of the role-name alphabet: role names
-// (max 64), policy names (128) and path segments (no limit of their own: 0).
-func isIAMName(s string, max int) bool {
-	if s == "" || max > 0 && len(s) > max {
+// isIAMName reports whether s is 1 to limit characters of the role-name alphabet: role names
+// (limit 64), policy names (128) and path segments (no limit of their own: 0).
+func isIAMName(s string, limit int) bool {
+	if s == "" || limit > 0 && len(s) > limit {
 		return false
 	}
 	for i := 0; i < len(s); i++ {

@@ -80,10 +80,10 @@ func (a *Assigner) RemoveUnless(ctx context.Context, seed RoleARN, keep func(sub
 	return removed, nil
 }
 
-// unjudged calls judge with the index of the role and every subject of v's usable roles that prev (nil: none) did not list
-// in the same role, and reports whether there was one. Only a lock session that reloaded roles
-// written by another replica, or placed subjects, shows a subject its previous view did not: the
-// sessions of RemoveUnless itself only take subjects out.
+// unjudged calls judge with every subject of v's usable roles that prev (nil: none) did not
+// list in the same role, and that role's index, and reports whether there was one. Only a lock
+// session that reloaded roles written by another replica, or placed subjects, shows a subject
+// its previous view did not: the sessions of RemoveUnless itself only take subjects out.
 func unjudged(prev, v *planView, judge func(index int, sub string)) (fresh bool) {
 	if v == nil {
 		return false
