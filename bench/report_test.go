@@ -14,7 +14,8 @@ func TestVerdicts(t *testing.T) {
 			{Name: "pod-saturation", Requests: 1000, ServerCPU: 90 * time.Millisecond, RPS: 8000},
 			{Name: "job-saturation", Requests: 1000, ServerCPU: 150 * time.Millisecond, RPS: 5000},
 			// The EKS webhook on the same machine in the same run: Pod 8000/3500 met, Job 5000/3500 missed.
-			{Name: EKSRunName, Requests: 1000, OK: 1000, RPS: 3500, Answer: Answer{Status: 200, Allowed: true, PatchOps: 6}},
+			// Its CPU per review, 648 µs, is twice the 324 µs: this machine is twice as slow.
+			{Name: EKSRunName, Requests: 1000, OK: 1000, RPS: 3500, ServerCPU: 648 * time.Millisecond, Answer: Answer{Status: 200, Allowed: true, PatchOps: 6}},
 		},
 		IAM: []IAMScenario{{Name: "steady state", Assignments: 10, Total: 10, Calls: map[string]int{"iam:UpdateAssumeRolePolicy": 10}}},
 		Packing: []PackingResult{
@@ -25,10 +26,12 @@ func TestVerdicts(t *testing.T) {
 	}
 	r.Sim = []SimResult{
 		{Config: SimConfig{Leak: 0.01}, LimitHitAt: time.Hour}, // a leak run is no verdict
-		{Config: SimConfig{BackupConfigs: 1000}, Simulated: 24 * time.Hour, Days: []SimDay{{Day: 1, WorstRolesRatio: 1.04, PeakLive: 1000, PeakRolesInUse: 45}}},
+		{Config: SimConfig{BackupConfigs: 1000}, Simulated: 30 * 24 * time.Hour, Wall: 70 * time.Second, Parallel: true,
+			Days: []SimDay{{Day: 1, WorstRolesRatio: 1.04, PeakLive: 1000, PeakRolesInUse: 45}}},
 	}
+	r.Meta.Nproc = 2
 	v := r.Verdicts()
-	want := []struct{ known, met bool }{{true, true}, {true, false}, {true, true}, {true, false}, {true, true}, {true, false}, {true, true}}
+	want := []struct{ known, met bool }{{true, true}, {true, false}, {true, true}, {true, false}, {true, true}, {true, false}, {true, true}, {true, false}}
 	if len(v) != len(want) {
 		t.Fatalf("%d verdicts, want %d", len(v), len(want))
 	}
@@ -40,7 +43,31 @@ func TestVerdicts(t *testing.T) {
 	if got, want := v[2].Measured, "2.29 × (ours 8000 reviews/s ÷ EKS webhook 3500 reviews/s"; !strings.HasPrefix(got, want) {
 		t.Errorf("Pod throughput verdict %q, want it to start with %q", got, want)
 	}
-	if empty := (&Report{}).Verdicts(); empty[0].Known || empty[2].Known || empty[3].Known || empty[5].Known || empty[6].Known {
+	// Absolute figures are shown scaled by the machine's speed against the (the EKS
+	// webhook's CPU per review), the verdict staying on the figure as measured.
+	if got, want := v[0].Measured, "90.0 µs (real binary, hey -c 16, /proc utime+stime ÷ reviews); ≈ 45.0 µs on the issue's machine (÷ 2.00, the EKS webhook's CPU per review here, 648.0 µs, over the issue's 324.0 µs)"; got != want {
+		t.Errorf("Pod CPU verdict %q, want %q", got, want)
+	}
+	if got, want := v[7].Measured, "1m10s for 30 days, beside 1 leak run(s) on the machine's 2 cores; ≈ 35s on the issue's machine"; !strings.HasPrefix(got, want) {
+		t.Errorf("month verdict %q, want it to start with %q", got, want)
+	}
+	r.Sim[1].Wall = 59 * time.Second
+	if v := r.Verdicts(); !v[7].Met {
+		t.Errorf("thirty days in 59 s missed the minute: %s", v[7].Measured)
+	}
+	r.Sim[1].Simulated = 24 * time.Hour
+	if v := r.Verdicts(); v[7].Known {
+		t.Errorf("a one-day run gave a verdict on thirty days: %s", v[7].Measured)
+	}
+	r.Sim[1].Simulated, r.Sim[1].Wall = 30*24*time.Hour, 70*time.Second
+	// Without the EKS webhook's CPU there is nothing to scale by, and no scaled figure.
+	eksCPU := r.Load[2].ServerCPU
+	r.Load[2].ServerCPU = 0
+	if v := r.Verdicts(); strings.Contains(v[0].Measured, "issue's machine") || strings.Contains(v[7].Measured, "issue's machine") {
+		t.Errorf("scaled without the EKS webhook's CPU: %q, %q", v[0].Measured, v[7].Measured)
+	}
+	r.Load[2].ServerCPU = eksCPU
+	if empty := (&Report{}).Verdicts(); empty[0].Known || empty[2].Known || empty[3].Known || empty[5].Known || empty[6].Known || empty[7].Known {
 		t.Error("with nothing measured every verdict must say so")
 	}
 

@@ -1,12 +1,14 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -425,4 +427,39 @@ func sampleAssigner(t *testing.T) (*iammodel.IAM, awsp.RoleARN, *awsp.Assigner) 
 		t.Fatal(err)
 	}
 	return model, seed, awsp.NewAssigner(model, awsp.NewLocalLocker(), awsp.Config{Seeds: allow}, nil)
+}
+
+// The simulation's session names are the fmt.Sprintf they replaced, digit for digit.
+func TestSessionName(t *testing.T) {
+	for _, c := range []struct {
+		config int
+		tick   int64
+	}{{0, 0}, {7, 1796083200}, {42, 1}, {999, 1796083500}, {1000, 12}, {12345, -3}} {
+		if got, want := sessionName(c.config, c.tick), fmt.Sprintf("sample-backup-%04d-session-%d", c.config, c.tick); got != want {
+			t.Errorf("sessionName(%d, %d) = %q, want %q", c.config, c.tick, got, want)
+		}
+	}
+}
+
+// mergeByDeletion keeps the live sessions ordered by deletion time, as sorting them all did.
+func TestMergeByDeletion(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var sorted []*simSA
+	for step := range 50 {
+		var add []*simSA
+		for i := range rng.IntN(6) {
+			add = append(add, &simSA{name: fmt.Sprint(step, "-", i), deleted: time.Duration(rng.IntN(20)) * time.Second})
+		}
+		all := append(slices.Clone(sorted), add...)
+		sorted = mergeByDeletion(sorted, add)
+		if len(sorted) != len(all) || !slices.IsSortedFunc(sorted, func(x, y *simSA) int { return cmp.Compare(x.deleted, y.deleted) }) {
+			t.Fatalf("step %d: %d sessions, want %d, sorted %v", step, len(sorted), len(all), slices.IsSortedFunc(sorted, func(x, y *simSA) int { return cmp.Compare(x.deleted, y.deleted) }))
+		}
+		for _, sa := range all {
+			if !slices.Contains(sorted, sa) {
+				t.Fatalf("step %d: %s lost", step, sa.name)
+			}
+		}
+		sorted = sorted[min(len(sorted), rng.IntN(4)):] // some end
+	}
 }

@@ -91,6 +91,7 @@ func simulateAll(ctx context.Context, cfgs []bench.SimConfig, parallel bool, sho
 	run := func(i int) {
 		defer close(done[i])
 		runs[i], errs[i] = bench.SimulateOnModel(ctx, cfgs[i])
+		runs[i].Parallel = parallel && len(cfgs) > 1
 	}
 	if parallel {
 		for i := range cfgs {
