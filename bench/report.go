@@ -761,8 +761,8 @@ func (r *Report) renderSim(p func(string, ...any)) {
 	p("collection (`Collector.CollectScope` on deletions within its token bucket, `MaintainScope` every `--gc-interval`:\n")
 	p("drift sync and empty-role expiry) on a simulated clock, against `bench/iammodel`, an in-memory IAM checked against\n")
 	p("moto by `go test ./bench/iammodel ./bench` (same end state, same calls per action). *Ideal*: ⌈live ÷ capacity⌉.\n")
-	p("A leak run deletes no ServiceAccount for that share of sessions and stops when the first one is refused. The runs go\n")
-	p("side by side on their own models (`-parallel`, the default), so each run's wall time is measured while the others run.\n\n")
+	p("A leak run deletes no ServiceAccount for that share of sessions and stops when the first one is refused. Each run has\n")
+	p("its own model; they run one after the other unless `-parallel` (then each run's wall time includes the others' load).\n\n")
 	p("| run | days | wall | sessions | peak live | peak roles in use | worst ÷ ideal | peak roles existing | longest listed after deletion | refused | IAM calls / day | ceiling hit after |\n")
 	p("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.Sim {
