@@ -27,14 +27,16 @@ const EmptySinceTag = "credential-webhook.klusters.dev/empty-since"
 // Remove takes subjects out of every derived role of seed that lists them (garbage collection of
 // deleted ServiceAccounts) and returns how many entries it removed. Space freed this way is
 // reused by the next Assign (first fit). A role left empty is kept, marked empty since now
-// (EmptySinceTag): ExpireEmpty deletes it after a grace.
+// (EmptySinceTag): ExpireEmpty deletes it after a grace. It lists the roles afresh in its lock
+// session: the full pass judges what Roles read from IAM, and a subject added there outside this
+// server is in no cache (beginFresh).
 func (a *Assigner) Remove(ctx context.Context, seed RoleARN, subjects []string) (int, error) {
 	for _, sub := range subjects {
 		if _, _, err := ParseSubject(sub); err != nil {
 			return 0, err
 		}
 	}
-	return a.removeWhere(ctx, seed, func(int) []string { return subjects })
+	return a.removeWhere(ctx, seed, true, func(int) []string { return subjects })
 }
 
 // RemoveUnless takes out of seed's derived roles every subject keep refuses, deciding on the
@@ -71,7 +73,7 @@ func (a *Assigner) RemoveUnless(ctx context.Context, seed RoleARN, keep func(sub
 		// judged in is judged there in the next round. (Searching every role for every gone
 		// subject, and keeping a set of the judged ones, hashed or compared each ~60-byte
 		// subject twice a collection: 7 % of benchtool sim's CPU.)
-		n, err := a.removeWhere(ctx, seed, func(index int) []string { return gone[index] })
+		n, err := a.removeWhere(ctx, seed, false, func(index int) []string { return gone[index] })
 		removed += n
 		if err != nil {
 			return removed, err
@@ -139,9 +141,10 @@ func (st *seedState) publishedView() *planView {
 }
 
 // removeWhere removes from each derived role of seed the subjects gone names for its index (those
-// the role does not list are ignored), under the seed's lock.
-func (a *Assigner) removeWhere(ctx context.Context, seed RoleARN, gone func(index int) []string) (int, error) {
-	s, done, err := a.begin(ctx, seed)
+// the role does not list are ignored), under the seed's lock; fresh lists the roles again first
+// (beginFresh).
+func (a *Assigner) removeWhere(ctx context.Context, seed RoleARN, fresh bool, gone func(index int) []string) (int, error) {
+	s, done, err := a.beginSession(ctx, seed, fresh)
 	if err != nil {
 		return 0, err
 	}
