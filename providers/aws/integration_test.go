@@ -800,6 +800,81 @@ func TestAssignerAgainstMoto(t *testing.T) {
 			t.Errorf("after deletion: %+v, %v", got, err)
 		}
 	})
+
+	// A trust policy edited outside this server (the console, or whoever holds its credentials:
+	// UpdateAssumeRolePolicy is allowed on every derived role) leaves the lock generation as it
+	// was, so the warm cache of the replica that wrote the role knows nothing of it. The full
+	// pass is there for exactly that: it removes a subject added that way (CollectScope) and a
+	// trust statement added that way (MaintainScope: drift from the seed), deciding on what IAM
+	// holds rather than on the cache.
+	t.Run("the full pass takes out trust added from outside, whatever the cache", func(t *testing.T) {
+		e := newEnv(t, srv, "outside-seed", 2048)
+		ctx := ctxT(t)
+		a := e.assigner(NewLocalLocker(), Config{})
+		if _, err := a.Assign(ctx, e.seed, "demo", sessionSA(0)); err != nil {
+			t.Fatal(err)
+		}
+		const role = "outside-seed-0"
+		edit := func(change func(p map[string]any)) {
+			t.Helper()
+			out, err := e.direct.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(role)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			doc, err := DecodePolicyDocument(aws.ToString(out.Role.AssumeRolePolicyDocument))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var p map[string]any
+			if err := json.Unmarshal([]byte(doc), &p); err != nil {
+				t.Fatal(err)
+			}
+			change(p)
+			b, err := json.Marshal(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := e.direct.UpdateAssumeRolePolicy(ctx, &iam.UpdateAssumeRolePolicyInput{RoleName: aws.String(role), PolicyDocument: aws.String(string(b))}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		col := Collector{Assigner: a}
+		scope := sweeper.Scope{Key: e.seed.String(), Claim: SeedClaim(e.seed), Full: true}
+		onlyOurs := func(_, name string) (*corev1.ServiceAccount, bool) { return nil, name == sessionSA(0) }
+
+		intruder := SubjectPrefix + "demo:intruder"
+		edit(func(p map[string]any) {
+			cond := p["Statement"].([]any)[0].(map[string]any)["Condition"].(map[string]any)
+			for k, v := range cond["StringLike"].(map[string]any) {
+				cond["StringLike"].(map[string]any)[k] = append(v.([]any), intruder)
+			}
+		})
+		if n, err := col.CollectScope(ctx, scope, onlyOurs); err != nil || n != 1 {
+			t.Errorf("full collection removed %d subjects (%v), want the one added from outside", n, err)
+		}
+		if subs := e.trustOf(role).Subjects(); !slices.Equal(subs, []string{sessionSubject(0)}) {
+			t.Errorf("after the full collection the role trusts %v", subs)
+		}
+
+		const stranger = "arn:aws:iam::999999999999:root"
+		edit(func(p map[string]any) {
+			p["Statement"] = append(p["Statement"].([]any), map[string]any{
+				"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": map[string]any{"AWS": stranger}})
+		})
+		if err := col.MaintainScope(ctx, scope); err != nil {
+			t.Fatal(err)
+		}
+		out, err := e.direct.GetRole(ctx, &iam.GetRoleInput{RoleName: aws.String(role)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if doc, _ := DecodePolicyDocument(aws.ToString(out.Role.AssumeRolePolicyDocument)); strings.Contains(doc, stranger) {
+			t.Errorf("after the full pass's drift repair the role still trusts another account: %s", doc)
+		}
+		if subs := e.trustOf(role).Subjects(); !slices.Equal(subs, []string{sessionSubject(0)}) {
+			t.Errorf("drift repair changed the subjects: %v", subs)
+		}
+	})
 }
 
 // The hardening of issue 16 against moto: derived roles always carry a permissions boundary, a
