@@ -29,7 +29,7 @@ const EmptySinceTag = "credential-webhook.klusters.dev/empty-since"
 // reused by the next Assign (first fit). A role left empty is kept, marked empty since now
 // (EmptySinceTag): ExpireEmpty deletes it after a grace. It lists the roles afresh in its lock
 // session: the full pass judges what Roles read from IAM, and a subject added there outside this
-// server is in no cache (beginFresh).
+// server is in no cache (beginSession's reload).
 func (a *Assigner) Remove(ctx context.Context, seed RoleARN, subjects []string) (int, error) {
 	for _, sub := range subjects {
 		if _, _, err := ParseSubject(sub); err != nil {
@@ -141,10 +141,10 @@ func (st *seedState) publishedView() *planView {
 }
 
 // removeWhere removes from each derived role of seed the subjects gone names for its index (those
-// the role does not list are ignored), under the seed's lock; fresh lists the roles again first
-// (beginFresh).
-func (a *Assigner) removeWhere(ctx context.Context, seed RoleARN, fresh bool, gone func(index int) []string) (int, error) {
-	s, done, err := a.beginSession(ctx, seed, fresh)
+// the role does not list are ignored), under the seed's lock; reload lists the roles again first
+// (beginSession).
+func (a *Assigner) removeWhere(ctx context.Context, seed RoleARN, reload bool, gone func(index int) []string) (int, error) {
+	s, done, err := a.beginSession(ctx, seed, reload)
 	if err != nil {
 		return 0, err
 	}

@@ -30,11 +30,11 @@ func (r *SyncReport) count(ws []write) {
 // no longer fit under the quota with the seed's new statements keeps its old trust policy and is
 // reported in the error. The seed it read replaces the cached one (see SeedTTL). Roles read here
 // also tell ExpireEmpty their marks, so a garbage collection pass reads each role once. The roles
-// are listed afresh first (beginFresh): the trust policy compared with the seed is IAM's, so a
-// statement added outside this server is found and removed.
+// are listed afresh first (beginSession's reload): the trust policy compared with the seed is
+// IAM's, so a statement added outside this server is found and removed.
 func (a *Assigner) SyncFromSeed(ctx context.Context, seed RoleARN) (SyncReport, error) {
 	var rep SyncReport
-	s, done, err := a.beginFresh(ctx, seed)
+	s, done, err := a.beginSession(ctx, seed, true)
 	if err != nil {
 		return rep, err
 	}

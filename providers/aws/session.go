@@ -112,17 +112,14 @@ func (a *Assigner) begin(ctx context.Context, seed RoleARN) (*session, func(), e
 	return a.beginSession(ctx, seed, false)
 }
 
-// beginFresh is begin with the derived roles listed again whatever the generation says: for the
-// garbage collection's full pass, which is there for what the generation cannot show. A subject
-// or statement added outside this server (the console, or someone holding the server's
-// credentials) leaves the generation as it was, and a session deciding on the cache would never
-// see it: Remove found nothing to take out and SyncFromSeed compared the seed with the cached
-// policy, so the addition stayed for as long as the role was not written again.
-func (a *Assigner) beginFresh(ctx context.Context, seed RoleARN) (*session, func(), error) {
-	return a.beginSession(ctx, seed, true)
-}
-
-func (a *Assigner) beginSession(ctx context.Context, seed RoleARN, fresh bool) (*session, func(), error) {
+// beginSession is begin; reload lists the derived roles again whatever the generation says, for
+// the garbage collection's full pass (Remove, SyncFromSeed), which is there for what the
+// generation cannot show. A subject or statement added outside this server (the console, or
+// someone holding the server's credentials) leaves the generation as it was, and a session
+// deciding on the cache would never see it: Remove found nothing to take out and SyncFromSeed
+// compared the seed with the cached policy, so the addition stayed for as long as the role was
+// not written again.
+func (a *Assigner) beginSession(ctx context.Context, seed RoleARN, reload bool) (*session, func(), error) {
 	if err := a.allowed(seed); err != nil {
 		return nil, nil, err
 	}
@@ -138,12 +135,9 @@ func (a *Assigner) beginSession(ctx context.Context, seed RoleARN, fresh bool) (
 	}
 	s := a.newSession(seed, st, true)
 	done := func() { st.publish(); unlock(); release() }
-	if st.expireForeign(a.now(), a.foreignRecheck) {
+	if st.expireForeign(a.now(), a.foreignRecheck) || reload {
 		// A role found foreign may have been adopted since (credential-webhook roles adopt):
 		// list the roles again, trust policies included, before placing anyone in one.
-		st.loaded = false
-	}
-	if fresh {
 		st.loaded = false
 	}
 	if !st.loaded || st.gen != gen {
