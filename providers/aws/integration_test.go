@@ -282,6 +282,62 @@ func TestAssignerAgainstMoto(t *testing.T) {
 		t.Logf("roles table:\n%s", b.String())
 	})
 
+	t.Run("a replica that only plans reads the roles again once its view is old", func(t *testing.T) {
+		// The sweeper leader writes; the other replica answers half the reviews from the view
+		// it loaded once. Before planViewMaxAge it kept planning into a role the leader had
+		// filled long ago, and every such plan gave the ServiceAccount's first Pods a role that
+		// never trusted them.
+		e := newEnv(t, srv, "stale-plan-seed", 2048)
+		ctx := ctxT(t)
+		locker := NewLocalLocker()
+		var mu sync.Mutex
+		now := time.Now()
+		clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+		writer, planner := e.assigner(locker, Config{}), e.assigner(locker, Config{Clock: clock})
+		plan := func(i int) string {
+			t.Helper()
+			arn, known, err := planner.Plan(ctx, e.seed, "demo", sessionSA(i))
+			if err != nil || known {
+				t.Fatalf("Plan(%d) = %s, known %v, %v", i, arn, known, err)
+			}
+			return arn[strings.LastIndexByte(arn, '-')+1:]
+		}
+		if got := plan(5000); got != "0" {
+			t.Fatalf("first plan on a fresh seed: role %s, want 0", got)
+		}
+		per := e.capacity(2048)
+		for i := range per + 1 {
+			if _, err := writer.Assign(ctx, e.seed, "demo", sessionSA(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e.proxy.ResetCalls()
+		if got := plan(5001); got != "0" {
+			t.Fatalf("within planViewMaxAge the view is not read again: role %s, want the old view's 0", got)
+		}
+		if c := e.calls(); len(c) != 0 {
+			t.Fatalf("a plan on a young view called IAM: %v", c)
+		}
+		mu.Lock()
+		now = now.Add(planViewMaxAge + time.Second)
+		mu.Unlock()
+		deadline := time.Now().Add(20 * time.Second)
+		for i := 5002; plan(i) != "1"; i++ {
+			if time.Now().After(deadline) {
+				t.Fatalf("an old view was never read again: plans still say role 0, which lists %d subjects (calls %v)", len(e.trustOf("stale-plan-seed-0").Subjects()), e.calls())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		for k := range e.calls() {
+			if !strings.HasPrefix(k, "iam:Get") && !strings.HasPrefix(k, "iam:List") {
+				t.Errorf("reading the view again called %s", k)
+			}
+		}
+		if n := e.calls()["iam:ListRoles"]; n != 1 {
+			t.Errorf("the view was read %d times, want once until it is old again", n)
+		}
+	})
+
 	t.Run("another replica's write is seen through the generation", func(t *testing.T) {
 		e := newEnv(t, srv, "gen-seed", 2048)
 		ctx := ctxT(t)

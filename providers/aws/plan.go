@@ -25,10 +25,25 @@ const reservationTTL = 30 * time.Second
 // point ever further out; beyond it, plans ignore the oldest.
 const maxReservations = 4096
 
+// planViewMaxAge is how old a published view may get before a review starts reading the roles
+// again (in the background: the review plans on the view it has). The sweeper leader publishes
+// after every round it writes, so this matters for a replica that does not write: it loaded its
+// view once, and while the leader filled the roles it kept planning subjects into roles that had
+// long been full, for as long as it ran. A steady KubeStash load fills a role of 15 in seconds,
+// and a plan that misses gives a Pod created from the ServiceAccount before the writer corrects
+// the annotation a role that will never trust it. It costs one ListRoles per seed this often,
+// while reviews come.
+const planViewMaxAge = 5 * time.Second
+
+// planRefreshTimeout bounds a background refresh of the view; it no longer serves the review
+// that started it.
+const planRefreshTimeout = 30 * time.Second
+
 // planView is what a lock session left behind, for planning without the lock.
 type planView struct {
 	roles []RoleView // an immutable copy taken at the end of a lock session
 	seed  *roleSpec  // nil until a session read the seed
+	at    time.Time  // when it was published (Config.Clock); guarded by planner.mu
 }
 
 type reservation struct {
@@ -39,14 +54,15 @@ type reservation struct {
 // planner holds a seed's published view and its reservations. Its mutex is never held across
 // an IAM or Kubernetes call, so planning never waits for a writer's lock session.
 type planner struct {
-	mu       sync.Mutex
-	view     *planView
-	reserved map[string]reservation // subject -> planned role index
+	mu         sync.Mutex
+	view       *planView
+	refreshing bool                   // a background refresh of view runs (refreshView)
+	reserved   map[string]reservation // subject -> planned role index
 }
 
 // publish replaces the view; called with the seed's session semaphore held.
-func (st *seedState) publish() {
-	v := &planView{roles: st.views(), seed: st.spec}
+func (st *seedState) publish(now time.Time) {
+	v := &planView{roles: st.views(), seed: st.spec, at: now}
 	st.plan.mu.Lock()
 	st.plan.view = v
 	st.plan.mu.Unlock()
@@ -147,11 +163,19 @@ func (a *Assigner) plan(ctx context.Context, seed RoleARN, namespace, name strin
 }
 
 // viewOf returns the seed's published view, loading it (under the seed's semaphore, without the
-// distributed lock: reads only) the first time.
+// distributed lock: reads only) the first time. A view older than planViewMaxAge is returned as
+// it is, and read again in the background for the reviews after this one.
 func (a *Assigner) viewOf(ctx context.Context, seed RoleARN, st *seedState) (*planView, error) {
 	st.plan.mu.Lock()
 	v := st.plan.view
+	stale := v != nil && !st.plan.refreshing && a.now().Sub(v.at) > planViewMaxAge
+	if stale {
+		st.plan.refreshing = true
+	}
 	st.plan.mu.Unlock()
+	if stale {
+		go a.refreshView(context.WithoutCancel(ctx), seed, st)
+	}
 	if v != nil {
 		return v, nil
 	}
@@ -160,20 +184,60 @@ func (a *Assigner) viewOf(ctx context.Context, seed RoleARN, st *seedState) (*pl
 		return nil, fmt.Errorf("waiting for seed %s: %w", seed, err)
 	}
 	defer release()
+	if err := a.loadView(ctx, seed, st, false); err != nil {
+		return nil, err
+	}
+	st.plan.mu.Lock()
+	defer st.plan.mu.Unlock()
+	return st.plan.view, nil
+}
+
+// loadView reads the seed's roles (when reload, or not cached) and the seed, and publishes them;
+// called with the seed's semaphore held.
+func (a *Assigner) loadView(ctx context.Context, seed RoleARN, st *seedState, reload bool) error {
 	s := a.newSession(seed, st, false) // reads only: no lock held, so writes are refused
-	if !st.loaded {
+	if reload || !st.loaded {
 		if err := s.refresh(ctx); err != nil {
-			return nil, err
+			return err
 		}
 		st.gen = -1 // loaded without the lock: the next session reloads
 	}
 	if _, err := s.seedSpec(ctx); err != nil {
-		return nil, err
+		return err
 	}
-	st.publish()
+	st.publish(a.now())
+	return nil
+}
+
+// refreshView reads the roles again and publishes them, for viewOf. When a lock session
+// published while this waited for the semaphore, there is nothing to do. A failed read leaves the
+// old view (plans are advisory: the writer corrects them) and is retried by the first review
+// after another planViewMaxAge.
+func (a *Assigner) refreshView(ctx context.Context, seed RoleARN, st *seedState) {
+	ctx, cancel := context.WithTimeout(ctx, planRefreshTimeout)
+	defer cancel()
+	defer func() {
+		st.plan.mu.Lock()
+		st.plan.refreshing = false
+		st.plan.mu.Unlock()
+	}()
+	release, err := st.acquire(ctx)
+	if err != nil {
+		return
+	}
+	defer release()
 	st.plan.mu.Lock()
-	defer st.plan.mu.Unlock()
-	return st.plan.view, nil
+	fresh := a.now().Sub(st.plan.view.at) <= planViewMaxAge
+	st.plan.mu.Unlock()
+	if fresh {
+		return
+	}
+	if err := a.loadView(ctx, seed, st, true); err != nil {
+		a.log.Warn("reading the derived roles again for planning failed; plans use the previous view", "seed", seed.String(), "err", err)
+		st.plan.mu.Lock()
+		st.plan.view.at = a.now() // not again before planViewMaxAge
+		st.plan.mu.Unlock()
+	}
 }
 
 // liveReservations drops expired reservations from m and returns the live ones by role index.

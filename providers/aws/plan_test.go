@@ -47,7 +47,7 @@ func TestExpect(t *testing.T) {
 			a := NewAssigner(nil, NewLocalLocker(), Config{Seeds: allow}, nil)
 			st := a.state(seed)
 			st.roles = []*roleState{{index: 0}, {index: 1}, {index: 2, owner: ownerOther}}
-			st.publish()
+			st.publish(time.Now())
 			sub, err := Subject("backups", "session-1")
 			if err != nil {
 				t.Fatal(err)

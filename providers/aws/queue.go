@@ -79,7 +79,7 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 			}
 			a.assignBatch(s, batch, until)
 			a.rounds.Add(1)
-			st.publish() // admission plans from what this round wrote
+			st.publish(a.now()) // admission plans from what this round wrote
 		}
 		s.tail.Wait() // policies still being attached are written under the lock too
 		done()

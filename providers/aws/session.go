@@ -134,7 +134,7 @@ func (a *Assigner) beginSession(ctx context.Context, seed RoleARN, reload bool) 
 		return nil, nil, fmt.Errorf("locking seed %s: %w", seed, err)
 	}
 	s := a.newSession(seed, st, true)
-	done := func() { st.publish(); unlock(); release() }
+	done := func() { st.publish(a.now()); unlock(); release() }
 	if st.expireForeign(a.now(), a.foreignRecheck) || reload {
 		// A role found foreign may have been adopted since (credential-webhook roles adopt):
 		// list the roles again, trust policies included, before placing anyone in one.

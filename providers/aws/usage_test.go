@@ -3,6 +3,7 @@ package aws
 import (
 	"math"
 	"testing"
+	"time"
 
 	"go.klusters.dev/credential-webhook/sweeper"
 )
@@ -85,7 +86,7 @@ func TestAssignerSeedUsage(t *testing.T) {
 	a.state(arn("arn:aws:iam::123456789012:role/never-loaded"))
 	st := a.state(arn("arn:aws:iam::123456789012:role/kubestash"))
 	st.roles = []*roleState{{index: 0, trust: p}}
-	st.publish()
+	st.publish(time.Now())
 	got, limit := a.SeedUsage()
 	if limit != 7 || len(got) != 1 || got[0].Seed != "arn:aws:iam::123456789012:role/kubestash" || got[0].Roles != 1 || got[0].Subjects != 2 {
 		t.Fatalf("SeedUsage = %+v, %d", got, limit)
