@@ -211,7 +211,8 @@ func (p *providerConfig) register(fs *flag.FlagSet) {
 		p.pods.MountPath, err = pods.ParseMountPath(v)
 		return err
 	})
-	fs.StringVar(&p.podMissing, "pod-missing-serviceaccount", "admit", "a Pod whose ServiceAccount cannot be found: admit (unchanged, with a warning) or deny (the controller retries; a Pod admitted without credentials is never fixed later)")
+	fs.StringVar(&p.podMissing, "pod-missing-serviceaccount", "admit", "a Pod whose ServiceAccount cannot be found, or is still not in its IAM role after --pod-grant-wait: admit (without credentials, or with the planned role, and a warning) or deny (the controller retries; a Pod admitted without credentials is never fixed later)")
+	fs.DurationVar(&p.pods.GrantWait, "pod-grant-wait", pods.DefaultGrantWait, "how long a Pod's review waits for its ServiceAccount, created moments before, to be put in its IAM role (until then the role ARN is only planned and may change); at most half the review's timeout; negative: no wait")
 	fs.StringVar(&p.pods.SidecarImage, "sidecar-image", "", "this binary's image, run as the aws-credentials sidecar for Pods that opt in; empty disables the sidecar")
 	fs.StringVar(&p.azureScopes, "azure-allowed-scopes", "", "comma-separated ARM scopes whose managed identities may be used: /subscriptions/<id> or /subscriptions/<id>/resourceGroups/<rg> (* globs allowed); empty disables Azure")
 	fs.StringVar(&p.azureARMEndpoint, "azure-arm-endpoint", "", "Azure Resource Manager endpoint; empty: the public cloud")

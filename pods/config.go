@@ -15,6 +15,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // MissingPolicy says what to do with a Pod whose ServiceAccount cannot be read.
@@ -77,8 +78,13 @@ type Config struct {
 	// DefaultTokenExpiration in seconds; 0 means DefaultTokenExpiration. Clamped to at least
 	// MinTokenExpiration.
 	DefaultTokenExpiration int64 `json:"defaultTokenExpiration,omitempty"`
-	// MissingServiceAccount: MissingAdmit (the zero value) or MissingDeny.
+	// MissingServiceAccount: MissingAdmit (the zero value) or MissingDeny. It also applies to a
+	// Pod whose ServiceAccount's role is still only planned after GrantWait.
 	MissingServiceAccount MissingPolicy `json:"missingServiceAccount,omitempty"`
+	// GrantWait bounds how long a Pod's review waits for its ServiceAccount, created moments
+	// before, to be put in its IAM role (the role ARN is only planned until then); 0 means
+	// DefaultGrantWait, negative does not wait. Half of the review's remaining budget at most.
+	GrantWait time.Duration `json:"grantWait,omitempty"`
 	// SidecarImage is this binary's image, run as the aws-credentials sidecar. Empty disables
 	// the sidecar (a Pod asking for it is admitted with a warning).
 	SidecarImage string `json:"sidecarImage,omitempty"`
@@ -107,6 +113,17 @@ const MaxExpirationJitter = 0.5
 
 // DefaultExpirationJitter is the flag's default: 10 %, 2.4 hours of a 24-hour token.
 const DefaultExpirationJitter = 0.1
+
+// DefaultGrantWait is Config.GrantWait's default: the writer grants within about a second, in a
+// burst of a thousand ServiceAccounts too (make bench).
+const DefaultGrantWait = 3 * time.Second
+
+func (c Config) grantWait() time.Duration {
+	if c.GrantWait == 0 {
+		return DefaultGrantWait
+	}
+	return c.GrantWait
+}
 
 func (c Config) defaultExpiration() int64 {
 	switch {

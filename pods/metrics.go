@@ -8,8 +8,9 @@ type Metrics struct {
 	// Injected counts Pods given IRSA credentials, by whether the restic sidecar came with them.
 	Injected *prometheus.CounterVec
 	// ServiceAccountUnreadable counts Pods whose ServiceAccount could not be read, by reason
-	// (not-found: usually the cache not having seen a fresh one yet; error) and by what
-	// happened to the Pod (admitted without credentials, or denied for a retry).
+	// (not-found: usually the cache not having seen a fresh one yet; error; not-granted: its
+	// role ARN was still only planned after Config.GrantWait) and by what happened to the Pod
+	// (admitted, without credentials or with the planned role, or denied for a retry).
 	ServiceAccountUnreadable *prometheus.CounterVec
 }
 
@@ -22,7 +23,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"sidecar"}),
 		ServiceAccountUnreadable: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credential_webhook_pods_serviceaccount_unreadable_total",
-			Help: "Pods whose ServiceAccount could not be read at admission, by reason (not-found or error) and action (admitted without credentials, or denied so the controller retries).",
+			Help: "Pods whose ServiceAccount could not be read at admission, by reason (not-found, error, or not-granted: its IAM role was still only planned after the wait) and action (admitted, without credentials or with the planned role, or denied so the controller retries).",
 		}, []string{"reason", "action"}),
 	}
 	reg.MustRegister(m.Injected, m.ServiceAccountUnreadable)
@@ -33,6 +34,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 const (
 	reasonNotFound = "not-found"
 	reasonError    = "error"
+	reasonPlanned  = "not-granted"
 	actionAdmitted = "admitted"
 	actionDenied   = "denied"
 )
@@ -47,6 +49,15 @@ func unreadableLabels(notFound bool, policy MissingPolicy) (reason, action strin
 		action = actionDenied
 	}
 	return reason, action
+}
+
+// notGranted counts a Pod whose ServiceAccount's role was still only planned.
+func (m *Metrics) notGranted(policy MissingPolicy) {
+	if m == nil {
+		return
+	}
+	_, action := unreadableLabels(false, policy)
+	m.ServiceAccountUnreadable.WithLabelValues(reasonPlanned, action).Inc()
 }
 
 func (m *Metrics) injected(sidecar bool) {

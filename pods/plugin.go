@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/go-json-experiment/json/jsontext"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -12,6 +13,7 @@ import (
 
 	"go.klusters.dev/credential-webhook/admission"
 	"go.klusters.dev/credential-webhook/annotations"
+	"go.klusters.dev/credential-webhook/markers"
 )
 
 // ServiceAccounts reads a ServiceAccount (an informer's lister in production). A missing one is
@@ -63,6 +65,13 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 	if err != nil {
 		return p.missing(req, resp, ns, name, err)
 	}
+	if planned(sa) {
+		if sa = p.awaitGrant(ctx, ns, name, sa); planned(sa) {
+			if err := p.stillPlanned(req, resp, sa); err != nil {
+				return err
+			}
+		}
+	}
 	before := resp.Patch.Len()
 	warnings, sidecar := inject(pod, sa, p.Config, resp.Patch)
 	for _, w := range warnings {
@@ -100,6 +109,69 @@ func (p *Plugin) pod(req *admission.Request) (*podView, error) {
 func skipPod(labels map[string]string) bool {
 	_, ok := labels[annotations.AWSSkipPodIdentityLabel]
 	return ok
+}
+
+// planned reports whether sa's role ARN is still only admission's plan: its AWS claim is
+// pending, so the writer has not put the ServiceAccount in a role yet, and the role it ends up in
+// may not be the planned one (the writer then corrects the annotation; with two replicas planning
+// one burst of ServiceAccounts, most plans for new roles miss). A Pod's environment is fixed at
+// creation, so a Pod injected with a plan that missed would never get credentials.
+func planned(sa *corev1.ServiceAccount) bool {
+	v, ok := sa.Annotations[annotations.Pending]
+	return ok && sa.Annotations[annotations.AWSRoleARN] != "" && markers.PendingOn(v, markers.AWS)
+}
+
+// grantPoll is how often awaitGrant reads the ServiceAccount again (from the informer: no
+// apiserver call).
+const grantPoll = 20 * time.Millisecond
+
+// awaitGrant waits for the writer to grant sa, reading it again every grantPoll, for at most
+// Config.GrantWait and half of what is left of the review's budget, and returns the last one
+// read. The writer grants a new ServiceAccount within about a second, in a burst too.
+func (p *Plugin) awaitGrant(ctx context.Context, ns, name string, sa *corev1.ServiceAccount) *corev1.ServiceAccount {
+	wait := p.Config.grantWait()
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl)/2)
+	}
+	if wait <= 0 {
+		return sa
+	}
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	tick := time.NewTicker(grantPoll)
+	defer tick.Stop()
+	for planned(sa) {
+		select {
+		case <-ctx.Done():
+			return sa
+		case <-deadline.C:
+			return sa
+		case <-tick.C:
+		}
+		cur, err := p.ServiceAccounts.Get(ctx, ns, name)
+		if err != nil {
+			return sa // gone or unreadable now: decide on what was read
+		}
+		sa = cur
+	}
+	return sa
+}
+
+// stillPlanned applies Config.MissingServiceAccount to a Pod whose ServiceAccount was not granted
+// within the wait: deny (the Pod's controller retries), or admit it with the planned role and a
+// warning.
+func (p *Plugin) stillPlanned(req *admission.Request, resp *admission.Response, sa *corev1.ServiceAccount) error {
+	p.Metrics.notGranted(p.Config.MissingServiceAccount)
+	if p.Config.MissingServiceAccount == MissingDeny {
+		return admission.Deny(http.StatusServiceUnavailable,
+			"ServiceAccount %s/%s is not in its IAM role yet (credential-webhook is still writing it), so AWS credentials cannot be injected; retry creating the Pod", sa.Namespace, sa.Name)
+	}
+	if req.Log != nil {
+		req.Log.Warn("admitting Pod with the planned role ARN: its ServiceAccount is not granted yet", "serviceaccount", sa.Name, "role", sa.Annotations[annotations.AWSRoleARN])
+	}
+	resp.Warn("ServiceAccount %s/%s is not in its IAM role yet: the Pod gets the planned %s, and if credential-webhook puts the ServiceAccount in another role, the Pod must be created again to get credentials",
+		sa.Namespace, sa.Name, sa.Annotations[annotations.AWSRoleARN])
+	return nil
 }
 
 // missing applies Config.MissingServiceAccount when the ServiceAccount cannot be read. A Pod is

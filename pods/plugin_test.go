@@ -6,7 +6,9 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -15,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"go.klusters.dev/credential-webhook/admission"
+	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/patches"
 )
 
@@ -194,4 +197,99 @@ func TestPluginMetrics(t *testing.T) {
 	}
 	// A plugin without metrics works as before.
 	review(&Plugin{ServiceAccounts: saMap{}}, minimalPod, false)
+}
+
+// A Pod whose ServiceAccount's role ARN is still only planned (its AWS claim pending) waits for
+// the grant and gets the granted role, which may not be the planned one; past the wait, the
+// missing-ServiceAccount policy decides. A ServiceAccount with nothing pending is read once.
+func TestPluginWaitsForTheGrant(t *testing.T) {
+	const plannedARN, grantedARN = "arn:aws:iam::748392615204:role/seed-0", "arn:aws:iam::748392615204:role/seed-3"
+	sa := func(pending bool, arn string) *corev1.ServiceAccount {
+		s := &corev1.ServiceAccount{}
+		s.Name, s.Namespace = "default", "demo"
+		s.Annotations = map[string]string{annotations.AWSRoleARN: arn}
+		if pending {
+			s.Annotations[annotations.Pending] = "aws:0123456789abcdef"
+		}
+		return s
+	}
+	// grantedAfter answers the planned ServiceAccount n times, then the granted one.
+	grantedAfter := func(n int, reads *atomic.Int32) ServiceAccounts {
+		return saFunc(func(context.Context, string, string) (*corev1.ServiceAccount, error) {
+			if int(reads.Add(1)) <= n {
+				return sa(true, plannedARN), nil
+			}
+			return sa(false, grantedARN), nil
+		})
+	}
+	for _, tc := range []struct {
+		name      string
+		after     int // reads answering the plan; -1: never granted
+		policy    MissingPolicy
+		wait      time.Duration
+		wantARN   string // "" : no patch
+		wantCode  int32
+		wantWarn  string
+		wantReads int32 // 0: any
+	}{
+		{"granted already: one read", 0, MissingAdmit, time.Minute, grantedARN, 0, "", 1},
+		{"granted while waiting: the granted role, not the plan", 3, MissingAdmit, time.Minute, grantedARN, 0, "", 4},
+		{"never granted, admit: the plan, with a warning", -1, MissingAdmit, 100 * time.Millisecond, plannedARN, 0, "not in its IAM role yet", 0},
+		{"never granted, deny: retry", -1, MissingDeny, 100 * time.Millisecond, "", http.StatusServiceUnavailable, "", 0},
+		{"a negative wait does not wait", -1, MissingAdmit, -1, plannedARN, 0, "not in its IAM role yet", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var reads atomic.Int32
+			n := tc.after
+			if n < 0 {
+				n = 1 << 30
+			}
+			p := NewPlugin(grantedAfter(n, &reads), Config{MissingServiceAccount: tc.policy, GrantWait: tc.wait})
+			resp := &admission.Response{Patch: patches.NewBuilder()}
+			req := &admission.Request{Operation: admissionv1.Create, Namespace: "demo", Object: []byte(minimalPod)}
+			err := p.Admit(context.Background(), req, resp)
+			if tc.wantCode != 0 {
+				if d, ok := admission.IsDenied(err); !ok || d.Code != tc.wantCode || !strings.Contains(d.Message, "retry") {
+					t.Fatalf("Admit = %v, want a denial with code %d telling to retry", err, tc.wantCode)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Admit: %v", err)
+			}
+			ops, err := json.Marshal(resp.Patch.Ops())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(ops), tc.wantARN) || tc.wantARN == grantedARN && strings.Contains(string(ops), plannedARN) {
+				t.Errorf("patch %s, want the role %s", ops, tc.wantARN)
+			}
+			if joined := strings.Join(resp.Warnings, "\n"); (tc.wantWarn == "") != (joined == "") || !strings.Contains(joined, tc.wantWarn) {
+				t.Errorf("warnings %q, want %q", joined, tc.wantWarn)
+			}
+			if tc.wantReads != 0 && reads.Load() != tc.wantReads {
+				t.Errorf("ServiceAccount read %d times, want %d", reads.Load(), tc.wantReads)
+			}
+		})
+	}
+}
+
+// The wait never takes more than half of what is left of the review's budget.
+func TestPluginGrantWaitWithinBudget(t *testing.T) {
+	s := &corev1.ServiceAccount{}
+	s.Name, s.Namespace = "default", "demo"
+	s.Annotations = map[string]string{annotations.AWSRoleARN: "arn:aws:iam::748392615204:role/seed-0", annotations.Pending: "aws:0123456789abcdef"}
+	p := NewPlugin(saMap{"demo/default": s}, Config{GrantWait: time.Hour})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	resp := &admission.Response{Patch: patches.NewBuilder()}
+	if err := p.Admit(ctx, &admission.Request{Operation: admissionv1.Create, Namespace: "demo", Object: []byte(minimalPod)}, resp); err != nil {
+		t.Fatalf("Admit: %v", err)
+	}
+	if ctx.Err() != nil {
+		t.Errorf("the wait used the whole budget: the review's context ended")
+	}
+	if !strings.Contains(strings.Join(resp.Warnings, "\n"), "not in its IAM role yet") {
+		t.Errorf("warnings %q, want the not-granted one", resp.Warnings)
+	}
 }
