@@ -2,13 +2,22 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
+	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/e2e/harness"
+	"go.klusters.dev/credential-webhook/testenv/moto"
 )
 
 // Issue 17, through the real apiserver, the project's MutatingWebhookConfiguration (manifests/)
@@ -88,4 +97,121 @@ func TestPodResticOptInAndSkipLabel(t *testing.T) {
 			t.Errorf("Pod labelled %s=%s reached the webhook (%s): the objectSelector should keep it away", skipLabel, value, r.Backend)
 		}
 	}
+}
+
+// Pods created right after their ServiceAccounts, in a burst answered by two replicas, get the
+// role their ServiceAccount was finally granted, not the plan admission answered with: two
+// replicas plan one burst into the same room, the writer puts the surplus elsewhere and corrects
+// the annotation, and a Pod's environment cannot be corrected. The Pod's review waits for the
+// grant (--pod-grant-wait). How many plans missed is logged: the test asserts what every Pod got.
+func TestPodsOfABurstGetTheGrantedRole(t *testing.T) {
+	ctx := context.Background()
+	ns := cluster.Namespace(t)
+	cfg := rest.CopyConfig(cluster.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: operatorUser, Groups: flowOperatorGroups}
+	cfg.QPS, cfg.Burst = 1000, 1000
+	op, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flowBindOperator(t, ns, op)
+	seedName := fmt.Sprintf("kubestash-podburst-%x", time.Now().UnixNano()&0xffffff)
+	seed, err := moto.CreateSeedRole(ctx, cluster.AWSConfig(), seedName, "/", cluster.Issuer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	suffix := ns[strings.LastIndexByte(ns, '-')+1:]
+	var names []string
+	for _, l := range []string{"a", "b"} {
+		name := "podburst-" + suffix + "-" + l
+		names = append(names, name)
+		cluster.StartWebhook(t, harness.WebhookOptions{Name: name, Args: []string{
+			"--aws-seed-roles=" + seed, "--allowed-requesters=user:" + operatorUser, "--allowed-namespaces=*",
+			"--lease-namespace=" + harness.WebhookNamespace, "--identity=" + name,
+			"--aws-inject-pod-identity", "--aws-region=us-east-1", "--pod-missing-serviceaccount=deny",
+		}})
+	}
+	flowPoll(t, 60*time.Second, "a sweeper leader", func() (bool, error) { return slices.Contains(names, flowLeaseHolder()), nil })
+
+	const n, clients = 90, 12
+	var mu sync.Mutex
+	planned := map[string]string{}  // ServiceAccount -> the role ARN admission answered with
+	injected := map[string]string{} // ServiceAccount -> AWS_ROLE_ARN of its Pod
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for range clients {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				name := fmt.Sprintf("session-%d", i)
+				sa, err := op.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name,
+					Annotations: map[string]string{annotations.SeedRole: seed}}}, metav1.CreateOptions{})
+				if err != nil {
+					errs <- fmt.Errorf("ServiceAccount %s: %w", name, err)
+					return
+				}
+				p := plainPod(ns)
+				p.Spec.ServiceAccountName = name
+				var created *corev1.Pod
+				// deny: a Pod whose ServiceAccount the replica's cache has not seen yet is refused
+				// and created again, as its controller would.
+				for attempt := 0; ; attempt++ {
+					created, err = cluster.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+					if err == nil || attempt == 50 {
+						break
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("Pod of %s: %w", name, err)
+					return
+				}
+				arn := ""
+				for _, e := range created.Spec.Containers[0].Env {
+					if e.Name == "AWS_ROLE_ARN" {
+						arn = e.Value
+					}
+				}
+				mu.Lock()
+				planned[name], injected[name] = sa.Annotations[annotations.AWSRoleARN], arn
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	final := map[string]string{}
+	flowPoll(t, 2*time.Minute, "every ServiceAccount granted", func() (bool, error) {
+		list, err := cluster.Client.CoreV1().ServiceAccounts(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, sa := range list.Items {
+			if _, ok := planned[sa.Name]; !ok {
+				continue
+			}
+			if _, pending := sa.Annotations[annotations.Pending]; pending {
+				return false, nil
+			}
+			final[sa.Name] = sa.Annotations[annotations.AWSRoleARN]
+		}
+		return len(final) == n, nil
+	})
+	missed := 0
+	for name, arn := range final {
+		if planned[name] != arn {
+			missed++
+		}
+		if injected[name] != arn {
+			t.Errorf("the Pod of %s has AWS_ROLE_ARN %q; the ServiceAccount was granted %s (planned %s)", name, injected[name], arn, planned[name])
+		}
+	}
+	t.Logf("%d ServiceAccounts from %d clients over two replicas: %d plans missed; every Pod checked against the granted role", n, clients, missed)
 }
