@@ -56,36 +56,43 @@ func BenchmarkFlowCreationToTrust(b *testing.B) {
 	}
 }
 
-// creationToTrust creates n ServiceAccounts from clients concurrent creators (each as fast as
-// the apiserver answers), with IAM latency and a throttled fraction of IAM calls.
-func creationToTrust(b *testing.B, n, clients int, iamLatency time.Duration, throttle float64) {
-	ctx := context.Background()
-	ns := cluster.Namespace(b)
+// twoReplicas sets up a burst: a namespace the KubeStash operator may edit and a client acting
+// as the operator, a fresh seed role in moto, and two replicas of the webhook (extra flags
+// appended) allowed to use it, one of them the sweeper leader.
+func twoReplicas(tb testing.TB, prefix string, extra ...string) (ns string, op kubernetes.Interface, seedName, seed string, replicas []*harness.Webhook) {
+	tb.Helper()
+	ns = cluster.Namespace(tb)
 	cfg := rest.CopyConfig(cluster.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: operatorUser, Groups: flowOperatorGroups}
 	cfg.QPS, cfg.Burst = 1000, 1000
 	op, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	flowBindOperator(b, ns, op)
-	seedName := fmt.Sprintf("kubestash-lat-%x", time.Now().UnixNano()&0xffffff)
-	seed, err := moto.CreateSeedRole(ctx, cluster.AWSConfig(), seedName, "/", cluster.Issuer)
-	if err != nil {
-		b.Fatal(err)
+	flowBindOperator(tb, ns, op)
+	seedName = fmt.Sprintf("kubestash-%s-%x", prefix, time.Now().UnixNano()&0xffffff)
+	if seed, err = moto.CreateSeedRole(context.Background(), cluster.AWSConfig(), seedName, "/", cluster.Issuer); err != nil {
+		tb.Fatal(err)
 	}
 	suffix := ns[strings.LastIndexByte(ns, '-')+1:]
 	var names []string
-	var replicas []*harness.Webhook
 	for _, l := range []string{"a", "b"} {
-		name := "lat-" + suffix + "-" + l
+		name := prefix + "-" + suffix + "-" + l
 		names = append(names, name)
-		replicas = append(replicas, cluster.StartWebhook(b, harness.WebhookOptions{Name: name, Args: []string{
+		replicas = append(replicas, cluster.StartWebhook(tb, harness.WebhookOptions{Name: name, Args: append([]string{
 			"--aws-seed-roles=" + seed, "--allowed-requesters=user:" + operatorUser, "--allowed-namespaces=*",
 			"--lease-namespace=" + harness.WebhookNamespace, "--identity=" + name,
-		}}))
+		}, extra...)}))
 	}
-	flowPoll(b, 60*time.Second, "a sweeper leader", func() (bool, error) { return slices.Contains(names, flowLeaseHolder()), nil })
+	flowPoll(tb, 60*time.Second, "a sweeper leader", func() (bool, error) { return slices.Contains(names, flowLeaseHolder()), nil })
+	return ns, op, seedName, seed, replicas
+}
+
+// creationToTrust creates n ServiceAccounts from clients concurrent creators (each as fast as
+// the apiserver answers), with IAM latency and a throttled fraction of IAM calls.
+func creationToTrust(b *testing.B, n, clients int, iamLatency time.Duration, throttle float64) {
+	ctx := context.Background()
+	ns, op, seedName, seed, replicas := twoReplicas(b, "lat")
 	if iamLatency > 0 || throttle > 0 {
 		cluster.IAM.SetFaults(iamproxy.Faults{Latency: iamLatency, ThrottleRate: throttle, Actions: []string{"iam:*"}, Seed: 18})
 		b.Cleanup(func() { cluster.IAM.SetFaults(iamproxy.Faults{}) })

@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,12 +10,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/e2e/harness"
-	"go.klusters.dev/credential-webhook/testenv/moto"
 )
 
 // Issue 17, through the real apiserver, the project's MutatingWebhookConfiguration (manifests/)
@@ -106,32 +101,7 @@ func TestPodResticOptInAndSkipLabel(t *testing.T) {
 // grant (--pod-grant-wait). How many plans missed is logged: the test asserts what every Pod got.
 func TestPodsOfABurstGetTheGrantedRole(t *testing.T) {
 	ctx := context.Background()
-	ns := cluster.Namespace(t)
-	cfg := rest.CopyConfig(cluster.Config)
-	cfg.Impersonate = rest.ImpersonationConfig{UserName: operatorUser, Groups: flowOperatorGroups}
-	cfg.QPS, cfg.Burst = 1000, 1000
-	op, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	flowBindOperator(t, ns, op)
-	seedName := fmt.Sprintf("kubestash-podburst-%x", time.Now().UnixNano()&0xffffff)
-	seed, err := moto.CreateSeedRole(ctx, cluster.AWSConfig(), seedName, "/", cluster.Issuer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	suffix := ns[strings.LastIndexByte(ns, '-')+1:]
-	var names []string
-	for _, l := range []string{"a", "b"} {
-		name := "podburst-" + suffix + "-" + l
-		names = append(names, name)
-		cluster.StartWebhook(t, harness.WebhookOptions{Name: name, Args: []string{
-			"--aws-seed-roles=" + seed, "--allowed-requesters=user:" + operatorUser, "--allowed-namespaces=*",
-			"--lease-namespace=" + harness.WebhookNamespace, "--identity=" + name,
-			"--aws-inject-pod-identity", "--aws-region=us-east-1", "--pod-missing-serviceaccount=deny",
-		}})
-	}
-	flowPoll(t, 60*time.Second, "a sweeper leader", func() (bool, error) { return slices.Contains(names, flowLeaseHolder()), nil })
+	ns, op, _, seed, _ := twoReplicas(t, "podburst", "--aws-inject-pod-identity", "--aws-region=us-east-1", "--pod-missing-serviceaccount=deny")
 
 	const n, clients = 90, 12
 	var mu sync.Mutex
