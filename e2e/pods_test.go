@@ -127,11 +127,12 @@ func TestPodsOfABurstGetTheGrantedRole(t *testing.T) {
 				p := plainPod(ns)
 				p.Spec.ServiceAccountName = name
 				var created *corev1.Pod
-				// deny: a Pod whose ServiceAccount the replica's cache has not seen yet is refused
-				// and created again, as its controller would.
+				// deny: a Pod whose ServiceAccount the replica's cache has not seen yet, or that is
+				// still not granted after the wait, is refused and created again, as its controller
+				// would, for up to 30 s.
 				for attempt := 0; ; attempt++ {
 					created, err = cluster.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
-					if err == nil || attempt == 50 {
+					if err == nil || attempt == 300 {
 						break
 					}
 					time.Sleep(100 * time.Millisecond)
