@@ -212,7 +212,7 @@ func (p *providerConfig) register(fs *flag.FlagSet) {
 		return err
 	})
 	fs.StringVar(&p.podMissing, "pod-missing-serviceaccount", "admit", "a Pod whose ServiceAccount cannot be found, or is still not in its IAM role after --pod-grant-wait: admit (without credentials, or with the planned role, and a warning) or deny (the controller retries; a Pod admitted without credentials is never fixed later)")
-	fs.DurationVar(&p.pods.GrantWait, "pod-grant-wait", pods.DefaultGrantWait, "how long a Pod's review waits for its ServiceAccount, created moments before, to be put in its IAM role (until then the role ARN is only planned and may change); at most half the review's timeout; negative: no wait")
+	fs.DurationVar(&p.pods.GrantWait, "pod-grant-wait", pods.DefaultGrantWait, "how long a Pod's review waits for its ServiceAccount, created moments before, to be put in its IAM role (until then the role ARN is only planned and may change); at most half the review's remaining budget (about 2s with the chart's 5s webhook timeout); 0: no wait")
 	fs.StringVar(&p.pods.SidecarImage, "sidecar-image", "", "this binary's image, run as the aws-credentials sidecar for Pods that opt in; empty disables the sidecar")
 	fs.StringVar(&p.azureScopes, "azure-allowed-scopes", "", "comma-separated ARM scopes whose managed identities may be used: /subscriptions/<id> or /subscriptions/<id>/resourceGroups/<rg> (* globs allowed); empty disables Azure")
 	fs.StringVar(&p.azureARMEndpoint, "azure-arm-endpoint", "", "Azure Resource Manager endpoint; empty: the public cloud")
@@ -353,6 +353,9 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 
 	if p.podIdentity {
 		p.pods.MissingServiceAccount = st.podMissing
+		if p.pods.GrantWait == 0 {
+			p.pods.GrantWait = -1 // the flag's 0 is no wait; the Config's zero value is the default
+		}
 		if sas == nil {
 			return nil, fmt.Errorf("--aws-inject-pod-identity needs the Kubernetes API (--kubeconfig or in-cluster) to read ServiceAccounts")
 		}

@@ -101,7 +101,7 @@ func TestPodResticOptInAndSkipLabel(t *testing.T) {
 // grant (--pod-grant-wait). How many plans missed is logged: the test asserts what every Pod got.
 func TestPodsOfABurstGetTheGrantedRole(t *testing.T) {
 	ctx := context.Background()
-	ns, op, _, seed, _ := twoReplicas(t, "podburst", "--aws-inject-pod-identity", "--aws-region=us-east-1", "--pod-missing-serviceaccount=deny")
+	ns, op, _, seed, replicas := twoReplicas(t, "podburst", "--aws-inject-pod-identity", "--aws-region=us-east-1", "--pod-missing-serviceaccount=deny")
 
 	const n, clients = 90, 12
 	var mu sync.Mutex
@@ -184,5 +184,13 @@ func TestPodsOfABurstGetTheGrantedRole(t *testing.T) {
 			t.Errorf("the Pod of %s has AWS_ROLE_ARN %q; the ServiceAccount was granted %s (planned %s)", name, injected[name], arn, planned[name])
 		}
 	}
-	t.Logf("%d ServiceAccounts from %d clients over two replicas: %d plans missed; every Pod checked against the granted role", n, clients, missed)
+	// The Pods came while their ServiceAccounts were pending, so the path under test ran.
+	waited := 0.0
+	for _, w := range replicas {
+		waited += flowMetric(t, w, "credential_webhook_pods_grant_waits_total", map[string]string{"outcome": "granted"})
+	}
+	if waited == 0 {
+		t.Errorf("no Pod review waited for a grant: every ServiceAccount was granted before its Pod came, so this test showed nothing")
+	}
+	t.Logf("%d ServiceAccounts from %d clients over two replicas: %d plans missed, %.0f Pod reviews waited for the grant; every Pod checked against the granted role", n, clients, missed, waited)
 }

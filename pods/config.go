@@ -83,7 +83,8 @@ type Config struct {
 	MissingServiceAccount MissingPolicy `json:"missingServiceAccount,omitempty"`
 	// GrantWait bounds how long a Pod's review waits for its ServiceAccount, created moments
 	// before, to be put in its IAM role (the role ARN is only planned until then); 0 means
-	// DefaultGrantWait, negative does not wait. Half of the review's remaining budget at most.
+	// DefaultGrantWait, negative does not wait (the flag's 0). Half of the review's remaining
+	// budget at most: with the chart's 5 s webhook timeout, about 2 s.
 	GrantWait time.Duration `json:"grantWait,omitempty"`
 	// SidecarImage is this binary's image, run as the aws-credentials sidecar. Empty disables
 	// the sidecar (a Pod asking for it is admitted with a warning).

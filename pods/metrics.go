@@ -8,10 +8,13 @@ type Metrics struct {
 	// Injected counts Pods given IRSA credentials, by whether the restic sidecar came with them.
 	Injected *prometheus.CounterVec
 	// ServiceAccountUnreadable counts Pods whose ServiceAccount could not be read, by reason
-	// (not-found: usually the cache not having seen a fresh one yet; error; not-granted: its
-	// role ARN was still only planned after Config.GrantWait) and by what happened to the Pod
-	// (admitted, without credentials or with the planned role, or denied for a retry).
+	// (not-found: usually the cache not having seen a fresh one yet; error) and by what
+	// happened to the Pod (admitted without credentials, or denied for a retry).
 	ServiceAccountUnreadable *prometheus.CounterVec
+	// GrantWaits counts Pods whose ServiceAccount's role ARN was only planned (its AWS claim
+	// pending) when they were reviewed, by outcome: granted while the review waited, admitted
+	// with the plan after the wait (warning), or denied for a retry.
+	GrantWaits *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -23,10 +26,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"sidecar"}),
 		ServiceAccountUnreadable: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credential_webhook_pods_serviceaccount_unreadable_total",
-			Help: "Pods whose ServiceAccount could not be read at admission, by reason (not-found, error, or not-granted: its IAM role was still only planned after the wait) and action (admitted, without credentials or with the planned role, or denied so the controller retries).",
+			Help: "Pods whose ServiceAccount could not be read at admission, by reason (not-found or error) and action (admitted without credentials, or denied so the controller retries).",
 		}, []string{"reason", "action"}),
+		GrantWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credential_webhook_pods_grant_waits_total",
+			Help: "Pods whose ServiceAccount was still pending (its role ARN only planned) at admission, by outcome: granted while the review waited (--pod-grant-wait), admitted with the planned role, or denied so the controller retries.",
+		}, []string{"outcome"}),
 	}
-	reg.MustRegister(m.Injected, m.ServiceAccountUnreadable)
+	for _, o := range []string{grantGranted, grantPlanned, grantDenied} {
+		m.GrantWaits.WithLabelValues(o)
+	}
+	reg.MustRegister(m.Injected, m.ServiceAccountUnreadable, m.GrantWaits)
 	return m
 }
 
@@ -34,7 +44,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 const (
 	reasonNotFound = "not-found"
 	reasonError    = "error"
-	reasonPlanned  = "not-granted"
 	actionAdmitted = "admitted"
 	actionDenied   = "denied"
 )
@@ -51,13 +60,18 @@ func unreadableLabels(notFound bool, policy MissingPolicy) (reason, action strin
 	return reason, action
 }
 
-// notGranted counts a Pod whose ServiceAccount's role was still only planned.
-func (m *Metrics) notGranted(policy MissingPolicy) {
+// Outcomes of a Pod whose ServiceAccount was pending (GrantWaits).
+const (
+	grantGranted = "granted"
+	grantPlanned = "admitted-planned"
+	grantDenied  = "denied"
+)
+
+func (m *Metrics) grantWait(outcome string) {
 	if m == nil {
 		return
 	}
-	_, action := unreadableLabels(false, policy)
-	m.ServiceAccountUnreadable.WithLabelValues(reasonPlanned, action).Inc()
+	m.GrantWaits.WithLabelValues(outcome).Inc()
 }
 
 func (m *Metrics) injected(sidecar bool) {

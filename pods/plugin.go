@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-json-experiment/json/jsontext"
@@ -29,6 +30,8 @@ type Plugin struct {
 	Config          Config
 	// Metrics, when set, counts injected Pods and unreadable ServiceAccounts.
 	Metrics *Metrics
+
+	waiters atomic.Int32 // reviews in awaitGrant (maxGrantWaiters)
 }
 
 // NewPlugin returns a Plugin reading ServiceAccounts from sas.
@@ -65,8 +68,14 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 	if err != nil {
 		return p.missing(req, resp, ns, name, err)
 	}
-	if planned(sa) {
-		if sa = p.awaitGrant(ctx, ns, name, sa); planned(sa) {
+	if planned(sa) && !injected(pod) {
+		waited := sa
+		if sa = p.awaitGrant(ctx, req, ns, name, sa); sa == nil {
+			sa = waited // gone or unreadable since: decide on what was read
+		} else if !planned(sa) {
+			p.Metrics.grantWait(grantGranted)
+		}
+		if planned(sa) {
 			if err := p.stillPlanned(req, resp, sa); err != nil {
 				return err
 			}
@@ -121,14 +130,26 @@ func planned(sa *corev1.ServiceAccount) bool {
 	return ok && sa.Annotations[annotations.AWSRoleARN] != "" && markers.PendingOn(v, markers.AWS)
 }
 
+// injected reports whether the Pod already has what inject adds first: the token volume (a
+// reinvocation, or the EKS webhook ran first). inject changes nothing then, so there is nothing
+// to wait for.
+func injected(pod *podView) bool { return hasVolume(pod.Spec.Volumes, TokenVolumeName) }
+
 // grantPoll is how often awaitGrant reads the ServiceAccount again (from the informer: no
 // apiserver call).
 const grantPoll = 20 * time.Millisecond
 
+// maxGrantWaiters bounds the reviews waiting for a grant at once. Each holds one of the server's
+// in-flight slots (--max-inflight-reviews), shared with the ServiceAccount route, whose failure
+// policy is Fail: a flood of Pod reviews, forged or real (a writer outage), naming pending
+// ServiceAccounts must not take them all. Past it, a review decides at once.
+const maxGrantWaiters = 64
+
 // awaitGrant waits for the writer to grant sa, reading it again every grantPoll, for at most
 // Config.GrantWait and half of what is left of the review's budget, and returns the last one
-// read. The writer grants a new ServiceAccount within about a second, in a burst too.
-func (p *Plugin) awaitGrant(ctx context.Context, ns, name string, sa *corev1.ServiceAccount) *corev1.ServiceAccount {
+// read: nil when it is gone or unreadable. The writer grants a new ServiceAccount within about
+// a second, in a burst too.
+func (p *Plugin) awaitGrant(ctx context.Context, req *admission.Request, ns, name string, sa *corev1.ServiceAccount) *corev1.ServiceAccount {
 	wait := p.Config.grantWait()
 	if dl, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(dl)/2)
@@ -136,6 +157,14 @@ func (p *Plugin) awaitGrant(ctx context.Context, ns, name string, sa *corev1.Ser
 	if wait <= 0 {
 		return sa
 	}
+	if n := p.waiters.Add(1); n > maxGrantWaiters {
+		p.waiters.Add(-1)
+		if req.Log != nil {
+			req.Log.Warn("not waiting for the ServiceAccount's grant: too many Pod reviews wait already", "serviceaccount", name, "waiting", maxGrantWaiters)
+		}
+		return sa
+	}
+	defer p.waiters.Add(-1)
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	tick := time.NewTicker(grantPoll)
@@ -150,7 +179,7 @@ func (p *Plugin) awaitGrant(ctx context.Context, ns, name string, sa *corev1.Ser
 		}
 		cur, err := p.ServiceAccounts.Get(ctx, ns, name)
 		if err != nil {
-			return sa // gone or unreadable now: decide on what was read
+			return nil
 		}
 		sa = cur
 	}
@@ -161,15 +190,16 @@ func (p *Plugin) awaitGrant(ctx context.Context, ns, name string, sa *corev1.Ser
 // within the wait: deny (the Pod's controller retries), or admit it with the planned role and a
 // warning.
 func (p *Plugin) stillPlanned(req *admission.Request, resp *admission.Response, sa *corev1.ServiceAccount) error {
-	p.Metrics.notGranted(p.Config.MissingServiceAccount)
 	if p.Config.MissingServiceAccount == MissingDeny {
+		p.Metrics.grantWait(grantDenied)
 		return admission.Deny(http.StatusServiceUnavailable,
 			"ServiceAccount %s/%s is not in its IAM role yet (credential-webhook is still writing it), so AWS credentials cannot be injected; retry creating the Pod", sa.Namespace, sa.Name)
 	}
+	p.Metrics.grantWait(grantPlanned)
 	if req.Log != nil {
 		req.Log.Warn("admitting Pod with the planned role ARN: its ServiceAccount is not granted yet", "serviceaccount", sa.Name, "role", sa.Annotations[annotations.AWSRoleARN])
 	}
-	resp.Warn("ServiceAccount %s/%s is not in its IAM role yet: the Pod gets the planned %s, and if credential-webhook puts the ServiceAccount in another role, the Pod must be created again to get credentials",
+	resp.Warn("ServiceAccount %s/%s was not in its IAM role yet: the Pod gets the planned %s, and if credential-webhook puts the ServiceAccount in another role, the Pod must be created again to get credentials",
 		sa.Namespace, sa.Name, sa.Annotations[annotations.AWSRoleARN])
 	return nil
 }

@@ -192,8 +192,8 @@ func TestPluginMetrics(t *testing.T) {
 			t.Errorf("serviceaccount_unreadable%v = %v, want %v", labels, got, want)
 		}
 	}
-	if n, err := testutil.GatherAndCount(reg); err != nil || n != 6 {
-		t.Errorf("series: %d, %v; want 6 (2 injected, 4 unreadable)", n, err)
+	if n, err := testutil.GatherAndCount(reg); err != nil || n != 9 {
+		t.Errorf("series: %d, %v; want 9 (2 injected, 4 unreadable, 3 grant wait outcomes)", n, err)
 	}
 	// A plugin without metrics works as before.
 	review(&Plugin{ServiceAccounts: saMap{}}, minimalPod, false)
@@ -223,20 +223,21 @@ func TestPluginWaitsForTheGrant(t *testing.T) {
 		})
 	}
 	for _, tc := range []struct {
-		name      string
-		after     int // reads answering the plan; -1: never granted
-		policy    MissingPolicy
-		wait      time.Duration
-		wantARN   string // "" : no patch
-		wantCode  int32
-		wantWarn  string
-		wantReads int32 // 0: any
+		name        string
+		after       int // reads answering the plan; -1: never granted
+		policy      MissingPolicy
+		wait        time.Duration
+		wantARN     string // "" : no patch
+		wantCode    int32
+		wantWarn    string
+		wantReads   int32  // 0: any
+		wantOutcome string // the grant_waits outcome counted; "": none
 	}{
-		{"granted already: one read", 0, MissingAdmit, time.Minute, grantedARN, 0, "", 1},
-		{"granted while waiting: the granted role, not the plan", 3, MissingAdmit, time.Minute, grantedARN, 0, "", 4},
-		{"never granted, admit: the plan, with a warning", -1, MissingAdmit, 100 * time.Millisecond, plannedARN, 0, "not in its IAM role yet", 0},
-		{"never granted, deny: retry", -1, MissingDeny, 100 * time.Millisecond, "", http.StatusServiceUnavailable, "", 0},
-		{"a negative wait does not wait", -1, MissingAdmit, -1, plannedARN, 0, "not in its IAM role yet", 1},
+		{"granted already: one read", 0, MissingAdmit, time.Minute, grantedARN, 0, "", 1, ""},
+		{"granted while waiting: the granted role, not the plan", 3, MissingAdmit, time.Minute, grantedARN, 0, "", 4, grantGranted},
+		{"never granted, admit: the plan, with a warning", -1, MissingAdmit, 100 * time.Millisecond, plannedARN, 0, "not in its IAM role yet", 0, grantPlanned},
+		{"never granted, deny: retry", -1, MissingDeny, 100 * time.Millisecond, "", http.StatusServiceUnavailable, "", 0, grantDenied},
+		{"a negative wait does not wait", -1, MissingAdmit, -1, plannedARN, 0, "not in its IAM role yet", 1, grantPlanned},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var reads atomic.Int32
@@ -245,6 +246,18 @@ func TestPluginWaitsForTheGrant(t *testing.T) {
 				n = 1 << 30
 			}
 			p := NewPlugin(grantedAfter(n, &reads), Config{MissingServiceAccount: tc.policy, GrantWait: tc.wait})
+			p.Metrics = NewMetrics(prometheus.NewRegistry())
+			defer func() {
+				for _, o := range []string{grantGranted, grantPlanned, grantDenied} {
+					want := 0.0
+					if o == tc.wantOutcome {
+						want = 1
+					}
+					if got := testutil.ToFloat64(p.Metrics.GrantWaits.WithLabelValues(o)); got != want {
+						t.Errorf("grant_waits{outcome=%q} = %v, want %v", o, got, want)
+					}
+				}
+			}()
 			resp := &admission.Response{Patch: patches.NewBuilder()}
 			req := &admission.Request{Operation: admissionv1.Create, Namespace: "demo", Object: []byte(minimalPod)}
 			err := p.Admit(context.Background(), req, resp)
@@ -291,5 +304,38 @@ func TestPluginGrantWaitWithinBudget(t *testing.T) {
 	}
 	if !strings.Contains(strings.Join(resp.Warnings, "\n"), "not in its IAM role yet") {
 		t.Errorf("warnings %q, want the not-granted one", resp.Warnings)
+	}
+}
+
+// A Pod that already has the token volume (a reinvocation, or the EKS webhook ran first) gets
+// nothing from inject, so its review does not wait for a pending ServiceAccount's grant; nor do
+// more than maxGrantWaiters reviews at once.
+func TestPluginWaitsOnlyWhenItHelps(t *testing.T) {
+	s := &corev1.ServiceAccount{}
+	s.Name, s.Namespace = "default", "demo"
+	s.Annotations = map[string]string{annotations.AWSRoleARN: "arn:aws:iam::748392615204:role/seed-0", annotations.Pending: "aws:0123456789abcdef"}
+	var reads atomic.Int32
+	sas := saFunc(func(context.Context, string, string) (*corev1.ServiceAccount, error) { reads.Add(1); return s, nil })
+	const withVolume = `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"volumes":[{"name":"aws-iam-token","projected":{"sources":[]}}],"containers":[{"name":"c","image":"i"}]}}`
+	admit := func(p *Plugin, pod string) {
+		t.Helper()
+		resp := &admission.Response{Patch: patches.NewBuilder()}
+		if err := p.Admit(context.Background(), &admission.Request{Operation: admissionv1.Create, Namespace: "demo", Object: []byte(pod)}, resp); err != nil {
+			t.Fatalf("Admit: %v", err)
+		}
+	}
+	p := NewPlugin(sas, Config{GrantWait: time.Hour})
+	admit(p, withVolume)
+	if n := reads.Load(); n != 1 {
+		t.Errorf("a Pod with the token volume read its ServiceAccount %d times, want 1 (no wait)", n)
+	}
+	reads.Store(0)
+	p.waiters.Store(maxGrantWaiters)
+	admit(p, minimalPod)
+	if n := reads.Load(); n != 1 {
+		t.Errorf("with %d reviews waiting already, the ServiceAccount was read %d times, want 1 (no wait)", maxGrantWaiters, n)
+	}
+	if n := p.waiters.Load(); n != maxGrantWaiters {
+		t.Errorf("waiters %d after a review that did not wait, want %d", n, maxGrantWaiters)
 	}
 }
