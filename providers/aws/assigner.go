@@ -19,6 +19,8 @@ var (
 	ErrNotAllowed = errors.New("seed role not allowed")
 	// ErrRoleLimitReached: every derived role is full and Config.RoleCreationLimit roles exist.
 	ErrRoleLimitReached = errors.New("derived role limit reached")
+	// ErrTooManySeeds: admission plans for a bounded number of seeds per replica (maxPlanSeeds).
+	ErrTooManySeeds = errors.New("too many seeds")
 	// ErrSubjectTooLarge: even an empty derived role cannot hold the subject under the quota.
 	ErrSubjectTooLarge = errors.New("subject does not fit in an empty derived role")
 	// ErrSeedMismatch: the role IAM returns for the seed's name is not the seed ARN (other path
@@ -113,6 +115,14 @@ type Assigner struct {
 	allowedMu    sync.Mutex
 	allowedSeeds map[RoleARN]bool
 
+	// refreshMu guards lastRefresh, when a review last started a background refresh of a plan
+	// view (mayRefresh).
+	refreshMu   sync.Mutex
+	lastRefresh time.Time
+
+	// maxPlanSeeds is maxPlanSeeds; tests shorten it.
+	maxPlanSeeds int
+
 	// foreignRecheck is ForeignRecheck; tests shorten it.
 	foreignRecheck time.Duration
 
@@ -140,7 +150,7 @@ func NewAssigner(api IAMAPI, locker Locker, cfg Config, log *slog.Logger) *Assig
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
-	return &Assigner{api: api, locker: locker, cfg: cfg, log: log, seeds: map[string]*seedState{}, foreignRecheck: ForeignRecheck}
+	return &Assigner{api: api, locker: locker, cfg: cfg, log: log, seeds: map[string]*seedState{}, foreignRecheck: ForeignRecheck, maxPlanSeeds: maxPlanSeeds}
 }
 
 // now is the Assigner's clock (Config.Clock).

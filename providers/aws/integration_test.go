@@ -293,16 +293,16 @@ func TestAssignerAgainstMoto(t *testing.T) {
 		var mu sync.Mutex
 		now := time.Now()
 		clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-		writer, planner := e.assigner(locker, Config{}), e.assigner(locker, Config{Clock: clock})
-		plan := func(i int) string {
+		writer, planner := e.assigner(locker, Config{Clock: clock}), e.assigner(locker, Config{Clock: clock})
+		plan := func(a *Assigner, i int) string {
 			t.Helper()
-			arn, known, err := planner.Plan(ctx, e.seed, "demo", sessionSA(i))
+			arn, known, err := a.Plan(ctx, e.seed, "demo", sessionSA(i))
 			if err != nil || known {
 				t.Fatalf("Plan(%d) = %s, known %v, %v", i, arn, known, err)
 			}
 			return arn[strings.LastIndexByte(arn, '-')+1:]
 		}
-		if got := plan(5000); got != "0" {
+		if got := plan(planner, 5000); got != "0" {
 			t.Fatalf("first plan on a fresh seed: role %s, want 0", got)
 		}
 		per := e.capacity(2048)
@@ -312,7 +312,7 @@ func TestAssignerAgainstMoto(t *testing.T) {
 			}
 		}
 		e.proxy.ResetCalls()
-		if got := plan(5001); got != "0" {
+		if got := plan(planner, 5001); got != "0" {
 			t.Fatalf("within planViewMaxAge the view is not read again: role %s, want the old view's 0", got)
 		}
 		if c := e.calls(); len(c) != 0 {
@@ -322,7 +322,7 @@ func TestAssignerAgainstMoto(t *testing.T) {
 		now = now.Add(planViewMaxAge + time.Second)
 		mu.Unlock()
 		deadline := time.Now().Add(20 * time.Second)
-		for i := 5002; plan(i) != "1"; i++ {
+		for i := 5002; plan(planner, i) != "1"; i++ {
 			if time.Now().After(deadline) {
 				t.Fatalf("an old view was never read again: plans still say role 0, which lists %d subjects (calls %v)", len(e.trustOf("stale-plan-seed-0").Subjects()), e.calls())
 			}
@@ -335,6 +335,89 @@ func TestAssignerAgainstMoto(t *testing.T) {
 		}
 		if n := e.calls()["iam:ListRoles"]; n != 1 {
 			t.Errorf("the view was read %d times, want once until it is old again", n)
+		}
+
+		// On the writer, a refresh leaves its cache (its own writes, at a known generation)
+		// alone: its next lock session lists nothing again.
+		st := writer.state(e.seed)
+		plan(writer, 6000)
+		deadline = time.Now().Add(20 * time.Second)
+		for {
+			st.plan.mu.Lock()
+			done := !st.plan.refreshing
+			st.plan.mu.Unlock()
+			if done {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the writer's refresh never ended")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		e.proxy.ResetCalls()
+		if _, err := writer.Assign(ctx, e.seed, "demo", sessionSA(per+1)); err != nil {
+			t.Fatal(err)
+		}
+		if c := e.calls(); c["iam:ListRoles"] != 0 || c["iam:GetRole"] != 0 {
+			t.Errorf("after a refresh of its plan view, the writer's next assignment read the roles again: %v", c)
+		}
+	})
+
+	t.Run("forged reviews naming seeds IAM lacks cost one read per seed, for a bounded number of seeds", func(t *testing.T) {
+		// Reviews prove nothing, and the allowlist kubestash/* admits any name under it.
+		e := newEnv(t, srv, "forged-seed-anchor", 2048)
+		ctx := ctxT(t)
+		var mu sync.Mutex
+		now := time.Now()
+		clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+		a := e.assigner(NewLocalLocker(), Config{Clock: clock})
+		a.maxPlanSeeds = 3
+		missing := func(i int) RoleARN {
+			r, err := ParseRoleARN(fmt.Sprintf("arn:aws:iam::%s:role/kubestash/forged%dx", moto.AccountID, i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+		e.proxy.ResetCalls()
+		if _, _, err := a.Reserve(ctx, missing(0), "demo", sessionSA(0)); err == nil {
+			t.Fatal("a plan for a seed IAM does not have succeeded")
+		}
+		first := e.calls()
+		if len(first) == 0 {
+			t.Fatal("the first plan for a seed read nothing")
+		}
+		e.proxy.ResetCalls()
+		for i := range 20 {
+			if _, _, err := a.Reserve(ctx, missing(0), "demo", sessionSA(i)); err == nil {
+				t.Fatal("a plan for a seed IAM does not have succeeded")
+			}
+		}
+		if c := e.calls(); len(c) != 0 {
+			t.Errorf("20 more reviews for a seed that could not be read called IAM: %v", c)
+		}
+		mu.Lock()
+		now = now.Add(planLoadRetry + time.Second)
+		mu.Unlock()
+		if _, _, err := a.Reserve(ctx, missing(0), "demo", sessionSA(0)); err == nil {
+			t.Fatal("a plan for a seed IAM does not have succeeded")
+		}
+		if c := e.calls(); len(c) == 0 {
+			t.Error("after planLoadRetry, the seed was not read again")
+		}
+		for i := 1; i < 3; i++ {
+			_, _, _ = a.Reserve(ctx, missing(i), "demo", sessionSA(0))
+		}
+		e.proxy.ResetCalls()
+		_, _, err := a.Reserve(ctx, missing(3), "demo", sessionSA(0))
+		if !errors.Is(err, ErrTooManySeeds) {
+			t.Errorf("a fourth seed: %v, want ErrTooManySeeds", err)
+		}
+		if c := e.calls(); len(c) != 0 {
+			t.Errorf("a seed past the bound called IAM: %v", c)
+		}
+		if Permanent(err) {
+			t.Error("ErrTooManySeeds is permanent: the claim would be dropped instead of left to the writer")
 		}
 	})
 

@@ -35,6 +35,11 @@ const maxReservations = 4096
 // while reviews come.
 const planViewMaxAge = 5 * time.Second
 
+// planRefreshGap is the least time between two background refreshes of any seeds' views on one
+// replica: reviews, forged ones included, name any allowed seed, and every refresh lists the
+// seed's path in IAM, whose throttling is per account.
+const planRefreshGap = time.Second
+
 // planRefreshTimeout bounds a background refresh of the view; it no longer serves the review
 // that started it.
 const planRefreshTimeout = 30 * time.Second
@@ -43,7 +48,6 @@ const planRefreshTimeout = 30 * time.Second
 type planView struct {
 	roles []RoleView // an immutable copy taken at the end of a lock session
 	seed  *roleSpec  // nil until a session read the seed
-	at    time.Time  // when it was published (Config.Clock); guarded by planner.mu
 }
 
 type reservation struct {
@@ -54,17 +58,20 @@ type reservation struct {
 // planner holds a seed's published view and its reservations. Its mutex is never held across
 // an IAM or Kubernetes call, so planning never waits for a writer's lock session.
 type planner struct {
-	mu         sync.Mutex
-	view       *planView
-	refreshing bool                   // a background refresh of view runs (refreshView)
-	reserved   map[string]reservation // subject -> planned role index
+	mu           sync.Mutex
+	view         *planView
+	refreshAfter time.Time // when a review should read the roles again (viewOf)
+	refreshing   bool      // a background refresh of view runs (refreshView)
+	loadErr      error     // why the first read of the view failed, until loadRetryAt
+	loadRetryAt  time.Time
+	reserved     map[string]reservation // subject -> planned role index
 }
 
 // publish replaces the view; called with the seed's session semaphore held.
 func (st *seedState) publish(now time.Time) {
-	v := &planView{roles: st.views(), seed: st.spec, at: now}
+	v := &planView{roles: st.views(), seed: st.spec}
 	st.plan.mu.Lock()
-	st.plan.view = v
+	st.plan.view, st.plan.refreshAfter = v, now.Add(planViewMaxAge)
 	st.plan.mu.Unlock()
 }
 
@@ -102,8 +109,9 @@ func (a *Assigner) Plan(ctx context.Context, seed RoleARN, namespace, name strin
 }
 
 // Reserve plans like Plan and holds room for the subject in the planned role for a short while;
-// Assign then places the subject there when it still fits. It makes IAM reads only when this
-// process has never looked at the seed, and no IAM write.
+// Assign then places the subject there when it still fits. It makes no IAM write, and IAM reads
+// only the first time this process looks at the seed (the review waits for them) and, in the
+// background, when the view it plans on is older than planViewMaxAge (viewOf).
 func (a *Assigner) Reserve(ctx context.Context, seed RoleARN, namespace, name string) (roleARN string, known bool, err error) {
 	return a.plan(ctx, seed, namespace, name, true)
 }
@@ -116,7 +124,10 @@ func (a *Assigner) plan(ctx context.Context, seed RoleARN, namespace, name strin
 	if err := a.allowed(seed); err != nil {
 		return "", false, err
 	}
-	st := a.state(seed)
+	st, err := a.planState(seed)
+	if err != nil {
+		return "", false, err
+	}
 	view, err := a.viewOf(ctx, seed, st)
 	if err != nil {
 		return "", false, err
@@ -162,29 +173,64 @@ func (a *Assigner) plan(ctx context.Context, seed RoleARN, namespace, name strin
 	return arn.String(), known, nil
 }
 
+// maxPlanSeeds bounds the seeds a replica keeps state for on behalf of reviews alone. A review
+// proves nothing (anyone on the pod network can send one), and an allowlist with a glob admits
+// any number of seed names: without a bound, forged reviews naming new ones grew memory without
+// end. Past it, a review for a seed this replica never saw gets an error (its claim stays
+// pending and the writer, acting for persisted ServiceAccounts only, finishes it).
+const maxPlanSeeds = 256
+
+// planLoadRetry is how long a seed whose first read failed is not read again for reviews: a
+// forged review naming an allowed seed that IAM does not have cost a ListRoles and a GetRole,
+// every time.
+const planLoadRetry = 10 * time.Second
+
+// planState is state(seed) for admission: only for seeds known, or within maxPlanSeeds.
+func (a *Assigner) planState(seed RoleARN) (*seedState, error) {
+	a.mu.Lock()
+	_, known := a.seeds[seed.String()]
+	full := !known && len(a.seeds) >= a.maxPlanSeeds
+	a.mu.Unlock()
+	if full {
+		return nil, fmt.Errorf("%w: this replica plans for at most %d seeds; %s is not one of them yet", ErrTooManySeeds, a.maxPlanSeeds, seed)
+	}
+	return a.state(seed), nil
+}
+
 // viewOf returns the seed's published view, loading it (under the seed's semaphore, without the
 // distributed lock: reads only) the first time. A view older than planViewMaxAge is returned as
-// it is, and read again in the background for the reviews after this one.
+// it is, and read again in the background for the reviews after this one, one refresh per seed
+// at a time and one a planRefreshGap per replica.
 func (a *Assigner) viewOf(ctx context.Context, seed RoleARN, st *seedState) (*planView, error) {
+	now := a.now()
 	st.plan.mu.Lock()
 	v := st.plan.view
-	stale := v != nil && !st.plan.refreshing && a.now().Sub(v.at) > planViewMaxAge
+	stale := v != nil && !st.plan.refreshing && now.After(st.plan.refreshAfter) && a.mayRefresh(now)
 	if stale {
 		st.plan.refreshing = true
 	}
 	st.plan.mu.Unlock()
 	if stale {
-		go a.refreshView(context.WithoutCancel(ctx), seed, st)
+		go a.refreshView(context.WithoutCancel(ctx), seed, st, v)
 	}
 	if v != nil {
 		return v, nil
+	}
+	st.plan.mu.Lock()
+	failed, retryAt := st.plan.loadErr, st.plan.loadRetryAt
+	st.plan.mu.Unlock()
+	if failed != nil && now.Before(retryAt) {
+		return nil, fmt.Errorf("seed %s could not be read, not read again for %v: %w", seed, retryAt.Sub(now).Round(time.Second), failed)
 	}
 	release, err := st.acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("waiting for seed %s: %w", seed, err)
 	}
 	defer release()
-	if err := a.loadView(ctx, seed, st, false); err != nil {
+	if err := a.loadView(ctx, seed, st); err != nil {
+		st.plan.mu.Lock()
+		st.plan.loadErr, st.plan.loadRetryAt = err, a.now().Add(planLoadRetry)
+		st.plan.mu.Unlock()
 		return nil, err
 	}
 	st.plan.mu.Lock()
@@ -192,11 +238,11 @@ func (a *Assigner) viewOf(ctx context.Context, seed RoleARN, st *seedState) (*pl
 	return st.plan.view, nil
 }
 
-// loadView reads the seed's roles (when reload, or not cached) and the seed, and publishes them;
-// called with the seed's semaphore held.
-func (a *Assigner) loadView(ctx context.Context, seed RoleARN, st *seedState, reload bool) error {
+// loadView reads the seed's roles (unless cached) and the seed, and publishes them; called with
+// the seed's semaphore held.
+func (a *Assigner) loadView(ctx context.Context, seed RoleARN, st *seedState) error {
 	s := a.newSession(seed, st, false) // reads only: no lock held, so writes are refused
-	if reload || !st.loaded {
+	if !st.loaded {
 		if err := s.refresh(ctx); err != nil {
 			return err
 		}
@@ -209,35 +255,54 @@ func (a *Assigner) loadView(ctx context.Context, seed RoleARN, st *seedState, re
 	return nil
 }
 
-// refreshView reads the roles again and publishes them, for viewOf. When a lock session
-// published while this waited for the semaphore, there is nothing to do. A failed read leaves the
-// old view (plans are advisory: the writer corrects them) and is retried by the first review
-// after another planViewMaxAge.
-func (a *Assigner) refreshView(ctx context.Context, seed RoleARN, st *seedState) {
+// mayRefresh reports whether a background refresh may start now (planRefreshGap), and counts it.
+func (a *Assigner) mayRefresh(now time.Time) bool {
+	a.refreshMu.Lock()
+	defer a.refreshMu.Unlock()
+	if !a.lastRefresh.IsZero() && now.Sub(a.lastRefresh) < planRefreshGap {
+		return false
+	}
+	a.lastRefresh = now
+	return true
+}
+
+// refreshView reads the seed's roles into a scratch state, as Roles does, and publishes them in
+// place of old, for viewOf. It leaves the seed's cache alone: on the writer, the cache holds its
+// own latest writes at a known generation, and an eventually consistent read must not replace
+// them (nor make the next lock session list the roles again), so no semaphore either. When a lock
+// session published while this read, its view is the newer one and stays. Roles the lock
+// sessions found foreign stay so (ownership is read only under the lock). A failed read keeps
+// old, and is tried again after planViewMaxAge.
+func (a *Assigner) refreshView(ctx context.Context, seed RoleARN, st *seedState, old *planView) {
 	ctx, cancel := context.WithTimeout(ctx, planRefreshTimeout)
 	defer cancel()
+	var v *planView
 	defer func() {
+		if p := recover(); p != nil { // no server recovery on this goroutine: keep the process
+			a.log.Error("reading the derived roles again for planning panicked; plans use the previous view", "seed", seed.String(), "panic", p)
+		}
 		st.plan.mu.Lock()
+		defer st.plan.mu.Unlock()
 		st.plan.refreshing = false
-		st.plan.mu.Unlock()
+		st.plan.refreshAfter = a.now().Add(planViewMaxAge)
+		if v != nil && st.plan.view == old {
+			st.plan.view = v
+		}
 	}()
-	release, err := st.acquire(ctx)
-	if err != nil {
-		return
-	}
-	defer release()
-	st.plan.mu.Lock()
-	fresh := a.now().Sub(st.plan.view.at) <= planViewMaxAge
-	st.plan.mu.Unlock()
-	if fresh {
-		return
-	}
-	if err := a.loadView(ctx, seed, st, true); err != nil {
+	scratch := &seedState{}
+	s := a.newSession(seed, scratch, false)
+	s.known = a.publishedTrust(seed) // a document unchanged since is not parsed again
+	if err := s.refresh(ctx); err != nil {
 		a.log.Warn("reading the derived roles again for planning failed; plans use the previous view", "seed", seed.String(), "err", err)
-		st.plan.mu.Lock()
-		st.plan.view.at = a.now() // not again before planViewMaxAge
-		st.plan.mu.Unlock()
+		return
 	}
+	roles := scratch.views()
+	for i, r := range roles {
+		if slices.ContainsFunc(old.roles, func(o RoleView) bool { return o.Index == r.Index && o.Foreign }) {
+			roles[i].Foreign = true
+		}
+	}
+	v = &planView{roles: roles, seed: old.seed}
 }
 
 // liveReservations drops expired reservations from m and returns the live ones by role index.

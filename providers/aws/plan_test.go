@@ -70,3 +70,18 @@ func TestExpect(t *testing.T) {
 		})
 	}
 }
+
+// Background refreshes of plan views start at most once a planRefreshGap per replica, whatever
+// seeds reviews name.
+func TestMayRefresh(t *testing.T) {
+	a := NewAssigner(nil, NewLocalLocker(), Config{}, nil)
+	t0 := time.Now()
+	for _, step := range []struct {
+		at   time.Duration
+		want bool
+	}{{0, true}, {planRefreshGap / 2, false}, {planRefreshGap, true}, {planRefreshGap + time.Millisecond, false}, {3 * planRefreshGap, true}} {
+		if got := a.mayRefresh(t0.Add(step.at)); got != step.want {
+			t.Errorf("mayRefresh at +%v = %v, want %v", step.at, got, step.want)
+		}
+	}
+}
