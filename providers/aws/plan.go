@@ -181,8 +181,8 @@ func (a *Assigner) plan(ctx context.Context, seed RoleARN, namespace, name strin
 const maxPlanSeeds = 256
 
 // planLoadRetry is how long a seed whose first read failed is not read again for reviews: a
-// forged review naming an allowed seed that IAM does not have cost a ListRoles and a GetRole,
-// every time.
+// forged review naming an allowed seed that IAM does not have cost a GetRole every time (and a
+// ListRoles, until one succeeded).
 const planLoadRetry = 10 * time.Second
 
 // planState is state(seed) for admission: only for seeds known, or within maxPlanSeeds.
