@@ -69,16 +69,8 @@ func (p *Plugin) Admit(ctx context.Context, req *admission.Request, resp *admiss
 		return p.missing(req, resp, ns, name, err)
 	}
 	if planned(sa) && !injected(pod) {
-		waited := sa
-		if sa = p.awaitGrant(ctx, req, ns, name, sa); sa == nil {
-			sa = waited // gone or unreadable since: decide on what was read
-		} else if !planned(sa) {
-			p.Metrics.grantWait(grantGranted)
-		}
-		if planned(sa) {
-			if err := p.stillPlanned(req, resp, sa); err != nil {
-				return err
-			}
+		if sa, err = p.granted(ctx, req, resp, ns, name, sa); err != nil {
+			return err
 		}
 	}
 	before := resp.Patch.Len()
@@ -184,6 +176,21 @@ func (p *Plugin) awaitGrant(ctx context.Context, req *admission.Request, ns, nam
 		sa = cur
 	}
 	return sa
+}
+
+// granted waits for the grant of sa, whose role ARN is only planned (awaitGrant), and returns the
+// ServiceAccount to inject from: the granted one or, past the wait, the planned one when
+// Config.MissingServiceAccount admits it (stillPlanned).
+func (p *Plugin) granted(ctx context.Context, req *admission.Request, resp *admission.Response, ns, name string, sa *corev1.ServiceAccount) (*corev1.ServiceAccount, error) {
+	cur := p.awaitGrant(ctx, req, ns, name, sa)
+	if cur == nil {
+		cur = sa // gone or unreadable since: decide on what was read
+	}
+	if !planned(cur) {
+		p.Metrics.grantWait(grantGranted)
+		return cur, nil
+	}
+	return cur, p.stillPlanned(req, resp, cur)
 }
 
 // stillPlanned applies Config.MissingServiceAccount to a Pod whose ServiceAccount was not granted
