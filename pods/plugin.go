@@ -139,8 +139,8 @@ const maxGrantWaiters = 64
 
 // awaitGrant waits for the writer to grant sa, reading it again every grantPoll, for at most
 // Config.GrantWait and half of what is left of the review's budget, and returns the last one
-// read: nil when it is gone or unreadable. The writer grants a new ServiceAccount within about
-// a second, in a burst too.
+// read (the one before, when it is gone or unreadable now: decided on what was read). The writer
+// grants a new ServiceAccount within about a second, in a burst too.
 func (p *Plugin) awaitGrant(ctx context.Context, req *admission.Request, ns, name string, sa *corev1.ServiceAccount) *corev1.ServiceAccount {
 	wait := p.Config.grantWait()
 	if dl, ok := ctx.Deadline(); ok {
@@ -171,7 +171,7 @@ func (p *Plugin) awaitGrant(ctx context.Context, req *admission.Request, ns, nam
 		}
 		cur, err := p.ServiceAccounts.Get(ctx, ns, name)
 		if err != nil {
-			return nil
+			return sa
 		}
 		sa = cur
 	}
@@ -183,9 +183,6 @@ func (p *Plugin) awaitGrant(ctx context.Context, req *admission.Request, ns, nam
 // Config.MissingServiceAccount admits it (stillPlanned).
 func (p *Plugin) granted(ctx context.Context, req *admission.Request, resp *admission.Response, ns, name string, sa *corev1.ServiceAccount) (*corev1.ServiceAccount, error) {
 	cur := p.awaitGrant(ctx, req, ns, name, sa)
-	if cur == nil {
-		cur = sa // gone or unreadable since: decide on what was read
-	}
 	if !planned(cur) {
 		p.Metrics.grantWait(grantGranted)
 		return cur, nil
