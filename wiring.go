@@ -428,7 +428,7 @@ func (p *providerConfig) locker(d deps) awsp.Locker {
 		d.reg.MustRegister(
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "credential_webhook_lock_sessions_total",
-				Help: "Per-seed lock Leases this replica took (lock sessions).",
+				Help: "Per-seed lock Leases this replica took or renewed (lock sessions: a bounded hold of the lock, begun by a take or a renewal).",
 			}, func() float64 { n, _ := l.Stats(); return float64(n) }),
 			prometheus.NewCounterFunc(prometheus.CounterOpts{
 				Name: "credential_webhook_lock_api_calls_total",

@@ -260,6 +260,9 @@ func TestLeaseLocker(t *testing.T) {
 		if err := crashed.Bump(ctx, key); err == nil {
 			t.Error("the crashed replica bumped a Lease it no longer holds")
 		}
+		if _, err := crashed.Renew(ctx, key); err == nil {
+			t.Error("the crashed replica renewed a Lease it no longer holds")
+		}
 		lateUnlock()
 		if h, _, _ := leaseHolder(t, ns, key); h != "replica-survivor" {
 			t.Errorf("the crashed replica's late unlock released the survivor's Lease (holder now %q)", h)
@@ -267,6 +270,44 @@ func TestLeaseLocker(t *testing.T) {
 		unlock()
 		if _, gen := leaseLock(t, crashed, key, 30*time.Second); gen != gen0+1 {
 			t.Errorf("generation after a clean release = %d, want %d", gen, gen0+1)
+		}
+	})
+
+	// A renewal moves the Lease's expiry as other replicas see it: past the take's expiry, the
+	// Lease still keeps them out, and the holder may still write (Held); its release frees it.
+	t.Run("renewal keeps others out past the first expiry", func(t *testing.T) {
+		key := leaseKey(ns, "renew")
+		holder := newLeaseLocker(ns, "replica-renewing", 2*time.Second, nil)
+		other := newLeaseLocker(ns, "replica-waiting", 30*time.Second, nil)
+		ctx := context.Background()
+		unlock, gen0 := leaseLock(t, holder, key, 30*time.Second)
+		_, taken, _ := leaseHolder(t, ns, key)
+		time.Sleep(time.Second)
+		if _, err := holder.Renew(ctx, key); err != nil {
+			t.Fatalf("renewal 1 s into a 2 s Lease: %v", err)
+		}
+		h, renewed, _ := leaseHolder(t, ns, key)
+		if h != "replica-renewing" || !renewed.After(taken) {
+			t.Fatalf("after the renewal the Lease is held by %q, renewed at %s (taken at %s); want replica-renewing, renewed later", h, renewed.Format(time.StampMicro), taken.Format(time.StampMicro))
+		}
+		time.Sleep(time.Until(taken.Add(2*time.Second + 200*time.Millisecond))) // past the take's expiry
+		if err := holder.Held(key); err != nil {
+			t.Errorf("the holder may no longer write 2.2 s after its take, 1.2 s after its renewal (of a 2 s Lease): %v", err)
+		}
+		if err := holder.Bump(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+		short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		_, _, err := other.Lock(short, key)
+		cancel()
+		if err == nil {
+			t.Fatal("another replica took a renewed Lease at its first expiry")
+		}
+		unlock()
+		unlock2, gen := leaseLock(t, other, key, 30*time.Second)
+		defer unlock2()
+		if gen != gen0+1 {
+			t.Errorf("generation after a renewed hold that bumped once = %d, want %d", gen, gen0+1)
 		}
 	})
 

@@ -60,11 +60,11 @@ type LeaseLocker struct {
 	// heldAt is when this replica took key (monotonic clock), while it holds it.
 	heldAt map[string]time.Time
 
-	// sessions counts the locks taken, calls the Lease API calls made for them (Stats).
+	// sessions counts the locks taken and renewed, calls the Lease API calls made for them (Stats).
 	sessions, calls atomic.Int64
 }
 
-// Stats returns how many locks this replica took and how many Lease API calls (get, create,
+// Stats returns how many locks this replica took or renewed and how many Lease API calls (get, create,
 // update) it made for them, including waiting for a Lease another replica holds: what a lock
 // session costs the apiserver (the metrics credential_webhook_lock_sessions_total and
 // credential_webhook_lock_api_calls_total).
@@ -356,6 +356,34 @@ func (l *LeaseLocker) heldLocked(key string) error {
 		return fmt.Errorf("lease %s was taken %s ago, too close to its %s expiry to write under it", LeaseName(key), age.Round(time.Millisecond), l.duration)
 	}
 	return nil
+}
+
+// Renew extends this replica's hold of key with one Lease update (RenewTime now), without
+// releasing it, and returns the moment written as the RenewTime: the new hold, which Bump and
+// Held measure from, starts there. A writer still busy when its hold runs out (a burst of new
+// ServiceAccounts) goes on at the cost of that one call, where releasing and taking the Lease
+// again cost two, and the wait for both, while subjects queued. It counts as a lock session in
+// Stats: a session is a bounded hold, begun by a take or a renewal, and the bumps of the
+// sessions still go to the generation at the release. It fails, and the hold stays as it was,
+// when the Lease is no longer this replica's (ours expired and someone took it) or when the
+// update fails: the caller then stops writing and releases.
+func (l *LeaseLocker) Renew(ctx context.Context, key string) (time.Time, error) {
+	if err := l.Held(key); err != nil {
+		return time.Time{}, err // too late to renew: another replica may be taking it over
+	}
+	at := time.Now()
+	now := metav1.NewMicroTime(at)
+	if err := l.modify(ctx, key, func(lease *coordinationv1.Lease) { lease.Spec.RenewTime = &now }); err != nil {
+		return time.Time{}, fmt.Errorf("renewing lease %s: %w", LeaseName(key), err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, held := l.heldAt[key]; !held {
+		return time.Time{}, fmt.Errorf("lease %s was released while it was renewed", LeaseName(key))
+	}
+	l.heldAt[key] = at
+	l.sessions.Add(1)
+	return at, nil
 }
 
 func (l *LeaseLocker) release(ctx context.Context, key string) error {

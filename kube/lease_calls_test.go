@@ -6,7 +6,9 @@ import (
 	"testing"
 	"time"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
@@ -120,4 +122,94 @@ func TestHeldRefusesNearExpiry(t *testing.T) {
 	if err := l.Bump(ctx, key); err == nil {
 		t.Error("Bump 0.8 s into a 1 s Lease succeeded")
 	}
+}
+
+// Renew extends the hold with one update: the Lease keeps its holder and gets a new RenewTime,
+// Held measures from the renewal, the renewal counts as a session in Stats, and the bumps of
+// the whole hold reach the generation at the release. A Lease another replica took (ours
+// expired) cannot be renewed, and neither can one this replica does not hold.
+func TestRenewExtendsTheHold(t *testing.T) {
+	cs := fake.NewClientset()
+	l := kube.NewLeaseLocker(kubeadapter.Wrap(cs), "ns", "replica-a", time.Second, nil)
+	ctx := context.Background()
+	const key = "arn:aws:iam::123456789012:role/seed"
+	if _, err := l.Renew(ctx, key); err == nil || len(cs.Actions()) != 0 {
+		t.Fatalf("Renew of a lock not held: error %v after %d calls; want an error and no call", err, len(cs.Actions()))
+	}
+	unlock, gen, err := l.Lock(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Bump(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // two thirds of the way to Held's 3/4 of the 1 s Lease
+	before := len(cs.Actions())
+	at, err := l.Renew(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var verbs []string
+	for _, a := range cs.Actions()[before:] {
+		verbs = append(verbs, a.GetVerb())
+	}
+	if got := strings.Join(verbs, ","); got != "update" {
+		t.Errorf("Renew made calls %s, want one update", got)
+	}
+	lease, err := cs.CoordinationV1().Leases("ns").Get(ctx, kube.LeaseName(key), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := lease.Spec.HolderIdentity; h == nil || *h != "replica-a" || lease.Spec.RenewTime == nil || lease.Spec.RenewTime.Sub(at).Abs() >= time.Microsecond {
+		t.Errorf("after Renew the Lease is held by %v, renewed at %v; want replica-a at %v", h, lease.Spec.RenewTime, at)
+	}
+	time.Sleep(500 * time.Millisecond) // 1 s after the take, 0.5 s after the renewal
+	if err := l.Held(key); err != nil {
+		t.Errorf("Held 0.5 s after a renewal (1 s after the take) refused: %v", err)
+	}
+	if err := l.Bump(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	if sessions, _ := l.Stats(); sessions != 2 {
+		t.Errorf("Stats() = %d sessions; want 2, the take and the renewal", sessions)
+	}
+	unlock2, gen2, err := l.Lock(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gen2 != gen+2 {
+		t.Errorf("generation %d after a hold that bumped before and after its renewal; want %d", gen2, gen+2)
+	}
+	// Another replica takes the Lease over (ours "expired"): the renewal must not take it back.
+	lease, err = cs.CoordinationV1().Leases("ns").Get(ctx, kube.LeaseName(key), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := "replica-b"
+	lease.Spec.HolderIdentity = &other
+	if _, err := cs.CoordinationV1().Leases("ns").Update(ctx, lease, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The replica's memory of the Lease is stale now. The fake does not check resourceVersion:
+	// answer an update that would take the Lease from replica-b with the conflict the apiserver
+	// gives a stale update; the renewal must then read the Lease and refuse.
+	cs.PrependReactor("update", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		upd := a.(k8stesting.UpdateAction).GetObject().(*coordinationv1.Lease)
+		cur, err := cs.Tracker().Get(coordinationv1.SchemeGroupVersion.WithResource("leases"), "ns", upd.Name)
+		if err == nil {
+			if h := cur.(*coordinationv1.Lease).Spec.HolderIdentity; h != nil && *h == other && (upd.Spec.HolderIdentity == nil || *upd.Spec.HolderIdentity != other) {
+				return true, nil, apierrors.NewConflict(schema.GroupResource{Group: "coordination.k8s.io", Resource: "leases"}, upd.Name, nil)
+			}
+		}
+		return false, nil, nil
+	})
+	if _, err := l.Renew(ctx, key); err == nil {
+		t.Error("Renew succeeded on a Lease replica-b holds")
+	}
+	lease, _ = cs.CoordinationV1().Leases("ns").Get(ctx, kube.LeaseName(key), metav1.GetOptions{})
+	if h := lease.Spec.HolderIdentity; h == nil || *h != other {
+		t.Errorf("after the refused renewal the Lease is held by %v, want replica-b", h)
+	}
+	unlock2()
 }

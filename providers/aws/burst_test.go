@@ -124,6 +124,101 @@ func TestBurstJoinsTheSessionUnderWay(t *testing.T) {
 	}
 }
 
+// renewingLocker is a sessionCountingLocker whose hold can be renewed (renewer), as a Lease's.
+type renewingLocker struct {
+	sessionCountingLocker
+	limit    time.Duration
+	fail     bool // Renew fails (the Lease was lost, or the apiserver did not answer)
+	renewals atomic.Int64
+}
+
+func (l *renewingLocker) HoldLimit() time.Duration { return l.limit }
+
+func (l *renewingLocker) Renew(context.Context, string) (time.Time, error) {
+	if l.fail {
+		return time.Time{}, errors.New("renewal refused by the test")
+	}
+	l.renewals.Add(1)
+	return time.Now(), nil
+}
+
+// A burst still queueing when a session's rounds would end (a third of the lock's hold limit)
+// renews the lock and goes on, instead of releasing it and taking it again while subjects wait.
+// A locker that cannot renew, or a renewal that fails, ends the session as before: the next one
+// takes the lock again and places the rest.
+func TestSessionRenewsItsLockWhileSubjectsQueue(t *testing.T) {
+	srv := moto.Start(t)
+	srv.SetEnv(t)
+	const limit = 6 * time.Second // rounds start within 2 s of the take (holdRounds)
+	for _, c := range []struct {
+		name            string
+		renews, fail    bool
+		locks, renewals int64
+	}{
+		{name: "renewable", renews: true, locks: 1, renewals: 1},
+		{name: "renewal fails", renews: true, fail: true, locks: 2},
+		{name: "not renewable", locks: 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, srv, "renew-"+strings.ReplaceAll(c.name, " ", "-"), 2048)
+			ctx := ctxT(t)
+			gate := &gatedIAM{IAMAPI: e.api, gate: newGate()}
+			var counting *sessionCountingLocker
+			var locker Locker
+			var renewing *renewingLocker
+			if c.renews {
+				renewing = &renewingLocker{sessionCountingLocker: sessionCountingLocker{LocalLocker: NewLocalLocker()}, limit: limit, fail: c.fail}
+				counting, locker = &renewing.sessionCountingLocker, renewing
+			} else {
+				counting = &sessionCountingLocker{LocalLocker: NewLocalLocker()}
+				locker = &fixedLimitLocker{counting, limit}
+			}
+			a := e.assignerOver(gate, locker, Config{})
+			const total = 6
+			errs := make([]error, total)
+			var wg sync.WaitGroup
+			wg.Go(func() { _, errs[0] = a.Assign(ctx, e.seed, "demo", sessionSA(0)) })
+			<-gate.entered // round 1 writes, under the lock
+			for i := 1; i < total; i++ {
+				wg.Go(func() { _, errs[i] = a.Assign(ctx, e.seed, "demo", sessionSA(i)) })
+			}
+			waitQueued(a, e.seed, total-1)
+			time.Sleep(limit/holdRounds + 300*time.Millisecond) // round 1 ends past the session's last round
+			close(gate.open)
+			wg.Wait()
+			if err := errors.Join(errs...); err != nil {
+				t.Fatal(err)
+			}
+			for deadline := time.Now().Add(30 * time.Second); counting.unlocks.Load() < counting.locks.Load() && time.Now().Before(deadline); {
+				time.Sleep(5 * time.Millisecond)
+			}
+			got := []int64{counting.locks.Load(), counting.unlocks.Load(), 0}
+			if renewing != nil {
+				got[2] = renewing.renewals.Load()
+			}
+			if want := []int64{c.locks, c.locks, c.renewals}; !slices.Equal(got, want) {
+				t.Errorf("lock taken, released, renewed %v times; want %v", got, want)
+			}
+			if r := a.Rounds(); r != 2 {
+				t.Errorf("%d rounds, want 2 (the first subject, then everyone who queued while it wrote)", r)
+			}
+			for i := range total {
+				if !slices.Contains(e.trustOf(derivedName(e.seed, 0)).Subjects(), sessionSubject(i)) {
+					t.Errorf("subject %d not in role 0's trust policy", i)
+				}
+			}
+		})
+	}
+}
+
+// fixedLimitLocker gives a sessionCountingLocker another hold limit, and no renewal.
+type fixedLimitLocker struct {
+	*sessionCountingLocker
+	limit time.Duration
+}
+
+func (l *fixedLimitLocker) HoldLimit() time.Duration { return l.limit }
+
 // waitQueued returns once n Assign calls wait in the seed's queue (the lock session in front of
 // them holds it).
 func waitQueued(a *Assigner, seed RoleARN, n int) {

@@ -147,6 +147,15 @@ type limitedSeedGuard struct {
 
 func (g *limitedSeedGuard) HoldLimit() time.Duration { return g.limit.HoldLimit() }
 
+// Renew implements renewer when the wrapped Locker does; the key was checked when it was locked.
+func (g *limitedSeedGuard) Renew(ctx context.Context, key string) (time.Time, error) {
+	r, ok := g.Locker.(renewer)
+	if !ok {
+		return time.Time{}, errors.New("the seed lock cannot be renewed")
+	}
+	return r.Renew(ctx, key)
+}
+
 // Lock implements Locker: it refuses keys that are not configured, existing seeds.
 func (g *SeedGuard) Lock(ctx context.Context, key string) (func(), int64, error) {
 	if err := g.check(ctx, key); err != nil {

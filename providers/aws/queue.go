@@ -37,8 +37,9 @@ const maxBatchWait = 2 * time.Minute
 // batch is taken once the locks are held, so everyone who queued while the previous session or
 // the wait for the Lease went on is placed in this session. A session keeps the lock for as long
 // as subjects keep arriving (each round places what queued while the previous one wrote) and
-// releases it when a round finds the queue empty, or once the hold is old enough that a round
-// might outlive it (holdRounds): a burst costs one Lease take and release, and one reload at
+// releases it when a round finds the queue empty. Once the hold is old enough that a round
+// might outlive it (holdRounds), the session renews the lock if subjects still queue (renew),
+// else ends: a burst costs one Lease take and release, a renewal per 10 s, and one reload at
 // most, instead of one per round, and what arrives during a round joins the next write at once
 // instead of waiting for the Lease to be released and taken again.
 func (a *Assigner) drain(seed RoleARN, st *seedState) {
@@ -59,13 +60,21 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 			continue
 		}
 		var until, lastRound time.Time
-		if l, ok := a.locker.(holdLimiter); ok {
-			until = locked.Add(l.HoldLimit() * 2 / 3)
-			lastRound = locked.Add(min(l.HoldLimit()/holdRounds, maxRoundsHold))
+		limit, limited := a.locker.(holdLimiter)
+		hold := func(from time.Time) {
+			until = from.Add(limit.HoldLimit() * 2 / 3)
+			lastRound = from.Add(min(limit.HoldLimit()/holdRounds, maxRoundsHold))
+		}
+		if limited {
+			hold(locked)
 		}
 		for rounds := 0; ; rounds++ {
 			if rounds > 0 && !lastRound.IsZero() && time.Now().After(lastRound) {
-				break // what is queued is taken by the next session
+				at, renewed := a.renew(seed, st, locked)
+				if !renewed {
+					break // what is queued is taken by the next session
+				}
+				hold(at)
 			}
 			batch := st.take(true)
 			lull := rounds == 0 // no burst under way yet: hold only what would create a role
@@ -86,6 +95,43 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 		cancelLock()
 	}
 }
+
+// maxRenewedHold bounds how long a writer keeps a seed's lock by renewing it (renew): past it,
+// the session ends as it did before renewals, so the garbage collection of the seed and a
+// replica waiting for the lock get their turn within that and a round even while a burst goes on.
+const maxRenewedHold = 30 * time.Second
+
+// renewer is a Locker whose hold can be extended without releasing it (kube.LeaseLocker.Renew):
+// the new hold starts at the time returned.
+type renewer interface {
+	Renew(ctx context.Context, key string) (time.Time, error)
+}
+
+// renew extends the session's hold of seed's lock, taken at locked, when its rounds would
+// otherwise end (lastRound) with subjects still queued, the locker can renew, and the lock has
+// not been held for maxRenewedHold yet. Without it, every 10 s of a burst (the lock's default 30 s
+// hold limit over holdRounds) the writer waited for the tail, released the Lease and took it
+// again, two apiserver calls in a row, while subjects queued: 0.9 to 1.3 s at 100 ms of IAM
+// latency on a busy apiserver, and the subjects of that gap were the burst's p99 from creation to
+// trust (e2e BenchmarkFlowCreationToTrust). A renewal is one call, and the tail goes on meanwhile.
+func (a *Assigner) renew(seed RoleARN, st *seedState, locked time.Time) (time.Time, bool) {
+	r, ok := a.locker.(renewer)
+	if !ok || time.Since(locked) >= maxRenewedHold || st.queued() == 0 {
+		return time.Time{}, false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), renewTimeout)
+	defer cancel()
+	at, err := r.Renew(ctx, seed.String())
+	if err != nil {
+		a.log.Warn("renewing the seed's lock failed; the session ends and the next one takes it again", "seed", seed.String(), "error", err)
+		return time.Time{}, false
+	}
+	return at, true
+}
+
+// renewTimeout bounds a renewal's API call: well inside what is left of the hold it extends (a
+// third of the hold limit, since rounds start only in its first third).
+const renewTimeout = 5 * time.Second
 
 // awaitTail waits, with the queue empty, until the session's tail is done (nil: the session can
 // end) or someone queues: they join this session in another round (the batch returned), instead
@@ -264,9 +310,8 @@ func batchSubjects(batch []*assignReq) []string {
 // short, and the lock is released and taken again instead.
 const holdRounds = 3
 
-// maxRoundsHold bounds how long a session keeps starting rounds even under a long hold limit:
-// another replica waiting for the lock (one finishing what the leader's writer left it, rare:
-// the sweeper leader writes) waits no longer than that plus a round. Between two sessions the
+// maxRoundsHold bounds how long a session keeps starting rounds even under a long hold limit,
+// before it renews the lock (up to maxRenewedHold) or ends. Between two sessions the
 // writer waits for the last round's policies to be attached and takes the Lease again, 0.3 to
 // 0.9 s at 100 ms of IAM latency, while subjects queue: at 2 s, a 15 s burst paid seven such
 // gaps and they were most of its p99 from creation to trust (e2e BenchmarkFlowCreationToTrust).
@@ -293,6 +338,13 @@ func (st *seedState) take(clear bool) []*assignReq {
 		st.draining = false
 	}
 	return out
+}
+
+// queued returns how many requests wait in the queue.
+func (st *seedState) queued() int {
+	st.qmu.Lock()
+	defer st.qmu.Unlock()
+	return len(st.queue)
 }
 
 // remove takes answered requests out of the queue.
