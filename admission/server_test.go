@@ -71,6 +71,32 @@ func TestResponseEchoesAPIVersionKindAndUID(t *testing.T) {
 	}
 }
 
+// An answer carries its length: a patched one larger than net/http's 2 KB buffer would
+// otherwise go out chunked, framing the apiserver has to parse on every Pod review.
+func TestAnswerHasContentLength(t *testing.T) {
+	big := pluginFunc(func(_ context.Context, _ *Request, resp *Response) error {
+		resp.Warnings = append(resp.Warnings, strings.Repeat("w", 4096)) // well past 2 KB
+		return nil
+	})
+	srv, _ := newTestServer(t, big)
+	for _, kind := range []string{"Pod", "ConfigMap"} { // a large answer, a small one
+		res, err := http.Post(srv.URL+"/mutate/pods", "application/json", strings.NewReader(review("uid-1", "", kind, `{"metadata":{}}`)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		_, _ = buf.ReadFrom(res.Body)
+		res.Body.Close()
+		if res.StatusCode != 200 || len(res.TransferEncoding) != 0 || res.ContentLength != int64(buf.Len()) {
+			t.Errorf("%s: status %d, transfer encoding %v, Content-Length %d for a body of %d bytes; want 200, none, the body's length",
+				kind, res.StatusCode, res.TransferEncoding, res.ContentLength, buf.Len())
+		}
+		if kind == "Pod" && buf.Len() < 4096 {
+			t.Errorf("the Pod answer is %d bytes: the test wants one past 4 KB", buf.Len())
+		}
+	}
+}
+
 func TestBadRequests(t *testing.T) {
 	srv, m := newTestServer(t)
 	big := review("u", "", "Pod", `{"metadata":{"annotations":{"a":"`+strings.Repeat("x", DefaultMaxBodyBytes)+`"}}}`)
