@@ -762,7 +762,10 @@ func (r *Report) renderSim(p func(string, ...any)) {
 	p("drift sync and empty-role expiry) on a simulated clock, against `bench/iammodel`, an in-memory IAM checked against\n")
 	p("moto by `go test ./bench/iammodel ./bench` (same end state, same calls per action). *Ideal*: ⌈live ÷ capacity⌉.\n")
 	p("A leak run deletes no ServiceAccount for that share of sessions and stops when the first one is refused. Each run has\n")
-	p("its own model; they run one after the other unless `-parallel` (then each run's wall time includes the others' load).\n\n")
+	p("its own model; they run one after the other unless `-parallel` (then each run's wall time includes the others' load).\n")
+	p("Runtime settings, unless the environment sets them: GC percent 1600 (a few MiB live, gigabytes allocated a day) and,\n")
+	p("without `-parallel`, one P (GOMAXPROCS=1: a run's goroutines hand work to each other step after step, and across two\n")
+	p("threads every hand-off was a wake-up; bench/cmd/benchtool/sim.go has the figures).\n\n")
 	p("| run | days | wall | sessions | peak live | peak roles in use | worst ÷ ideal | peak roles existing | longest listed after deletion | refused | IAM calls / day | ceiling hit after |\n")
 	p("|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range r.Sim {
