@@ -277,22 +277,22 @@ func TestLeaseLocker(t *testing.T) {
 	// Lease still keeps them out, and the holder may still write (Held); its release frees it.
 	t.Run("renewal keeps others out past the first expiry", func(t *testing.T) {
 		key := leaseKey(ns, "renew")
-		holder := newLeaseLocker(ns, "replica-renewing", 2*time.Second, nil)
+		holder := newLeaseLocker(ns, "replica-renewing", 4*time.Second, nil)
 		other := newLeaseLocker(ns, "replica-waiting", 30*time.Second, nil)
 		ctx := context.Background()
 		unlock, gen0 := leaseLock(t, holder, key, 30*time.Second)
 		_, taken, _ := leaseHolder(t, ns, key)
-		time.Sleep(time.Second)
+		time.Sleep(2 * time.Second)
 		if _, err := holder.Renew(ctx, key); err != nil {
-			t.Fatalf("renewal 1 s into a 2 s Lease: %v", err)
+			t.Fatalf("renewal 2 s into a 4 s Lease: %v", err)
 		}
 		h, renewed, _ := leaseHolder(t, ns, key)
 		if h != "replica-renewing" || !renewed.After(taken) {
 			t.Fatalf("after the renewal the Lease is held by %q, renewed at %s (taken at %s); want replica-renewing, renewed later", h, renewed.Format(time.StampMicro), taken.Format(time.StampMicro))
 		}
-		time.Sleep(time.Until(taken.Add(2*time.Second + 200*time.Millisecond))) // past the take's expiry
+		time.Sleep(time.Until(taken.Add(4*time.Second + 200*time.Millisecond))) // past the take's expiry, 2 s before the renewal's
 		if err := holder.Held(key); err != nil {
-			t.Errorf("the holder may no longer write 2.2 s after its take, 1.2 s after its renewal (of a 2 s Lease): %v", err)
+			t.Errorf("the holder may no longer write 4.2 s after its take, 2.2 s after its renewal (of a 4 s Lease): %v", err)
 		}
 		if err := holder.Bump(ctx, key); err != nil {
 			t.Fatal(err)

@@ -57,7 +57,8 @@ type LeaseLocker struct {
 	fromList map[string]bool
 	// bumps counts the Bumps of the session holding key; release adds them to the generation.
 	bumps map[string]int64
-	// heldAt is when this replica took key (monotonic clock), while it holds it.
+	// heldAt is when this replica took key or last renewed it (monotonic clock, the moment
+	// written as RenewTime), while it holds it.
 	heldAt map[string]time.Time
 
 	// sessions counts the locks taken and renewed, calls the Lease API calls made for them (Stats).
@@ -325,8 +326,9 @@ func (l *LeaseLocker) heldSpec(now metav1.MicroTime) coordinationv1.LeaseSpec {
 // generation bumped by whoever takes the expired Lease over.
 //
 // Bump refuses when this replica may no longer hold the Lease: it never took it, or three
-// quarters of the Lease duration have passed since it did (by the local monotonic clock; the
-// rest is margin for clock skew against whoever would take it over). The caller then does not
+// quarters of the Lease duration have passed since it took or last renewed it (Renew), by the
+// local monotonic clock; the rest is margin for clock skew against whoever would take it over.
+// The caller then does not
 // write. This replaces the API round trip that used to re-read the Lease here: that read proved
 // the Lease held at the first write of a session only, which is what the local clock proves
 // too, while the session's later writes were always bounded by HoldLimit alone.
@@ -368,9 +370,16 @@ func (l *LeaseLocker) heldLocked(key string) error {
 // when the Lease is no longer this replica's (ours expired and someone took it) or when the
 // update fails: the caller then stops writing and releases.
 func (l *LeaseLocker) Renew(ctx context.Context, key string) (time.Time, error) {
-	if err := l.Held(key); err != nil {
+	l.mu.Lock()
+	err := l.heldLocked(key)
+	safeUntil := l.heldAt[key].Add(l.duration * 3 / 4)
+	l.mu.Unlock()
+	if err != nil {
 		return time.Time{}, err // too late to renew: another replica may be taking it over
 	}
+	// A renewal that lands later than the hold it extends gains nothing: Held refuses by then.
+	ctx, cancel := context.WithDeadline(ctx, safeUntil)
+	defer cancel()
 	at := time.Now()
 	now := metav1.NewMicroTime(at)
 	if err := l.modify(ctx, key, func(lease *coordinationv1.Lease) { lease.Spec.RenewTime = &now }); err != nil {

@@ -130,7 +130,7 @@ func TestHeldRefusesNearExpiry(t *testing.T) {
 // expired) cannot be renewed, and neither can one this replica does not hold.
 func TestRenewExtendsTheHold(t *testing.T) {
 	cs := fake.NewClientset()
-	l := kube.NewLeaseLocker(kubeadapter.Wrap(cs), "ns", "replica-a", time.Second, nil)
+	l := kube.NewLeaseLocker(kubeadapter.Wrap(cs), "ns", "replica-a", 2*time.Second, nil)
 	ctx := context.Background()
 	const key = "arn:aws:iam::123456789012:role/seed"
 	if _, err := l.Renew(ctx, key); err == nil || len(cs.Actions()) != 0 {
@@ -143,7 +143,7 @@ func TestRenewExtendsTheHold(t *testing.T) {
 	if err := l.Bump(ctx, key); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(500 * time.Millisecond) // two thirds of the way to Held's 3/4 of the 1 s Lease
+	time.Sleep(time.Second) // two thirds of the way to Held's 3/4 of the 2 s Lease
 	before := len(cs.Actions())
 	at, err := l.Renew(ctx, key)
 	if err != nil {
@@ -163,9 +163,9 @@ func TestRenewExtendsTheHold(t *testing.T) {
 	if h := lease.Spec.HolderIdentity; h == nil || *h != "replica-a" || lease.Spec.RenewTime == nil || lease.Spec.RenewTime.Sub(at).Abs() >= time.Microsecond {
 		t.Errorf("after Renew the Lease is held by %v, renewed at %v; want replica-a at %v", h, lease.Spec.RenewTime, at)
 	}
-	time.Sleep(500 * time.Millisecond) // 1 s after the take, 0.5 s after the renewal
+	time.Sleep(time.Second) // 2 s after the take, past 3/4 of the Lease; 1 s after the renewal
 	if err := l.Held(key); err != nil {
-		t.Errorf("Held 0.5 s after a renewal (1 s after the take) refused: %v", err)
+		t.Errorf("Held 1 s after a renewal (2 s after the take) refused: %v", err)
 	}
 	if err := l.Bump(ctx, key); err != nil {
 		t.Fatal(err)

@@ -122,6 +122,8 @@ type Assigner struct {
 
 	// maxPlanSeeds is maxPlanSeeds; tests shorten it.
 	maxPlanSeeds int
+	// maxRenewedHold is DefaultMaxRenewedHold; tests shorten it.
+	maxRenewedHold time.Duration
 
 	// foreignRecheck is ForeignRecheck; tests shorten it.
 	foreignRecheck time.Duration
@@ -150,7 +152,8 @@ func NewAssigner(api IAMAPI, locker Locker, cfg Config, log *slog.Logger) *Assig
 	if cfg.Clock == nil {
 		cfg.Clock = time.Now
 	}
-	return &Assigner{api: api, locker: locker, cfg: cfg, log: log, seeds: map[string]*seedState{}, foreignRecheck: ForeignRecheck, maxPlanSeeds: maxPlanSeeds}
+	return &Assigner{api: api, locker: locker, cfg: cfg, log: log, seeds: map[string]*seedState{}, foreignRecheck: ForeignRecheck, maxPlanSeeds: maxPlanSeeds,
+		maxRenewedHold: DefaultMaxRenewedHold}
 }
 
 // now is the Assigner's clock (Config.Clock).

@@ -124,91 +124,23 @@ func TestBurstJoinsTheSessionUnderWay(t *testing.T) {
 	}
 }
 
-// renewingLocker is a sessionCountingLocker whose hold can be renewed (renewer), as a Lease's.
+// renewingLocker is a sessionCountingLocker whose hold can be renewed (Renewer), as a Lease's.
 type renewingLocker struct {
 	sessionCountingLocker
-	limit    time.Duration
-	fail     bool // Renew fails (the Lease was lost, or the apiserver did not answer)
-	renewals atomic.Int64
+	limit              time.Duration
+	fail               bool // Renew fails (the Lease was lost, or the apiserver did not answer)
+	attempts, renewals atomic.Int64
 }
 
 func (l *renewingLocker) HoldLimit() time.Duration { return l.limit }
 
 func (l *renewingLocker) Renew(context.Context, string) (time.Time, error) {
+	l.attempts.Add(1)
 	if l.fail {
 		return time.Time{}, errors.New("renewal refused by the test")
 	}
 	l.renewals.Add(1)
 	return time.Now(), nil
-}
-
-// A burst still queueing when a session's rounds would end (a third of the lock's hold limit)
-// renews the lock and goes on, instead of releasing it and taking it again while subjects wait.
-// A locker that cannot renew, or a renewal that fails, ends the session as before: the next one
-// takes the lock again and places the rest.
-func TestSessionRenewsItsLockWhileSubjectsQueue(t *testing.T) {
-	srv := moto.Start(t)
-	srv.SetEnv(t)
-	const limit = 6 * time.Second // rounds start within 2 s of the take (holdRounds)
-	for _, c := range []struct {
-		name            string
-		renews, fail    bool
-		locks, renewals int64
-	}{
-		{name: "renewable", renews: true, locks: 1, renewals: 1},
-		{name: "renewal fails", renews: true, fail: true, locks: 2},
-		{name: "not renewable", locks: 2},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			e := newEnv(t, srv, "renew-"+strings.ReplaceAll(c.name, " ", "-"), 2048)
-			ctx := ctxT(t)
-			gate := &gatedIAM{IAMAPI: e.api, gate: newGate()}
-			var counting *sessionCountingLocker
-			var locker Locker
-			var renewing *renewingLocker
-			if c.renews {
-				renewing = &renewingLocker{sessionCountingLocker: sessionCountingLocker{LocalLocker: NewLocalLocker()}, limit: limit, fail: c.fail}
-				counting, locker = &renewing.sessionCountingLocker, renewing
-			} else {
-				counting = &sessionCountingLocker{LocalLocker: NewLocalLocker()}
-				locker = &fixedLimitLocker{counting, limit}
-			}
-			a := e.assignerOver(gate, locker, Config{})
-			const total = 6
-			errs := make([]error, total)
-			var wg sync.WaitGroup
-			wg.Go(func() { _, errs[0] = a.Assign(ctx, e.seed, "demo", sessionSA(0)) })
-			<-gate.entered // round 1 writes, under the lock
-			for i := 1; i < total; i++ {
-				wg.Go(func() { _, errs[i] = a.Assign(ctx, e.seed, "demo", sessionSA(i)) })
-			}
-			waitQueued(a, e.seed, total-1)
-			time.Sleep(limit/holdRounds + 300*time.Millisecond) // round 1 ends past the session's last round
-			close(gate.open)
-			wg.Wait()
-			if err := errors.Join(errs...); err != nil {
-				t.Fatal(err)
-			}
-			for deadline := time.Now().Add(30 * time.Second); counting.unlocks.Load() < counting.locks.Load() && time.Now().Before(deadline); {
-				time.Sleep(5 * time.Millisecond)
-			}
-			got := []int64{counting.locks.Load(), counting.unlocks.Load(), 0}
-			if renewing != nil {
-				got[2] = renewing.renewals.Load()
-			}
-			if want := []int64{c.locks, c.locks, c.renewals}; !slices.Equal(got, want) {
-				t.Errorf("lock taken, released, renewed %v times; want %v", got, want)
-			}
-			if r := a.Rounds(); r != 2 {
-				t.Errorf("%d rounds, want 2 (the first subject, then everyone who queued while it wrote)", r)
-			}
-			for i := range total {
-				if !slices.Contains(e.trustOf(derivedName(e.seed, 0)).Subjects(), sessionSubject(i)) {
-					t.Errorf("subject %d not in role 0's trust policy", i)
-				}
-			}
-		})
-	}
 }
 
 // fixedLimitLocker gives a sessionCountingLocker another hold limit, and no renewal.
@@ -218,6 +150,118 @@ type fixedLimitLocker struct {
 }
 
 func (l *fixedLimitLocker) HoldLimit() time.Duration { return l.limit }
+
+// steppedIAM holds every trust policy write (CreateRole, UpdateAssumeRolePolicy) until the test
+// lets it through, so the test decides what queues during each round.
+type steppedIAM struct {
+	IAMAPI
+	entered chan struct{}
+	proceed chan struct{}
+}
+
+func (g *steppedIAM) step() {
+	g.entered <- struct{}{}
+	<-g.proceed
+}
+
+func (g *steppedIAM) CreateRole(ctx context.Context, in *iam.CreateRoleInput, optFns ...func(*iam.Options)) (*iam.CreateRoleOutput, error) {
+	g.step()
+	return g.IAMAPI.CreateRole(ctx, in, optFns...)
+}
+
+func (g *steppedIAM) UpdateAssumeRolePolicy(ctx context.Context, in *iam.UpdateAssumeRolePolicyInput, optFns ...func(*iam.Options)) (*iam.UpdateAssumeRolePolicyOutput, error) {
+	g.step()
+	return g.IAMAPI.UpdateAssumeRolePolicy(ctx, in, optFns...)
+}
+
+// A burst still queueing when a session's rounds would end (a third of the lock's hold limit)
+// renews the lock once and goes on: the renewal starts a new hold, so the round after it does
+// not renew again. A locker that cannot renew, a renewal that fails, nothing queued, or a lock
+// taken longer ago than maxRenewedHold end the session as before: the next one takes the lock
+// again and places the rest. Three rounds: subject 0 creates role 0 and its write outlasts the
+// first third of the hold; subjects queued meanwhile join role 0; so do those queued during
+// that write.
+func TestSessionRenewsItsLockWhileSubjectsQueue(t *testing.T) {
+	srv := moto.Start(t)
+	srv.SetEnv(t)
+	const limit = 6 * time.Second // rounds start within 2 s of the take (holdRounds)
+	for _, c := range []struct {
+		name                      string
+		renews, fail              bool
+		maxHold                   time.Duration // 0: the default
+		alone                     bool          // nobody queues behind subject 0
+		locks, attempts, renewals int64
+	}{
+		{name: "renewable", renews: true, locks: 1, attempts: 1, renewals: 1},
+		{name: "renewal fails", renews: true, fail: true, locks: 2, attempts: 1},
+		{name: "not renewable", locks: 2},
+		{name: "nothing queued", renews: true, alone: true, locks: 1},
+		{name: "held too long", renews: true, maxHold: time.Second, locks: 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, srv, "renew-"+strings.ReplaceAll(c.name, " ", "-"), 2048)
+			ctx := ctxT(t)
+			api := &steppedIAM{IAMAPI: e.api, entered: make(chan struct{}), proceed: make(chan struct{})}
+			counting := &sessionCountingLocker{LocalLocker: NewLocalLocker()}
+			renewing := &renewingLocker{limit: limit, fail: c.fail}
+			var locker Locker = &fixedLimitLocker{counting, limit}
+			if c.renews {
+				renewing.sessionCountingLocker.LocalLocker = NewLocalLocker()
+				counting, locker = &renewing.sessionCountingLocker, renewing
+			}
+			a := e.assignerOver(api, locker, Config{})
+			if c.maxHold > 0 {
+				a.maxRenewedHold = c.maxHold
+			}
+			var wg sync.WaitGroup
+			var errs [9]error
+			assign := func(from, to int) {
+				for i := from; i < to; i++ {
+					wg.Go(func() { _, errs[i] = a.Assign(ctx, e.seed, "demo", sessionSA(i)) })
+				}
+			}
+			assign(0, 1)
+			<-api.entered // round 1 writes (creates role 0), under the lock
+			rounds := 1
+			if !c.alone {
+				assign(1, 5)
+				waitQueued(a, e.seed, 4)
+				rounds = 3
+			}
+			time.Sleep(limit/holdRounds + 300*time.Millisecond) // round 1 ends past the session's last round
+			api.proceed <- struct{}{}
+			if !c.alone {
+				<-api.entered // round 2 writes (role 0 gets subjects 1 to 4)
+				assign(5, 9)
+				waitQueued(a, e.seed, 4)
+				api.proceed <- struct{}{}
+				<-api.entered // round 3 (role 0 gets subjects 5 to 8)
+				api.proceed <- struct{}{}
+			}
+			wg.Wait()
+			if err := errors.Join(errs[:]...); err != nil {
+				t.Fatal(err)
+			}
+			for deadline := time.Now().Add(30 * time.Second); counting.unlocks.Load() < counting.locks.Load() && time.Now().Before(deadline); {
+				time.Sleep(5 * time.Millisecond)
+			}
+			got := []int64{counting.locks.Load(), counting.unlocks.Load(), renewing.attempts.Load(), renewing.renewals.Load()}
+			if want := []int64{c.locks, c.locks, c.attempts, c.renewals}; !slices.Equal(got, want) {
+				t.Errorf("lock taken, released, renewal tried, renewed %v times; want %v", got, want)
+			}
+			if r := a.Rounds(); r != int64(rounds) {
+				t.Errorf("%d rounds, want %d", r, rounds)
+			}
+			want := 9
+			if c.alone {
+				want = 1
+			}
+			if got := e.trustOf(derivedName(e.seed, 0)).Len(); got != want {
+				t.Errorf("role 0 lists %d subjects, want %d", got, want)
+			}
+		})
+	}
+}
 
 // waitQueued returns once n Assign calls wait in the seed's queue (the lock session in front of
 // them holds it).
@@ -374,6 +418,11 @@ func TestBurstHoldsBackAHalfFilledRole(t *testing.T) {
 			c := e.calls()
 			if c["iam:CreateRole"] != 2 || c["iam:UpdateAssumeRolePolicy"] != tc.wantUpdates {
 				t.Errorf("IAM calls %v; want 2 CreateRole and %d UpdateAssumeRolePolicy", c, tc.wantUpdates)
+			}
+			// A round is counted once its callers are answered: wait for the drainer to count
+			// the last one (it would only ever count more, never fewer, by waiting longer).
+			for deadline := time.Now().Add(10 * time.Second); a.Rounds() < tc.wantRounds && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
 			}
 			if r := a.Rounds(); r != tc.wantRounds {
 				t.Errorf("%d rounds, want %d", r, tc.wantRounds)

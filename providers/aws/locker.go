@@ -134,7 +134,12 @@ const (
 // expires), which the Assigner bounds its sessions by.
 func NewSeedGuard(l Locker, allowed func(string) bool, api IAMAPI, known func(context.Context, string) (bool, error)) Locker {
 	g := &SeedGuard{Locker: l, Allowed: allowed, IAM: api, Known: known, exists: map[string]seedCheck{}}
-	if h, ok := l.(holdLimiter); ok {
+	h, limited := l.(holdLimiter)
+	r, renews := l.(Renewer)
+	switch {
+	case limited && renews:
+		return &renewingSeedGuard{limitedSeedGuard: limitedSeedGuard{SeedGuard: g, limit: h}, renew: r}
+	case limited:
 		return &limitedSeedGuard{SeedGuard: g, limit: h}
 	}
 	return g
@@ -147,13 +152,15 @@ type limitedSeedGuard struct {
 
 func (g *limitedSeedGuard) HoldLimit() time.Duration { return g.limit.HoldLimit() }
 
-// Renew implements renewer when the wrapped Locker does; the key was checked when it was locked.
-func (g *limitedSeedGuard) Renew(ctx context.Context, key string) (time.Time, error) {
-	r, ok := g.Locker.(renewer)
-	if !ok {
-		return time.Time{}, errors.New("the seed lock cannot be renewed")
-	}
-	return r.Renew(ctx, key)
+// renewingSeedGuard is a limitedSeedGuard over a Locker that can renew its hold (Renewer).
+type renewingSeedGuard struct {
+	limitedSeedGuard
+	renew Renewer
+}
+
+// Renew implements Renewer; the key was checked when it was locked.
+func (g *renewingSeedGuard) Renew(ctx context.Context, key string) (time.Time, error) {
+	return g.renew.Renew(ctx, key)
 }
 
 // Lock implements Locker: it refuses keys that are not configured, existing seeds.

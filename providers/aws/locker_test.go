@@ -121,4 +121,21 @@ func TestSeedGuardAgainstMoto(t *testing.T) {
 	if h, ok := NewSeedGuard(limitLocker{inner}, allow.Allows, e.api, nil).(holdLimiter); !ok || h.HoldLimit() != 7*time.Second {
 		t.Error("the guard hides the Lease locker's hold limit")
 	}
+	// Renewal passes through the guard when the wrapped locker renews, and only then (a guard
+	// that claimed it would make every busy session try and log a failure).
+	if _, ok := NewSeedGuard(limitLocker{inner}, allow.Allows, e.api, nil).(Renewer); ok {
+		t.Error("a guard over a locker that cannot renew claims it can")
+	}
+	renewing := &renewingLocker{sessionCountingLocker: sessionCountingLocker{LocalLocker: NewLocalLocker()}, limit: 7 * time.Second}
+	g = NewSeedGuard(renewing, allow.Allows, e.api, nil)
+	if h, ok := g.(holdLimiter); !ok || h.HoldLimit() != 7*time.Second {
+		t.Error("the guard hides the renewing locker's hold limit")
+	}
+	r, ok := g.(Renewer)
+	if !ok {
+		t.Fatal("the guard hides the Lease locker's renewal")
+	}
+	if _, err := r.Renew(ctx, e.seed.String()); err != nil || renewing.renewals.Load() != 1 {
+		t.Errorf("Renew through the guard: %v, %d renewals reached the locker", err, renewing.renewals.Load())
+	}
 }

@@ -39,8 +39,8 @@ const maxBatchWait = 2 * time.Minute
 // as subjects keep arriving (each round places what queued while the previous one wrote) and
 // releases it when a round finds the queue empty. Once the hold is old enough that a round
 // might outlive it (holdRounds), the session renews the lock if subjects still queue (renew),
-// else ends: a burst costs one Lease take and release, a renewal per 10 s, and one reload at
-// most, instead of one per round, and what arrives during a round joins the next write at once
+// up to maxRenewedHold after the take, else ends: a burst costs one Lease take and release, a
+// renewal per 10 s, and one reload at most, instead of one per round, and what arrives during a round joins the next write at once
 // instead of waiting for the Lease to be released and taken again.
 func (a *Assigner) drain(seed RoleARN, st *seedState) {
 	for {
@@ -75,6 +75,10 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 					break // what is queued is taken by the next session
 				}
 				hold(at)
+				// No round starts past maxRenewedHold after the take, whatever the renewal.
+				if end := locked.Add(a.maxRenewedHold); end.Before(lastRound) {
+					lastRound = end
+				}
 			}
 			batch := st.take(true)
 			lull := rounds == 0 // no burst under way yet: hold only what would create a role
@@ -96,27 +100,33 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 	}
 }
 
-// maxRenewedHold bounds how long a writer keeps a seed's lock by renewing it (renew): past it,
-// the session ends as it did before renewals, so the garbage collection of the seed and a
-// replica waiting for the lock get their turn within that and a round even while a burst goes on.
-const maxRenewedHold = 30 * time.Second
+// DefaultMaxRenewedHold bounds how long after taking a seed's lock a writer still starts rounds
+// by renewing it (renew); the last round then ends within two thirds of the hold limit after the
+// last renewal (its context), and the session releases the lock. The garbage collection of the
+// seed on this replica (beginSession, first come first served behind the session) so waits at most
+// that and a round, even while a burst goes on. Another replica waiting for the Lease may still
+// lose the race for it to this writer's next session, as before renewals: the sweeper leader's
+// writer is the only one that writes in normal operation.
+const DefaultMaxRenewedHold = 30 * time.Second
 
-// renewer is a Locker whose hold can be extended without releasing it (kube.LeaseLocker.Renew):
+// Renewer is a Locker whose hold can be extended without releasing it (kube.LeaseLocker.Renew):
 // the new hold starts at the time returned.
-type renewer interface {
+type Renewer interface {
 	Renew(ctx context.Context, key string) (time.Time, error)
 }
 
 // renew extends the session's hold of seed's lock, taken at locked, when its rounds would
-// otherwise end (lastRound) with subjects still queued, the locker can renew, and the lock has
-// not been held for maxRenewedHold yet. Without it, every 10 s of a burst (the lock's default 30 s
+// otherwise end (lastRound) with subjects still queued, the locker can renew, and the lock was
+// taken less than maxRenewedHold ago. Without it, every 10 s of a burst (the lock's default 30 s
 // hold limit over holdRounds) the writer waited for the tail, released the Lease and took it
 // again, two apiserver calls in a row, while subjects queued: 0.9 to 1.3 s at 100 ms of IAM
 // latency on a busy apiserver, and the subjects of that gap were the burst's p99 from creation to
 // trust (e2e BenchmarkFlowCreationToTrust). A renewal is one call, and the tail goes on meanwhile.
+// The locker bounds the call by what is left of the hold (kube.LeaseLocker.Renew), renewTimeout
+// by a stuck apiserver.
 func (a *Assigner) renew(seed RoleARN, st *seedState, locked time.Time) (time.Time, bool) {
-	r, ok := a.locker.(renewer)
-	if !ok || time.Since(locked) >= maxRenewedHold || st.queued() == 0 {
+	r, ok := a.locker.(Renewer)
+	if !ok || time.Since(locked) >= a.maxRenewedHold || st.queued() == 0 {
 		return time.Time{}, false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), renewTimeout)
@@ -129,8 +139,7 @@ func (a *Assigner) renew(seed RoleARN, st *seedState, locked time.Time) (time.Ti
 	return at, true
 }
 
-// renewTimeout bounds a renewal's API call: well inside what is left of the hold it extends (a
-// third of the hold limit, since rounds start only in its first third).
+// renewTimeout bounds a renewal's API call.
 const renewTimeout = 5 * time.Second
 
 // awaitTail waits, with the queue empty, until the session's tail is done (nil: the session can
@@ -311,7 +320,7 @@ func batchSubjects(batch []*assignReq) []string {
 const holdRounds = 3
 
 // maxRoundsHold bounds how long a session keeps starting rounds even under a long hold limit,
-// before it renews the lock (up to maxRenewedHold) or ends. Between two sessions the
+// before it renews the lock (up to DefaultMaxRenewedHold) or ends. Between two sessions the
 // writer waits for the last round's policies to be attached and takes the Lease again, 0.3 to
 // 0.9 s at 100 ms of IAM latency, while subjects queue: at 2 s, a 15 s burst paid seven such
 // gaps and they were most of its p99 from creation to trust (e2e BenchmarkFlowCreationToTrust).
