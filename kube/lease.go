@@ -328,10 +328,10 @@ func (l *LeaseLocker) heldSpec(now metav1.MicroTime) coordinationv1.LeaseSpec {
 // Bump refuses when this replica may no longer hold the Lease: it never took it, or three
 // quarters of the Lease duration have passed since it took or last renewed it (Renew), by the
 // local monotonic clock; the rest is margin for clock skew against whoever would take it over.
-// The caller then does not
-// write. This replaces the API round trip that used to re-read the Lease here: that read proved
-// the Lease held at the first write of a session only, which is what the local clock proves
-// too, while the session's later writes were always bounded by HoldLimit alone.
+// The caller then does not write. This replaces the API round trip that used to re-read the
+// Lease here: that read proved the Lease held at the first write of a session only, which is
+// what the local clock proves too, while the session's later writes were always bounded by
+// HoldLimit alone.
 func (l *LeaseLocker) Bump(_ context.Context, key string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()

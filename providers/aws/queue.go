@@ -40,8 +40,9 @@ const maxBatchWait = 2 * time.Minute
 // releases it when a round finds the queue empty. Once the hold is old enough that a round
 // might outlive it (holdRounds), the session renews the lock if subjects still queue (renew),
 // up to maxRenewedHold after the take, else ends: a burst costs one Lease take and release, a
-// renewal per 10 s, and one reload at most, instead of one per round, and what arrives during a round joins the next write at once
-// instead of waiting for the Lease to be released and taken again.
+// renewal per 10 s, and one reload at most, instead of one per round, and what arrives during
+// a round joins the next write at once instead of waiting for the Lease to be released and
+// taken again.
 func (a *Assigner) drain(seed RoleARN, st *seedState) {
 	for {
 		early := st.take(false)
