@@ -46,11 +46,14 @@ FIXTURE_FLAGS=(--allowed-namespaces '*' --allowed-requesters system:serviceaccou
   --aws-seed-roles 'arn:aws:iam::123456789012:role/kubestash-*'
   --azure-allowed-scopes /subscriptions/00000000-0000-0000-0000-0000000000aa)
 
-# start_server [extra serve flags...]: starts serve, waits for /readyz.
+# start_server [extra serve flags...]: starts serve, waits for /readyz. SERVER_GOMAXPROCS, when
+# set, is the server's GOMAXPROCS (make bench: the chart's CPU limit; nothing else sets it).
 start_server() {
   PORT="$(free_port)"
   URL="https://127.0.0.1:$PORT"
-  "$BIN" serve --listen "127.0.0.1:$PORT" --tls-cert-file "$WORK/certs/tls.crt" --tls-key-file "$WORK/certs/tls.key" \
+  local env=()
+  [ -n "${SERVER_GOMAXPROCS:-}" ] && env=("GOMAXPROCS=$SERVER_GOMAXPROCS")
+  env "${env[@]}" "$BIN" serve --listen "127.0.0.1:$PORT" --tls-cert-file "$WORK/certs/tls.crt" --tls-key-file "$WORK/certs/tls.key" \
     --self-usernames system:serviceaccount:credential-webhook:credential-webhook "$@" 2>"$WORK/server.log" &
   SERVER_PID=$!
   for _ in $(seq 1 100); do
