@@ -62,11 +62,33 @@ func placeByScan(roles []RoleView, subjects []string, quota, limit int, opt Plac
 		}
 		return nil
 	}
+	// newAt: a hint naming a role that neither exists nor is planned, below limit and at most
+	// two past the lowest index that is neither, is where the subject's role is created.
+	newAt := func(sub string) (int, bool) {
+		idx, ok := opt.Hints[sub]
+		if !ok || idx < 0 || idx >= limit {
+			return 0, false
+		}
+		taken := map[int]bool{}
+		for _, b := range append(slices.Clone(bins), planned...) {
+			taken[b.index] = true
+		}
+		free := 0
+		for taken[free] {
+			free++
+		}
+		return idx, !taken[idx] && idx <= free+2
+	}
 	var out Placement
 	for _, sub := range subjects {
 		d := Decision{Subject: sub}
 		if b := listing(bins, sub); b != nil {
 			d.Index, d.Listed = b.index, true
+		} else if idx, ok := newAt(sub); ok {
+			d = openRoleAt(&bins, idx, sub, quota, opt.Seed)
+			if d.Creates && opt.Seed == nil {
+				out.NeedSeed = true
+			}
 		} else if b := fit(sub); b != nil {
 			d.Index = b.index
 		} else {

@@ -1,6 +1,7 @@
 package aws
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -83,5 +84,36 @@ func TestMayRefresh(t *testing.T) {
 		if got := a.mayRefresh(t0.Add(step.at)); got != step.want {
 			t.Errorf("mayRefresh at +%v = %v, want %v", step.at, got, step.want)
 		}
+	}
+}
+
+// settle drops the reservations of the subjects a new view lists in a role of ours (the view
+// counts them now, where they are), and keeps those it does not list, or lists only in a
+// foreign role.
+func TestSettle(t *testing.T) {
+	seed := mustParse(t, seedDoc(oidcStmt(providerA, issuerA)))
+	role := func(idx int, foreign bool, subs ...string) RoleView {
+		p, err := DeriveTrustPolicy(seed, subs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return RoleView{Index: idx, Trust: p, Foreign: foreign}
+	}
+	a, b, c, d := subjectOfLen(60, 1), subjectOfLen(60, 2), subjectOfLen(60, 3), subjectOfLen(60, 4)
+	until := time.Now().Add(time.Minute)
+	p := &planner{reserved: map[string]reservation{
+		a: {index: 0, until: until}, // written where planned
+		b: {index: 0, until: until}, // written elsewhere (the plan missed)
+		c: {index: 1, until: until}, // listed only by a foreign role
+		d: {index: 2, until: until}, // not written yet
+	}}
+	p.settle(&planView{roles: []RoleView{role(0, false, a), role(1, true, c), role(3, false, b)}})
+	var left []string
+	for sub := range p.reserved {
+		left = append(left, sub)
+	}
+	slices.Sort(left)
+	if want := []string{c, d}; !slices.Equal(left, want) {
+		t.Errorf("reservations left %v, want %v", left, want)
 	}
 }

@@ -525,9 +525,6 @@ func (s *session) placeRound(ctx context.Context, todo []string, out map[string]
 				again = append(again, w.Added...)
 				return
 			}
-			if err == nil {
-				s.st.placed(w.Added)
-			}
 			arn := r.arn.String() // once per role, not twice per subject: 1 % of benchtool sim's CPU
 			// Asked once: the line's numbers are boxed before Info could drop it.
 			logged := log.Enabled(ctx, slog.LevelInfo)
@@ -632,7 +629,6 @@ func (s *session) createFor(ctx context.Context, c RoleCreate, seed *roleSpec, q
 	}
 	// Here the role exists and lists every subject; its policies are being attached (at).
 	s.a.log.Info("created derived role", "seed", s.seed.String(), "role", arn.String(), "subjects", len(c.Subjects), "first", c.Subjects[0], "chars", size, "quota", quota)
-	s.st.placed(c.Subjects)
 	return arn, at, false, nil
 }
 
