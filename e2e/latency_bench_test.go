@@ -46,11 +46,22 @@ import (
 // Run with:
 //
 //	go test -run '^$' -bench FlowCreationToTrust -benchtime 1x -timeout 30m
+//
+// A third run, at 100 ms with one replica, separates what two replicas cost the plans: each
+// replica plans a burst as if it were alone, so with two nearly every plan misses (the writer
+// corrects the annotation), while one replica's plans all come true.
 func BenchmarkFlowCreationToTrust(b *testing.B) {
-	for _, lat := range []time.Duration{0, 100 * time.Millisecond} {
-		b.Run("iam-latency="+lat.String(), func(b *testing.B) {
+	for _, c := range []struct {
+		lat      time.Duration
+		replicas int
+	}{{0, 2}, {100 * time.Millisecond, 2}, {100 * time.Millisecond, 1}} {
+		name := "iam-latency=" + c.lat.String()
+		if c.replicas == 1 {
+			name += ",replicas=1"
+		}
+		b.Run(name, func(b *testing.B) {
 			for b.Loop() {
-				creationToTrust(b, 1000, 16, lat, 0.1)
+				creationToTrust(b, 1000, 16, c.lat, 0.1, c.replicas)
 			}
 		})
 	}
@@ -60,6 +71,12 @@ func BenchmarkFlowCreationToTrust(b *testing.B) {
 // as the operator, a fresh seed role in moto, and two replicas of the webhook (extra flags
 // appended) allowed to use it, one of them the sweeper leader.
 func twoReplicas(tb testing.TB, prefix string, extra ...string) (ns string, op kubernetes.Interface, seedName, seed string, replicas []*harness.Webhook) {
+	tb.Helper()
+	return someReplicas(tb, prefix, 2, extra...)
+}
+
+// someReplicas is twoReplicas with n replicas (1 or 2).
+func someReplicas(tb testing.TB, prefix string, n int, extra ...string) (ns string, op kubernetes.Interface, seedName, seed string, replicas []*harness.Webhook) {
 	tb.Helper()
 	ns = cluster.Namespace(tb)
 	cfg := rest.CopyConfig(cluster.Config)
@@ -76,7 +93,7 @@ func twoReplicas(tb testing.TB, prefix string, extra ...string) (ns string, op k
 	}
 	suffix := ns[strings.LastIndexByte(ns, '-')+1:]
 	var names []string
-	for _, l := range []string{"a", "b"} {
+	for _, l := range []string{"a", "b"}[:n] {
 		name := prefix + "-" + suffix + "-" + l
 		names = append(names, name)
 		replicas = append(replicas, cluster.StartWebhook(tb, harness.WebhookOptions{Name: name, Args: append([]string{
@@ -90,9 +107,9 @@ func twoReplicas(tb testing.TB, prefix string, extra ...string) (ns string, op k
 
 // creationToTrust creates n ServiceAccounts from clients concurrent creators (each as fast as
 // the apiserver answers), with IAM latency and a throttled fraction of IAM calls.
-func creationToTrust(b *testing.B, n, clients int, iamLatency time.Duration, throttle float64) {
+func creationToTrust(b *testing.B, n, clients int, iamLatency time.Duration, throttle float64, nReplicas int) {
 	ctx := context.Background()
-	ns, op, seedName, seed, replicas := twoReplicas(b, "lat")
+	ns, op, seedName, seed, replicas := someReplicas(b, "lat", nReplicas)
 	if iamLatency > 0 || throttle > 0 {
 		cluster.IAM.SetFaults(iamproxy.Faults{Latency: iamLatency, ThrottleRate: throttle, Actions: []string{"iam:*"}, Seed: 18})
 		b.Cleanup(func() { cluster.IAM.SetFaults(iamproxy.Faults{}) })
@@ -324,8 +341,8 @@ func creationToTrust(b *testing.B, n, clients int, iamLatency time.Duration, thr
 	if sessions > 0 {
 		b.ReportMetric(lockCalls/sessions, "lease-calls/session")
 	}
-	b.Logf("%d ServiceAccounts from %d clients in %s (%d Jobs), IAM latency %s, throttled %.0f%%: last trusted %s after the last creation; %d roles; %d plans missed; %.0f lock sessions, %.0f Lease calls; IAM %s; throttled (cumulative) %v",
-		n, clients, lastCreated.Sub(firstCreated).Round(time.Millisecond), len(jobNames), iamLatency, throttle*100,
+	b.Logf("%d ServiceAccounts from %d clients in %s (%d Jobs), %d replica(s), IAM latency %s, throttled %.0f%%: last trusted %s after the last creation; %d roles; %d plans missed; %.0f lock sessions, %.0f Lease calls; IAM %s; throttled (cumulative) %v",
+		n, clients, lastCreated.Sub(firstCreated).Round(time.Millisecond), len(jobNames), nReplicas, iamLatency, throttle*100,
 		lastTrusted.Sub(lastCreated).Round(time.Millisecond), roles, missed, sessions, lockCalls, flowFormatCalls(calls), throttled)
 }
 
