@@ -604,8 +604,8 @@ func TestFirstRoundHoldsOnlyNewRoles(t *testing.T) {
 // give every new role the lowest free index and fill it by first fit: a subject planned for the
 // next role that came before the last ones of this role took their room, and every plan after
 // it was off (e2e BenchmarkFlowCreationToTrust with one replica: 640 of 1,000 plans missed).
-// Then, with the roles written and published, the plans made meanwhile are gone: the next plan
-// goes to a new role, not into room that is taken.
+// Then, with the roles written and published, no reservation is left (the view counts their
+// subjects), and the next plan goes to role 2, the one with room.
 func TestBurstPlansComeTrue(t *testing.T) {
 	srv := moto.Start(t)
 	srv.SetEnv(t)
