@@ -600,7 +600,7 @@ func TestFirstRoundHoldsOnlyNewRoles(t *testing.T) {
 
 // A replica's plans for a burst come true whatever order the writer gets the ServiceAccounts
 // in: here the reverse of the plans, so every role's first subject to arrive was planned for a
-// role that does not exist yet, and for a role above the lowest free index. The writer used to
+// role that does not exist yet, roles 2 and 1 above the lowest free index. The writer used to
 // give every new role the lowest free index and fill it by first fit: a subject planned for the
 // next role that came before the last ones of this role took their room, and every plan after
 // it was off (e2e BenchmarkFlowCreationToTrust with one replica: 640 of 1,000 plans missed).

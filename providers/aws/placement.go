@@ -36,7 +36,8 @@ type PlaceOptions struct {
 	// subject too, when Seed is known.
 	Reserved map[int][]string
 	// Hints is the role index admission answered for a subject (the writer only): that role is
-	// tried first, so the ARN the review returned comes true whenever it still fits.
+	// tried first, or created when it does not exist yet (hintedNew), so the ARN the review
+	// returned comes true whenever it still fits.
 	Hints map[string]int
 }
 
@@ -95,7 +96,8 @@ type bin struct {
 	stmts    int
 }
 
-// Place decides, by first fit, where each subject goes: a role that already lists it; else the
+// Place decides, by first fit, where each subject goes: a role that already lists it; else,
+// for a hinted subject (the writer), the hinted role, created if need be (hintedNew); else the
 // lowest-index usable role that can take it under quota (characters, measured on the compact
 // JSON that would be sent; space freed by removed subjects is found again because every role is
 // measured); else a role only planned by reservations, lowest first; else a new role at the
@@ -125,7 +127,7 @@ func Place(roles []RoleView, subjects []string, quota, limit int, opt PlaceOptio
 		d := Decision{Subject: sub}
 		if b := lists.find(bins, sub); b != nil {
 			d.Index, d.Listed = b.index, true
-		} else if idx, ok := hintedNew(bins, planned, opt.Hints, sub, limit); ok {
+		} else if idx, ok := hintedNew(bins, planned, opt.Hints, sub, quota, limit); ok {
 			d = openRoleAt(&bins, idx, sub, quota, opt.Seed)
 			if d.Creates && opt.Seed == nil {
 				out.NeedSeed = true
@@ -302,8 +304,9 @@ func openRole(bins *[]*bin, planned []*bin, sub string, quota, limit int, seed *
 	return openRoleAt(bins, idx, sub, quota, seed)
 }
 
-// newRoleHintSlack is how far past the lowest free index a hint may name a role that does not
-// exist yet and still have the writer create it there (hintedNew).
+// newRoleHintSlack bounds the roles a hint for a role that does not exist yet may leave with
+// room behind it: the hinted index is at most this far past the lowest free one, and at most
+// this many usable roles could take the subject instead (hintedNew).
 const newRoleHintSlack = 2
 
 // hintedNew reports the index the writer creates a role at for sub, when admission planned sub
@@ -312,10 +315,15 @@ const newRoleHintSlack = 2
 // index and filled it in queue order, so when a subject planned for the next role was queued
 // before the last ones planned for this one, it took their room, they overflowed into the next
 // role, and every plan after them was off by one (e2e BenchmarkFlowCreationToTrust, one replica:
-// 640 of 1,000 plans missed). The index is bounded: at most newRoleHintSlack past the lowest
-// free one and below limit, so hints (a ServiceAccount's own annotation, see Expect) cannot make
-// the writer spread subjects over roles far apart, each created for one of them.
-func hintedNew(bins, planned []*bin, hints map[string]int, sub string, limit int) (int, bool) {
+// 640 of 1,000 plans missed).
+//
+// Hints come from reservations, which reviews make, and a review proves nothing: a chain of
+// plans naming the next index each could otherwise have the writer create a role for every
+// subject, up to the role creation limit, while earlier roles have room. So the index must be
+// below limit and at most newRoleHintSlack past the lowest free one, and at most
+// newRoleHintSlack usable roles may have room for sub: in an honest burst those are the roles
+// whose last planned subjects are still to come; past that, sub goes by first fit.
+func hintedNew(bins, planned []*bin, hints map[string]int, sub string, quota, limit int) (int, bool) {
 	idx, ok := hints[sub]
 	if !ok || idx < 0 || idx >= limit {
 		return 0, false
@@ -324,7 +332,21 @@ func hintedNew(bins, planned []*bin, hints map[string]int, sub string, limit int
 	if slices.ContainsFunc(bins, has) || slices.ContainsFunc(planned, has) {
 		return 0, false // firstFit tries it (bins), or reservations own it (planned)
 	}
-	return idx, idx <= freeIndex(bins, planned)+newRoleHintSlack
+	if idx > freeIndex(bins, planned)+newRoleHintSlack {
+		return 0, false
+	}
+	roomy := 0
+	for _, b := range bins {
+		if !b.usable {
+			continue
+		}
+		if _, _, fits, err := Fit(b.measure, sub, quota); err == nil && fits {
+			if roomy++; roomy > newRoleHintSlack {
+				return 0, false
+			}
+		}
+	}
+	return idx, true
 }
 
 // openRoleAt creates the role idx (not taken) for sub.

@@ -62,8 +62,9 @@ func placeByScan(roles []RoleView, subjects []string, quota, limit int, opt Plac
 		}
 		return nil
 	}
-	// newAt: a hint naming a role that neither exists nor is planned, below limit and at most
-	// two past the lowest index that is neither, is where the subject's role is created.
+	// newAt: a hint naming a role that neither exists nor is planned, below limit, at most two
+	// past the lowest index that is neither, and for a subject at most two usable roles have
+	// room for, is where the subject's role is created.
 	newAt := func(sub string) (int, bool) {
 		idx, ok := opt.Hints[sub]
 		if !ok || idx < 0 || idx >= limit {
@@ -77,7 +78,13 @@ func placeByScan(roles []RoleView, subjects []string, quota, limit int, opt Plac
 		for taken[free] {
 			free++
 		}
-		return idx, !taken[idx] && idx <= free+2
+		roomy := 0
+		for _, b := range bins {
+			if _, _, ok, err := Fit(b.measure, sub, quota); b.usable && ok && err == nil {
+				roomy++
+			}
+		}
+		return idx, !taken[idx] && idx <= free+2 && roomy <= 2
 	}
 	var out Placement
 	for _, sub := range subjects {

@@ -218,6 +218,18 @@ func TestPlace(t *testing.T) {
 			writes:   []wantWrite{{0, []string{s1}}},
 		},
 		{
+			// A chain of plans each naming the next index (reviews prove nothing) cannot have
+			// the writer open a role per subject: while three roles have room, a hint for a
+			// new one is first fit, so at most three roles are left part full.
+			name:  "a hint for a new role while three roles have room is first fit",
+			roles: []RoleView{role(0, 0, 2), role(1, 10, 2)},
+			quota: q3, limit: 10, opt: PlaceOptions{Seed: &seed, Hints: map[string]int{s1: 2, s2: 3, s3: 4}},
+			subjects: []string{s1, s2, s3},
+			want:     []dec{{index: 2, creates: true}, {index: 0}, {index: 4, creates: true}},
+			creates:  []create{{2, s1}, {4, s3}},
+			writes:   []wantWrite{{0, []string{s2}}},
+		},
+		{
 			name:  "a hint at the limit is first fit",
 			roles: []RoleView{role(0, 0, 2)},
 			quota: q3, limit: 2, opt: PlaceOptions{Seed: &seed, Hints: map[string]int{s1: 2}},

@@ -84,6 +84,27 @@ func (st *seedState) publish(now time.Time) {
 // roomy as before the write, and admission planned others into room that was gone (e2e
 // BenchmarkFlowCreationToTrust with one replica: 468 to 832 of 1,000 plans missed).
 func (p *planner) settle(v *planView) {
+	if len(p.reserved) == 0 {
+		return
+	}
+	listed := 0
+	for _, r := range v.roles {
+		if !r.Foreign {
+			listed += r.Trust.Len()
+		}
+	}
+	// It runs under mu after every round: walk the smaller side (a flood of forged reviews
+	// holds up to maxReservations).
+	if listed < len(p.reserved) {
+		for _, r := range v.roles {
+			if !r.Foreign {
+				for _, sub := range r.Trust.subjects {
+					delete(p.reserved, sub)
+				}
+			}
+		}
+		return
+	}
 	for sub := range p.reserved {
 		for _, r := range v.roles {
 			if !r.Foreign && r.Trust.Has(sub) {
@@ -95,7 +116,8 @@ func (p *planner) settle(v *planView) {
 }
 
 // hints are the role indexes planned for subjects that hold a live reservation: the writer tries
-// them first (PlaceOptions.Hints).
+// them first, and creates a planned role that does not exist yet (PlaceOptions.Hints). A
+// reservation lives until a published view lists its subject (settle) or reservationTTL.
 func (st *seedState) hints(subjects []string, now time.Time) map[string]int {
 	st.plan.mu.Lock()
 	defer st.plan.mu.Unlock()
@@ -171,7 +193,11 @@ func (a *Assigner) plan(ctx context.Context, seed RoleARN, namespace, name strin
 	if err != nil {
 		return "", false, err
 	}
-	if reserve && !known {
+	// A new role planned without the seed (a view published by a session that never read it)
+	// is unmeasured: reserving its index would give every such plan an index of its own, and
+	// the writer creates a planned role at its index (Place, hintedNew). Unreserved, these plans
+	// all name the lowest free index, which the writer fills in order.
+	if reserve && !known && (view.seed != nil || !d.Creates) {
 		if st.plan.reserved == nil {
 			st.plan.reserved = map[string]reservation{}
 		}

@@ -1,7 +1,10 @@
 package aws
 
 import (
+	"context"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -115,5 +118,49 @@ func TestSettle(t *testing.T) {
 	slices.Sort(left)
 	if want := []string{c, d}; !slices.Equal(left, want) {
 		t.Errorf("reservations left %v, want %v", left, want)
+	}
+}
+
+// A view published by a session that never read the seed (garbage collection on a fresh
+// leader) cannot measure a new role: plans that need one all name the lowest free index and
+// reserve nothing, so the writer, which creates a planned role at its index, fills that one in
+// order instead of creating a role per plan. Once the view has the seed, plans reserve and
+// share the new role until it is full.
+func TestPlansWithoutTheSeedReserveNoNewRole(t *testing.T) {
+	const seedARN = "arn:aws:iam::123456789012:role/kubestash/seed"
+	seed, err := ParseRoleARN(seedARN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow, err := ParseAllowlist(seedARN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trust := mustParse(t, seedDoc(oidcStmt(providerA, issuerA)))
+	for _, withSeed := range []bool{false, true} {
+		a := NewAssigner(nil, NewLocalLocker(), Config{Seeds: allow, Quota: 2048}, nil)
+		st := a.state(seed)
+		if withSeed {
+			st.setSeed(&roleSpec{arn: seed, trust: trust}, time.Now())
+		}
+		st.publish(time.Now())
+		var got []string
+		for i := range 3 {
+			arn, _, err := a.Reserve(context.Background(), seed, "backups", fmt.Sprintf("session-%d", i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, arn[strings.LastIndexByte(arn, '-')+1:])
+		}
+		st.plan.mu.Lock()
+		reserved := len(st.plan.reserved)
+		st.plan.mu.Unlock()
+		want, wantReserved := []string{"0", "0", "0"}, 3
+		if !withSeed {
+			wantReserved = 0
+		}
+		if !slices.Equal(got, want) || reserved != wantReserved {
+			t.Errorf("seed known %v: plans name roles %v with %d reservations, want %v with %d", withSeed, got, reserved, want, wantReserved)
+		}
 	}
 }

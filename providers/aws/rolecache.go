@@ -96,7 +96,8 @@ func (st *seedState) setSeed(spec *roleSpec, now time.Time) {
 }
 
 // reservedIndexes are the roles admission has live reservations in: a subject was promised a
-// place there and the writer is about to put it in.
+// place there and the writer is about to put it in (or has, and the view that lists it is not
+// published yet: settle).
 func (st *seedState) reservedIndexes(now time.Time) map[int]bool {
 	st.plan.mu.Lock()
 	defer st.plan.mu.Unlock()
