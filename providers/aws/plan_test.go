@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// Expect turns the role ARN a persisted ServiceAccount carries into the writer's hint, only for a
-// derived role of that seed in the published view, and never over this replica's own plan.
-func TestExpect(t *testing.T) {
+// planSeed is the seed of the planner tests and an allowlist of just it.
+func planSeed(t *testing.T) (RoleARN, Allowlist) {
+	t.Helper()
 	const seedARN = "arn:aws:iam::123456789012:role/kubestash/seed"
 	seed, err := ParseRoleARN(seedARN)
 	if err != nil {
@@ -21,6 +21,14 @@ func TestExpect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return seed, allow
+}
+
+// Expect turns the role ARN a persisted ServiceAccount carries into the writer's hint, only for a
+// derived role of that seed in the published view, and never over this replica's own plan.
+func TestExpect(t *testing.T) {
+	seed, allow := planSeed(t)
+	seedARN := seed.String()
 	role := func(i int) string {
 		r, err := Derived(seed, i)
 		if err != nil {
@@ -127,15 +135,7 @@ func TestSettle(t *testing.T) {
 // order instead of creating a role per plan. Once the view has the seed, plans reserve and
 // share the new role until it is full.
 func TestPlansWithoutTheSeedReserveNoNewRole(t *testing.T) {
-	const seedARN = "arn:aws:iam::123456789012:role/kubestash/seed"
-	seed, err := ParseRoleARN(seedARN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	allow, err := ParseAllowlist(seedARN)
-	if err != nil {
-		t.Fatal(err)
-	}
+	seed, allow := planSeed(t)
 	trust := mustParse(t, seedDoc(oidcStmt(providerA, issuerA)))
 	for _, withSeed := range []bool{false, true} {
 		a := NewAssigner(nil, NewLocalLocker(), Config{Seeds: allow, Quota: 2048}, nil)
