@@ -416,12 +416,12 @@ func (p *providerConfig) seedsInUse(d deps, _ *kube.ServiceAccounts) func(contex
 	}
 }
 
-// locker returns the per-seed lock: a Kubernetes Lease shared by all replicas, or an in-process
-// lock when there is no Kubernetes API (local runs, one process).
 // The writer renews a seed's Lease through a burst (awsp.Renewer): a change of either signature
 // must not quietly turn renewals off.
 var _ awsp.Renewer = (*kube.LeaseLocker)(nil)
 
+// locker returns the per-seed lock: a Kubernetes Lease shared by all replicas, or an in-process
+// lock when there is no Kubernetes API (local runs, one process).
 func (p *providerConfig) locker(d deps) awsp.Locker {
 	if d.kube == nil || p.leaseNamespace == "" {
 		d.log.Warn("per-seed locks are in-process only (no Kubernetes API or no --lease-namespace): run a single replica")
