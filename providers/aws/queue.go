@@ -69,6 +69,7 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 		if limited {
 			hold(locked)
 		}
+		var placed time.Time // when the last round's placement returned, before it answered
 		for rounds := 0; ; rounds++ {
 			if rounds > 0 && !lastRound.IsZero() && time.Now().After(lastRound) {
 				at, renewed := a.renew(seed, st, locked)
@@ -82,7 +83,7 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 				}
 			}
 			batch := st.take(true)
-			lull := rounds == 0 // no burst under way yet: hold only what would create a role
+			lull := startsLull(batch, placed) // no burst under way: hold only what would create a role
 			if len(batch) == 0 {
 				batch = s.awaitTail(st) // queued while new roles' policies were being attached
 				lull = true
@@ -91,7 +92,7 @@ func (a *Assigner) drain(seed RoleARN, st *seedState) {
 			if len(batch) == 0 {
 				break
 			}
-			a.assignBatch(s, batch, until)
+			placed = a.assignBatch(s, batch, until)
 			a.rounds.Add(1)
 			st.publish(a.now()) // admission plans from what this round wrote
 		}
@@ -143,6 +144,22 @@ func (a *Assigner) renew(seed RoleARN, st *seedState, locked time.Time) (time.Ti
 // renewTimeout bounds a renewal's API call.
 const renewTimeout = 5 * time.Second
 
+// startsLull reports whether batch, taken after a round whose placement returned at placed (zero:
+// the session's first round), starts a lull: none of it queued before then, so none of it came
+// while a round wrote. In a burst, subjects queue during every round's IAM round trip; a
+// caller that assigns one ServiceAccount after another queues only once its previous answer came,
+// after placed. Counting every round but the first as a burst held such a caller's subject back
+// whenever it queued before the drainer looked at the queue again (a race of microseconds):
+// joining a role with room, it waited for arrivals that never came, the whole linger.
+func startsLull(batch []*assignReq, placed time.Time) bool {
+	for _, r := range batch {
+		if r.queued.Before(placed) {
+			return false
+		}
+	}
+	return true
+}
+
 // awaitTail waits, with the queue empty, until the session's tail is done (nil: the session can
 // end) or someone queues: they join this session in another round (the batch returned), instead
 // of waiting for the tail and then for the next session.
@@ -163,8 +180,9 @@ func (s *session) awaitTail(st *seedState) []*assignReq {
 // holdBack runs before every round of a session: it leaves out of batch the subjects that
 // placement would put in a role left with room for another subject, queueing them again, so that
 // the subjects arriving meanwhile fill the role and its trust policy is written once, full. In a
-// round that starts a lull (a session's first, or one of subjects that queued while the session
-// had nothing left to place), only the subjects of new roles are held: a lone ServiceAccount
+// round that starts a lull (a session's first, one of subjects that all queued after the previous
+// round had placed its own: startsLull, or one of subjects that queued while the session had
+// nothing left to place), only the subjects of new roles are held: a lone ServiceAccount
 // joining a role that exists is written at once, and a burst's first round does not leave its
 // new roles part full. A round lasts about one IAM round trip, and before this each round's last
 // role was written half full and topped up by the next: 1.4 to 1.7 trust policy writes per role
@@ -420,11 +438,13 @@ func earlier(a, b time.Time) time.Time {
 
 // assignBatch places batch in the lock session s and answers every caller: at once, or once the
 // policies of the new role it went to are attached, which goes on while the session's next round
-// places what queued meanwhile (the batch's context lasts until then).
-func (a *Assigner) assignBatch(s *session, batch []*assignReq, until time.Time) {
+// places what queued meanwhile (the batch's context lasts until then). It returns when the
+// placement returned, just before the first answer (startsLull).
+func (a *Assigner) assignBatch(s *session, batch []*assignReq, until time.Time) (placed time.Time) {
 	ctx, cancel := batchContext(batch, until)
 	subjects := batchSubjects(batch)
 	results := s.placeBatch(ctx, subjects)
+	placed = time.Now() // before any answer: a caller that queues once answered comes after it
 	var later []*assignReq
 	for _, r := range batch {
 		if res := results[r.subject]; res.wait == nil {
@@ -451,4 +471,5 @@ func (a *Assigner) assignBatch(s *session, batch []*assignReq, until time.Time) 
 	if len(subjects) > 1 {
 		a.log.Debug("assigned a batch of subjects in one lock session", "seed", s.seed.String(), "subjects", len(subjects))
 	}
+	return placed
 }
