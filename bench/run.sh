@@ -412,6 +412,8 @@ burst_report() {
   echo "creation → trust ≤ 2,000 ms, all trusted within 5,000 ms of the last creation, ≤ 0.07 trust writes per"
   echo "ServiceAccount, ≤ 2 Lease calls per lock session. The last column runs one replica: it separates what two"
   echo "replicas cost the admission plans (plan-misses/sa), each replica planning a burst as if it were alone."
+  echo "Each run starts once the previous runs' namespaces are deleted (about 30 s each; before, that cleanup ran"
+  echo "during the next run's burst)."
   echo
   awk '/^BenchmarkFlowCreationToTrust\// {
       lat = $1; sub(/^BenchmarkFlowCreationToTrust\//, "", lat); sub(/-[0-9]+$/, "", lat); cols[++n] = lat
