@@ -65,6 +65,11 @@ type settings struct {
 	podMissing pods.MissingPolicy
 }
 
+// maxCheckWorkers bounds --sweeper-check-workers: each worker may hold a minted token, an STS
+// session and S3 connections at once, and every one of them a TokenRequest to the apiserver
+// within --kube-api-qps.
+const maxCheckWorkers = 256
+
 // validateOnly is validate for callers that need only the verdict (serve, before starting).
 func (p *providerConfig) validateOnly() error {
 	_, err := p.validate()
@@ -85,6 +90,9 @@ func (p *providerConfig) validate() (settings, error) {
 		// An authenticated review writes IAM before the apiserver stores the ServiceAccount: a
 		// shorter grace could collect the subject of one that is about to exist.
 		errs = append(errs, fmt.Errorf("--gc-grace %s: must be at least 10s", p.gcGrace))
+	}
+	if p.sweeper && (p.checkWorkers < 1 || p.checkWorkers > maxCheckWorkers) {
+		errs = append(errs, fmt.Errorf("--sweeper-check-workers %d: must be between 1 and %d", p.checkWorkers, maxCheckWorkers))
 	}
 	if p.gcEmptyRoleGrace < 0 {
 		errs = append(errs, fmt.Errorf("--gc-empty-role-grace %s: must be 0 (keep empty roles) or positive", p.gcEmptyRoleGrace))
@@ -160,6 +168,7 @@ type providerConfig struct {
 	gcEmptyRoleGrace    time.Duration
 	handoff             time.Duration
 	checksInARow        int
+	checkWorkers        int
 	bucketCheck         awscheck.BucketCheck
 
 	azureScopes, azureARMEndpoint, azureARMAudience string
@@ -185,6 +194,7 @@ func (p *providerConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&p.sweeperLease, "sweeper-lease-duration", sweeper.DefaultLeaseDuration, "how long the sweeper's leader Lease outlives a crashed leader (renewal deadline 2/3 of it, retries every 2/15); shorter fails over faster at the cost of more Lease writes")
 	fs.DurationVar(&p.maxHold, "max-hold", sweeper.DefaultMaxHold, "release a held Job after this long even without credentials (with a Warning Event)")
 	fs.IntVar(&p.checksInARow, "sweeper-checks-in-a-row", sweeper.DefaultChecksInARow, "successful credential checks in a row before a Job is released")
+	fs.IntVar(&p.checkWorkers, "sweeper-check-workers", sweeper.DefaultWorkers, "held Jobs the sweeper leader checks at once. A check is mostly waiting on about ten round trips in a row (TokenRequest, iam:GetRole, the STS calls, three S3 requests per bucket with --aws-bucket-check=write), so a burst of Jobs is released at about this many divided by one check's duration per second; raise it for bursts of hundreds of Jobs")
 	p.bucketCheck = awscheck.DefaultBucketCheck
 	fs.Func("aws-bucket-check", "what the AWS readiness check proves, with the assumed role's credentials, on each bucket of "+annotations.BucketNames+" before a Job is released: write (put, read back and delete an object under "+awscheck.ReadinessPrefix+"), head (s3:HeadBucket) or off (default "+string(awscheck.DefaultBucketCheck)+")", func(v string) (err error) {
 		p.bucketCheck, err = awscheck.ParseBucketCheck(v)
@@ -372,6 +382,7 @@ func (p *providerConfig) build(ctx context.Context, d deps) (*wiring, error) {
 		}
 		s := sweeper.New(d.kube, sweeper.Config{
 			MaxHold: p.maxHold, ChecksInARow: p.checksInARow, GCInterval: p.gcInterval, GCGrace: p.gcGrace, Handoff: p.handoff,
+			Workers:   p.checkWorkers,
 			Namespace: p.leaseNamespace, Identity: p.identity,
 			LeaseDuration: p.sweeperLease, RenewDeadline: p.sweeperLease * 2 / 3, RetryPeriod: p.sweeperLease * 2 / 15,
 		}, sw, d.log)

@@ -30,7 +30,7 @@ func TestSweeperLeaseDurationValidated(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// No provider and no cluster: nothing to start, only the flags are checked.
-			p := providerConfig{namespaces: "*", sweeper: tc.sweeper, sweeperLease: tc.lease, gcGrace: tc.grace}
+			p := providerConfig{namespaces: "*", sweeper: tc.sweeper, sweeperLease: tc.lease, gcGrace: tc.grace, checkWorkers: 8}
 			_, err := p.build(context.Background(), deps{log: slog.New(slog.DiscardHandler), reg: prometheus.NewRegistry()})
 			switch {
 			case tc.wantErr == "" && err != nil:
@@ -47,7 +47,7 @@ func TestSweeperLeaseDurationValidated(t *testing.T) {
 func TestProviderConfigValidate(t *testing.T) {
 	good := func() providerConfig {
 		return providerConfig{namespaces: "*", requesters: "system:serviceaccount:kubestash:op", sweeper: true,
-			sweeperLease: 15 * time.Second, gcGrace: time.Minute}
+			sweeperLease: 15 * time.Second, gcGrace: time.Minute, checkWorkers: 8}
 	}
 	for _, tc := range []struct {
 		name   string
@@ -85,6 +85,10 @@ func TestProviderConfigValidate(t *testing.T) {
 		{"namespace glob of another dialect", func(p *providerConfig) { p.namespaces = "team-[ab]" }, []string{"--allowed-namespaces"}},
 		{"pod policy", func(p *providerConfig) { p.podIdentity, p.podMissing = true, "maybe" }, []string{"--pod-missing-serviceaccount"}},
 		{"negative empty-role grace", func(p *providerConfig) { p.gcEmptyRoleGrace = -time.Second }, []string{"--gc-empty-role-grace"}},
+		{"no check workers", func(p *providerConfig) { p.checkWorkers = 0 }, []string{"--sweeper-check-workers"}},
+		{"too many check workers", func(p *providerConfig) { p.checkWorkers = 257 }, []string{"--sweeper-check-workers", "256"}},
+		{"most check workers", func(p *providerConfig) { p.checkWorkers = 256 }, nil},
+		{"check workers ignored without the sweeper", func(p *providerConfig) { p.sweeper, p.checkWorkers = false, 0 }, nil},
 		{"pod policy ignored without injection", func(p *providerConfig) { p.podMissing = "maybe" }, nil},
 		{"everything wrong at once", func(p *providerConfig) {
 			p.sweeperLease, p.gcGrace, p.namespaces, p.azureScopes = time.Second, time.Second, "a?", "*"

@@ -187,8 +187,10 @@ const (
 	DefaultFinishBackoffMax     = 5 * time.Minute
 	DefaultCheckTimeout         = 30 * time.Second
 	DefaultReadyTTL             = 10 * time.Minute
-	// A check is two network round trips (TokenRequest, STS) and mostly waiting: with IAM
-	// throttling a third of the calls, 2 workers released 300 Jobs in minutes.
+	// A check is mostly waiting, on about ten round trips in a row with the default write
+	// bucket check (TokenRequest, iam:GetRole, two STS calls, three S3 requests per bucket):
+	// with IAM throttling a third of the calls, 2 workers released 300 Jobs in minutes. Serve's
+	// --sweeper-check-workers.
 	DefaultWorkers       = 8
 	DefaultFinishWorkers = 4
 	DefaultWriterWorkers = 128

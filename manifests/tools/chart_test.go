@@ -265,6 +265,7 @@ func TestAWSOnly(t *testing.T) {
 		"CREDENTIAL_WEBHOOK_SIDECAR_IMAGE":              "ghcr.io/klusters/credential-webhook:v1.2.3",
 		"CREDENTIAL_WEBHOOK_MAX_HOLD":                   "30m",
 		"CREDENTIAL_WEBHOOK_SWEEPER_CHECKS_IN_A_ROW":    "3",
+		"CREDENTIAL_WEBHOOK_SWEEPER_CHECK_WORKERS":      "32",
 		"CREDENTIAL_WEBHOOK_LOG_LEVEL":                  "debug",
 		"CREDENTIAL_WEBHOOK_AZURE_ALLOWED_SCOPES":       "",
 		"AWS_REGION":                  "eu-central-1",
