@@ -178,10 +178,10 @@ func TestInFlightLimitAnswers429(t *testing.T) {
 	}
 }
 
-// The byte budget: reviews in flight share MaxInFlightBytes by Content-Length (at least
-// minReviewWeight each). Small reviews keep flowing while others wait (a lock, an outage); a
-// large body that does not fit is answered 429 before it is read, and fits again once the others
-// are answered.
+// The byte budget: reviews in flight share MaxInFlightBytes by the bytes they sent (at least
+// minReviewWeight each once read). Small reviews keep flowing while others wait (a lock, an
+// outage); a large body that does not fit is answered 429 once its bytes pass the budget, the
+// rest unread, and fits again once the others are answered.
 func TestInFlightByteBudget(t *testing.T) {
 	bl := newBlocker()
 	m := NewMetrics(prometheus.NewRegistry())
@@ -208,7 +208,7 @@ func TestInFlightByteBudget(t *testing.T) {
 		})
 	}
 	bl.waitEntered(t, 4)
-	// A second large review does not fit: 429, plain text, nothing read.
+	// A second large review does not fit: 429, plain text.
 	res, err := http.Post(srv.URL+"/mutate/pods", "application/json", strings.NewReader(padded("big-2", "x", 600<<10)))
 	if err != nil {
 		t.Fatal(err)

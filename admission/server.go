@@ -10,12 +10,21 @@
 // (Route.MaxBodyBytes: a ServiceAccount or Job review is small, a Pod's may be large), refusing a
 // larger body with 413 as soon as its Content-Length or its bytes say so; and the bodies of the
 // reviews read or answered at once share a byte budget (Options.MaxInFlightBytes), each taking
-// its Content-Length (its route's limit when unknown, at least minReviewWeight) before a byte
-// is read, so a review that does not fit is answered 429 at once. The budget is in bytes, not
+// the bytes it has sent as they arrive (at least minReviewWeight once read), so a review that
+// does not fit is answered 429 as soon as its bytes say so. The budget is in bytes, not
 // reviews, because a review waiting on the API or IAM (a lock, an outage) holds a few KiB while a
 // maximum-size Pod review holds megabytes: counting reviews would either refuse ordinary
 // traffic during an outage or let large bodies exhaust memory. Peak memory is about the budget
 // times a small factor (the body, the raw object copied out of it, the plugins' decode).
+//
+// Neither limit is taken for a body that has not arrived: a review takes the budget for the bytes
+// it sent, and a slot (Options.MaxInFlight) once its whole body is read. Both used to be taken
+// from the headers, before a byte of the body was read, and anyone who could reach the port (no
+// client certificate is asked for without --client-ca-file) held the whole byte budget with 8
+// requests declaring 4 MiB Pod bodies and sending nothing, or every slot with 512 trickling ones,
+// for the 10 s a body could take: every review was answered 429 for as long as they kept at it.
+// Now a body must also arrive at a rate a real apiserver never comes near (bodyReadTime), so
+// holding the budget takes as many bytes as the budget, sent again every few seconds.
 package admission
 
 import (
@@ -67,9 +76,24 @@ const minReviewWeight = 16 << 10
 // envelopeBytes is what a review carries besides its objects (uid, kinds, userInfo, options).
 const envelopeBytes = 64 << 10
 
-// bodyReadTimeout bounds reading one review's body once it holds an in-flight slot, so a client
-// trickling its body cannot keep a slot for the server's whole ReadTimeout.
+// bodyReadTimeout bounds reading one review's body, whatever its size (bodyReadTime).
 const bodyReadTimeout = 10 * time.Second
+
+// bodyReadTime is how long a review's body may take to arrive once its headers are read: 2 s,
+// plus a second per MiB it declares, at most bodyReadTimeout (also for a body of unknown length).
+// The apiserver writes a review in one go, a few KiB that arrive within milliseconds; a client
+// that trickles its body holds the bytes it sent for at most that.
+func bodyReadTime(contentLength int64) time.Duration {
+	if contentLength < 0 {
+		return bodyReadTimeout
+	}
+	return min(bodyReadTimeout, 2*time.Second+time.Duration(contentLength)*time.Second/(1<<20))
+}
+
+// preGrowMax bounds how much of a declared Content-Length the body buffer is sized to before a
+// byte arrives: every real review fits (a KubeStash Pod review is 5 KB), and a declared 4 MiB
+// that never comes costs no memory.
+const preGrowMax = 64 << 10
 
 // Route binds a URL path to the kind it serves and the plugins that mutate it.
 type Route struct {
@@ -107,12 +131,12 @@ type Options struct {
 	Log          *slog.Logger
 	Metrics      *Metrics
 	MaxBodyBytes int64
-	// MaxInFlight bounds the reviews read or answered at once; beyond it a review is answered
-	// 429 before its body is read. 0: DefaultMaxInFlight; negative: no limit.
+	// MaxInFlight bounds the reviews decoded or answered at once, from when their body is read;
+	// beyond it a review is answered 429. 0: DefaultMaxInFlight; negative: no limit.
 	MaxInFlight int
-	// MaxInFlightBytes is the byte budget the bodies of the reviews in flight share; a review
-	// that does not fit is answered 429 before its body is read. 0: DefaultMaxInFlightBytes;
-	// negative: no limit.
+	// MaxInFlightBytes is the byte budget the bodies of the reviews in flight share, taken as
+	// their bytes arrive; a review whose bytes do not fit is answered 429 without reading the
+	// rest. 0: DefaultMaxInFlightBytes; negative: no limit.
 	MaxInFlightBytes int64
 	// Ready reports whether the server can serve (certificate loaded, TLS answering).
 	Ready func(context.Context) error
@@ -126,7 +150,7 @@ type server struct {
 	pool sync.Pool
 	// encPool holds *encodeBuffers.
 	encPool sync.Pool
-	// slots holds one token per review in flight; nil: no limit.
+	// slots holds one token per review in flight from when its body is read; nil: no limit.
 	slots chan struct{}
 	// bytes is the body budget (Options.MaxInFlightBytes); nil: no limit.
 	bytes *semaphore.Weighted
@@ -211,43 +235,14 @@ func (s *server) review(rt Route) http.HandlerFunc {
 			fail(c, msg)
 		}
 
-		// The in-flight limits come first, before anything is read: a flood of large bodies
-		// costs a 429 each, not their size in memory.
-		if s.slots != nil {
-			select {
-			case s.slots <- struct{}{}:
-				defer func() { <-s.slots }()
-			default:
-				reject(http.StatusTooManyRequests, RejectInFlight, fmt.Sprintf(
-					"credential-webhook: too many admission reviews in flight (limit %d, --max-inflight-reviews); retry later", cap(s.slots)))
-				return
-			}
-		}
+		// Nothing is taken from the limits for a body that has not arrived (see the package doc):
+		// what the headers declare is checked against the route's limit, and the body is read
+		// under the byte budget, taken as its bytes come.
 		if hr.ContentLength > limit {
 			reject(http.StatusRequestEntityTooLarge, RejectTooLarge, fmt.Sprintf(
 				"credential-webhook: %s review of %d bytes is larger than the %d bytes this route accepts", rt.Name, hr.ContentLength, limit))
 			return
 		}
-		if s.bytes != nil {
-			// net/http never reads past a declared Content-Length, so that is all this body
-			// can cost; without one, the route's limit.
-			weight := limit
-			if hr.ContentLength >= 0 {
-				weight = max(hr.ContentLength, minReviewWeight)
-			}
-			if !s.bytes.TryAcquire(weight) {
-				reject(http.StatusTooManyRequests, RejectInFlight, fmt.Sprintf(
-					"credential-webhook: review bodies in flight would exceed %d bytes with this one of %d (--max-inflight-review-bytes); retry later",
-					s.opts.MaxInFlightBytes, weight))
-				return
-			}
-			defer s.bytes.Release(weight)
-		}
-		if m := s.opts.Metrics; m != nil {
-			m.InFlight.Inc()
-			defer m.InFlight.Dec()
-		}
-
 		if ct := hr.Header.Get("Content-Type"); ct != "" {
 			// What the apiserver sends needs no parsing (ParseMediaType accepts it as is).
 			if ct != "application/json" {
@@ -269,18 +264,50 @@ func (s *server) review(rt Route) http.HandlerFunc {
 		}()
 		if hr.ContentLength > 0 {
 			// Room for the whole body and the read that sees EOF: no doubling on the way.
-			buf.Grow(int(hr.ContentLength) + bytes.MinRead)
+			buf.Grow(int(min(hr.ContentLength, preGrowMax)) + bytes.MinRead)
 		}
-		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyReadTimeout)) // unsupported in tests: fine
-		if _, err := buf.ReadFrom(http.MaxBytesReader(w, hr.Body, limit)); err != nil {
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyReadTime(hr.ContentLength))) // unsupported in tests: fine
+		var body io.Reader = http.MaxBytesReader(w, hr.Body, limit)
+		var charged *chargedReader
+		if s.bytes != nil {
+			charged = &chargedReader{r: body, budget: s.bytes}
+			defer charged.release()
+			body = charged
+		}
+		_, err := buf.ReadFrom(body)
+		if err == nil && charged != nil {
+			// A review costs something beyond its body: its decode, the plugins' state, the
+			// response.
+			err = charged.charge(minReviewWeight - charged.held)
+		}
+		if err != nil {
 			var tooBig *http.MaxBytesError
-			if errors.As(err, &tooBig) {
+			switch {
+			case errors.As(err, &tooBig):
 				reject(http.StatusRequestEntityTooLarge, RejectTooLarge, fmt.Sprintf(
 					"credential-webhook: %s review larger than %d bytes, the limit of this route", rt.Name, tooBig.Limit))
+			case errors.Is(err, errOverBudget):
+				reject(http.StatusTooManyRequests, RejectInFlight, fmt.Sprintf(
+					"credential-webhook: review bodies in flight would exceed %d bytes with this one (--max-inflight-review-bytes); retry later",
+					s.opts.MaxInFlightBytes))
+			default:
+				fail(http.StatusBadRequest, "reading body: "+err.Error())
+			}
+			return
+		}
+		if s.slots != nil {
+			select {
+			case s.slots <- struct{}{}:
+				defer func() { <-s.slots }()
+			default:
+				reject(http.StatusTooManyRequests, RejectInFlight, fmt.Sprintf(
+					"credential-webhook: too many admission reviews in flight (limit %d, --max-inflight-reviews); retry later", cap(s.slots)))
 				return
 			}
-			fail(http.StatusBadRequest, "reading body: "+err.Error())
-			return
+		}
+		if m := s.opts.Metrics; m != nil {
+			m.InFlight.Inc()
+			defer m.InFlight.Dec()
 		}
 		// The route's ObjectDecoder reads the object while the review is read, unless the body
 		// could hold an object larger than the route accepts: that one is refused (run) before
@@ -460,5 +487,46 @@ type encodeBuffers struct{ patch, out []byte }
 func (s *server) putEncodeBuffers(b *encodeBuffers) {
 	if cap(b.patch)+cap(b.out) <= maxPooledBuffer {
 		s.encPool.Put(b)
+	}
+}
+
+// errOverBudget: the bytes of the reviews in flight would exceed Options.MaxInFlightBytes.
+var errOverBudget = errors.New("over the in-flight byte budget")
+
+// chargedReader takes from budget what it reads, as it reads it: a body is charged for the bytes
+// it sent, never for what its headers declare.
+type chargedReader struct {
+	r      io.Reader
+	budget *semaphore.Weighted
+	held   int64
+}
+
+func (c *chargedReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if n > 0 {
+		if cerr := c.charge(int64(n)); cerr != nil {
+			return 0, cerr
+		}
+	}
+	return n, err
+}
+
+// charge takes n more bytes of the budget (nothing when n <= 0), or fails with errOverBudget.
+func (c *chargedReader) charge(n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	if !c.budget.TryAcquire(n) {
+		return errOverBudget
+	}
+	c.held += n
+	return nil
+}
+
+// release gives back everything charged.
+func (c *chargedReader) release() {
+	if c.held > 0 {
+		c.budget.Release(c.held)
+		c.held = 0
 	}
 }
