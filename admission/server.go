@@ -263,7 +263,8 @@ func (s *server) review(rt Route) http.HandlerFunc {
 			}
 		}()
 		if hr.ContentLength > 0 {
-			// Room for the whole body and the read that sees EOF: no doubling on the way.
+			// Room for the whole body and the read that sees EOF, no doubling on the way, up to
+			// preGrowMax: a larger body grows the buffer as its bytes come.
 			buf.Grow(int(min(hr.ContentLength, preGrowMax)) + bytes.MinRead)
 		}
 		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyReadTime(hr.ContentLength))) // unsupported in tests: fine

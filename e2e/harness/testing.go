@@ -117,7 +117,8 @@ const testNamespaceLabel = "e2e.credential-webhook.klusters.dev/test"
 
 // QuietNamespaces waits until no namespace Namespace created is still being deleted, and returns
 // how long that took. Namespace deletes its namespace at the end of a test without waiting: the
-// namespace controller empties it afterwards, one DELETE per object, while the next test runs.
+// namespace controller empties it afterwards (every object deleted, a watch event each to every
+// informer) while the next test runs.
 // A benchmark calls this before each run, so that a run does not pay for the previous one's
 // cleanup (a burst leaves 1,000 ServiceAccounts, 100 Jobs and their Pods and Events behind).
 func (c *Cluster) QuietNamespaces(tb testing.TB, timeout time.Duration) time.Duration {

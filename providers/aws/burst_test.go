@@ -583,17 +583,17 @@ func TestSequentialCallersAreNotHeldBack(t *testing.T) {
 	if got := e.trustOf("sequential-seed-0").Len(); got != n {
 		t.Errorf("role 0 lists %d subjects, want %d", got, n)
 	}
-	if n := a.HeldBack(); n != 0 {
-		t.Errorf("%d subjects were held back; one after another, none should be", n)
+	if held := a.HeldBack(); held != 0 {
+		t.Errorf("%d subjects were held back; one after another, none should be", held)
 	}
 }
 
 // In a lull (a session's first round, a round of subjects that all queued after the previous one
-// had placed its own, or a round of what queued while the session waited for its tail) only a new role's subjects are held back. ServiceAccounts joining a role that exists,
-// one by one, are written at once (held for the linger of a minute, they would outlast the
-// test's deadline), while a lone one that needs a new role waits
-// for company and the role is created once with all of them. With linger 0 it is created alone
-// and topped up.
+// had placed its own, or a round of what queued while the session waited for its tail) only a
+// new role's subjects are held back. ServiceAccounts joining a role that exists, one by one, are
+// written at once (held for the linger of a minute, they would outlast the test's deadline),
+// while a lone one that needs a new role waits for company and the role is created once with all
+// of them. With linger 0 it is created alone and topped up.
 func TestFirstRoundHoldsOnlyNewRoles(t *testing.T) {
 	for _, tc := range []struct {
 		linger time.Duration
