@@ -61,9 +61,7 @@ func (e *env) upstreamClone(ctx context.Context, i int, subjects []string, chang
 // faithful ones, never touching a policy; a replica that had found them foreign places new
 // subjects in them once it checks again; and drift repair then brings them in line.
 func TestAdoptAgainstMoto(t *testing.T) {
-	srv := moto.Start(t)
-	srv.SetEnv(t)
-	e := newEnv(t, srv, "adopt-seed", 2048)
+	e := motoEnv(t, "adopt-seed", 2048)
 	ctx := ctxT(t)
 	createPolicy := func(name string) string {
 		out, err := e.direct.CreatePolicy(ctx, &iam.CreatePolicyInput{PolicyName: aws.String(name), PolicyDocument: aws.String(moto.BoundaryDocument)})

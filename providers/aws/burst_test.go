@@ -69,9 +69,7 @@ func (l *sessionCountingLocker) HoldLimit() time.Duration { return time.Minute }
 // for the whole burst, every role is written once per round that touches it, and a new role is
 // created with every subject of its round already in its trust policy.
 func TestBurstJoinsTheSessionUnderWay(t *testing.T) {
-	srv := moto.Start(t)
-	srv.SetEnv(t)
-	e := newEnv(t, srv, "burst-seed", 2048)
+	e := motoEnv(t, "burst-seed", 2048)
 	ctx := ctxT(t)
 	gate := &gatedIAM{IAMAPI: e.api, gate: newGate()}
 	locker := &sessionCountingLocker{LocalLocker: NewLocalLocker()}
@@ -392,9 +390,7 @@ func TestBurstHoldsBackAHalfFilledRole(t *testing.T) {
 		{linger: 0, wantUpdates: 2, wantRounds: 3},
 	} {
 		t.Run(fmt.Sprintf("linger=%s", tc.linger), func(t *testing.T) {
-			srv := moto.Start(t)
-			srv.SetEnv(t)
-			e := newEnv(t, srv, "linger-seed", 2048)
+			e := motoEnv(t, "linger-seed", 2048)
 			ctx := ctxT(t)
 			create := &gatedIAM{IAMAPI: e.api, gate: newGate()}
 			update := &gatedUpdate{IAMAPI: create, gate: newGate()}
@@ -449,9 +445,7 @@ func TestBurstWaitsForArrivalsToFillTheRole(t *testing.T) {
 		{linger: 0, wantUpdates: 2},
 	} {
 		t.Run(fmt.Sprintf("linger=%s", tc.linger), func(t *testing.T) {
-			srv := moto.Start(t)
-			srv.SetEnv(t)
-			e := newEnv(t, srv, "linger-seed", 2048)
+			e := motoEnv(t, "linger-seed", 2048)
 			ctx := ctxT(t)
 			create := &gatedIAM{IAMAPI: e.api, gate: newGate()}
 			a := e.assignerOver(create, NewLocalLocker(), Config{BatchLinger: tc.linger})
@@ -564,9 +558,7 @@ func TestStartsLull(t *testing.T) {
 // drainer looked again was held for the linger, waiting for company that never came (CI failed
 // on TestFirstRoundHoldsOnlyNewRoles that way).
 func TestSequentialCallersAreNotHeldBack(t *testing.T) {
-	srv := moto.Start(t)
-	srv.SetEnv(t)
-	e := newEnv(t, srv, "sequential-seed", 8192) // a roomy role: many rounds joining it
+	e := motoEnv(t, "sequential-seed", 8192) // a roomy role: many rounds joining it
 	// A clock slow to read (the round's publish reads it between the answers and the next take)
 	// stands for a drainer descheduled there: the caller's next request queues first, each time.
 	slow := func() time.Time { time.Sleep(time.Millisecond); return time.Now() }
@@ -603,9 +595,7 @@ func TestFirstRoundHoldsOnlyNewRoles(t *testing.T) {
 		{linger: 0, topUps: true},
 	} {
 		t.Run(fmt.Sprintf("linger=%s", tc.linger), func(t *testing.T) {
-			srv := moto.Start(t)
-			srv.SetEnv(t)
-			e := newEnv(t, srv, "first-round-seed", 2048)
+			e := motoEnv(t, "first-round-seed", 2048)
 			ctx, cancel := context.WithTimeout(ctxT(t), 30*time.Second)
 			defer cancel()
 			locker := &sessionCountingLocker{LocalLocker: NewLocalLocker()}
@@ -662,9 +652,7 @@ func TestFirstRoundHoldsOnlyNewRoles(t *testing.T) {
 // Then, with the roles written and published, no reservation is left (the view counts their
 // subjects), and the next plan goes to role 2, the one with room.
 func TestBurstPlansComeTrue(t *testing.T) {
-	srv := moto.Start(t)
-	srv.SetEnv(t)
-	e := newEnv(t, srv, "plans-seed", 2048)
+	e := motoEnv(t, "plans-seed", 2048)
 	ctx := ctxT(t)
 	a := e.assigner(NewLocalLocker(), Config{})
 	per := e.capacity(2048)
@@ -736,9 +724,7 @@ func (g *returningIAM) UpdateAssumeRolePolicy(ctx context.Context, in *iam.Updat
 // their reservations last until then (settle). They used to be dropped as each write returned,
 // and in between their room looked free: a plan went into a role that was full.
 func TestPlanDuringARoundCountsItsWrites(t *testing.T) {
-	srv := moto.Start(t)
-	srv.SetEnv(t)
-	e := newEnv(t, srv, "midround-seed", 2048)
+	e := motoEnv(t, "midround-seed", 2048)
 	ctx := ctxT(t)
 	per := e.capacity(2048)
 	api := &returningIAM{steppedIAM: &steppedIAM{IAMAPI: e.api, entered: make(chan struct{}), proceed: make(chan struct{})}, returned: make(chan struct{}, 4)}

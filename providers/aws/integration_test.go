@@ -57,6 +57,15 @@ func newEnv(t *testing.T, srv *moto.Server, seedName string, quota int) *env {
 	return e
 }
 
+// motoEnv is newEnv on a moto of its own, with the process's AWS environment pointed at it
+// (moto.Server.SetEnv: nothing in the test may fall back to real AWS or instance metadata).
+func motoEnv(t *testing.T, seedName string, quota int) *env {
+	t.Helper()
+	srv := moto.Start(t)
+	srv.SetEnv(t)
+	return newEnv(t, srv, seedName, quota)
+}
+
 func (e *env) assigner(locker Locker, cfg Config) *Assigner {
 	return e.assignerOver(e.api, locker, cfg)
 }

@@ -76,9 +76,7 @@ func (limitLocker) HoldLimit() time.Duration { return 7 * time.Second }
 // Issue 16: no lock (no Lease) for a seed that is not configured or does not exist; a deleted
 // seed whose lock already exists is still locked (its derived roles are still collected).
 func TestSeedGuardAgainstMoto(t *testing.T) {
-	srv := moto.Start(t)
-	srv.SetEnv(t)
-	e := newEnv(t, srv, "guard-seed", 2048)
+	e := motoEnv(t, "guard-seed", 2048)
 	allow, _ := ParseAllowlist("arn:aws:iam::" + moto.AccountID + ":role/kubestash/*")
 	inner := &countingLocker{LocalLocker: NewLocalLocker()}
 	known := map[string]bool{}

@@ -101,9 +101,7 @@ type pluginEnv struct {
 }
 
 func newPluginEnv(t *testing.T) *pluginEnv {
-	srv := moto.Start(t)
-	srv.SetEnv(t) // nothing in this process may fall back to real AWS or instance metadata
-	e := newEnv(t, srv, "plugin-seed", 2048)
+	e := motoEnv(t, "plugin-seed", 2048)
 	pol, err := access.Parse("*", "system:serviceaccount:kubestash:kubestash-kubestash-operator")
 	if err != nil {
 		t.Fatal(err)

@@ -16,7 +16,6 @@ import (
 
 	"go.klusters.dev/credential-webhook/annotations"
 	"go.klusters.dev/credential-webhook/sweeper"
-	"go.klusters.dev/credential-webhook/testenv/moto"
 )
 
 func TestExpiryVerdict(t *testing.T) {
@@ -117,9 +116,7 @@ func (e *env) onlyReads(what string) {
 // foreign roles and roles with subjects stay; drift repair keeps the mark; the hole a deletion
 // leaves is reused.
 func TestExpireEmptyAgainstMoto(t *testing.T) {
-	srv := moto.Start(t)
-	srv.SetEnv(t)
-	e := newEnv(t, srv, "expire-seed", 2048)
+	e := motoEnv(t, "expire-seed", 2048)
 	ctx := ctxT(t)
 	old := time.Now().Add(-48 * time.Hour).UTC().Format(time.RFC3339)
 
@@ -290,9 +287,7 @@ func TestExpireEmptyAgainstMoto(t *testing.T) {
 
 // The cached seed expires: a seed change reaches roles created after SeedTTL without a restart.
 func TestSeedCacheExpiresAgainstMoto(t *testing.T) {
-	srv := moto.Start(t)
-	srv.SetEnv(t)
-	e := newEnv(t, srv, "ttl-seed", 2048)
+	e := motoEnv(t, "ttl-seed", 2048)
 	ctx := ctxT(t)
 	a := e.assigner(NewLocalLocker(), Config{Quota: oneSubjectQuota(e)})
 	if _, err := a.Assign(ctx, e.seed, "demo", sessionSA(0)); err != nil {

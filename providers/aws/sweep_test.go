@@ -33,9 +33,7 @@ func persisted(name string, uid types.UID, ann map[string]string) *corev1.Servic
 }
 
 func TestCloudFinishAgainstMoto(t *testing.T) {
-	srv := moto.Start(t)
-	srv.SetEnv(t) // nothing in this process may fall back to real AWS or instance metadata
-	e := newEnv(t, srv, "finish-seed", 2048)
+	e := motoEnv(t, "finish-seed", 2048)
 	cloud := Cloud{Assigner: e.assigner(NewLocalLocker(), Config{})}
 	role0 := e.seed.String() + "-0"
 	withSeed := func(seed string) map[string]string {
@@ -123,9 +121,7 @@ func TestCloudFinishAgainstMoto(t *testing.T) {
 }
 
 func TestCollectorAgainstMoto(t *testing.T) {
-	srv := moto.Start(t)
-	srv.SetEnv(t)
-	e := newEnv(t, srv, "gc-seed", 2048)
+	e := motoEnv(t, "gc-seed", 2048)
 	ctx := ctxT(t)
 	a := e.assigner(NewLocalLocker(), Config{})
 	seed := e.seed.String()
@@ -224,9 +220,7 @@ func mustSubject(ns, name string) string {
 // claim marker for it forged into their annotations) and 100 without any annotation costs IAM
 // nothing; deleting one granted ServiceAccount of the configured seed collects its subject.
 func TestGCIgnoresDeletionsOfUnrelatedServiceAccounts(t *testing.T) {
-	srv := moto.Start(t)
-	srv.SetEnv(t)
-	e := newEnv(t, srv, "gc-dos-seed", 2048)
+	e := motoEnv(t, "gc-dos-seed", 2048)
 	ctx := ctxT(t)
 	a := e.assigner(NewLocalLocker(), Config{}) // allowlist: role/kubestash/*
 	seed := e.seed.String()
